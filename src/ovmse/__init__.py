@@ -1,0 +1,3 @@
+"""OVMSE: offline-to-online multi-agent RL with a batched SMAC simulator."""
+
+__version__ = "0.1.0"
