@@ -20,7 +20,7 @@ from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from .battle import Battle
-from .features import FeatureTables, available_actions, global_state, observations
+from .features import FeatureTables, compute_features
 from .maps import MapSpec
 from .rules import RewardTracker
 
@@ -65,7 +65,7 @@ class SimSMACEnv(EnvBase):
         )
         self.tables = FeatureTables(spec, self.battle.units)
         self.rewards = RewardTracker(self.battle)
-        self._mask = available_actions(self.battle, self.tables)
+        self._mask = compute_features(self.battle, self.tables)[0]
         self._make_specs()
 
     # ----------------------------------------------------------------- specs
@@ -97,12 +97,9 @@ class SimSMACEnv(EnvBase):
 
     def _observe(self, won: torch.Tensor, done: dict[str, torch.Tensor]) -> TensorDict:
         B, N = self.num_envs, self.spec.n_agents
-        self._mask = available_actions(self.battle, self.tables)
-        agents = TensorDict(
-            {"observation": observations(self.battle, self.tables, self._mask), "action_mask": self._mask},
-            batch_size=(B, N), device=self.device,
-        )
-        out = {"agents": agents, "state": global_state(self.battle, self.tables),
+        self._mask, obs, state = compute_features(self.battle, self.tables)
+        agents = TensorDict({"observation": obs, "action_mask": self._mask}, batch_size=(B, N), device=self.device)
+        out = {"agents": agents, "state": state,
                "info": TensorDict({"battle_won": won[:, None]}, batch_size=(B,), device=self.device)}
         out.update({k: v[:, None] for k, v in done.items()})
         return TensorDict(out, batch_size=(B,), device=self.device)
