@@ -9,8 +9,8 @@ sub-steps covering 0.5 game-seconds (SMAC: 8 game loops). Each sub-step:
 target acquisition of AI-controlled units -> movement (chase into weapon
 range edge to edge, move orders, attack-move) with walkable-area checks ->
 simultaneous attacks (shields, armor, bonus damage, double hits) -> medivac
-heals -> deaths -> shield regeneration. After the sub-steps, overlapping
-ground units are pushed apart. Weapon
+heals -> deaths -> shield regeneration. Overlapping ground units are pushed
+apart every sub-step. Weapon
 cooldowns carry their remainder across sub-steps and units stop exactly at
 their range edge, so rates of fire and travel times do not depend on the
 sub-step length.
@@ -30,12 +30,16 @@ GAME_SECONDS_PER_STEP = 0.5
 ACQUIRE_RANGE = SIGHT_RANGE
 # Dead units are parked this far off the map, so no range, sight or overlap reaches them.
 PARKING = -1e4
-# Target scores: forbidden pairs and out-of-range candidates of attackers get
-# _FORBIDDEN; a medivac's fallbacks (uninjured or distant friends) stay below it.
+# Target scores are squared distances plus penalties. Forbidden pairs and
+# out-of-range candidates of attackers score _FORBIDDEN; an attacker's current
+# (still valid) target is preferred over any other by _KEEP; a medivac's
+# fallbacks (uninjured or out-of-range friends) stay below _FORBIDDEN.
 _FORBIDDEN = 4000.0
-_MEDIVAC_FALLBACK = 1000.0
-# Scores are quantised to 1/64 cell and packed with the unit index (32 slots)
-# so that one amin gives both the best score and its index, exactly, in float32.
+_KEEP = 500.0
+_PREFER_THREAT = 100.0
+_MEDIVAC_FALLBACK = 600.0
+# Scores are quantised to 1/64 and packed with the unit index (32 slots) so
+# that one amin gives both the best score and its index, exactly, in float32.
 _SCORE_STEPS, _INDEX_SLOTS = 64.0, 32.0
 _NEVER_DAMAGED = 1e6
 
@@ -87,15 +91,21 @@ class UnitTable:
         self.can_target = torch.where(
             self.is_medivac[:, None], same_team & ~eye & ~self.is_medivac[None, :], ~same_team
         )
-        # Attackers prefer units that can shoot back (non-medivacs).
-        prefer = torch.where(self.is_medivac[:, None], 0.0, 100.0 * self.is_medivac[None, :].float())
+        # Attackers prefer units that can shoot back (non-medivacs) and keep a
+        # valid target (its _KEEP is subtracted at run time).
+        prefer = torch.where(self.is_medivac[:, None], 0.0, _KEEP + _PREFER_THREAT * self.is_medivac[None, :].float())
         self.target_penalty = torch.where(self.can_target, prefer, _FORBIDDEN)
+        self.keep_bonus = torch.where(self.is_medivac, 0.0, _KEEP)
         self.out_of_range_penalty = torch.where(self.is_medivac, _MEDIVAC_FALLBACK, _FORBIDDEN)
         # Ground units push each other apart; air units (medivac) do not collide.
         ground = ~self.is_air
         self.collide_half = 0.5 * (ground[:, None] & ground[None, :] & ~eye).float()
         self.min_separation = self.radius[:, None] + self.radius[None, :]
         self.parking_x = PARKING - 10.0 * self.index.float()
+
+    def step_length(self, dt: float) -> torch.Tensor:
+        """Distance each unit covers in ``dt`` game-seconds, ``[U]``."""
+        return self.speed * dt
 
 
 class Battle:
@@ -140,6 +150,10 @@ class Battle:
         # medivacs or scripted allies are involved they only ever target allies.
         self._ai_rows = slice(0 if scripted_allies else N, Uc)
         self._target_cols = slice(0, Uc if (scripted_allies or ut.has_medivac) else N)
+        self._agent_controlled = ~self.ai
+        # Pair tables expanded over battles (views), for gathers by target index.
+        self._reach = ut.reach.expand(B, -1, -1)
+        self._hit_damage = ut.hit_damage.expand(B, -1, -1)
         self.walkable = walkable_grid(spec.terrain).to(self.device).flatten()
         self.offsets = torch.cat([formation(spec, enemies=False), formation(spec, enemies=True)]).to(self.device)
         self.spawn_centre = torch.tensor(
@@ -237,148 +251,136 @@ class Battle:
 
     # -------------------------------------------------------------- physics
     def advance(self) -> None:
-        """Run one env step (``substeps`` sub-steps, then separation) of every battle."""
+        """Run one env step (``substeps`` sub-steps) of every battle."""
         for _ in range(self.substeps):
             self._substep()
-        self._separate()
         self.steps += 1
 
     def _substep(self) -> None:
-        ut, dt, B = self.units, self.dt, self.num_envs
-        alive = self.alive
+        ut, dt = self.units, self.dt
+        alive = self.health > 0
         x, y = self.x, self.y
-        target = self._acquire_targets(alive)
+        dx = x[:, None, :] - x[:, :, None]  # [B, U, U]: x_v - x_u
+        dy = y[:, None, :] - y[:, :, None]
+        d2 = dx * dx + dy * dy
+        target = self._update_targets(alive, d2)
         has_t = target >= 0
         t_idx = target.clamp(min=0)
-        tx, ty = x.gather(1, t_idx), y.gather(1, t_idx)
-        t_dist = ((tx - x) ** 2 + (ty - y) ** 2).sqrt()
-        reach = ut.reach.expand(B, -1, -1).gather(2, t_idx[..., None]).squeeze(-1)
-        in_range = has_t & (t_dist <= reach + 1e-4)
 
-        # --- movement: chase out-of-range targets to the range edge, else follow
-        # move / attack-move goals.
-        chase = alive & has_t & ~in_range
-        walk = alive & ~has_t & ((self.order == MOVE) | (self.order == ATTACK_MOVE))
-        gx = torch.where(chase, tx, self.goal_x) - x
-        gy = torch.where(chase, ty, self.goal_y) - y
-        g_dist = (gx * gx + gy * gy).sqrt()
-        remaining = torch.where(chase, t_dist - reach, g_dist)
-        step = torch.minimum(ut.speed * dt, remaining).clamp(min=0) * (chase | walk)
-        scale = step / g_dist.clamp(min=1e-6)
+        # --- movement: chase a target out of range up to its range edge (edge
+        # to edge), else walk to the move / attack-move point.
+        vx = torch.where(has_t, x.gather(1, t_idx), self.goal_x) - x
+        vy = torch.where(has_t, y.gather(1, t_idx), self.goal_y) - y
+        dist = (vx * vx + vy * vy).sqrt()
+        gap = dist - self._reach.gather(2, t_idx[..., None]).squeeze(-1) * has_t
+        in_range = has_t & (gap <= 1e-4)
+        walk_order = (self.order == MOVE) | (self.order == ATTACK_MOVE)
+        moving = alive & torch.where(has_t, ~in_range, walk_order)
+        step = torch.minimum(ut.step_length(dt), gap).clamp(min=0) * moving
+        scale = step / dist.clamp(min=1e-6)
         # A move order is complete once its point is reached.
-        arrived = walk & (self.order == MOVE) & (g_dist <= ut.speed * dt)
+        arrived = moving & ~has_t & (self.order == MOVE) & (dist <= ut.step_length(dt))
         self.order = torch.where(arrived, IDLE, self.order)
-        nx, ny = self._keep_walkable(x + gx * scale, y + gy * scale, x, y)
-        self.x = torch.where(alive, nx, x)
-        self.y = torch.where(alive, ny, y)
+        # Simple separation: overlapping ground units each move half the overlap
+        # apart (dead units are parked off the map, so they never overlap).
+        pair_dist = d2.sqrt()
+        w = (ut.min_separation - pair_dist).clamp(min=0) * ut.collide_half / pair_dist.clamp(min=1e-3)
+        nx = x + vx * scale - (w * dx).sum(-1)
+        ny = y + vy * scale - (w * dy).sum(-1)
+        nx, ny = self._keep_walkable(nx, ny, x, y)
+        x, y = torch.where(alive, nx, x), torch.where(alive, ny, y)
 
         # --- attacks (simultaneous); cooldowns keep their remainder.
         cd = self.cooldown - dt
-        fire = in_range & ut.can_attack & (cd <= 0) & alive
+        fire = in_range & alive & ut.can_attack & (cd <= 0)
         self.cooldown = torch.where(fire, cd + ut.cooldown, cd.clamp(min=0))
         shield_loss, health_loss = self._damage(fire, t_idx)
         health = self.health - health_loss
         shield = self.shield - shield_loss
-
-        if ut.has_medivac:  # 9 hp/s, 1 energy per 3 hp; energy regenerates.
-            heal_on = alive & ut.is_medivac & in_range
-            t_missing = (ut.max_health[t_idx] - health.gather(1, t_idx)).clamp(min=0)
-            heal = torch.minimum(t_missing.clamp(max=U.MEDIVAC_HEAL_PER_SECOND * dt), self.energy * U.MEDIVAC_HP_PER_ENERGY)
-            heal = heal * heal_on
-            energy = self.energy - heal / U.MEDIVAC_HP_PER_ENERGY + U.ENERGY_REGEN_PER_SECOND * dt
-            self.energy = torch.where(ut.is_medivac & alive, energy.clamp(max=U.MEDIVAC_MAX_ENERGY), self.energy)
-            heal_in = torch.zeros_like(health).scatter_add_(1, t_idx, heal)
-            health = torch.where(health > 0, (health + heal_in).clamp(max=ut.max_health), health)
+        if ut.has_medivac:
+            health = self._heal(alive & in_range & ut.is_medivac, t_idx, health)
 
         dead = health <= 0
-        damaged = (shield_loss > 0) | (health_loss > 0)
-        since = torch.where(damaged, 0.0, self.since_damage + dt)
+        since = torch.where((shield_loss + health_loss) > 0, 0.0, self.since_damage + dt)
         if ut.has_shields:
-            regen = since >= U.SHIELD_REGEN_DELAY
-            shield = torch.where(regen, (shield + U.SHIELD_REGEN_PER_SECOND * dt).clamp(max=ut.max_shield), shield)
-        self.health = torch.where(dead, 0.0, health)
-        self.shield = torch.where(dead, 0.0, shield)
+            regen = (since >= U.SHIELD_REGEN_DELAY) & ~dead
+            shield = torch.minimum(shield + U.SHIELD_REGEN_PER_SECOND * dt * regen, ut.max_shield)
+        self.health = health.clamp(min=0)
+        self.shield = shield  # a dead unit's shield was used up by the hit that killed it
         self.since_damage = since
         self.target = torch.where(dead, -1, target)
-        self.x = torch.where(dead, ut.parking_x, self.x)
-        self.y = torch.where(dead, PARKING, self.y)
+        self.x = torch.where(dead, ut.parking_x, x)
+        self.y = torch.where(dead, PARKING, y)
 
-    def _separate(self) -> None:
-        """Simple separation: overlapping ground units each move half the overlap apart.
+    def _heal(self, healing: torch.Tensor, t_idx: torch.Tensor, health: torch.Tensor) -> torch.Tensor:
+        """Medivac heals (9 hp/s, 1 energy per 3 hp, energy regenerates); returns new health."""
+        ut, dt = self.units, self.dt
+        missing = (ut.max_health.expand_as(health).gather(1, t_idx) - health.gather(1, t_idx)).clamp(min=0)
+        heal = torch.minimum(missing.clamp(max=U.MEDIVAC_HEAL_PER_SECOND * dt), self.energy * U.MEDIVAC_HP_PER_ENERGY)
+        heal = heal * healing
+        energy = self.energy - heal / U.MEDIVAC_HP_PER_ENERGY + U.ENERGY_REGEN_PER_SECOND * dt * ut.is_medivac
+        self.energy = energy.clamp(max=U.MEDIVAC_MAX_ENERGY)
+        healed = health + torch.zeros_like(health).scatter_add_(1, t_idx, heal)
+        return torch.where(health > 0, healed.clamp(max=ut.max_health), health)
 
-        Runs once per env step on all pairs; dead units are parked off the map,
-        so they never overlap anything.
+    def _update_targets(self, alive: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+        """Targets ``[B, U]`` for this sub-step (unit index or -1).
+
+        Agent-controlled units keep their ordered target while it lives, then
+        stand idle. AI attackers keep their target while it is alive and within
+        acquisition range, otherwise take the nearest hostile in range,
+        preferring units that can shoot back (non-medivacs). AI medivacs re-pick
+        every sub-step: the nearest injured friend in range, else the nearest
+        friend (so they follow the army). Dead units are parked far off the map,
+        so they are never in range.
         """
-        ut, x, y = self.units, self.x, self.y
-        dx = x[:, None, :] - x[:, :, None]  # [B, U, U]: x_v - x_u
-        dy = y[:, None, :] - y[:, :, None]
-        dist = (dx * dx + dy * dy).sqrt()
-        w = (ut.min_separation - dist).clamp(min=0) * ut.collide_half / dist.clamp(min=1e-3)
-        nx, ny = self._keep_walkable(x - (w * dx).sum(-1), y - (w * dy).sum(-1), x, y)
-        alive = self.alive
-        self.x, self.y = torch.where(alive, nx, x), torch.where(alive, ny, y)
-
-    def _acquire_targets(self, alive: torch.Tensor) -> torch.Tensor:
-        """Validate targets ``[B, U]``; AI units (re)acquire, ordered allies idle when theirs is lost.
-
-        AI attackers keep their target while it is alive and within acquisition
-        range, otherwise take the nearest hostile in range, preferring units that
-        can attack (non-medivacs). AI medivacs re-pick every sub-step: the nearest
-        injured friend in range, else the nearest friend (so they follow the army).
-        """
-        ut, x, y = self.units, self.x, self.y
-        target = self.target
-        has_t = target >= 0
-        t_idx = target.clamp(min=0)
-        t_dist2 = (x.gather(1, t_idx) - x) ** 2 + (y.gather(1, t_idx) - y) ** 2
-        valid = has_t & alive.gather(1, t_idx) & alive
-        # Agent-controlled units lose a dead target and stand idle.
-        self.order = torch.where(~self.ai & (self.order == ATTACK) & ~valid, IDLE, self.order)
-        keep = valid & (~self.ai | ((t_dist2 <= ACQUIRE_RANGE**2) & ~ut.is_medivac))
+        ut, target = self.units, self.target
+        valid = (target >= 0) & alive.gather(1, target.clamp(min=0))
+        lost = self._agent_controlled & (self.order == ATTACK) & ~valid
+        self.order = torch.where(lost, IDLE, self.order)
 
         # Candidates: AI rows x possible target columns, [B, R, C].
         rows, cols = self._ai_rows, self._target_cols
-        d = ((x[:, None, cols] - x[:, rows, None]) ** 2 + (y[:, None, cols] - y[:, rows, None]) ** 2).sqrt()
-        # Score = distance + preference; out of acquisition range (a step of
-        # height 1 within 1e-3 of the edge): forbidden for attackers, a fallback for medivacs.
-        out_of_range = ((d - ACQUIRE_RANGE) * 1e3).clamp(0, 1)
-        score = d + ut.target_penalty[rows, cols] + out_of_range * ut.out_of_range_penalty[rows, None]
+        d2 = d2[:, rows, cols]
+        # Out of acquisition range: a unit step within 1e-3 (squared) of the edge.
+        out_of_range = ((d2 - ACQUIRE_RANGE**2) * 1e3).clamp(0, 1)
+        score = d2 + ut.target_penalty[rows, cols] + out_of_range * ut.out_of_range_penalty[rows, None]
+        current = target[:, rows, None] == ut.index[cols]
+        score = score - current * ut.keep_bonus[rows, None]
         if ut.has_medivac:
             uninjured = (self.health[:, cols] >= ut.max_health[cols]).float()
             score = score + (uninjured * _MEDIVAC_FALLBACK)[:, None, :] * ut.is_medivac[rows, None]
         packed = (score.clamp(max=_FORBIDDEN) * _SCORE_STEPS).floor() * _INDEX_SLOTS + ut.index[cols]
         best = packed.amin(-1)
         found = best < _FORBIDDEN * _SCORE_STEPS * _INDEX_SLOTS
-        acquired = torch.where(found, torch.remainder(best, _INDEX_SLOTS).long() + cols.start, -1)
+        acquired = torch.where(found, torch.remainder(best, _INDEX_SLOTS).long(), -1)
         acquired = torch.cat([target[:, : rows.start], acquired], 1)
-        reacquire = self.ai & alive & ~keep
-        return torch.where(keep, target, torch.where(reacquire, acquired, -1))
+        return torch.where(self.ai, acquired, torch.where(valid, target, -1))
 
     def _damage(self, fire: torch.Tensor, t_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shield and health loss ``[B, U]`` from the shots fired this sub-step.
 
         Hits landing on one unit in the same sub-step are applied one after
         another: whole hits are absorbed by the shield, the hit that breaks it
-        carries its remainder (minus armor) to health, and every later hit deals
+        carries its remainder minus armor to health, and every later hit deals
         ``max(d - armor, 0.5)``. This is exact when those hits have equal raw
         damage ``d`` (the usual case); hits of different weapons landing on one
         unit within the same sub-step use their mean damage.
         """
-        ut, B = self.units, self.num_envs
-        d = ut.hit_damage.expand(B, -1, -1).gather(2, t_idx[..., None]).squeeze(-1)
+        ut = self.units
+        d = self._hit_damage.gather(2, t_idx[..., None]).squeeze(-1)  # raw damage of one hit
         hits = fire * ut.hits
         n = torch.zeros_like(d).scatter_add_(1, t_idx, hits)
         raw = torch.zeros_like(d).scatter_add_(1, t_idx, hits * d)
-        mean = raw / n.clamp(min=1)
         shield = self.shield
-        to_shield = torch.minimum(raw, shield)
-        absorbed_whole = torch.floor(shield / mean.clamp(min=1e-6))
-        leftover = shield - absorbed_whole * mean  # the shield part of the breaking hit
-        breaking = (leftover > 0).float()
-        through = (n - absorbed_whole - breaking).clamp(min=0)
-        health_hits = through * (mean - ut.armor).clamp(min=U.MIN_HEALTH_DAMAGE)
-        health_hits = health_hits + breaking * (mean - leftover - ut.armor).clamp(min=0)
-        return to_shield, torch.where(raw > shield, health_hits, 0.0)
+        mean = raw / n.clamp(min=1)
+        whole = (shield / mean.clamp(min=1e-6)).floor()  # hits the shield absorbs whole
+        left = shield - whole * mean  # shield part of the breaking hit
+        through = (n - whole).clamp(min=0)  # hits reaching health, the breaking one included
+        breaking = ((left > 0) & (through > 0)).float()
+        health_loss = (through - breaking) * (mean - ut.armor).clamp(min=U.MIN_HEALTH_DAMAGE)
+        health_loss = health_loss + breaking * (mean - left - ut.armor).clamp(min=0)
+        return torch.minimum(raw, shield), health_loss
 
     # -------------------------------------------------------------- terrain
     def walkable_at(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""Phases of ``python train.py phase=<name>``: a registry from phase name to function.
+
+Every phase is a function ``run(cfg: DictConfig) -> dict[str, float]`` that does
+its job, writes its outputs into ``cfg.paths.output_dir`` and returns its scalar
+metrics under slash names (``rollout/win_rate``, later ``eval/win_rate``,
+``train/loss``, ...). A phase is registered here as ``"module:function"`` and
+imported only when it runs, so a light phase does not pay for a heavy one's
+imports. To add one, write ``configs/phase/<name>.yaml`` (with
+``# @package _global_`` and ``task_name: <name>``) and an entry below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from omegaconf import DictConfig
+
+PhaseFn = Callable[[DictConfig], dict]
+
+PHASES: dict[str, str] = {
+    "rollout": "ovmse.phases.rollout:run",
+}
+
+
+def get_phase(name: str) -> PhaseFn:
+    """The function registered for phase ``name``."""
+    try:
+        target = PHASES[name]
+    except KeyError:
+        raise ValueError(f"Unknown phase {name!r}; registered phases: {', '.join(PHASES)}.") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def run_phase(cfg: DictConfig) -> dict:
+    """Run the phase named by ``cfg.task_name`` and return its metrics.
+
+    Applies the settings every phase shares first (``num_threads``).
+    """
+    phase = get_phase(cfg.task_name)
+    if cfg.get("num_threads") is not None:
+        import torch
+
+        torch.set_num_threads(int(cfg.num_threads))
+    return phase(cfg)
+
+
+__all__ = ["PHASES", "get_phase", "run_phase"]

@@ -1,0 +1,75 @@
+"""Helpers shared by the phases: seeding, device choice, env construction, outputs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# Keys of an env config that are not simulator options.
+_ENV_KEYS = ("map_name", "backend", "num_envs", "device")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if present) and torch."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    torch.manual_seed(seed)
+
+
+def env_from_config(env_cfg: DictConfig | Mapping[str, Any], *, seed: int | None = None,
+                    num_envs: int | None = None, **overrides):
+    """Build the env an ``env`` config group entry describes (``configs/env/*.yaml``).
+
+    Every key besides ``map_name``, ``backend``, ``num_envs`` and ``device`` is
+    passed to :func:`ovmse.envs.make_env` as a backend option (``substeps``,
+    ``spawn_jitter``, ...); ``overrides`` add or replace options
+    (e.g. ``scripted_allies=True``).
+    """
+    from ovmse.envs import make_env
+
+    cfg = OmegaConf.to_container(env_cfg, resolve=True) if isinstance(env_cfg, DictConfig) else dict(env_cfg)
+    options = {k: v for k, v in cfg.items() if k not in _ENV_KEYS}
+    options.update(overrides)
+    return make_env(
+        cfg["map_name"],
+        int(num_envs if num_envs is not None else cfg.get("num_envs", 1)),
+        device=resolve_device(str(cfg.get("device", "cpu"))),
+        seed=seed,
+        backend=cfg.get("backend", "sim"),
+        **options,
+    )
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def log_scalars(cfg: DictConfig, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Write ``metrics`` (slash names) to TensorBoard under ``<run dir>/tensorboard``."""
+    if not cfg.get("tensorboard", False):
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(Path(cfg.paths.output_dir) / "tensorboard")) as writer:
+        for name, value in metrics.items():
+            writer.add_scalar(name, float(value), step)

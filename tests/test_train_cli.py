@@ -1,0 +1,89 @@
+"""The main job: `python train.py phase=rollout ...` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPS = ["10m_vs_11m", "2s3z", "3m", "3s5z", "3s_vs_5z", "5m_vs_6m", "6h_vs_8z", "8m", "MMM"]
+
+
+def train(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def rollout_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = train("phase=rollout", "env=3m", "n_battles=16", "seed=3", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir, proc
+
+
+def test_rollout_writes_sane_stats(rollout_run):
+    run_dir, _ = rollout_run
+    stats = json.loads((run_dir / "rollout_stats.json").read_text())
+    assert stats["phase"] == "rollout"
+    assert stats["map_name"] == "3m"
+    assert stats["policy"] == "random"
+    assert stats["seed"] == 3
+    assert stats["num_envs"] == 16  # capped at n_battles
+    m = stats["metrics"]
+    assert all(k.startswith("rollout/") for k in m)
+    assert m["rollout/battles"] == 16
+    assert 0.0 <= m["rollout/win_rate"] <= 1.0
+    assert 0.0 <= m["rollout/return_min"] <= m["rollout/return_mean"] <= m["rollout/return_max"] <= 20.0 + 1e-4
+    assert m["rollout/return_std"] >= 0.0
+    assert 1.0 <= m["rollout/episode_length_mean"] <= 60.0  # 3m's episode limit
+    assert m["rollout/env_steps"] >= 16 * 1
+    assert math.isfinite(m["rollout/env_steps_per_second"]) and m["rollout/env_steps_per_second"] > 0
+
+
+def test_rollout_run_dir_has_config_log_and_tensorboard(rollout_run):
+    run_dir, proc = rollout_run
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    resolved = (run_dir / "config_resolved.yaml").read_text()
+    assert "map_name: 3m" in resolved and "n_battles: 16" in resolved and "${" not in resolved
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # the printed table
+    for label in ("win rate", "return mean", "episode length mean", "env steps / s"):
+        assert label in proc.stdout
+
+
+def test_unknown_env_lists_the_maps():
+    proc = train("phase=rollout", "env=4m", timeout=120)
+    assert proc.returncode != 0
+    msg = proc.stdout + proc.stderr
+    assert "Available options in 'env'" in msg
+    for name in MAPS:
+        assert re.search(rf"^\s+{re.escape(name)}$", msg, re.M), name
+
+
+def test_unknown_phase_lists_the_phases():
+    proc = train("phase=no_such_phase", timeout=120)
+    assert proc.returncode != 0
+    assert "Available options in 'phase'" in proc.stdout + proc.stderr
+    assert "rollout" in proc.stdout + proc.stderr
+
+
+def test_every_map_has_an_env_config():
+    from ovmse.envs import MAPS as SIM_MAPS
+
+    configs = sorted(p.stem for p in (ROOT / "configs" / "env").glob("*.yaml"))
+    assert configs == sorted(SIM_MAPS) == sorted(MAPS)
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_cmd = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in ln]
+    assert len(ci_cmd) == 1
+    assert ci_cmd[0].strip() in (ROOT / "README.md").read_text()
