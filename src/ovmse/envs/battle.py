@@ -22,7 +22,7 @@ import torch
 
 from . import units as U
 from .maps import MAP_SIZE, MOVE_AMOUNT, SIGHT_RANGE, MapSpec
-from .terrain import formation, walkable_grid
+from .terrain import formation, walkable_band, walkable_grid
 
 IDLE, MOVE, ATTACK, ATTACK_MOVE = 0, 1, 2, 3
 GAME_SECONDS_PER_STEP = 0.5
@@ -154,7 +154,9 @@ class Battle:
         # Pair tables expanded over battles (views), for gathers by target index.
         self._reach = ut.reach.expand(B, -1, -1)
         self._hit_damage = ut.hit_damage.expand(B, -1, -1)
-        self.walkable = walkable_grid(spec.terrain).to(self.device).flatten()
+        grid = walkable_grid(spec.terrain)
+        self.walkable = grid.to(self.device).flatten()
+        self._band = walkable_band(grid)
         self.offsets = torch.cat([formation(spec, enemies=False), formation(spec, enemies=True)]).to(self.device)
         self.spawn_centre = torch.tensor(
             [spec.ally_spawn] * N + [spec.enemy_spawn] * spec.n_enemies, device=self.device
@@ -385,23 +387,33 @@ class Battle:
     # -------------------------------------------------------------- terrain
     def walkable_at(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Whether points are inside the map on a walkable cell (same shape as x)."""
-        size = int(MAP_SIZE)
         inside = (x >= 0) & (x < MAP_SIZE) & (y >= 0) & (y < MAP_SIZE)
+        if self._band is not None:
+            lo, hi = self._band
+            return inside & (y >= lo) & (y < hi)
+        size = int(MAP_SIZE)
         cell = x.floor().long().clamp(0, size - 1) * size + y.floor().long().clamp(0, size - 1)
         return inside & self.walkable[cell]
 
     def _keep_walkable(self, nx, ny, ox, oy) -> tuple[torch.Tensor, torch.Tensor]:
         """Clamp a move from (ox, oy) to (nx, ny) ``[B, U]`` to the map and walkable cells.
 
-        Air units only stay inside the map. A ground move onto an unwalkable
-        cell slides along whichever axis stays walkable, else the unit stays.
+        The start (ox, oy) must be walkable. Air units only stay inside the map.
+        A ground move onto an unwalkable cell slides along whichever axis stays
+        walkable, else the unit stays.
         """
         eps = 1e-3
         nx, ny = nx.clamp(eps, MAP_SIZE - eps), ny.clamp(eps, MAP_SIZE - eps)
+        air = self.units.is_air
+        if self._band is not None:
+            # Walkable rows span the whole map width: x always moves, y only inside the band.
+            lo, hi = self._band
+            if lo <= 0 and hi >= MAP_SIZE:
+                return nx, ny
+            return nx, torch.where((ny >= lo) & (ny < hi) | air, ny, oy)
         size = int(MAP_SIZE)
         cx_new, cy_new = nx.long() * size, ny.long()
         cx_old, cy_old = ox.clamp(0, MAP_SIZE - eps).long() * size, oy.clamp(0, MAP_SIZE - eps).long()
-        air = self.units.is_air
         ok_both = self.walkable[cx_new + cy_new] | air
         ok_x = self.walkable[cx_new + cy_old] | air
         ok_y = self.walkable[cx_old + cy_new] | air

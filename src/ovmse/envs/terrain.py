@@ -34,6 +34,19 @@ def walkable_grid(terrain: str) -> torch.Tensor:
     raise ValueError(f"Unknown terrain {terrain!r}; expected 'strip', 'open' or 'octagon'.")
 
 
+def walkable_band(grid: torch.Tensor) -> tuple[float, float] | None:
+    """``(lo, hi)`` if the walkable cells are exactly the rows ``lo <= y < hi`` across
+    the whole map width (movement checks then reduce to a comparison), else None."""
+    rows = grid.all(0)
+    if not bool((grid == rows[None, :]).all()) or not bool(rows.any()):
+        return None
+    ys = rows.nonzero().flatten()
+    lo, hi = int(ys[0]), int(ys[-1]) + 1
+    if not bool(rows[lo:hi].all()):
+        return None
+    return float(lo), float(hi)
+
+
 def formation(spec: MapSpec, enemies: bool) -> torch.Tensor:
     """Spawn offsets of one team relative to its spawn centre, ``[n_units, 2]``.
 
