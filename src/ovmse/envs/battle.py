@@ -87,10 +87,15 @@ class UnitTable:
 
         same_team = self.team[:, None] == self.team[None, :]
         eye = torch.eye(u, dtype=torch.bool, device=device)
-        # Attackers target the other team; medivacs heal their own non-medivac units.
-        self.can_target = torch.where(
+        # Attackers target the other team (ground-only weapons: ground units only);
+        # medivacs heal their own non-medivac units.
+        # SMAC offers every such order (``order_target``); the game carries out
+        # only those the weapon can (``can_target``).
+        hits_air = t([x.hits_air for x in types], torch.bool)
+        self.order_target = torch.where(
             self.is_medivac[:, None], same_team & ~eye & ~self.is_medivac[None, :], ~same_team
         )
+        self.can_target = self.order_target & (~self.is_air[None, :] | hits_air[:, None] | self.is_medivac[:, None])
         # Attackers prefer units that can shoot back (non-medivacs) and keep a
         # valid target (its _KEEP is subtracted at run time).
         prefer = torch.where(self.is_medivac[:, None], 0.0, _KEEP + _PREFER_THREAT * self.is_medivac[None, :].float())
@@ -150,7 +155,6 @@ class Battle:
         # medivacs or scripted allies are involved they only ever target allies.
         self._ai_rows = slice(0 if scripted_allies else N, Uc)
         self._target_cols = slice(0, Uc if (scripted_allies or ut.has_medivac) else N)
-        self._agent_controlled = ~self.ai
         # Pair tables expanded over battles (views), for gathers by target index.
         self._reach = ut.reach.expand(B, -1, -1)
         self._hit_damage = ut.hit_damage.expand(B, -1, -1)
@@ -242,7 +246,11 @@ class Battle:
         goal_x = torch.where(move, self.x[:, :N] + mx, self.goal_x[:, :N])
         goal_y = torch.where(move, self.y[:, :N] + my, self.goal_y[:, :N])
         # Attack targets are enemy indices; a medivac's heal targets are ally indices.
+        # SC2 refuses an order the weapon cannot carry out (a ground-only weapon on
+        # an air unit): the unit keeps its previous order.
         new_target = a - 6 + torch.where(ut.is_medivac[:N], 0, N)
+        allowed = ut.can_target[:N].expand(self.num_envs, -1, -1).gather(2, new_target.clamp(0, self.n_units - 1)[..., None])
+        attack = attack & allowed.squeeze(-1)
         target = torch.where(attack, new_target, torch.where(stop | move, -1, self.target[:, :N]))
         order = torch.where(stop, IDLE, torch.where(move, MOVE, torch.where(attack, ATTACK, self.order[:, :N])))
         self.goal_x = torch.cat([goal_x, self.goal_x[:, N:]], 1)
@@ -338,7 +346,7 @@ class Battle:
         """
         ut, target = self.units, self.target
         valid = (target >= 0) & alive.gather(1, target.clamp(min=0))
-        lost = self._agent_controlled & (self.order == ATTACK) & ~valid
+        lost = ~self.ai & (self.order == ATTACK) & ~valid
         self.order = torch.where(lost, IDLE, self.order)
 
         # Candidates: AI rows x possible target columns, [B, R, C].

@@ -49,7 +49,7 @@ class FeatureTables:
         is_medivac = units.is_medivac[:N]
         j = torch.arange(M, device=device)
         self.action_unit = torch.where(is_medivac[:, None], j[None, :].clamp(max=N - 1), N + j[None, :])
-        self.action_allowed = units.can_target[:N].gather(1, self.action_unit) & torch.where(
+        self.action_allowed = units.order_target[:N].gather(1, self.action_unit) & torch.where(
             is_medivac[:, None], j[None, :] < N, True
         )  # [N, M]
         self.move_probe = MOVE_AMOUNT / 2 * torch.tensor(

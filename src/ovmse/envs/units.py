@@ -19,7 +19,8 @@ class UnitType:
     ``bonus_vs`` is the attribute (LIGHT/ARMORED) that earns ``bonus_damage``;
     ``hits`` is the number of hits per attack (zealot and colossus hit twice).
     ``max_cooldown_loops`` is SMAC's normaliser for the weapon cooldown state
-    feature (for the medivac it normalises energy instead).
+    feature (for the medivac it normalises energy instead). ``hits_air`` is
+    False for ground-only weapons (marauder, zealot, colossus, zergling).
     """
 
     name: str
@@ -39,6 +40,7 @@ class UnitType:
     race: str
     is_medivac: bool = False
     is_air: bool = False
+    hits_air: bool = True
 
 
 MEDIVAC_HEAL_PER_SECOND = 9.0
@@ -56,16 +58,16 @@ UNIT_TYPES: dict[str, UnitType] = {
     u.name: u
     for u in (
         UnitType("marine", 45, 0, 0, 6, 0, LIGHT, 1, 0.861, 5, 2.25, 0.375, LIGHT, 15, "terran"),
-        UnitType("marauder", 125, 0, 1, 10, 10, ARMORED, 1, 1.5, 6, 2.25, 0.5625, ARMORED, 25, "terran"),
+        UnitType("marauder", 125, 0, 1, 10, 10, ARMORED, 1, 1.5, 6, 2.25, 0.5625, ARMORED, 25, "terran", hits_air=False),
         UnitType(
             "medivac", 150, 0, 1, 0, 0, LIGHT, 0, 1.0, 4, 2.5, 0.75, ARMORED, MEDIVAC_MAX_ENERGY, "terran",
             is_medivac=True, is_air=True,
         ),
         UnitType("stalker", 80, 80, 1, 13, 5, ARMORED, 1, 1.87, 6, 2.953, 0.625, ARMORED, 35, "protoss"),
-        UnitType("zealot", 100, 50, 1, 8, 0, LIGHT, 2, 1.2, 0.1, 2.25, 0.5, LIGHT, 22, "protoss"),
-        UnitType("colossus", 200, 150, 1, 10, 5, LIGHT, 2, 1.5, 7, 2.25, 1.0, ARMORED, 24, "protoss"),
+        UnitType("zealot", 100, 50, 1, 8, 0, LIGHT, 2, 1.2, 0.1, 2.25, 0.5, LIGHT, 22, "protoss", hits_air=False),
+        UnitType("colossus", 200, 150, 1, 10, 5, LIGHT, 2, 1.5, 7, 2.25, 1.0, ARMORED, 24, "protoss", hits_air=False),
         # SMAC's 6h_vs_8z map sets hydralisk health to 80 (stock is 90).
         UnitType("hydralisk", 80, 0, 0, 12, 0, LIGHT, 1, 0.825, 5, 2.25, 0.625, ARMORED, 10, "zerg"),
-        UnitType("zergling", 35, 0, 0, 5, 0, LIGHT, 1, 0.696, 0.1, 2.953, 0.375, LIGHT, 11, "zerg"),
+        UnitType("zergling", 35, 0, 0, 5, 0, LIGHT, 1, 0.696, 0.1, 2.953, 0.375, LIGHT, 11, "zerg", hits_air=False),
     )
 }
