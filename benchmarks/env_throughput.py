@@ -121,7 +121,7 @@ def measure(map_name: str, num_envs: int, device: str, substeps: int, seconds: f
     warmup_s = run(warmup)
     # Calibrate: enough calls that the repeats together take about `seconds`.
     probe_calls, probe_s = 1, run(1)
-    while probe_s < 0.2 and probe_calls < 4096:
+    while probe_s < 0.3 and probe_calls < 4096:
         probe_calls *= 2
         probe_s = run(probe_calls)
     per_call = probe_s / probe_calls
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare-substeps", default=None, help="comma-separated sub-step counts to run instead, e.g. 4,8")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per config (all repeats)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per config (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per config (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed env.step calls before timing")
     p.add_argument("--check-actions", action="store_true", help="validate actions against the mask (one sync per step)")
     p.add_argument("--compile", action="store_true", help="pass compile=True to the env (if it supports it)")

@@ -245,6 +245,9 @@ def findings(results: list[dict]) -> list[str]:
         if r["policy"] == "random" and r["win_rate"] > 0.05:
             out.append(f"- **{r['map']}** (random): random agents win {_pct(r['win_rate'])}% — "
                        "far above real SMAC's ~0%; the built-in opponent may be too weak here.")
+        if r["draw_rate"] > 0.02:
+            out.append(f"- **{r['map']}** ({r['policy']}): {_pct(r['draw_rate'])}% draws (both sides wiped out in the "
+                       "same step); simultaneous kills within one physics sub-step, rarer with more `substeps`.")
         if r["timeout_rate"] > 0.2:
             out.append(f"- **{r['map']}** ({r['policy']}): {_pct(r['timeout_rate'])}% of battles hit the episode "
                        f"limit ({r['episode_limit']} steps); timeouts count as losses in the win rate.")
