@@ -50,20 +50,28 @@ def walkable_band(grid: torch.Tensor) -> tuple[float, float] | None:
 def formation(spec: MapSpec, enemies: bool) -> torch.Tensor:
     """Spawn offsets of one team relative to its spawn centre, ``[n_units, 2]``.
 
-    Units stand in columns of up to four, one unit type after another, so
-    melee units are not buried behind ranged ones; spacing exceeds the
-    largest diameter so that no two units overlap at spawn.
+    The team faces the other team's spawn. Units stand in ranks of up to four
+    across that direction, one unit type after another from the back, so melee
+    units are not buried behind ranged ones; spacing exceeds the largest
+    diameter so that no two units overlap at spawn. Both teams use the same
+    lateral orientation, so mirrored maps get mirror-image formations.
     """
     names = spec.enemies if enemies else spec.allies
+    own, other = (spec.enemy_spawn, spec.ally_spawn) if enemies else (spec.ally_spawn, spec.enemy_spawn)
+    fx, fy = other[0] - own[0], other[1] - own[1]
+    norm = math.hypot(fx, fy)
+    fx, fy = fx / norm, fy / norm
+    # Lateral axis: the facing turned by 90 degrees, with its sign fixed so that
+    # teams facing each other share it.
+    lx, ly = (-fy, fx) if (fx, fy) >= (0.0, 0.0) else (fy, -fx)
     n = len(names)
     spacing = 2 * max(UNIT_TYPES[u].radius for u in names) + 0.3
-    rows = min(4, n)
-    cols = math.ceil(n / rows)
+    width = min(4, n)
+    depth = math.ceil(n / width)
     offsets = []
     for k in range(n):
-        col, row = divmod(k, rows)
-        dx = (col - (cols - 1) / 2) * spacing
-        dy = (row - (rows - 1) / 2) * spacing
-        # Enemies face west: mirror their columns so both teams lead with the same units.
-        offsets.append((-dx if enemies else dx, dy))
+        rank, file = divmod(k, width)
+        forward = (rank - (depth - 1) / 2) * spacing
+        lateral = (file - (width - 1) / 2) * spacing
+        offsets.append((forward * fx + lateral * lx, forward * fy + lateral * ly))
     return torch.tensor(offsets, dtype=torch.float32)
