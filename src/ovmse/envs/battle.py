@@ -104,8 +104,14 @@ class UnitTable:
         self.out_of_range_penalty = torch.where(self.is_medivac, _MEDIVAC_FALLBACK, _FORBIDDEN)
         # Ground units push each other apart; air units (medivac) do not collide.
         ground = ~self.is_air
-        self.collide_half = 0.5 * (ground[:, None] & ground[None, :] & ~eye).float()
-        self.min_separation = self.radius[:, None] + self.radius[None, :]
+        collide = ground[:, None] & ground[None, :] & ~eye
+        self.half_separation = 0.5 * (self.radius[:, None] + self.radius[None, :]) * collide
+        # (x @ pair_difference)[u * U + v] = x_v - x_u.
+        self.pair_difference = torch.zeros(u, u * u, device=device)
+        pairs = torch.arange(u * u, device=device)
+        self.pair_difference[pairs % u, pairs] += 1.0
+        self.pair_difference[pairs // u, pairs] -= 1.0
+        self.ones = torch.ones(u, device=device)
         self.parking_x = PARKING - 10.0 * self.index.float()
 
     def step_length(self, dt: float) -> torch.Tensor:
@@ -270,9 +276,10 @@ class Battle:
         ut, dt = self.units, self.dt
         alive = self.health > 0
         x, y = self.x, self.y
-        dx = x[:, None, :] - x[:, :, None]  # [B, U, U]: x_v - x_u
-        dy = y[:, None, :] - y[:, :, None]
-        d2 = dx * dx + dy * dy
+        B, Uc = x.shape
+        # Pairwise offsets x_v - x_u, y_v - y_u as one matrix product: [2, B, U, U].
+        dxy = (torch.stack([x, y]).view(2 * B, Uc) @ ut.pair_difference).view(2, B, Uc, Uc)
+        d2 = (dxy * dxy).sum(0)
         target = self._update_targets(alive, d2)
         has_t = target >= 0
         t_idx = target.clamp(min=0)
@@ -292,12 +299,11 @@ class Battle:
         arrived = moving & ~has_t & (self.order == MOVE) & (dist <= ut.step_length(dt))
         self.order = torch.where(arrived, IDLE, self.order)
         # Simple separation: overlapping ground units each move half the overlap
-        # apart (dead units are parked off the map, so they never overlap).
-        pair_dist = d2.sqrt()
-        w = (ut.min_separation - pair_dist).clamp(min=0) * ut.collide_half / pair_dist.clamp(min=1e-3)
-        nx = x + vx * scale - (w * dx).sum(-1)
-        ny = y + vy * scale - (w * dy).sum(-1)
-        nx, ny = self._keep_walkable(nx, ny, x, y)
+        # apart, u by sum_v w_uv (p_u - p_v) with w_uv = (r_u + r_v - d_uv) / (2 d_uv)
+        # (dead units are parked off the map, so they never overlap).
+        w = ((d2 + 1e-6).rsqrt() * ut.half_separation - 0.5).clamp(min=0)
+        push = ((w * dxy).view(-1, Uc) @ ut.ones).view(2, B, Uc)
+        nx, ny = self._keep_walkable(x + vx * scale - push[0], y + vy * scale - push[1], x, y)
         x, y = torch.where(alive, nx, x), torch.where(alive, ny, y)
 
         # --- attacks (simultaneous); cooldowns keep their remainder.
