@@ -460,7 +460,7 @@ def plot(results: list[dict], path: Path) -> None:
         rs = sorted(rs, key=lambda r: r["num_envs"])
         ax.plot([r["num_envs"] for r in rs], [r["env_steps_per_second"] for r in rs], marker=markers[k % len(markers)],
                 ls="-" if device != "cpu" else ("-" if p == 1 else "--"),
-                label=f"{m}, {device}, substeps={s}" + (f", {p} procs × {t} thread{'s' if t > 1 else ''}"
+                label=f"{m}, {device}, substeps={s}" + (f", {p} proc{'s' if p > 1 else ''} × {t} thread{'s' if t > 1 else ''}"
                                                         if device == "cpu" else ""))
     ax.axhline(TARGET["env_steps_per_second"], color="k", ls=":", lw=1.2,
                label=f"target {_fmt(TARGET['env_steps_per_second'])}/s ({TARGET['map']}, {TARGET['num_envs']} envs, "
