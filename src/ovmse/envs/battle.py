@@ -5,15 +5,14 @@ and advances all of them together; nothing loops over battles or units in
 Python. Units are indexed ``[allies..., enemies...]`` (``U = N + M``).
 
 One env step issues the agents' orders and then runs ``substeps`` physics
-sub-steps covering 0.5 game-seconds (SMAC: 8 game loops). Each sub-step:
-target acquisition of AI-controlled units -> movement (chase into weapon
-range edge to edge, move orders, attack-move) with walkable-area checks ->
-simultaneous attacks (shields, armor, bonus damage, double hits) -> medivac
-heals -> deaths -> shield regeneration. Overlapping ground units are pushed
-apart every sub-step. Weapon
-cooldowns carry their remainder across sub-steps and units stop exactly at
-their range edge, so rates of fire and travel times do not depend on the
-sub-step length.
+sub-steps covering 0.5 game-seconds (default 8, one per SC2 game loop). Each
+sub-step: target acquisition of AI-controlled units -> movement (chase into
+weapon range edge to edge, move orders, attack-move) plus separation of
+overlapping ground units, kept on walkable cells -> simultaneous attacks
+(shields, armor, bonus damage, double hits) -> medivac heals -> deaths ->
+shield regeneration. Weapon cooldowns carry their remainder across sub-steps
+and units stop exactly at their range edge, so rates of fire and travel
+times do not depend on the sub-step length.
 """
 
 from __future__ import annotations
