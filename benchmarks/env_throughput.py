@@ -31,16 +31,13 @@ about 15-43k/s on the same 2 cores with 64-1024 battles batched.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import inspect
 import json
 import os
-import platform
 import queue as queue_lib
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -50,6 +47,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from ovmse.provenance import machine_info
 from ovmse.envs import SimSMACEnv, make_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,41 +76,6 @@ def _names(text: str) -> list[str]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = ""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        commit += "+uncommitted changes in src/" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        pass
-    info = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git": commit,
-    }
-    try:
-        info["load_average_1min_at_start"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    return info
 
 
 @torch.no_grad()
@@ -583,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
     substeps = _ints(args.compare_substeps) if args.compare_substeps else [args.substeps]
     env_options = {"check_actions": args.check_actions}
 
-    info = machine_info(threads)
+    info = machine_info(ROOT, threads)
     print(f"torch {info['torch']}, {threads} threads, {info['cpu_count']} cores, devices {devices}, "
           f"substeps {substeps}, procs {procs_list}, options {env_options}", flush=True)
     t0 = time.perf_counter()

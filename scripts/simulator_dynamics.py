@@ -25,21 +25,19 @@ over-represented.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torchrl.envs.utils import step_mdp
 
+from ovmse.provenance import machine_info
 from ovmse.envs import MAPS, make_env
+from ovmse.envs.rollout import run_battles
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("random", "scripted")
@@ -81,38 +79,16 @@ def play(map_name: str, policy: str, battles: int, num_envs: int, seed: int) -> 
     spec, B = env.spec, num_envs
     N = spec.n_agents
     combat = ~env.battle.units.is_medivac.cpu()
-    per_env = math.ceil(battles / B)
-    done_count = torch.zeros(B, dtype=torch.long)
-    ep_return = torch.zeros(B, dtype=torch.float64)
-    ep_length = torch.zeros(B, dtype=torch.long)
-    rec = {k: [] for k in ("return", "length", "won", "truncated", "allies_left", "enemies_left")}
-    calls = 0
-    start = time.perf_counter()
-    td = env.reset()
-    # As run_battles, but with env.step + maybe_reset so that the final state of
-    # a battle (who is left standing) can be read before it resets.
-    while bool((done_count < per_env).any()):
-        td = env.rand_action(td)  # scripted allies ignore their actions
-        td = env.step(td)
-        calls += 1
-        nxt = td.get("next")
-        ep_return += nxt.get("reward").reshape(B).double().cpu()
-        ep_length += 1
-        done = nxt.get("done").reshape(B).cpu()
-        if bool(done.any()):
-            keep = done & (done_count < per_env)
-            alive = (env.battle.alive.cpu() & combat)
-            rec["return"] += ep_return[keep].tolist()
-            rec["length"] += ep_length[keep].tolist()
-            rec["won"] += nxt.get(("info", "battle_won")).reshape(B).cpu()[keep].tolist()
-            rec["truncated"] += nxt.get("truncated").reshape(B).cpu()[keep].tolist()
-            rec["allies_left"] += alive[:, :N].sum(1)[keep].tolist()
-            rec["enemies_left"] += alive[:, N:].sum(1)[keep].tolist()
-            done_count += done.long()
-            ep_return[done] = 0
-            ep_length[done] = 0
-        td = env.maybe_reset(step_mdp(td))
-    seconds = time.perf_counter() - start
+
+    def survivors(env, nxt):
+        # Read before the ended battles reset: who is left standing.
+        alive = env.battle.alive.cpu() & combat
+        return {"allies_left": alive[:, :N].sum(1), "enemies_left": alive[:, N:].sum(1)}
+
+    stats = run_battles(env, battles, on_end=survivors)  # scripted allies ignore the random actions
+    rec = {"return": stats.returns, "length": stats.lengths, "won": stats.won, "truncated": stats.truncated,
+           **stats.extra}
+    calls, seconds = stats.env_steps // B, stats.seconds
 
     n = len(rec["won"])
     wins = sum(rec["won"])
@@ -165,36 +141,6 @@ def play(map_name: str, policy: str, battles: int, num_envs: int, seed: int) -> 
 
 
 # --------------------------------------------------------------------- report
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = ""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        commit += "+uncommitted changes in src/" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "git": commit,
-    }
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -381,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(x not in POLICIES for x in policies):
         p.error(f"--policies must be among {POLICIES}")
 
-    info = machine_info()
+    info = machine_info(ROOT)
     print(f"torch {info['torch']}, {info['torch_threads']} threads, {info['cpu_count']} cores; "
           f"{args.battles} battles x {len(maps)} maps x {len(policies)} policies, {args.num_envs} batched", flush=True)
     t0 = time.perf_counter()

@@ -10,25 +10,31 @@ from typing import Callable
 import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import step_mdp
 
 Policy = Callable[[TensorDictBase], TensorDictBase]
+# Called when battles end, before they reset: (env, the step's "next" tensordict)
+# -> per-battle values ``[B]`` to record for the battles that ended.
+EndHook = Callable[[EnvBase, TensorDictBase], dict[str, torch.Tensor]]
 
 
 @dataclass
 class BattleStats:
     """Outcome of a batch of complete battles.
 
-    ``returns``, ``lengths`` and ``won`` hold one entry per battle. Every env
-    contributes the same number of consecutive battles from its reset, so short
-    battles are not over-represented.
+    ``returns``, ``lengths``, ``won``, ``truncated`` (episode limit reached)
+    and each list in ``extra`` (filled by an ``on_end`` hook) hold one entry
+    per battle. Every env contributes the same number of consecutive battles
+    from its reset, so short battles are not over-represented.
     """
 
     returns: list[float]
     lengths: list[int]
     won: list[bool]
+    truncated: list[bool]
     env_steps: int
     seconds: float
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, list] = field(default_factory=dict)
 
     @property
     def battles(self) -> int:
@@ -70,14 +76,17 @@ class BattleStats:
         }
 
 
-def run_battles(env: EnvBase, n_battles: int, policy: Policy | None = None) -> BattleStats:
+def run_battles(
+    env: EnvBase, n_battles: int, policy: Policy | None = None, on_end: EndHook | None = None
+) -> BattleStats:
     """Play at least ``n_battles`` complete battles on a batched env.
 
     Each of the env's ``B`` battles plays ``ceil(n_battles / B)`` consecutive
     episodes from a fresh reset and all of them are recorded, so the count is
     ``B * ceil(n_battles / B)``. ``policy`` writes ``("agents", "action")``
     into the tensordict it gets; the default is uniformly random available
-    actions (``env.rand_action``).
+    actions (``env.rand_action``). ``on_end`` can read the env before ended
+    battles reset (e.g. who is left standing) and adds its values to ``extra``.
     """
     if n_battles < 1:
         raise ValueError(f"n_battles must be >= 1, got {n_battles}")
@@ -85,29 +94,29 @@ def run_battles(env: EnvBase, n_battles: int, policy: Policy | None = None) -> B
     B = env.batch_size[0]
     per_env = math.ceil(n_battles / B)
     done_count = torch.zeros(B, dtype=torch.long)
-    ep_return = torch.zeros(B)
+    ep_return = torch.zeros(B, dtype=torch.float64)
     ep_length = torch.zeros(B, dtype=torch.long)
-    returns: list[float] = []
-    lengths: list[int] = []
-    won: list[bool] = []
-    steps = 0
+    stats = BattleStats([], [], [], [], 0, 0.0)
     start = time.perf_counter()
     td = env.reset()
     while bool((done_count < per_env).any()):
-        td = policy(td)
-        out, td = env.step_and_maybe_reset(td)
-        steps += B
-        nxt = out.get("next")
-        ep_return += nxt.get("reward").reshape(B).float().cpu()
+        td = env.step(policy(td))
+        stats.env_steps += B
+        nxt = td.get("next")
+        ep_return += nxt.get("reward").reshape(B).double().cpu()
         ep_length += 1
         done = nxt.get("done").reshape(B).cpu()
         if bool(done.any()):
             record = done & (done_count < per_env)
-            win = nxt.get(("info", "battle_won")).reshape(B).cpu()
-            returns += ep_return[record].tolist()
-            lengths += ep_length[record].tolist()
-            won += win[record].tolist()
+            stats.returns += ep_return[record].tolist()
+            stats.lengths += ep_length[record].tolist()
+            stats.won += nxt.get(("info", "battle_won")).reshape(B).cpu()[record].tolist()
+            stats.truncated += nxt.get("truncated").reshape(B).cpu()[record].tolist()
+            for key, values in (on_end(env, nxt) if on_end else {}).items():
+                stats.extra.setdefault(key, []).extend(values.reshape(B).cpu()[record].tolist())
             done_count += done.long()
             ep_return[done] = 0
             ep_length[done] = 0
-    return BattleStats(returns, lengths, won, steps, time.perf_counter() - start)
+        td = env.maybe_reset(step_mdp(td))
+    stats.seconds = time.perf_counter() - start
+    return stats
