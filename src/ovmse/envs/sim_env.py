@@ -19,6 +19,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from ..action_masks import random_valid_actions
 from .battle import Battle
 from .features import FeatureTables, compute_features
 from .maps import MapSpec
@@ -152,8 +153,3 @@ class SimSMACEnv(EnvBase):
         tensordict.set(("agents", "action"), action)
         return tensordict
 
-
-def random_valid_actions(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform sample among the True entries of ``mask`` ``[..., A]`` -> ``[...]`` int64."""
-    noise = torch.rand(mask.shape, generator=generator, device=mask.device)
-    return (noise + 1.0).mul_(mask).argmax(-1)

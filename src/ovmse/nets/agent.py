@@ -1,0 +1,98 @@
+"""Per-agent recurrent Q-network shared by all agents (PyMARL2 ``rnn`` agent).
+
+Parameters are shared across agents, so the agent-id one-hot in the input is what lets the
+network specialise per agent; the last-action one-hot gives the GRU the agent's own recent
+behaviour, which SMAC observations do not contain.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def agent_inputs(obs: torch.Tensor, last_action: torch.Tensor, n_actions: int) -> torch.Tensor:
+    """Build the agent network input ``obs ‖ one_hot(last_action) ‖ one_hot(agent_id)``.
+
+    Args:
+        obs: float ``[..., N, obs_dim]``.
+        last_action: int64 ``[..., N]``; ``-1`` means "no previous action" (first step of an
+            episode) and encodes as an all-zero one-hot, as PyMARL2 does with its zero-filled
+            ``actions_onehot`` at t = 0.
+        n_actions: A.
+
+    Returns:
+        float ``[..., N, obs_dim + A + N]``.
+    """
+    n_agents = obs.shape[-2]
+    if last_action.shape != obs.shape[:-1]:
+        raise ValueError(
+            f"last_action shape {tuple(last_action.shape)} must equal obs shape without the "
+            f"feature axis {tuple(obs.shape[:-1])}"
+        )
+    # clamp(min=0) keeps one_hot valid for -1; the "none" rows are zeroed right after.
+    act_oh = F.one_hot(last_action.clamp(min=0), n_actions).to(obs.dtype)
+    act_oh = act_oh * (last_action >= 0).unsqueeze(-1).to(obs.dtype)
+    ids = torch.eye(n_agents, dtype=obs.dtype, device=obs.device).expand(*obs.shape[:-1], n_agents)
+    return torch.cat([obs, act_oh, ids], dim=-1)
+
+
+class RNNAgent(nn.Module):
+    """fc(D→H) → ReLU → GRUCell(H) → fc(H→A); one set of weights for every agent.
+
+    Args:
+        input_dim: D = obs_dim + n_actions + n_agents (see :func:`agent_inputs`).
+        n_actions: A.
+        hidden_dim: H (PyMARL2 default 64).
+    """
+
+    def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.n_actions = n_actions
+        self.hidden_dim = hidden_dim
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.rnn = nn.GRUCell(hidden_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, n_actions)
+
+    def initial_hidden(self, batch_shape: tuple[int, ...] | torch.Size, device=None) -> torch.Tensor:
+        """Zeros ``[*batch_shape, H]``, e.g. ``batch_shape=(B, N)``."""
+        if device is None:
+            device = self.fc1.weight.device
+        return torch.zeros(*batch_shape, self.hidden_dim, device=device, dtype=self.fc1.weight.dtype)
+
+    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step.
+
+        Args:
+            inputs: ``[B, N, D]`` (any leading dims work; they are flattened).
+            hidden: ``[B, N, H]``.
+
+        Returns:
+            ``(q [B, N, A], hidden [B, N, H])``.
+        """
+        lead = inputs.shape[:-1]
+        # GRUCell only accepts [batch, features]; agents are independent samples of one network.
+        x = F.relu(self.fc1(inputs.reshape(-1, self.input_dim)))
+        h = self.rnn(x, hidden.reshape(-1, self.hidden_dim))
+        q = self.fc2(h)
+        return q.view(*lead, self.n_actions), h.view(*lead, self.hidden_dim)
+
+    def unroll(self, inputs: torch.Tensor, hidden0: torch.Tensor | None = None) -> torch.Tensor:
+        """Run a whole sequence, carrying the hidden state over time.
+
+        Args:
+            inputs: ``[B, T, N, D]``.
+            hidden0: ``[B, N, H]`` or ``None`` for zeros.
+
+        Returns:
+            q: ``[B, T, N, A]``.
+        """
+        B, T, N, _ = inputs.shape
+        h = self.initial_hidden((B, N), device=inputs.device) if hidden0 is None else hidden0
+        qs = []
+        for t in range(T):  # recurrence forces a loop over time; agents/batch stay vectorised
+            q, h = self(inputs[:, t], h)
+            qs.append(q)
+        return torch.stack(qs, dim=1)

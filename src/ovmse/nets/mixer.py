@@ -1,0 +1,59 @@
+"""QMIX monotonic mixing network (PyMARL2 ``QMixer`` with two-layer hypernetworks)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class QMixer(nn.Module):
+    """Mix per-agent Q-values into Q_tot, monotone in every agent's Q.
+
+    Monotonicity (∂Q_tot/∂Q_i >= 0) is what makes the decentralised argmax of each agent
+    consistent with the argmax of Q_tot; it is enforced by taking ``abs()`` of the
+    hypernetwork-generated weights (PyMARL2 ``abs: True``). ELU is monotone increasing, so
+    the composition stays monotone. Biases and V(s) are unconstrained: they do not depend on
+    the agent Q-values.
+
+    Args:
+        state_dim: S.
+        n_agents: N.
+        embed_dim: mixing embedding (PyMARL2 ``mixing_embed_dim`` 32).
+        hypernet_embed: hidden width of the weight hypernetworks (PyMARL2 64).
+    """
+
+    def __init__(self, state_dim: int, n_agents: int, embed_dim: int = 32, hypernet_embed: int = 64) -> None:
+        super().__init__()
+        self.state_dim = state_dim
+        self.n_agents = n_agents
+        self.embed_dim = embed_dim
+        self.hyper_w1 = nn.Sequential(
+            nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, embed_dim * n_agents)
+        )
+        self.hyper_w_final = nn.Sequential(
+            nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, embed_dim)
+        )
+        self.hyper_b1 = nn.Linear(state_dim, embed_dim)
+        self.V = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Args:
+            agent_qs: ``[..., N]`` chosen-action Q of each agent (e.g. ``[B, T, N]``).
+            state: ``[..., S]`` with the same leading dims.
+
+        Returns:
+            q_tot: ``[..., 1]``.
+        """
+        lead = agent_qs.shape[:-1]
+        if state.shape[:-1] != lead:
+            raise ValueError(f"leading dims differ: agent_qs {tuple(agent_qs.shape)} vs state {tuple(state.shape)}")
+        qs = agent_qs.reshape(-1, 1, self.n_agents)  # [M, 1, N]
+        s = state.reshape(-1, self.state_dim)  # [M, S]
+        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed_dim)  # [M, N, E]
+        b1 = self.hyper_b1(s).view(-1, 1, self.embed_dim)  # [M, 1, E]
+        hidden = F.elu(torch.bmm(qs, w1) + b1)  # [M, 1, E]
+        w_final = self.hyper_w_final(s).abs().view(-1, self.embed_dim, 1)  # [M, E, 1]
+        v = self.V(s).view(-1, 1, 1)
+        q_tot = torch.bmm(hidden, w_final) + v  # [M, 1, 1]
+        return q_tot.view(*lead, 1)
