@@ -1,5 +1,13 @@
 """Target construction for value-based MARL losses."""
 
+from ovmse.losses.qmix_td import QMixTDLoss, q_tot_taken, target_values, transition_mask, unroll_agent_q
 from ovmse.losses.td_lambda import td_lambda_targets
 
-__all__ = ["td_lambda_targets"]
+__all__ = [
+    "QMixTDLoss",
+    "q_tot_taken",
+    "target_values",
+    "td_lambda_targets",
+    "transition_mask",
+    "unroll_agent_q",
+]

@@ -1,0 +1,299 @@
+"""QMIX TD(λ) loss with double Q-learning (PyMARL2 ``NQLearner`` semantics), one loss per file.
+
+Documented batch keys (an *episode* batch in the PyMARL layout, batch dims ``[B, T+1]``;
+row t holds what was observed at step t and the transition taken from it; row T only ever
+holds a final observation)::
+
+    ("agents", "observation")  float [B, T+1, N, obs]   o_t
+    ("agents", "action_mask")  bool  [B, T+1, N, A]     available actions at t
+    ("agents", "action")       int64 [B, T+1, N]        a_t (final row: 0, unused)
+    "state"                    float [B, T+1, S]        s_t
+    "reward"                   float [B, T+1, 1]        r_t of the transition taken at t
+    "terminated"               [B, T+1, 1]              game over at t's transition (NOT the time limit)
+    "truncated"                [B, T+1, 1]              episode limit reached at t (informational, not read)
+    "filled"                   bool  [B, T+1, 1]        rows 0..len: len transitions + the final obs row
+
+Output keys of :meth:`QMixTDLoss.forward` (a :class:`tensordict.TensorDict` with batch size ``[]``)::
+
+    "loss"               scalar, differentiable: loss_scale · masked mean of (Q_tot − y^λ)²
+    "td_error_abs_mean"  detached, mean |Q_tot − y^λ| over valid transitions
+    "q_taken_mean"       detached, mean Q_tot(s_t, a_t) over valid transitions
+    "target_mean"        detached, mean y^λ over valid transitions
+    "mask_fraction"      detached, valid transitions / (B·T)
+
+Conventions (shared with :mod:`ovmse.losses.td_lambda`):
+
+* Transition mask (PyMARL2 ``mask[:, 1:] *= 1 - terminated[:, :-1]``): a transition at t
+  exists iff row t+1 is filled (``filled[:, 1:]``), times ``1 - (any terminated strictly
+  before t)``. PyMARL2 writes ``filled[:, :-1]``; that relies on every short episode being
+  terminated (the row after the last transition is filled too and only the terminated
+  product removes it). ``filled[:, 1:]`` gives the same mask there and stays right for
+  non-terminal ends.
+* Last action: the agent input at t uses ``a_{t-1}`` (``-1`` → zero one-hot at t = 0),
+  exactly PyMARL2's ``actions_onehot`` shifted by one.
+* Double Q: ``a*_t = argmax_{a avail at t} Q_online(τ_t, a)`` for every row t = 0..T
+  (rows with an all-False mask, i.e. padding, give action 0 via ``strict=False``), evaluated
+  with the target agent and mixed with the target mixer on ``state[:, t]`` (all T+1 rows).
+  Target values of unfilled rows are set to 0 before use so padding garbage cannot leak.
+* Truncation (time limit): the dataset must store ``terminated = 0`` at the limit step
+  (SMAC runners store ``terminated = done and not episode_limit``); then the transition is
+  valid and y bootstraps from ``Q̄_tot`` of row t+1 (the final observation row, which is
+  filled). When that limit step is the last column (T-1, the PyMARL2 case), the
+  ``td_lambda_targets`` recursion bootstraps from ``target_qs[:, T]`` directly. When a
+  non-terminal episode ends *earlier* than column T-1 (e.g. buffers longer than the
+  episode limit), the plain recursion would only give weight (1-λ)γ to the bootstrap value,
+  so this module adds the missing λγ·Q̄_tot(t+1) to the reward at that last step, which
+  makes y^λ_t = r_t + γ·Q̄_tot(t+1) there, as in the last-column case. (λ = 0: no change.)
+* Loss: PyMARL2 uses ``0.5 · (masked td²).sum() / mask.sum()``; ``loss_scale`` defaults
+  to that 0.5 (it matters for gradient-norm clipping, not for Adam's step direction).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from ovmse.action_masks import masked_greedy
+from ovmse.losses.td_lambda import td_lambda_targets
+from ovmse.nets.agent import RNNAgent, agent_inputs
+from ovmse.nets.mixer import QMixer
+
+__all__ = [
+    "QMixKeys",
+    "QMixTDLoss",
+    "make_target",
+    "unroll_agent_q",
+    "q_tot_taken",
+    "target_values",
+    "transition_mask",
+]
+
+
+@dataclass(frozen=True)
+class QMixKeys:
+    """Batch keys read by this module (override to adapt another layout)."""
+
+    observation: tuple = ("agents", "observation")
+    action_mask: tuple = ("agents", "action_mask")
+    action: tuple = ("agents", "action")
+    state: str = "state"
+    reward: str = "reward"
+    terminated: str = "terminated"
+    truncated: str = "truncated"  # documented; not read (see the module docstring)
+    filled: str = "filled"
+
+
+DEFAULT_KEYS = QMixKeys()
+
+
+def make_target(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy(module)`` with every parameter ``requires_grad=False``."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+def _filled(batch, keys: QMixKeys) -> torch.Tensor:
+    """bool ``[B, T+1]``."""
+    return batch[keys.filled].reshape(batch[keys.filled].shape[:2]).bool()
+
+
+def unroll_agent_q(agent: RNNAgent, batch, keys: QMixKeys = DEFAULT_KEYS) -> torch.Tensor:
+    """Per-agent Q for every row: ``[B, T+1, N, A]`` (rows beyond ``filled`` are garbage but finite
+    for finite inputs; the RNN is causal, so they never affect filled rows).
+
+    Input at t: ``obs_t ‖ one_hot(a_{t-1}) ‖ one_hot(agent id)``; ``a_{-1} = -1`` (zeros).
+    Actions of unfilled rows are replaced by 0 so padding values can never break ``one_hot``.
+    """
+    obs = batch[keys.observation]
+    actions = batch[keys.action]
+    filled = _filled(batch, keys)
+    actions = torch.where(filled.unsqueeze(-1), actions, torch.zeros_like(actions))
+    last = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
+    inputs = agent_inputs(obs, last, agent.n_actions)
+    return agent.unroll(inputs)
+
+
+def transition_mask(batch, keys: QMixKeys = DEFAULT_KEYS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validity mask and cleaned terminated flags of the T transitions.
+
+    Returns:
+        ``(mask, terminated)``, both float ``[B, T, 1]``: ``mask[:, t] = filled[:, t+1] ·
+        (1 - any(terminated[:, :t]))``; ``terminated`` is zeroed where ``mask`` is 0.
+    """
+    filled = batch[keys.filled]
+    dtype = batch[keys.state].dtype
+    next_filled = filled[:, 1:].to(dtype)
+    term = batch[keys.terminated][:, :-1].to(dtype) * next_filled
+    ended_before = torch.cat([torch.zeros_like(term[:, :1]), term[:, :-1].cumsum(dim=1)], dim=1)
+    mask = next_filled * (ended_before == 0).to(dtype)
+    return mask, term * mask
+
+
+def q_tot_taken(
+    agent: RNNAgent,
+    mixer: QMixer,
+    batch,
+    agent_q: torch.Tensor | None = None,
+    keys: QMixKeys = DEFAULT_KEYS,
+) -> torch.Tensor:
+    """Online ``Q_tot(s_t, a_t)`` of the dataset actions for the T transitions: ``[B, T, 1]``.
+
+    Args:
+        agent, mixer: online networks (gradients flow into both).
+        batch: episode batch (see module docstring).
+        agent_q: optional precomputed ``unroll_agent_q(agent, batch)`` ``[B, T+1, N, A]`` to
+            avoid a second unroll (the loss reuses it for the double-Q argmax).
+
+    Entries of invalid transitions are finite but meaningless; multiply by
+    :func:`transition_mask` (or use ``torch.where``) before reducing.
+    """
+    if agent_q is None:
+        agent_q = unroll_agent_q(agent, batch, keys)
+    T = agent_q.shape[1] - 1
+    actions = batch[keys.action][:, :T]
+    valid_rows = _filled(batch, keys)[:, :T].unsqueeze(-1)
+    actions = torch.where(valid_rows, actions, torch.zeros_like(actions)).clamp(0, agent_q.shape[-1] - 1)
+    chosen = agent_q[:, :T].gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [B, T, N]
+    return mixer(chosen, batch[keys.state][:, :T])
+
+
+@torch.no_grad()
+def target_values(
+    online_agent_q: torch.Tensor | None,
+    target_agent: RNNAgent,
+    target_mixer: QMixer,
+    batch,
+    double_q: bool = True,
+    keys: QMixKeys = DEFAULT_KEYS,
+    return_actions: bool = False,
+):
+    """Target ``Q̄_tot(s_t, a*_t)`` for every row t = 0..T: ``[B, T+1, 1]`` (no grad).
+
+    Args:
+        online_agent_q: ``[B, T+1, N, A]`` from the ONLINE agent (detached here); used for the
+            double-Q argmax. May be ``None`` when ``double_q=False``.
+        target_agent, target_mixer: target networks.
+        double_q: ``a* = argmax`` over available actions of the online Q (PyMARL2 default);
+            ``False``: argmax of the target Q itself (plain max).
+        return_actions: also return ``a*`` int64 ``[B, T+1, N]``.
+
+    Rows with ``filled`` False get value 0 (and a* = 0 where the action mask is all False).
+    """
+    avail = batch[keys.action_mask].bool()
+    filled = _filled(batch, keys)
+    target_q = unroll_agent_q(target_agent, batch, keys)  # [B, T+1, N, A]
+    select_from = online_agent_q.detach() if double_q else target_q
+    a_star = masked_greedy(select_from, avail, strict=False)  # [B, T+1, N]
+    q_star = target_q.gather(-1, a_star.unsqueeze(-1)).squeeze(-1)
+    q_tot = target_mixer(q_star, batch[keys.state])  # [B, T+1, 1]
+    q_tot = torch.where(filled.unsqueeze(-1), q_tot, torch.zeros_like(q_tot))
+    return (q_tot, a_star) if return_actions else q_tot
+
+
+class QMixTDLoss(nn.Module):
+    """QMIX loss: masked (squared) TD(λ) error of the online Q_tot with double-Q targets.
+
+    Args:
+        agent, mixer: online networks (trained).
+        target_agent, target_mixer: target networks (owned by the caller; see
+            :meth:`make_targets` and :meth:`hard_update_targets`).
+        gamma: discount (PyMARL2 0.99).
+        td_lambda: λ (PyMARL2 0.6; 0.3 for 6h_vs_8z).
+        double_q: PyMARL2 default True.
+        loss_scale: factor on the masked mean of squared TD errors (PyMARL2: 0.5).
+        keys: batch keys (:class:`QMixKeys`).
+
+    Gradient clipping (PyMARL2 10) is the optimiser step's job, not the loss's.
+    """
+
+    def __init__(
+        self,
+        agent: RNNAgent,
+        mixer: QMixer,
+        target_agent: RNNAgent,
+        target_mixer: QMixer,
+        gamma: float = 0.99,
+        td_lambda: float = 0.6,
+        double_q: bool = True,
+        loss_scale: float = 0.5,
+        keys: QMixKeys = DEFAULT_KEYS,
+    ) -> None:
+        super().__init__()
+        self.agent = agent
+        self.mixer = mixer
+        self.target_agent = target_agent
+        self.target_mixer = target_mixer
+        self.gamma = float(gamma)
+        self.td_lambda = float(td_lambda)
+        self.double_q = bool(double_q)
+        self.loss_scale = float(loss_scale)
+        self.keys = keys
+
+    @staticmethod
+    def make_targets(agent: nn.Module, mixer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """Frozen deep copies ``(target_agent, target_mixer)`` of the online networks."""
+        return make_target(agent), make_target(mixer)
+
+    @classmethod
+    def from_online(cls, agent: RNNAgent, mixer: QMixer, **kwargs) -> "QMixTDLoss":
+        """Build the loss with fresh target copies of ``agent`` and ``mixer``."""
+        target_agent, target_mixer = cls.make_targets(agent, mixer)
+        return cls(agent, mixer, target_agent, target_mixer, **kwargs)
+
+    @torch.no_grad()
+    def hard_update_targets(self) -> None:
+        """Copy online parameters (and buffers) into the target networks."""
+        for online, target in ((self.agent, self.target_agent), (self.mixer, self.target_mixer)):
+            target.load_state_dict(online.state_dict())
+            for p in target.parameters():
+                p.requires_grad_(False)
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """Parameters to optimise (agent then mixer), for the optimiser and grad clipping."""
+        return list(self.agent.parameters()) + list(self.mixer.parameters())
+
+    def targets(self, batch, agent_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y^λ [B, T, 1], mask [B, T, 1])``; y is detached and 0 where mask is 0."""
+        k = self.keys
+        mask, term = transition_mask(batch, k)
+        T = mask.shape[1]
+        q_next = target_values(agent_q, self.target_agent, self.target_mixer, batch, self.double_q, k)
+        rewards = batch[k.reward][:, :T].to(q_next.dtype)
+        rewards = torch.where(mask > 0, rewards, torch.zeros_like(rewards))
+        # Non-terminal end before the last column: restore the full γ·Q̄(t+1) bootstrap
+        # (see "Truncation" in the module docstring).
+        if self.td_lambda > 0.0 and T > 1:
+            next_mask = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+            early_end = mask * (1.0 - next_mask) * (1.0 - term)
+            early_end[:, -1] = 0.0  # the last column is bootstrapped by the recursion itself
+            rewards = rewards + early_end * (self.td_lambda * self.gamma) * q_next[:, 1:]
+        y = td_lambda_targets(rewards, term, mask, q_next, self.gamma, self.td_lambda)
+        return y.detach(), mask
+
+    def forward(self, batch) -> TensorDict:
+        agent_q = unroll_agent_q(self.agent, batch, self.keys)  # [B, T+1, N, A]
+        q_taken = q_tot_taken(self.agent, self.mixer, batch, agent_q=agent_q, keys=self.keys)  # [B, T, 1]
+        y, mask = self.targets(batch, agent_q)
+        valid = mask > 0
+        td = torch.where(valid, q_taken - y, torch.zeros_like(q_taken))
+        n_valid = mask.sum().clamp(min=1.0)
+        loss = self.loss_scale * td.pow(2).sum() / n_valid
+        with torch.no_grad():
+            q_d = torch.where(valid, q_taken, torch.zeros_like(q_taken)).detach()
+            out = TensorDict(
+                {
+                    "loss": loss,
+                    "td_error_abs_mean": td.detach().abs().sum() / n_valid,
+                    "q_taken_mean": q_d.sum() / n_valid,
+                    "target_mean": y.sum() / n_valid,
+                    "mask_fraction": mask.mean(),
+                },
+                batch_size=[],
+            )
+        return out
