@@ -1,0 +1,82 @@
+"""Episode replay buffer (PyMARL ``ReplayBuffer`` equivalent) on TorchRL storage.
+
+One storage element = one padded episode ``[T_max + 1, ...]`` as produced by
+:class:`~ovmse.collection.EpisodeAssembler`; ``sample(k)`` returns ``[k, T_max + 1]``.
+
+When full, TorchRL's default ``RoundRobinWriter`` writes at ``cursor % capacity`` and
+advances the cursor (TorchRL 0.14 ``RoundRobinWriter.extend``), i.e. the oldest episodes
+are overwritten first (FIFO ring buffer) -- the storage itself never grows past
+``max_size``. Sampling is uniform with replacement (``RandomSampler``); the C++ prioritized
+sampler is not available in this build, so there is no prioritized option.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, ReplayBuffer
+
+
+class EpisodeReplayBuffer:
+    """Uniform replay over complete episodes with FIFO overwrite.
+
+    Args:
+        capacity: number of episodes kept (PyMARL2 default 5000).
+        device: where the storage lives (``LazyTensorStorage`` only).
+        memmap: use ``LazyMemmapStorage`` (episodes on disk, under ``scratch_dir``).
+        scratch_dir: directory for the memmap files (``None`` = a temporary one).
+        generator: ``torch.Generator`` for reproducible sampling (installed as the
+            buffer's RNG with ``ReplayBuffer.set_rng`` when given).
+    """
+
+    def __init__(
+        self,
+        capacity: int = 5000,
+        *,
+        device: str | torch.device = "cpu",
+        memmap: bool = False,
+        scratch_dir: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        if memmap:
+            storage = LazyMemmapStorage(self.capacity, scratch_dir=scratch_dir, device="cpu")
+        else:
+            storage = LazyTensorStorage(self.capacity, device=device)
+        self._rb = ReplayBuffer(storage=storage, sampler=RandomSampler(), batch_size=None)
+        if generator is not None:
+            self._rb.set_rng(generator)
+        self.episodes_added = 0
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        """The underlying TorchRL ``ReplayBuffer``."""
+        return self._rb
+
+    def __len__(self) -> int:
+        return len(self._rb)
+
+    def can_sample(self, batch_size: int) -> bool:
+        return len(self) >= batch_size
+
+    def extend(self, episodes: TensorDictBase | None) -> torch.Tensor | None:
+        """Add episodes ``[E, T_max + 1]``; returns the storage indices written (``None`` if
+        ``episodes`` is ``None`` or empty, as :meth:`EpisodeAssembler.add` may return)."""
+        if episodes is None or episodes.shape[0] == 0:
+            return None
+        if episodes.batch_dims != 2:
+            raise ValueError(f"episodes must have batch dims [E, T], got {tuple(episodes.batch_size)}")
+        if len(self) and episodes.shape[1] != self._rb.storage[0].shape[0]:
+            raise ValueError("episode length (T_max + 1) differs from the stored episodes")
+        idx = self._rb.extend(episodes)
+        self.episodes_added += episodes.shape[0]
+        return idx
+
+    def sample(self, batch_size: int) -> TensorDictBase:
+        """``batch_size`` episodes drawn uniformly with replacement: ``[batch_size, T_max + 1]``."""
+        if len(self) == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        out = self._rb.sample(batch_size)
+        return out.exclude("index") if "index" in out.keys() else out
