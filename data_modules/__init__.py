@@ -1,8 +1,11 @@
 """Lightning data modules for OVMSE training.
 
-This top-level package will hold the PyTorch Lightning ``LightningDataModule``
-that mixes the offline replay buffer (a fixed SMAC dataset) with the online
-replay buffer filled by the env collector, serving batches of episodes to the
-QMIX / OVMSE learners. It arrives with the QMIX training issue; it is empty until
-then.
+``ReplayDataModule`` serves batches of episodes to the QMIX / OVMSE learners,
+mixing the offline replay buffer (a fixed SMAC dataset; the offline side arrives
+with the datasets issue) and the online replay buffer filled by the env
+collector with an exact offline fraction per batch.
 """
+
+from data_modules.replay import FROM_OFFLINE_KEY, ReplayDataModule
+
+__all__ = ["FROM_OFFLINE_KEY", "ReplayDataModule"]

@@ -45,8 +45,7 @@ def env_from_config(env_cfg: DictConfig | Mapping[str, Any], *, seed: int | None
     from ovmse.envs import make_env
 
     cfg = OmegaConf.to_container(env_cfg, resolve=True) if isinstance(env_cfg, DictConfig) else dict(env_cfg)
-    options = {k: v for k, v in cfg.items() if k not in _ENV_KEYS}
-    options.update(overrides)
+    options = {**env_options(cfg), **overrides}
     return make_env(
         cfg["map_name"],
         int(num_envs if num_envs is not None else cfg.get("num_envs", 1)),
@@ -55,6 +54,12 @@ def env_from_config(env_cfg: DictConfig | Mapping[str, Any], *, seed: int | None
         backend=cfg.get("backend", "sim"),
         **options,
     )
+
+
+def env_options(env_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The simulator options of an ``env`` config (all keys but map, backend, batch size, device)."""
+    cfg = OmegaConf.to_container(env_cfg, resolve=True) if isinstance(env_cfg, DictConfig) else dict(env_cfg)
+    return {k: v for k, v in cfg.items() if k not in _ENV_KEYS}
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
@@ -66,7 +71,7 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
 
 def log_scalars(cfg: DictConfig, metrics: Mapping[str, float], step: int = 0) -> None:
     """Write ``metrics`` (slash names) to TensorBoard under ``<run dir>/tensorboard``."""
-    if not cfg.get("tensorboard", False):
+    if not cfg.logger.tensorboard:
         return
     from torch.utils.tensorboard import SummaryWriter
 

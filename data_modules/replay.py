@@ -1,0 +1,149 @@
+"""``ReplayDataModule``: mixes an offline and an online episode replay buffer.
+
+Every batch holds exactly ``n_offline = round(offline_fraction * batch_size)`` episodes drawn
+from the offline buffer followed by ``batch_size - n_offline`` episodes drawn from the online
+buffer (a fixed split, not a random one per batch). Within each source episodes are drawn
+uniformly with replacement by :meth:`EpisodeReplayBuffer.sample`.
+
+Row order of a batch: rows ``[0, n_offline)`` are offline episodes, rows
+``[n_offline, batch_size)`` are online episodes. The bool entry ``"from_offline"``
+(shape ``[B, T_max + 1, 1]``, constant along time; a TensorDict entry must share the
+``[B, T_max + 1]`` batch dims) marks the offline rows, so losses / metrics can tell them
+apart without relying on the order.
+
+Sampling is lazy: :meth:`ReplayDataModule.train_dataloader` draws a new batch from the
+buffers each time the iterator is advanced, so episodes added to the buffers (e.g. by a
+collection callback during training) are visible to the very next batch. The loader uses
+``num_workers=0`` because the buffers live in the main process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytorch_lightning as pl
+import torch
+from tensordict import TensorDictBase
+from torch.utils.data import DataLoader, IterableDataset
+
+from ovmse.collection.replay import EpisodeReplayBuffer
+
+FROM_OFFLINE_KEY = "from_offline"
+
+
+def _identity(batch):
+    return batch
+
+
+class _ReplayStream(IterableDataset):
+    """Infinite stream of ``ReplayDataModule.sample()`` batches (drawn lazily, one per step)."""
+
+    def __init__(self, dm: "ReplayDataModule") -> None:
+        super().__init__()
+        self.dm = dm
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        while True:
+            yield self.dm.sample()
+
+
+class ReplayDataModule(pl.LightningDataModule):
+    """Serves batches of episodes ``[batch_size, T_max + 1]`` mixed from two replay buffers.
+
+    Args:
+        online: buffer filled by the env collector during training.
+        offline: fixed offline dataset buffer; required when ``offline_fraction > 0``.
+        batch_size: episodes per batch (>= 1).
+        offline_fraction: share of each batch taken from ``offline``, in ``[0, 1]``;
+            ``n_offline = round(offline_fraction * batch_size)`` rows exactly, every batch.
+            ``0`` = online only, ``1`` = offline only (offline pre-training phase; the online
+            buffer is then never read and may be empty).
+        generator: optional ``torch.Generator`` for reproducible sampling; when given it is
+            installed as the RNG of both buffers (``ReplayBuffer.set_rng``), so it replaces
+            whatever generator they had.
+    """
+
+    def __init__(
+        self,
+        online: EpisodeReplayBuffer,
+        offline: EpisodeReplayBuffer | None = None,
+        batch_size: int = 128,
+        offline_fraction: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        offline_fraction = float(offline_fraction)
+        if not 0.0 <= offline_fraction <= 1.0:  # also rejects NaN
+            raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction!r}")
+        if offline_fraction > 0.0 and offline is None:
+            raise ValueError(
+                f"offline_fraction={offline_fraction!r} > 0 requires an offline buffer, got offline=None"
+            )
+        self.online = online
+        self.offline = offline
+        self.batch_size = int(batch_size)
+        self.offline_fraction = offline_fraction
+        self.n_offline = int(round(offline_fraction * self.batch_size))
+        self.n_online = self.batch_size - self.n_offline
+        self.generator = generator
+        if generator is not None:
+            for buf in (online, offline):
+                if buf is not None:
+                    buf.buffer.set_rng(generator)
+
+    # ------------------------------------------------------------------ sampling
+    def _shortfalls(self) -> list[str]:
+        out = []
+        if self.n_offline > 0 and (self.offline is None or len(self.offline) < self.n_offline):
+            have = 0 if self.offline is None else len(self.offline)
+            out.append(f"offline buffer holds {have} episodes, needs >= {self.n_offline}")
+        if self.n_online > 0 and len(self.online) < self.n_online:
+            out.append(f"online buffer holds {len(self.online)} episodes, needs >= {self.n_online}")
+        return out
+
+    def ready(self) -> bool:
+        """True when every contributing buffer holds at least as many episodes as it gives per
+        batch (online >= ``n_online``, offline >= ``n_offline``)."""
+        return not self._shortfalls()
+
+    def sample(self) -> TensorDictBase:
+        """One batch ``[batch_size, T_max + 1]``: ``n_offline`` offline rows then ``n_online``
+        online rows, with bool ``"from_offline"`` ``[B, T_max + 1, 1]``.
+
+        Raises:
+            RuntimeError: if :meth:`ready` is False.
+        """
+        missing = self._shortfalls()
+        if missing:
+            raise RuntimeError(
+                f"ReplayDataModule not ready (batch_size={self.batch_size}, "
+                f"offline_fraction={self.offline_fraction}): " + "; ".join(missing)
+            )
+        parts = []
+        if self.n_offline > 0:
+            parts.append(self._tagged(self.offline.sample(self.n_offline), True))
+        if self.n_online > 0:
+            parts.append(self._tagged(self.online.sample(self.n_online), False))
+        if len(parts) == 1:
+            return parts[0]
+        a, b = parts
+        if a.shape[1:] != b.shape[1:]:
+            raise RuntimeError(
+                f"offline episodes have length {a.shape[1]} but online episodes {b.shape[1]} (T_max + 1 differs)"
+            )
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def _tagged(td: TensorDictBase, offline: bool) -> TensorDictBase:
+        flag = torch.full((*td.batch_size, 1), offline, dtype=torch.bool, device=td.device)
+        td.set(FROM_OFFLINE_KEY, flag)
+        return td
+
+    # ------------------------------------------------------------------ Lightning
+    def train_dataloader(self) -> DataLoader:
+        """Infinite loader yielding :meth:`sample` batches, drawn lazily at each step
+        (``batch_size=None``, identity collate, ``num_workers=0``). Bound the epoch with the
+        Trainer's ``limit_train_batches`` / ``max_steps``."""
+        return DataLoader(_ReplayStream(self), batch_size=None, collate_fn=_identity, num_workers=0)

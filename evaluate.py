@@ -1,0 +1,43 @@
+"""Greedy evaluation of a checkpoint: ``python evaluate.py ckpt=PATH episodes=640``.
+
+Plays ``episodes`` battles on the map the checkpoint was trained on, with the
+masked-greedy policy, and prints one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import json
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from ovmse.training.evaluation import GreedyEvaluator
+    from ovmse.training.qmix_module import load_qmix_checkpoint
+
+    if cfg.num_threads is not None:
+        torch.set_num_threads(int(cfg.num_threads))
+    module = load_qmix_checkpoint(str(cfg.ckpt), map_location=str(cfg.device))
+    module.eval().to(cfg.device)
+    hp = module.hparams
+    num_envs = min(int(cfg.num_envs), int(cfg.episodes))
+    evaluator = GreedyEvaluator(module.agent, hp.map_name, num_envs, seed=int(cfg.seed), device=cfg.device)
+    stats = evaluator.run(int(cfg.episodes))
+    result = {
+        "map": hp.map_name,
+        "ckpt": str(cfg.ckpt),
+        "env_steps_trained": module.env_steps,
+        "episodes": stats.battles,
+        "win_rate": stats.win_rate,
+        "return_mean": stats.mean_return,
+        "return_std": stats.std_return,
+        "episode_length_mean": stats.mean_length,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Phase "online": train in the environment (QMIX from scratch for now).
+
+``python train.py phase=online env=3m algo=qmix env_steps=300000`` writes into
+the run directory the resolved config, TensorBoard events (``tensorboard/``),
+``metrics.csv`` (one row per logged env step with ``env_steps``, ``collect/``,
+``train/``, ``eval/`` columns) and ``checkpoints/{last,best}.ckpt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from data_modules import ReplayDataModule
+from ovmse.collection import EpisodeReplayBuffer
+from ovmse.envs import get_map
+from ovmse.exploration import LinearSchedule
+from ovmse.training import QMixModule
+from ovmse.training.callbacks import (
+    EnvStepProgressBar,
+    GreedyEvaluationCallback,
+    OnlineCollectionCallback,
+    TargetUpdateCallback,
+)
+from ovmse.training.collection_driver import OnlineCollection
+from ovmse.training.evaluation import GreedyEvaluator
+
+from .common import env_options as env_options_of
+from .common import resolve_device, seed_everything, write_json
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("ckpt"):
+        raise ValueError(
+            f"ckpt={cfg.ckpt!r}: starting the online phase from a checkpoint arrives with the "
+            "offline phase; this version trains algo=qmix from scratch (leave ckpt unset)."
+        )
+    seed_everything(int(cfg.seed))
+    algo, out = cfg.algo, Path(cfg.paths.output_dir)
+    device = resolve_device(str(cfg.device))
+    spec = get_map(cfg.env.map_name)
+    env_options = env_options_of(cfg.env)
+
+    module = QMixModule(
+        obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents, n_actions=spec.n_actions,
+        map_name=spec.name, hidden_dim=algo.hidden_dim, mixing_embed_dim=algo.mixing_embed_dim,
+        hypernet_embed=algo.hypernet_embed, lr=algo.lr, gamma=algo.gamma, td_lambda=algo.td_lambda,
+        double_q=algo.double_q,
+    )
+    module.to(device)
+    replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
+    data = ReplayDataModule(online=replay, batch_size=int(algo.batch_size), offline_fraction=0.0)
+    collection = OnlineCollection(
+        module.agent, spec.name, int(cfg.env.num_envs), replay,
+        exploration=algo.exploration,
+        epsilon=LinearSchedule(algo.epsilon_start, algo.epsilon_end, int(algo.epsilon_anneal_steps)),
+        steps_per_env=int(algo.steps_per_env), seed=int(cfg.seed), device=device, env_options=env_options,
+    )
+    evaluator = GreedyEvaluator(
+        module.agent, spec.name, int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000, device=device,
+        env_options=env_options,
+    )
+    collect_cb = OnlineCollectionCallback(
+        collection, int(cfg.env_steps), warmup_episodes=int(algo.batch_size), log_every=int(cfg.log_every_env_steps)
+    )
+    eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
+                                       out / "checkpoints")
+    loggers = [CSVLogger(save_dir=str(out), name="", version="")]
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        max_epochs=1,
+        max_steps=-1,
+        gradient_clip_val=float(algo.grad_norm_clip),
+        logger=loggers,
+        callbacks=[collect_cb, TargetUpdateCallback(int(algo.target_update_interval)), eval_cb,
+                   EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        deterministic=False,
+    )
+    trainer.fit(module, datamodule=data)
+    result = {"env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
+              **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
+    write_json(out / "online_summary.json", result)
+    print(f"online {spec.name}: {module.env_steps} env steps, {module.updates} updates, "
+          f"final greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "
+          f"(best {eval_cb.best:.3f}); checkpoints in {out / 'checkpoints'}")
+    return result

@@ -1,0 +1,151 @@
+"""Callbacks that drive online training by environment steps, not optimiser steps.
+
+Order of work per training iteration (Lightning prefetches the next batch, so a
+batch may miss the episodes collected right before it, which off-policy
+learning tolerates):
+``training_step`` (one update) -> :class:`OnlineCollectionCallback` collects
+``num_envs x steps_per_env`` env steps -> :class:`TargetUpdateCallback` copies
+the targets every ``interval`` episodes -> :class:`GreedyEvaluationCallback`
+evaluates every ``interval`` env steps and saves ``last.ckpt`` / ``best.ckpt``.
+Every metric is written with the env-step counter as its x-axis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
+
+from .collection_driver import OnlineCollection
+from .evaluation import GreedyEvaluator
+from .qmix_module import QMixModule
+
+
+def log_env_metrics(trainer: pl.Trainer, module: QMixModule, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` to every logger at x = env steps (plus ``env_steps`` as a column)."""
+    row = {"env_steps": float(module.env_steps), "episodes": float(module.episodes), **metrics}
+    for logger in trainer.loggers:
+        logger.log_metrics(row, step=module.env_steps)
+
+
+class OnlineCollectionCallback(pl.Callback):
+    """Fills the replay buffer before training and after every update; stops at the budget.
+
+    Args:
+        collection: the env side.
+        env_steps: total env-step budget of the run.
+        warmup_episodes: complete episodes to collect before the first update
+            (at least the batch size, so that the first batch can be drawn).
+        log_every: env steps between two ``collect/`` + ``train/`` log rows.
+    """
+
+    def __init__(self, collection: OnlineCollection, env_steps: int, warmup_episodes: int, log_every: int = 2000):
+        self.collection = collection
+        self.budget = env_steps
+        self.warmup_episodes = warmup_episodes
+        self.log_every = log_every
+        self._next_log = 0
+        self._start = time.perf_counter()
+        self._start_steps = 0
+
+    def _collect(self, trainer: pl.Trainer, module: QMixModule) -> dict[str, float]:
+        stats = self.collection.collect(module.env_steps)
+        module.env_steps += int(stats.pop("env_steps"))
+        module.episodes += int(stats.pop("episodes"))
+        return stats
+
+    def on_fit_start(self, trainer: pl.Trainer, module: QMixModule) -> None:
+        self._start, self._start_steps = time.perf_counter(), module.env_steps
+        while len(self.collection.replay) < self.warmup_episodes:
+            self._collect(trainer, module)
+
+    def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
+        stats = self._collect(trainer, module)
+        if module.env_steps >= self._next_log:
+            elapsed = max(time.perf_counter() - self._start, 1e-9)
+            stats["time/env_steps_per_second"] = (module.env_steps - self._start_steps) / elapsed
+            stats["time/updates"] = float(module.updates)
+            log_env_metrics(trainer, module, {**stats, **getattr(module, "latest_train_metrics", {})})
+            self._next_log = module.env_steps + self.log_every
+        self.latest = stats
+        if module.env_steps >= self.budget:
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer, module) -> None:
+        self.collection.close()
+
+
+class TargetUpdateCallback(pl.Callback):
+    """Hard target update every ``interval`` collected episodes (PyMARL2: 200)."""
+
+    def __init__(self, interval: int):
+        if interval < 1:
+            raise ValueError(f"target update interval must be >= 1 episode, got {interval}")
+        self.interval = interval
+
+    def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
+        if module.episodes - module.last_target_update_episode >= self.interval:
+            module.update_targets()
+
+
+class GreedyEvaluationCallback(pl.Callback):
+    """Greedy evaluation every ``interval`` env steps (and at the end); checkpoints.
+
+    Logs ``eval/win_rate``, ``eval/return``, ``eval/episode_length`` over
+    ``episodes`` battles, saves ``<dir>/last.ckpt`` after every evaluation and
+    ``<dir>/best.ckpt`` whenever the win rate beats the best so far.
+    """
+
+    def __init__(self, evaluator: GreedyEvaluator, interval: int, episodes: int, checkpoint_dir: str | Path):
+        self.evaluator = evaluator
+        self.interval = interval
+        self.episodes = episodes
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.best = -math.inf
+        self._next = 0
+        self.latest: dict[str, float] = {}
+
+    def _evaluate(self, trainer: pl.Trainer, module: QMixModule) -> None:
+        was_training = module.training
+        module.eval()
+        metrics = GreedyEvaluator.metrics(self.evaluator.run(self.episodes))
+        module.train(was_training)
+        self.latest = metrics
+        log_env_metrics(trainer, module, metrics)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")
+        if metrics["eval/win_rate"] > self.best:
+            self.best = metrics["eval/win_rate"]
+            trainer.save_checkpoint(self.checkpoint_dir / "best.ckpt")
+
+    def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
+        if module.env_steps >= self._next:
+            self._evaluate(trainer, module)
+            self._next = module.env_steps + self.interval
+
+    def on_train_end(self, trainer, module: QMixModule) -> None:
+        self._evaluate(trainer, module)
+
+
+class EnvStepProgressBar(TQDMProgressBar):
+    """Progress bar that shows env steps, episodes, latest greedy win rate and env steps/s."""
+
+    def __init__(self, evaluation: GreedyEvaluationCallback, collection: OnlineCollectionCallback, **kwargs):
+        super().__init__(**kwargs)
+        self._evaluation = evaluation
+        self._collection = collection
+
+    def get_metrics(self, trainer, module):
+        items = super().get_metrics(trainer, module)
+        items.pop("v_num", None)
+        items["env_steps"] = module.env_steps
+        items["episodes"] = module.episodes
+        if "eval/win_rate" in self._evaluation.latest:
+            items["win_rate"] = f"{self._evaluation.latest['eval/win_rate']:.2f}"
+        sps = getattr(self._collection, "latest", {}).get("collect/env_steps_per_second")
+        if sps is not None:
+            items["collect_sps"] = f"{sps:.0f}"
+        return items

@@ -1,0 +1,37 @@
+"""Greedy evaluation of an agent in fresh battles."""
+
+from __future__ import annotations
+
+import torch
+
+from ovmse.collection import env_with_primers, make_policy
+from ovmse.envs import make_env
+from ovmse.envs.rollout import BattleStats, run_battles
+from ovmse.nets import RNNAgent
+
+
+class GreedyEvaluator:
+    """Plays battles with the masked-greedy policy of ``agent`` (no exploration).
+
+    The env is built once and reused; each :meth:`run` starts from fresh battles.
+    """
+
+    def __init__(self, agent: RNNAgent, map_name: str, num_envs: int, *, seed: int = 10_000,
+                 device: str | torch.device = "cpu", env_options: dict | None = None) -> None:
+        base = make_env(map_name, num_envs, seed=seed, device=device, **(env_options or {}))
+        self.env = env_with_primers(base, agent.hidden_dim)
+        self.policy = make_policy(self.env, agent, exploration=None)
+
+    @torch.no_grad()
+    def run(self, episodes: int) -> BattleStats:
+        return run_battles(self.env, episodes, policy=self.policy)
+
+    @staticmethod
+    def metrics(stats: BattleStats) -> dict[str, float]:
+        """``eval/`` metrics of a greedy run."""
+        return {
+            "eval/win_rate": stats.win_rate,
+            "eval/return": stats.mean_return,
+            "eval/episode_length": stats.mean_length,
+            "eval/episodes": float(stats.battles),
+        }
