@@ -29,6 +29,7 @@ def log_env_metrics(trainer: pl.Trainer, module: QMixModule, metrics: dict[str, 
     row = {"env_steps": float(module.env_steps), "episodes": float(module.episodes), **metrics}
     for logger in trainer.loggers:
         logger.log_metrics(row, step=module.env_steps)
+        logger.save()  # flush: a killed run keeps every row written so far
 
 
 class OnlineCollectionCallback(pl.Callback):

@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""QMIX from scratch on the embedded simulator: run (resumable) and report learning curves.
+
+    python scripts/qmix_learning.py                       # 3m for 300k and 2s3z for 1M env steps, seed 0
+    python scripts/qmix_learning.py --runs 3m:300000 --seeds 0,1,2
+    python scripts/qmix_learning.py --report-only         # only rebuild docs/results.md from the runs
+
+Each (map, seed) trains with ``python train.py phase=online env=<map> env_steps=<n> seed=<s>``
+(PyMARL2 settings from configs/algo/qmix.yaml) into
+``outputs/experiments/qmix_<map>_seed<s>``; a run whose ``online_summary.json``
+exists is skipped, so the script can be re-run after an interruption (an
+interrupted run restarts from scratch). The report reads the runs' TensorBoard
+events (greedy ``eval/win_rate`` every 10k env steps over 32 battles, x-axis = env
+steps) and writes ``docs/results.md`` plus ``docs/img/qmix_learning.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN = "<!-- QMIX-LEARNING:BEGIN (written by scripts/qmix_learning.py) -->"
+END = "<!-- QMIX-LEARNING:END -->"
+TARGETS = {"3m": "greedy win rate >= 0.9 within 300k env steps", "2s3z": "clearly rising win rate within 1M env steps"}
+
+
+def run_dir(out_root: Path, map_name: str, seed: int) -> Path:
+    return out_root / f"qmix_{map_name}_seed{seed}"
+
+
+def train(map_name: str, env_steps: int, seed: int, out_root: Path, threads: int) -> None:
+    out = run_dir(out_root, map_name, seed)
+    if (out / "online_summary.json").exists():
+        print(f"skip {out} (finished)")
+        return
+    cmd = [sys.executable, "train.py", "phase=online", f"env={map_name}", f"env_steps={env_steps}", f"seed={seed}",
+           f"num_threads={threads}", "trainer.progress_refresh_rate=200", f"hydra.run.dir={out}"]
+    print("run:", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def read_curve(out: Path) -> dict:
+    """Greedy win-rate curve and timing of one run from its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(glob.glob(str(out / "tensorboard" / "events.out.tfevents.*")))
+    steps, win, ret, wall = [], [], [], []
+    for f in files:
+        acc = EventAccumulator(f, size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        if "eval/win_rate" in tags:
+            for e in acc.Scalars("eval/win_rate"):
+                steps.append(e.step)
+                win.append(e.value)
+                wall.append(e.wall_time)
+        if "eval/return" in tags:
+            ret += [e.value for e in acc.Scalars("eval/return")]
+    order = sorted(range(len(steps)), key=steps.__getitem__)
+    summary = out / "online_summary.json"
+    return {
+        "steps": [steps[i] for i in order],
+        "win_rate": [win[i] for i in order],
+        "return": [ret[i] for i in order] if len(ret) == len(steps) else [],
+        "wall_seconds": (max(wall) - min(wall)) if wall else 0.0,
+        "finished": summary.exists(),
+        "summary": json.loads(summary.read_text()) if summary.exists() else None,
+    }
+
+
+def report(runs: list[tuple[str, int]], seeds: list[int], out_root: Path, doc: Path, img: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, curves = [], {}
+    for map_name, budget in runs:
+        for seed in seeds:
+            out = run_dir(out_root, map_name, seed)
+            if not out.exists():
+                continue
+            c = read_curve(out)
+            curves[(map_name, seed)] = c
+            if not c["steps"]:
+                continue
+            first_09 = next((s for s, w in zip(c["steps"], c["win_rate"]) if w >= 0.9), None)
+            rows.append(
+                f"| {map_name} | {seed} | {budget:,} | {c['steps'][-1]:,} | {c['win_rate'][-1]:.3f} | "
+                f"{max(c['win_rate']):.3f} | {'—' if first_09 is None else f'{first_09:,}'} | "
+                f"{c['wall_seconds'] / 60:.1f} | {'yes' if c['finished'] else 'no (in progress or stopped)'} |"
+            )
+    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(5.5 * max(1, len(runs)), 3.6), squeeze=False)
+    for ax, (map_name, budget) in zip(axes[0], runs):
+        for seed in seeds:
+            c = curves.get((map_name, seed))
+            if c and c["steps"]:
+                ax.plot(c["steps"], c["win_rate"], marker=".", label=f"seed {seed}")
+        ax.set_title(f"QMIX from scratch, {map_name}")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("greedy win rate (32 battles)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(0, budget)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    img.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(img, dpi=110)
+    plt.close(fig)
+
+    from ovmse.provenance import machine_info
+
+    info = machine_info(ROOT)
+    cmd = "python scripts/qmix_learning.py --runs " + ",".join(f"{m}:{b}" for m, b in runs)
+    cmd += " --seeds " + ",".join(map(str, seeds))
+    lines = [
+        BEGIN,
+        "## QMIX from scratch (online phase, embedded simulator)",
+        "",
+        f"Command: `{cmd}` (each run is `python train.py phase=online env=<map> env_steps=<budget> seed=<seed>` "
+        "with configs/algo/qmix.yaml: PyMARL2 settings, 8 battles collected in parallel, 256 env steps per update, "
+        "batch 128 episodes, buffer 5000, target update every 200 episodes, ε 1.0 → 0.05 over 100k env steps). "
+        "Greedy evaluation: 32 battles every 10k env steps. "
+        f"Report written {info['date']} on {info['cpu_count']} CPU cores ({info['cpu']}), torch {info['torch']}, "
+        f"code at `{info['git']}`; each run used 1 torch thread and two runs shared the machine.",
+        "",
+        "| map | seed | budget (env steps) | reached | final win rate | best win rate | first ≥ 0.9 at | wall-clock (min) | finished |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        *rows,
+        "",
+        "Targets of the issue: " + "; ".join(f"{m}: {t}" for m, t in TARGETS.items()) + ".",
+        "",
+        f"![QMIX learning curves]({img.relative_to(doc.parent).as_posix()})",
+        END,
+    ]
+    text = "\n".join(lines)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    old = doc.read_text() if doc.exists() else "# Results\n\nLearning results of the algorithms on the embedded simulator.\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n" + text + "\n"
+    doc.write_text(new)
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="3m:300000,2s3z:1000000", help="map:env_steps,...")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-root", type=Path, default=ROOT / "outputs" / "experiments")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md")
+    p.add_argument("--img", type=Path, default=ROOT / "docs" / "img" / "qmix_learning.png")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    runs = [(m, int(b)) for m, b in (x.split(":") for x in args.runs.split(",") if x)]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    start = time.time()
+    if not args.report_only:
+        for map_name, budget in runs:
+            for seed in seeds:
+                train(map_name, budget, seed, args.out_root, args.threads)
+    print(report(runs, seeds, args.out_root, args.doc, args.img))
+    print(f"({(time.time() - start) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
