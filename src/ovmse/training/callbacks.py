@@ -52,6 +52,10 @@ class OnlineCollectionCallback(pl.Callback):
         self._start = time.perf_counter()
         self._start_steps = 0
 
+    def env_steps_per_second(self, module: QMixModule) -> float:
+        """Env steps per wall-clock second of this run so far (collection and updates)."""
+        return (module.env_steps - self._start_steps) / max(time.perf_counter() - self._start, 1e-9)
+
     def _collect(self, trainer: pl.Trainer, module: QMixModule) -> dict[str, float]:
         stats = self.collection.collect(module.env_steps)
         module.env_steps += int(stats.pop("env_steps"))
@@ -66,8 +70,7 @@ class OnlineCollectionCallback(pl.Callback):
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
         stats = self._collect(trainer, module)
         if module.env_steps >= self._next_log:
-            elapsed = max(time.perf_counter() - self._start, 1e-9)
-            stats["time/env_steps_per_second"] = (module.env_steps - self._start_steps) / elapsed
+            stats["time/env_steps_per_second"] = self.env_steps_per_second(module)
             stats["time/updates"] = float(module.updates)
             log_env_metrics(trainer, module, {**stats, **getattr(module, "latest_train_metrics", {})})
             self._next_log = module.env_steps + self.log_every
@@ -132,7 +135,10 @@ class GreedyEvaluationCallback(pl.Callback):
 
 
 class EnvStepProgressBar(TQDMProgressBar):
-    """Progress bar that shows env steps, episodes, latest greedy win rate and env steps/s."""
+    """Progress bar that shows env steps, episodes, latest greedy win rate and env steps/s.
+
+    (Its ``it`` count is optimiser updates; the run's x-axis everywhere else is env steps.)
+    """
 
     def __init__(self, evaluation: GreedyEvaluationCallback, collection: OnlineCollectionCallback, **kwargs):
         super().__init__(**kwargs)
@@ -146,7 +152,5 @@ class EnvStepProgressBar(TQDMProgressBar):
         items["episodes"] = module.episodes
         if "eval/win_rate" in self._evaluation.latest:
             items["win_rate"] = f"{self._evaluation.latest['eval/win_rate']:.2f}"
-        sps = getattr(self._collection, "latest", {}).get("collect/env_steps_per_second")
-        if sps is not None:
-            items["collect_sps"] = f"{sps:.0f}"
+        items["env_steps/s"] = f"{self._collection.env_steps_per_second(module):.0f}"
         return items
