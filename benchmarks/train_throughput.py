@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--map", default="2s3z")
     p.add_argument("--batch-size", type=int, default=128, help="episodes per update")
-    p.add_argument("--updates", type=int, default=100, help="updates per path and repeat (update part)")
+    p.add_argument("--updates", type=int, default=50, help="updates per path and repeat (update part)")
     p.add_argument("--warmup-updates", type=int, default=5, help="first updates left out of the timing")
     p.add_argument("--min-episodes", type=int, default=256, help="random episodes in the update part's buffer")
     p.add_argument("--collect-envs", type=int, default=64, help="battles used to collect those episodes")
