@@ -26,7 +26,8 @@ from .qmix_module import QMixModule
 
 def log_env_metrics(trainer: pl.Trainer, module: QMixModule, metrics: dict[str, float]) -> None:
     """Write ``metrics`` to every logger at x = env steps (plus ``env_steps`` as a column)."""
-    row = {"env_steps": float(module.env_steps), "episodes": float(module.episodes), **metrics}
+    row = {"env_steps": float(module.env_steps), "episodes": float(module.episodes),
+           **{k: float(v) for k, v in metrics.items()}}
     for logger in trainer.loggers:
         logger.log_metrics(row, step=module.env_steps)
         logger.save()  # flush: a killed run keeps every row written so far

@@ -58,10 +58,11 @@ class QMixModule(pl.LightningModule):
         self.updates = 0
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
-        out = self.loss(batch.to(self.device))
+        out = self.loss(batch)
         self.updates += 1
-        self.latest_train_metrics = {f"train/{k}": float(v) for k, v in out.items() if k != "loss"}
-        self.latest_train_metrics["train/loss"] = float(out["loss"].detach())
+        # Kept as tensors: converting to floats here would sync a GPU every update;
+        # the logging callback converts them when it writes a row.
+        self.latest_train_metrics = {f"train/{k}": v.detach() for k, v in out.items()}
         return out["loss"]
 
     def configure_optimizers(self):
