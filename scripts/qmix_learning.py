@@ -11,7 +11,9 @@ Each (map, seed) trains with ``python train.py phase=online env=<map> env_steps=
 exists is skipped, so the script can be re-run after an interruption (an
 interrupted run restarts from scratch). The report reads the runs' TensorBoard
 events (greedy ``eval/win_rate`` every 10k env steps over 32 battles, x-axis = env
-steps) and writes ``docs/results.md`` plus ``docs/img/qmix_learning.png``.
+steps), evaluates each finished run's last checkpoint greedily over 640 battles
+(``evaluate.py``, cached as ``final_eval_640.json``) and writes
+``docs/results.md`` plus ``docs/img/qmix_learning.png``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def train(map_name: str, env_steps: int, seed: int, out_root: Path, threads: int
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def final_evaluation(out: Path, episodes: int) -> dict | None:
+    """Greedy evaluation of a finished run's last checkpoint over ``episodes`` battles (cached)."""
+    cache = out / f"final_eval_{episodes}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if not (out / "online_summary.json").exists() or not ckpt.exists():
+        return None
+    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={ckpt}", f"episodes={episodes}"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def read_curve(out: Path) -> dict:
     """Greedy win-rate curve and timing of one run from its TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -74,7 +91,8 @@ def read_curve(out: Path) -> dict:
     }
 
 
-def report(runs: list[tuple[str, int]], seeds: list[int], out_root: Path, doc: Path, img: Path) -> str:
+def report(runs: list[tuple[str, int]], seeds: list[int], out_root: Path, doc: Path, img: Path,
+           final_episodes: int = 640) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,10 +109,12 @@ def report(runs: list[tuple[str, int]], seeds: list[int], out_root: Path, doc: P
             if not c["steps"]:
                 continue
             first_09 = next((s for s, w in zip(c["steps"], c["win_rate"]) if w >= 0.9), None)
+            final = final_evaluation(out, final_episodes)
+            final_txt = "—" if final is None else f"{final['win_rate']:.3f}"
             rows.append(
                 f"| {map_name} | {seed} | {budget:,} | {c['steps'][-1]:,} | {c['win_rate'][-1]:.3f} | "
-                f"{max(c['win_rate']):.3f} | {'—' if first_09 is None else f'{first_09:,}'} | "
-                f"{c['wall_seconds'] / 60:.1f} | {'yes' if c['finished'] else 'no (in progress or stopped)'} |"
+                f"{max(c['win_rate']):.3f} | {'—' if first_09 is None else f'{first_09:,}'} | {final_txt} | "
+                f"{c['wall_seconds'] / 60:.1f} | {'yes' if c['finished'] else 'no'} |"
             )
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(5.5 * max(1, len(runs)), 3.6), squeeze=False)
     for ax, (map_name, budget) in zip(axes[0], runs):
@@ -130,8 +150,9 @@ def report(runs: list[tuple[str, int]], seeds: list[int], out_root: Path, doc: P
         f"Report written {info['date']} on {info['cpu_count']} CPU cores ({info['cpu']}), torch {info['torch']}, "
         f"code at `{info['git']}`; each run used 1 torch thread and two runs shared the machine.",
         "",
-        "| map | seed | budget (env steps) | reached | final win rate | best win rate | first ≥ 0.9 at | wall-clock (min) | finished |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| map | seed | budget (env steps) | reached | last eval win rate (32) | best eval win rate | first eval ≥ 0.9 at "
+        f"| final greedy win rate ({final_episodes} battles) | wall-clock (min) | finished |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
         "Targets of the issue: " + "; ".join(f"{m}: {t}" for m, t in TARGETS.items()) + ".",
@@ -158,6 +179,7 @@ def main() -> None:
     p.add_argument("--out-root", type=Path, default=ROOT / "outputs" / "experiments")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--img", type=Path, default=ROOT / "docs" / "img" / "qmix_learning.png")
+    p.add_argument("--final-episodes", type=int, default=640, help="battles of the final greedy evaluation")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     runs = [(m, int(b)) for m, b in (x.split(":") for x in args.runs.split(",") if x)]
@@ -167,7 +189,7 @@ def main() -> None:
         for map_name, budget in runs:
             for seed in seeds:
                 train(map_name, budget, seed, args.out_root, args.threads)
-    print(report(runs, seeds, args.out_root, args.doc, args.img))
+    print(report(runs, seeds, args.out_root, args.doc, args.img, args.final_episodes))
     print(f"({(time.time() - start) / 60:.1f} min)")
 
 
