@@ -113,10 +113,6 @@ class UnitTable:
         self.ones = torch.ones(u, device=device)
         self.parking_x = PARKING - 10.0 * self.index.float()
 
-    def step_length(self, dt: float) -> torch.Tensor:
-        """Distance each unit covers in ``dt`` game-seconds, ``[U]``."""
-        return self.speed * dt
-
 
 class Battle:
     """State and dynamics of ``num_envs`` battles of one map.
@@ -152,6 +148,8 @@ class Battle:
         self.spawn_jitter = spawn_jitter
         self.generator = generator
         self.units = ut = UnitTable(spec, self.device)
+        # Distance each unit covers in one sub-step, [U] (constant for the env).
+        self._step_length = ut.speed * self.dt
         N, Uc = spec.n_agents, ut.n_units
         self.n_agents, self.n_units = N, Uc
         # AI units pick their own targets: the built-in opponent, optionally the allies too.
@@ -292,10 +290,10 @@ class Battle:
         in_range = has_t & (gap <= 1e-4)
         walk_order = (self.order == MOVE) | (self.order == ATTACK_MOVE)
         moving = alive & torch.where(has_t, ~in_range, walk_order)
-        step = torch.minimum(ut.step_length(dt), gap).clamp(min=0) * moving
+        step = torch.minimum(self._step_length, gap).clamp(min=0) * moving
         scale = step / dist.clamp(min=1e-6)
         # A move order is complete once its point is reached.
-        arrived = moving & ~has_t & (self.order == MOVE) & (dist <= ut.step_length(dt))
+        arrived = moving & ~has_t & (self.order == MOVE) & (dist <= self._step_length)
         self.order = torch.where(arrived, IDLE, self.order)
         # Simple separation: overlapping ground units each move half the overlap
         # apart, u by sum_v w_uv (p_u - p_v) with w_uv = (r_u + r_v - d_uv) / (2 d_uv)
