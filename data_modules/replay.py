@@ -1,4 +1,4 @@
-"""``ReplayDataModule``: mixes an offline and an online episode replay buffer.
+"""``ReplayDataModule``: mixes an offline dataset and an online episode replay buffer.
 
 Every batch holds exactly ``n_offline = round(offline_fraction * batch_size)`` episodes drawn
 from the offline buffer followed by ``batch_size - n_offline`` episodes drawn from the online
@@ -27,6 +27,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
 from ovmse.collection.replay import EpisodeReplayBuffer
+from ovmse.datasets import OfflineDataset
 
 FROM_OFFLINE_KEY = "from_offline"
 
@@ -51,22 +52,24 @@ class ReplayDataModule(pl.LightningDataModule):
     """Serves batches of episodes ``[batch_size, T_max + 1]`` mixed from two replay buffers.
 
     Args:
-        online: buffer filled by the env collector during training.
-        offline: fixed offline dataset buffer; required when ``offline_fraction > 0``.
+        online: buffer filled by the env collector during training (may stay empty when
+            ``offline_fraction == 1``, the offline phase).
+        offline: the fixed offline data, an :class:`~ovmse.datasets.OfflineDataset` (or an
+            :class:`EpisodeReplayBuffer`); required when ``offline_fraction > 0``.
         batch_size: episodes per batch (>= 1).
         offline_fraction: share of each batch taken from ``offline``, in ``[0, 1]``;
             ``n_offline = round(offline_fraction * batch_size)`` rows exactly, every batch.
             ``0`` = online only, ``1`` = offline only (offline pre-training phase; the online
             buffer is then never read and may be empty).
         generator: optional ``torch.Generator`` for reproducible sampling; when given it is
-            installed as the RNG of both buffers (``ReplayBuffer.set_rng``), so it replaces
+            installed as the sampling RNG of both sources (``set_generator``), so it replaces
             whatever generator they had.
     """
 
     def __init__(
         self,
         online: EpisodeReplayBuffer,
-        offline: EpisodeReplayBuffer | None = None,
+        offline: OfflineDataset | EpisodeReplayBuffer | None = None,
         batch_size: int = 128,
         offline_fraction: float = 0.0,
         generator: torch.Generator | None = None,
@@ -91,7 +94,7 @@ class ReplayDataModule(pl.LightningDataModule):
         if generator is not None:
             for buf in (online, offline):
                 if buf is not None:
-                    buf.buffer.set_rng(generator)
+                    buf.set_generator(generator)
 
     # ------------------------------------------------------------------ sampling
     def _shortfalls(self) -> list[str]:

@@ -25,14 +25,6 @@ def machine_info(repo: str | Path, threads: int | None = None) -> dict:
                 break
     except OSError:
         pass
-    commit = ""
-    try:
-        run = dict(cwd=repo, capture_output=True, text=True, timeout=10)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
-        if subprocess.run(["git", "status", "--porcelain", "src"], **run).stdout.strip():
-            commit += "+uncommitted changes in src/"
-    except (OSError, subprocess.SubprocessError):
-        pass
     info = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -42,10 +34,31 @@ def machine_info(repo: str | Path, threads: int | None = None) -> dict:
         "cpu": cpu,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
-        "git": commit,
+        "git": git_commit(repo),
     }
     try:
         info["load_average_1min_at_start"] = os.getloadavg()[0]
     except OSError:
         pass
     return info
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """Short git commit of ``repo`` (default: this package's checkout), with
+    ``+uncommitted changes in src/`` when ``src/`` differs from it; ``""`` outside git."""
+    repo = Path(__file__).resolve().parents[2] if repo is None else repo
+    try:
+        run = dict(cwd=repo, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        if commit and subprocess.run(["git", "status", "--porcelain", "src"], **run).stdout.strip():
+            commit += "+uncommitted changes in src/"
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def code_version() -> dict[str, str]:
+    """Package version and git commit, stored with generated artefacts (datasets, ...)."""
+    from ovmse import __version__
+
+    return {"ovmse": __version__, "git_commit": git_commit()}

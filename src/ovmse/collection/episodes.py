@@ -67,6 +67,8 @@ class EpisodeAssembler:
         self._pending: dict[int, list[TensorDictBase]] = {}
         self._pending_len: dict[int, int] = {}
         self.episodes_emitted = 0
+        # Env index of each episode returned by the latest ``add`` (same order).
+        self.last_env_indices: list[int] = []
 
     @property
     def pending_steps(self) -> dict[int, int]:
@@ -93,6 +95,7 @@ class EpisodeAssembler:
         data = self._select(batch)
         done = batch.get(_nxt(self.done_key)).reshape(batch.shape).bool().cpu()  # [B, F]
         finished: list[TensorDictBase] = []  # each [len] for one complete episode
+        self.last_env_indices = []
         for b in range(batch.shape[0]):
             ends = done[b].nonzero().flatten().tolist()
             start = 0
@@ -107,6 +110,7 @@ class EpisodeAssembler:
                         "the batch stream is not contiguous or did not start at a reset"
                     )
                 finished.append(ep)
+                self.last_env_indices.append(b)
                 start = end + 1
             if start < batch.shape[1]:
                 seg = data[b, start:]

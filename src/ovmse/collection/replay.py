@@ -58,6 +58,10 @@ class EpisodeReplayBuffer:
     def __len__(self) -> int:
         return len(self._rb)
 
+    def set_generator(self, generator: torch.Generator) -> None:
+        """Sampling RNG, for reproducible batches (``ReplayBuffer.set_rng``)."""
+        self._rb.set_rng(generator)
+
     def can_sample(self, batch_size: int) -> bool:
         return len(self) >= batch_size
 

@@ -1,0 +1,19 @@
+"""Offline datasets: on-disk format, writing, validation, loading, statistics."""
+
+from .format import QUALITIES, dataset_dir, field_specs
+from .loading import OfflineDataset, load_dataset
+from .stats import dataset_stats, episode_stats
+from .validation import DatasetError
+from .writer import EpisodeDatasetWriter
+
+__all__ = [
+    "QUALITIES",
+    "DatasetError",
+    "EpisodeDatasetWriter",
+    "OfflineDataset",
+    "dataset_dir",
+    "dataset_stats",
+    "episode_stats",
+    "field_specs",
+    "load_dataset",
+]

@@ -1,0 +1,157 @@
+"""Write a dataset directory: episodes go straight to memory-mapped files, metadata last.
+
+A dataset is assembled in ``<path>.partial-<pid>/`` and renamed into place only by
+:meth:`EpisodeDatasetWriter.close`, so an interrupted run never leaves something that
+looks like a finished dataset, and an existing dataset is never replaced unless asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+from ovmse.envs import MapSpec
+from ovmse.provenance import code_version
+
+from .format import (
+    EPISODES_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    check_quality,
+    field_specs,
+    key_name,
+)
+from .stats import dataset_stats
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bool: "bool", torch.int64: "int64"}
+
+
+class EpisodeDatasetWriter:
+    """Writes exactly ``n_episodes`` episodes ``[*, T_max + 1]`` of map ``spec`` to ``path``.
+
+    Usage::
+
+        with EpisodeDatasetWriter(path, spec, 5000, quality="medium") as writer:
+            writer.append(episodes)          # any number of times, [E_i, T+1] each
+            writer.close(behaviour={...})    # stats + dataset.json, then rename into place
+
+    Leaving the ``with`` block without :meth:`close` (an exception) deletes the partial files.
+
+    Args:
+        overwrite: replace an existing dataset at ``path`` (otherwise that is an error).
+    """
+
+    def __init__(self, path: str | Path, spec: MapSpec, n_episodes: int, *, quality: str,
+                 overwrite: bool = False) -> None:
+        if n_episodes < 1:
+            raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+        self.path = Path(path)
+        self.spec = spec
+        self.quality = check_quality(quality)
+        self.n_episodes = int(n_episodes)
+        self.overwrite = overwrite
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(
+                f"Dataset directory {self.path} already exists; pass overwrite=true to replace it "
+                "(or choose another data root)."
+            )
+        self.tmp = self.path.with_name(f"{self.path.name}.partial-{os.getpid()}")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        T1 = spec.episode_limit + 1
+        template = TensorDict(
+            {key: torch.zeros((1, T1, *shape), dtype=dtype).expand(self.n_episodes, T1, *shape)
+             for key, (dtype, shape) in field_specs(spec).items()},
+            batch_size=(self.n_episodes, T1),
+        )
+        self.episodes = template.memmap_like(self.tmp / EPISODES_DIR, num_threads=0)
+        self.count = 0
+        self.closed = False
+
+    def __enter__(self) -> "EpisodeDatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.closed:
+            self.abort()
+
+    def append(self, episodes: TensorDictBase | None) -> int:
+        """Write ``episodes`` ``[E, T+1]`` after those already written; returns how many were
+        taken. Episodes beyond ``n_episodes`` are an error, not silently dropped."""
+        if episodes is None or episodes.shape[0] == 0:
+            return 0
+        E = episodes.shape[0]
+        if self.count + E > self.n_episodes:
+            raise ValueError(
+                f"{self.path}: appending {E} episodes to {self.count} exceeds the {self.n_episodes} "
+                "this dataset was created for"
+            )
+        if tuple(episodes.shape[1:]) != tuple(self.episodes.shape[1:]):
+            raise ValueError(
+                f"{self.path}: episodes have batch shape {tuple(episodes.shape)}, expected [E, "
+                f"{self.episodes.shape[1]}] (episode limit {self.spec.episode_limit} + 1)"
+            )
+        src = episodes.select(*field_specs(self.spec).keys(), strict=True).to("cpu")
+        self.episodes[self.count : self.count + E] = src
+        self.count += E
+        return E
+
+    def close(self, **metadata: Any) -> Path:
+        """Check the count, compute the statistics, write ``dataset.json`` and move the dataset
+        to ``path``. ``metadata`` (JSON-serialisable: ``behaviour``, ``generator``, ``source``,
+        ...) is stored alongside the computed entries. Returns ``path``."""
+        if self.count != self.n_episodes:
+            raise ValueError(
+                f"{self.path}: {self.count} episodes written, but the dataset was created for "
+                f"{self.n_episodes}"
+            )
+        stats, _ = dataset_stats(self.episodes)
+        s = self.spec
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": f"{s.name}/{self.quality}",
+            "map": s.name,
+            "quality": self.quality,
+            "n_agents": s.n_agents,
+            "obs_dim": s.obs_dim,
+            "state_dim": s.state_dim,
+            "n_actions": s.n_actions,
+            "episode_limit": s.episode_limit,
+            **stats,
+            "fields": {key_name(k): {"dtype": DTYPE_NAMES[d], "shape": [s.episode_limit + 1, *shape]}
+                       for k, (d, shape) in field_specs(s).items()},
+            "created": dt.datetime.now().isoformat(timespec="seconds"),
+            "code_version": code_version(),
+            **metadata,
+        }
+        (self.tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        del self.episodes  # release the memmaps before renaming
+        old = None
+        if self.path.exists():
+            if not self.overwrite:
+                raise FileExistsError(f"Dataset directory {self.path} appeared while writing; kept "
+                                      f"the new one at {self.tmp}")
+            old = self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}")
+            self.path.rename(old)
+        self.tmp.rename(self.path)
+        if old is not None:
+            shutil.rmtree(old)
+        self.closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Delete the partial files (nothing at ``path`` is touched)."""
+        self.closed = True
+        if hasattr(self, "episodes"):
+            del self.episodes
+        shutil.rmtree(self.tmp, ignore_errors=True)
