@@ -78,6 +78,19 @@ class EpisodeReplayBuffer:
         self.episodes_added += episodes.shape[0]
         return idx
 
+    def oldest_first_indices(self) -> torch.Tensor:
+        """Storage indices of the held episodes from oldest to newest ``[len]`` (the ring
+        buffer's write cursor marks the oldest once it has wrapped around)."""
+        n = len(self)
+        idx = torch.arange(n)
+        if self.episodes_added > self.capacity:
+            idx = torch.roll(idx, -(self.episodes_added % self.capacity))
+        return idx
+
+    def get(self, indices: torch.Tensor) -> TensorDictBase:
+        """The stored episodes at ``indices``: ``[len(indices), T_max + 1]``."""
+        return self._rb.storage[indices]
+
     def sample(self, batch_size: int) -> TensorDictBase:
         """``batch_size`` episodes drawn uniformly with replacement: ``[batch_size, T_max + 1]``."""
         if len(self) == 0:

@@ -21,6 +21,7 @@ PhaseFn = Callable[[DictConfig], dict]
 PHASES: dict[str, str] = {
     "rollout": "ovmse.phases.rollout:run",
     "online": "ovmse.phases.online:run",
+    "collect": "ovmse.phases.collect:run",
 }
 
 

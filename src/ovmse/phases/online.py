@@ -8,6 +8,8 @@ the run directory the resolved config, TensorBoard events (``tensorboard/``),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -32,12 +34,22 @@ from .common import env_options as env_options_of
 from .common import resolve_device, seed_everything, write_json
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    if cfg.get("ckpt"):
-        raise ValueError(
-            f"ckpt={cfg.ckpt!r}: starting the online phase from a checkpoint arrives with the "
-            "offline phase; this version trains algo=qmix from scratch (leave ckpt unset)."
-        )
+@dataclass
+class OnlineRun:
+    """Everything an online training run is made of (built by :func:`build_online_run`)."""
+
+    module: QMixModule
+    replay: EpisodeReplayBuffer
+    collection: OnlineCollectionCallback
+    evaluation: GreedyEvaluationCallback
+    trainer: pl.Trainer
+    data: ReplayDataModule
+
+
+def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> OnlineRun:
+    """QMIX learner, replay, collector, evaluator, loggers and Trainer of ``cfg`` (train.yaml
+    with an online-style phase: ``env_steps``, ``eval``, ``log_every_env_steps``).
+    ``extra_callbacks`` run after the evaluation callback in every training iteration."""
     seed_everything(int(cfg.seed))
     algo, out = cfg.algo, Path(cfg.paths.output_dir)
     device = resolve_device(str(cfg.device))
@@ -79,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         gradient_clip_val=float(algo.grad_norm_clip),
         logger=loggers,
         callbacks=[collect_cb, TargetUpdateCallback(int(algo.target_update_interval)), eval_cb,
+                   *extra_callbacks,
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -86,11 +99,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log_every_n_steps=1,
         deterministic=False,
     )
-    trainer.fit(module, datamodule=data)
+    return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("ckpt"):
+        raise ValueError(
+            f"ckpt={cfg.ckpt!r}: starting the online phase from a checkpoint arrives with the "
+            "offline phase; this version trains algo=qmix from scratch (leave ckpt unset)."
+        )
+    out = Path(cfg.paths.output_dir)
+    r = build_online_run(cfg)
+    r.trainer.fit(r.module, datamodule=r.data)
+    module, eval_cb = r.module, r.evaluation
     result = {"env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
               **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
     write_json(out / "online_summary.json", result)
-    print(f"online {spec.name}: {module.env_steps} env steps, {module.updates} updates, "
+    print(f"online {cfg.env.map_name}: {module.env_steps} env steps, {module.updates} updates, "
           f"final greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "
           f"(best {eval_cb.best:.3f}); checkpoints in {out / 'checkpoints'}")
     return result

@@ -112,6 +112,7 @@ class GreedyEvaluationCallback(pl.Callback):
         self.best = -math.inf
         self._next = 0
         self.latest: dict[str, float] = {}
+        self.evaluations = 0  # how many evaluations have run (milestones watch it)
 
     def _evaluate(self, trainer: pl.Trainer, module: QMixModule) -> None:
         was_training = module.training
@@ -119,6 +120,7 @@ class GreedyEvaluationCallback(pl.Callback):
         metrics = GreedyEvaluator.metrics(self.evaluator.run(self.episodes))
         module.train(was_training)
         self.latest = metrics
+        self.evaluations += 1
         log_env_metrics(trainer, module, metrics)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")

@@ -1,0 +1,146 @@
+"""Phase "collect": generate offline datasets (paper Appendix B).
+
+``python train.py phase=collect env=2s3z`` trains QMIX from scratch (the online phase's
+machinery) until a greedy evaluation's win rate first enters ``medium.win_rate``; it then
+saves ``checkpoints/medium.ckpt`` and writes
+
+* ``medium``: ``episodes`` battles of that policy acting greedily;
+* ``medium_replay``: the run's replay buffer at that moment, oldest episode first;
+
+and, when ``expert`` / ``mixed`` are among ``qualities``, trains on until
+``expert.win_rate`` for ``expert`` (greedy episodes of that policy) and ``mixed`` (a seeded
+random half of the medium episodes followed by a random half of the expert ones).
+Each dataset's ``dataset.json`` records the behaviour policy (how it was chosen, its
+evaluation win rate, env steps trained), the resolved config and the code version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ovmse.datasets import QUALITIES, EpisodeDatasetWriter, dataset_dir, load_dataset
+from ovmse.datasets.inspection import format_table8, table8_row
+from ovmse.datasets.recording import record_episodes
+from ovmse.envs import get_map
+from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
+
+from .common import env_options, resolve_device, write_json
+from .online import build_online_run
+
+CHUNK = 500
+
+
+def _qualities(cfg: DictConfig) -> list[str]:
+    qualities = list(cfg.qualities)
+    unknown = [q for q in qualities if q not in QUALITIES]
+    if unknown or not qualities:
+        raise ValueError(f"qualities={qualities}: choose from {', '.join(QUALITIES)}")
+    if "mixed" in qualities and not {"medium", "expert"} <= set(qualities):
+        raise ValueError("qualities: 'mixed' is made of the medium and expert datasets; list both too")
+    return qualities
+
+
+def _band(cfg_band, name: str) -> tuple[float, float]:
+    band = list(cfg_band)
+    if len(band) != 2:
+        raise ValueError(f"{name}.win_rate must be [low, high], got {band}")
+    return float(band[0]), float(band[1])
+
+
+def run(cfg: DictConfig) -> dict:
+    if cfg.get("ckpt"):
+        raise ValueError(f"ckpt={cfg.ckpt!r}: phase=collect trains its behaviour policy from scratch; leave ckpt unset")
+    spec = get_map(cfg.env.map_name)
+    qualities = _qualities(cfg)
+    n = int(cfg.episodes)
+    if n < 1:
+        raise ValueError(f"episodes must be >= 1, got {n}")
+    targets = {q: dataset_dir(cfg.data_root, spec.name, q) for q in qualities}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not cfg.overwrite:
+        raise FileExistsError(f"datasets already exist: {', '.join(existing)}; pass overwrite=true to replace "
+                              "them or data_root=... to write elsewhere")
+    out = Path(cfg.paths.output_dir)
+    generator = OmegaConf.to_container(cfg, resolve=True)
+    device = resolve_device(str(cfg.device))
+    written: dict[str, Path] = {}
+
+    def write(quality: str, count: int, fill, behaviour: dict) -> None:
+        with EpisodeDatasetWriter(targets[quality], spec, count, quality=quality, overwrite=bool(cfg.overwrite)) as w:
+            fill(w)
+            written[quality] = w.close(behaviour=behaviour, generator=generator)
+        print(f"collect: wrote {written[quality]} ({count} episodes)")
+
+    def record_greedy(module, seed_offset: int):
+        def fill(w: EpisodeDatasetWriter) -> None:
+            record_episodes(w, module.agent, num_envs=int(cfg.record.num_envs), seed=int(cfg.seed) + seed_offset,
+                            device=device, env_options=env_options(cfg.env))
+        return fill
+
+    def policy_info(level: str, info: dict, ckpt: Path) -> dict:
+        return {"policy": f"QMIX trained from scratch to the {level} level, acting greedily",
+                "checkpoint": str(ckpt), **{k: v for k, v in info.items()}}
+
+    def at_medium(trainer, module, info: dict) -> None:
+        ckpt = out / "checkpoints" / "medium.ckpt"
+        trainer.save_checkpoint(ckpt)
+        print(f"collect: medium level at {module.env_steps} env steps "
+              f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
+        if "medium_replay" in qualities:
+            replay = run_parts.replay
+            order = replay.oldest_first_indices()
+
+            def fill(w: EpisodeDatasetWriter) -> None:
+                for start in range(0, len(order), CHUNK):
+                    w.append(replay.get(order[start : start + CHUNK]))
+
+            behaviour = {"policy": "replay buffer of the QMIX run (epsilon-greedy exploration) when it reached "
+                                   "the medium level", "buffer_size": replay.capacity,
+                         "episodes_collected": replay.episodes_added, "checkpoint": str(ckpt), **info}
+            write("medium_replay", len(replay), fill, behaviour)
+        if "medium" in qualities:
+            write("medium", n, record_greedy(module, 20_000), policy_info("medium", info, ckpt))
+
+    def at_expert(trainer, module, info: dict) -> None:
+        ckpt = out / "checkpoints" / "expert.ckpt"
+        trainer.save_checkpoint(ckpt)
+        print(f"collect: expert level at {module.env_steps} env steps "
+              f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
+        write("expert", n, record_greedy(module, 30_000), policy_info("expert", info, ckpt))
+        if "mixed" in qualities:
+            write("mixed", n, _mixed_fill(written["medium"], written["expert"], n, int(cfg.seed)),
+                  {"policy": f"{n // 2} episodes of {written['medium']} and {n - n // 2} of {written['expert']}, "
+                             "drawn at random without replacement"})
+
+    milestones = []
+    if {"medium", "medium_replay"} & set(qualities):
+        milestones.append(WinRateMilestone("medium", *_band(cfg.medium.win_rate, "medium"), at_medium))
+    if "expert" in qualities:
+        milestones.append(WinRateMilestone("expert", *_band(cfg.expert.win_rate, "expert"), at_expert))
+    milestone_cb = WinRateMilestoneCallback(milestones)
+    run_parts = build_online_run(cfg, extra_callbacks=[milestone_cb])
+    run_parts.trainer.fit(run_parts.module, datamodule=run_parts.data)
+
+    rows = [table8_row(load_dataset(written[q], map_name=spec.name, validate="full", in_memory=False))
+            for q in qualities]
+    print(format_table8(rows))
+    summary = {"datasets": {q: str(p) for q, p in written.items()}, "levels": milestone_cb.done, "table8": rows,
+               "env_steps": run_parts.module.env_steps}
+    write_json(out / "collect_summary.json", summary)
+    return {f"dataset/{r['dataset']}/return_mean": r["return_mean"] for r in rows}
+
+
+def _mixed_fill(medium: Path, expert: Path, n: int, seed: int):
+    def fill(w: EpisodeDatasetWriter) -> None:
+        g = torch.Generator().manual_seed(seed + 40_000)
+        for path, count in ((medium, n // 2), (expert, n - n // 2)):
+            source = load_dataset(path, validate="structure", in_memory=False)
+            if len(source) < count:
+                raise ValueError(f"mixed: {path} holds {len(source)} episodes, needs {count}")
+            pick = torch.randperm(len(source), generator=g)[:count].sort().values
+            for start in range(0, count, CHUNK):
+                w.append(source.episodes[pick[start : start + CHUNK]])
+    return fill

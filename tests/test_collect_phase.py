@@ -1,0 +1,140 @@
+"""phase=collect end to end on a tiny budget, and the win-rate milestone logic."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ovmse.datasets import load_dataset
+from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["env=3m", "env.num_envs=4", "algo.steps_per_env=32", "algo.batch_size=8", "algo.buffer_size=48",
+        "algo.target_update_interval=8", "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8",
+        "log_every_env_steps=256", "episodes=24", "record.num_envs=8"]
+
+
+def _collect(data_root, run_dir, *extra):
+    return subprocess.run(
+        [sys.executable, "train.py", "phase=collect", *TINY, f"data_root={data_root}", f"hydra.run.dir={run_dir}",
+         *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    run_dir = tmp_path_factory.mktemp("run")
+    # Band [0, 1]: the first evaluation counts as "medium"; expert [1, 1] is out of reach
+    # in 1536 steps, so it is taken at the budget.
+    proc = _collect(root, run_dir, "medium.win_rate=[0.0,1.0]", "expert.win_rate=[1.0,1.0]", "env_steps=1536",
+                    "qualities=[medium,medium_replay,expert,mixed]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, run_dir, proc
+
+
+def test_writes_valid_datasets_with_metadata(collected):
+    root, run_dir, proc = collected
+    for quality in ("medium", "medium_replay", "expert", "mixed"):
+        ds = load_dataset(root / "3m" / quality, map_name="3m")  # full validation
+        meta = ds.metadata
+        assert meta["quality"] == quality and meta["map"] == "3m"
+        assert meta["generator"]["task_name"] == "collect"
+        assert meta["code_version"]["ovmse"]
+        stats, returns = ds.stats()
+        assert stats["episodes"] == meta["episodes"] == len(ds)
+        assert meta["return_mean"] == pytest.approx(float(returns.mean()))
+    assert len(load_dataset(root / "3m" / "medium", validate="structure")) == 24
+    assert len(load_dataset(root / "3m" / "mixed", validate="structure")) == 24
+    assert "3m/medium " in proc.stdout and "3m/mixed " in proc.stdout  # the Table 8 printout
+
+
+def test_behaviour_records_how_the_policy_was_chosen(collected):
+    root, run_dir, _ = collected
+    medium = load_dataset(root / "3m" / "medium", validate="structure").metadata["behaviour"]
+    expert = load_dataset(root / "3m" / "expert", validate="structure").metadata["behaviour"]
+    assert medium["reason"] == "band" and 0.0 <= medium["eval/win_rate"] <= 1.0
+    assert expert["reason"] == "budget" and expert["env_steps"] >= 1536
+    assert medium["env_steps"] < expert["env_steps"]
+    assert Path(medium["checkpoint"]).exists() and Path(expert["checkpoint"]).exists()
+    summary = json.loads((run_dir / "collect_summary.json").read_text())
+    assert set(summary["datasets"]) == {"medium", "medium_replay", "expert", "mixed"}
+
+
+def test_medium_replay_is_the_buffer_when_medium_was_reached(collected):
+    root, _, _ = collected
+    ds = load_dataset(root / "3m" / "medium_replay", validate="structure")
+    behaviour = ds.metadata["behaviour"]
+    assert len(ds) == min(48, behaviour["episodes_collected"])
+    assert behaviour["buffer_size"] == 48
+
+
+def test_refuses_to_overwrite_before_training(collected, tmp_path):
+    root, _, _ = collected
+    before = (root / "3m" / "medium" / "dataset.json").read_text()
+    proc = _collect(root, tmp_path / "again", "env_steps=100000")
+    assert proc.returncode != 0
+    assert "already exist" in proc.stderr and "overwrite=true" in proc.stderr
+    assert not (tmp_path / "again" / "metrics.csv").exists()  # refused before any training
+    assert (root / "3m" / "medium" / "dataset.json").read_text() == before
+
+
+def test_mixed_needs_medium_and_expert(tmp_path):
+    proc = _collect(tmp_path / "data", tmp_path / "run", "qualities=[mixed]")
+    assert proc.returncode != 0 and "list both" in proc.stderr
+
+
+# --------------------------------------------------------------------- milestone logic
+class _Eval:
+    def __init__(self):
+        self.evaluations, self.latest = 0, {}
+
+    def report(self, rate):
+        self.evaluations += 1
+        self.latest = {"eval/win_rate": rate}
+
+
+def _callback(bands):
+    fired = []
+    ms = [WinRateMilestone(name, lo, hi, lambda t, m, info, name=name: fired.append((name, info["reason"])))
+          for name, lo, hi in bands]
+    ev = _Eval()
+    return WinRateMilestoneCallback(ms, evaluation=ev), ev, fired
+
+
+def _module():
+    return SimpleNamespace(env_steps=0, episodes=0, updates=0, training=True, eval=lambda: None,
+                           train=lambda mode=True: None)
+
+
+def test_milestones_fire_once_in_order_and_stop_training():
+    cb, ev, fired = _callback([("medium", 0.2, 0.5), ("expert", 0.9, 1.0)])
+    trainer, module = SimpleNamespace(should_stop=False), _module()
+    for rate in (0.0, 0.1, 0.3, 0.4, 0.6):
+        ev.report(rate)
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+        cb.on_train_batch_end(trainer, module, None, None, 0)  # no new evaluation: nothing happens
+    assert fired == [("medium", "band")] and not trainer.should_stop
+    ev.report(0.95)
+    cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert fired == [("medium", "band"), ("expert", "band")] and trainer.should_stop
+
+
+def test_milestone_overshoot_and_budget_reasons():
+    cb, ev, fired = _callback([("medium", 0.2, 0.5), ("expert", 0.99, 1.0)])
+    trainer, module = SimpleNamespace(should_stop=False), _module()
+    ev.report(0.7)  # jumped over the medium band
+    cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert fired == [("medium", "overshot")]
+    cb.on_train_end(trainer, module)  # budget spent before expert
+    assert fired == [("medium", "overshot"), ("expert", "budget")]
+
+
+def test_milestone_band_validation():
+    with pytest.raises(ValueError, match="low <= high"):
+        WinRateMilestone("medium", 0.6, 0.2, lambda *a: None)
