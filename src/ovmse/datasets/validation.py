@@ -75,11 +75,20 @@ def check_files(path: Path, meta: dict[str, Any], spec: MapSpec) -> None:
     """Every field's memmap file exists and has exactly the bytes its shape needs (a shorter
     file is a truncated copy; a longer one is not this dataset)."""
     E, T1 = int(meta["episodes"]), spec.episode_limit + 1
+    files = {}
     for key, (dtype, shape) in field_specs(spec).items():
         parts = (key,) if isinstance(key, str) else key
         file = path / EPISODES_DIR / Path(*parts[:-1]) / f"{parts[-1]}.memmap"
         if not file.is_file():
             raise _fail(path, f"field {key_name(key)}: file {file.relative_to(path)} is missing")
+        files[key] = (file, T1 * math.prod(shape) * _ITEMSIZE[dtype])
+    # Every file holding the same whole number of episodes, other than E: the metadata count is wrong.
+    held = {divmod(f.stat().st_size, per_episode) for f, per_episode in files.values()}
+    if len(held) == 1 and (found_e := held.pop())[1] == 0 and found_e[0] != E:
+        raise _fail(path, f"metadata episodes: file says {E}, the stored episodes have {found_e[0]} (every "
+                          f"field file holds {found_e[0]} episodes)")
+    for key, (dtype, shape) in field_specs(spec).items():
+        file = files[key][0]
         expected = E * T1 * math.prod(shape) * _ITEMSIZE[dtype]
         found = file.stat().st_size
         if found != expected:
@@ -104,11 +113,13 @@ def check_fields(path: Path, episodes: TensorDictBase, spec: MapSpec, n_episodes
             raise _fail(path, f"field {key_name(key)}: expected shape {list(want)}, found {list(value.shape)}")
 
 
-def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: int = 500) -> dict[str, int]:
+def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: int = 500,
+                   offset: int = 0) -> dict[str, int]:
     """Masks and values, ``chunk`` episodes at a time: ``filled`` a prefix of at least one
     transition, padding zero, taken actions in range and available, exactly one episode end
     (terminated or truncated) at the last transition, finite rewards/observations/states.
-    Returns the counted ``episodes`` and ``transitions``."""
+    ``offset`` is added to the episode indices in messages (``episodes`` is a slice of a larger
+    set starting at episode ``offset``). Returns the counted ``episodes`` and ``transitions``."""
     transitions = 0
     A = spec.n_actions
     for start in range(0, episodes.shape[0], chunk):
@@ -120,7 +131,7 @@ def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: i
 
         def where(mask: torch.Tensor) -> str:
             e, step = mask.nonzero()[0].tolist()[:2]
-            return f"episode {start + e}, step {step}"
+            return f"episode {offset + start + e}, step {step}"
 
         if bool((filled != prefix).any()) or bool((lengths < 1).any()):
             bad = (filled != prefix) | (lengths < 1)[:, None]
@@ -129,10 +140,12 @@ def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: i
         trans = t[None, :] < lengths[:, None]
         pad = ~prefix
         for key in ("reward", "terminated", "truncated", ("info", "battle_won")):
+            # Transition values stop at the last transition: the final-observation row has none.
             v = td.get(key).squeeze(-1)
-            if bool((v[pad] != 0).any()):
-                raise _fail(path, f"field {key_name(key)}: expected 0 in padding after the last filled step, found "
-                                  f"{v[pad & (v != 0)][0].item()} at {where(pad & (v != 0))}")
+            bad = ~trans & (v != 0)
+            if bool(bad.any()):
+                raise _fail(path, f"field {key_name(key)}: expected 0 from the final-observation row on (padding "
+                                  f"included), found {v[bad][0].item()} at {where(bad)}")
         mask = td.get(("agents", "action_mask"))
         if bool(mask[pad].any()):
             raise _fail(path, f"field agents.action_mask: expected no available action in padding, found one at "
@@ -143,7 +156,7 @@ def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: i
             if bool(bad.any()):
                 e, step, j = bad.nonzero()[0].tolist()
                 raise _fail(path, f"field {key_name(key)}: expected finite values, found {flat[e, step, j].item()} "
-                                  f"at episode {start + e}, step {step}")
+                                  f"at episode {offset + start + e}, step {step}")
         action = td.get(("agents", "action"))  # [e, T+1, N]
         out_of_range = ((action < 0) | (action >= A)).any(-1) & trans
         if bool(out_of_range.any()):
@@ -154,7 +167,7 @@ def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: i
         if bool(unavailable.any()):
             e, step = unavailable.nonzero()[0].tolist()
             agent = int((~taken[e, step]).nonzero()[0])
-            raise _fail(path, f"field agents.action: episode {start + e}, step {step}, agent {agent} took action "
+            raise _fail(path, f"field agents.action: episode {offset + start + e}, step {step}, agent {agent} took action "
                               f"{int(action[e, step, agent])}, which agents.action_mask marks unavailable")
         ends = (td.get("terminated").squeeze(-1) | td.get("truncated").squeeze(-1)) & trans
         last = trans & (t[None, :] == (lengths - 1)[:, None])

@@ -139,6 +139,7 @@ class EpisodeDatasetWriter:
         old = None
         if self.path.exists():
             if not self.overwrite:
+                self.closed = True  # keep the finished files, as the message says (no abort on exit)
                 raise FileExistsError(f"Dataset directory {self.path} appeared while writing; kept "
                                       f"the new one at {self.tmp}")
             old = self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}")
