@@ -14,6 +14,10 @@ Output layout (PyMARL ``EpisodeBatch``), batch dims ``[E, T_max + 1]`` with
 A battle stopped by the episode limit has ``truncated=True, terminated=False`` at its last
 transition (the env sets them that way; they are copied, not recomputed).
 
+An episode whose last transition has ``("next", "info", "episode_lost")`` True (the starcraft
+backend's game crashed mid-battle and was restarted) is dropped, never emitted, and counted in
+``episodes_lost``. Batches without that key (older envs) are handled as before.
+
 Cost: everything inside a batch is tensor ops except a Python loop over env indices that
 have an episode boundary (or a pending partial episode) in the batch -- ``O(B + episodes)``
 small ``torch.cat`` / slice-assign calls per batch, negligible next to stepping the env.
@@ -40,6 +44,8 @@ _TRANSITION_KEYS: tuple[tuple[NestedKey, NestedKey], ...] = (
     ("truncated", ("next", "truncated")),
     (("info", "battle_won"), ("next", "info", "battle_won")),
 )
+# Marks an episode cut short by a game crash (starcraft backend); such episodes are dropped.
+LOST_KEY: tuple[str, ...] = ("next", "info", "episode_lost")
 
 
 def _nxt(key: NestedKey) -> tuple[str, ...]:
@@ -67,6 +73,8 @@ class EpisodeAssembler:
         self._pending: dict[int, list[TensorDictBase]] = {}
         self._pending_len: dict[int, int] = {}
         self.episodes_emitted = 0
+        # Episodes dropped because their last transition had ("next", "info", "episode_lost").
+        self.episodes_lost = 0
         # Env index of each episode returned by the latest ``add`` (same order).
         self.last_env_indices: list[int] = []
 
@@ -94,6 +102,8 @@ class EpisodeAssembler:
             raise ValueError(f"expected a [B, frames] batch, got batch_size {tuple(batch.batch_size)}")
         data = self._select(batch)
         done = batch.get(_nxt(self.done_key)).reshape(batch.shape).bool().cpu()  # [B, F]
+        lost = batch.get(LOST_KEY, None)
+        lost = None if lost is None else lost.reshape(batch.shape).bool().cpu()  # [B, F]
         finished: list[TensorDictBase] = []  # each [len] for one complete episode
         self.last_env_indices = []
         for b in range(batch.shape[0]):
@@ -109,9 +119,12 @@ class EpisodeAssembler:
                         f"env {b}: episode of {ep.shape[0]} steps exceeds the limit {self.episode_limit}; "
                         "the batch stream is not contiguous or did not start at a reset"
                     )
+                start = end + 1
+                if lost is not None and bool(lost[b, end]):
+                    self.episodes_lost += 1
+                    continue
                 finished.append(ep)
                 self.last_env_indices.append(b)
-                start = end + 1
             if start < batch.shape[1]:
                 seg = data[b, start:]
                 self._pending.setdefault(b, []).append(seg.clone())

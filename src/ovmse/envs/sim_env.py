@@ -8,6 +8,8 @@ Keys (TorchRL multi-agent convention, ``B = num_envs``):
     "reward"                   float32 [B, 1]
     "done", "terminated", "truncated"  bool [B, 1]      (truncated = episode limit)
     ("info", "battle_won")     bool    [B, 1]
+    ("info", "episode_lost")   bool    [B, 1]            (always False here; True on the
+                                                        starcraft backend when a game crashed)
 Battles reset independently through TorchRL's ``"_reset"`` mask, so a collector
 can step the env forever.
 """
@@ -81,7 +83,7 @@ class SimSMACEnv(EnvBase):
                 shape=(B, N),
             ),
             state=Unbounded((B, self.spec.state_dim), device=dev),
-            info=Composite(battle_won=flag(), shape=(B,)),
+            info=Composite(battle_won=flag(), episode_lost=flag(), shape=(B,)),
             shape=(B,),
         )
         self.action_spec = Composite(
@@ -101,7 +103,8 @@ class SimSMACEnv(EnvBase):
         self._mask, obs, state = compute_features(self.battle, self.tables)
         agents = TensorDict({"observation": obs, "action_mask": self._mask}, batch_size=(B, N), device=self.device)
         out = {"agents": agents, "state": state,
-               "info": TensorDict({"battle_won": won[:, None]}, batch_size=(B,), device=self.device)}
+               "info": TensorDict({"battle_won": won[:, None], "episode_lost": torch.zeros_like(won[:, None])},
+                                  batch_size=(B,), device=self.device)}
         out.update({k: v[:, None] for k, v in done.items()})
         return TensorDict(out, batch_size=(B,), device=self.device)
 

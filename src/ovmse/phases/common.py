@@ -10,8 +10,10 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-# Keys of an env config that are not simulator options.
-_ENV_KEYS = ("map_name", "backend", "num_envs", "device")
+# Keys of an env config that are not make_env options (make_env takes them as arguments of their own).
+# ``backend`` is not among them: it must reach every make_env call (OnlineCollection,
+# GreedyEvaluator, record_episodes get ``**env_options``).
+_ENV_KEYS = ("map_name", "num_envs", "device")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,9 +39,9 @@ def env_from_config(env_cfg: DictConfig | Mapping[str, Any], *, seed: int | None
                     num_envs: int | None = None, **overrides):
     """Build the env an ``env`` config group entry describes (``configs/env/*.yaml``).
 
-    Every key besides ``map_name``, ``backend``, ``num_envs`` and ``device`` is
-    passed to :func:`ovmse.envs.make_env` as a backend option (``substeps``,
-    ``spawn_jitter``, ...); ``overrides`` add or replace options
+    Every key besides ``map_name``, ``num_envs`` and ``device`` is passed to
+    :func:`ovmse.envs.make_env`: ``backend`` ("sim" when absent) and the backend's options
+    (``substeps``, ``spawn_jitter``, ...); ``overrides`` add or replace options
     (e.g. ``scripted_allies=True``).
     """
     from ovmse.envs import make_env
@@ -51,15 +53,17 @@ def env_from_config(env_cfg: DictConfig | Mapping[str, Any], *, seed: int | None
         int(num_envs if num_envs is not None else cfg.get("num_envs", 1)),
         device=resolve_device(str(cfg.get("device", "cpu"))),
         seed=seed,
-        backend=cfg.get("backend", "sim"),
         **options,
     )
 
 
 def env_options(env_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The simulator options of an ``env`` config (all keys but map, backend, batch size, device)."""
+    """The ``make_env`` options of an ``env`` config: ``backend`` ("sim" when absent) and the
+    backend's options (all keys but map, batch size and device)."""
     cfg = OmegaConf.to_container(env_cfg, resolve=True) if isinstance(env_cfg, DictConfig) else dict(env_cfg)
-    return {k: v for k, v in cfg.items() if k not in _ENV_KEYS}
+    options = {k: v for k, v in cfg.items() if k not in _ENV_KEYS}
+    options.setdefault("backend", "sim")
+    return options
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:

@@ -1,0 +1,604 @@
+"""Real SMAC (StarCraft II, oxwhirl/smac) as a second env backend, behind the simulator's interface.
+
+:class:`StarCraftSMACEnv` wraps ONE ``smac.env.StarCraft2Env`` battle (one StarCraft II process)
+as a TorchRL env with ``batch_size=[]`` and exactly the keys, dtypes and semantics of
+:class:`~ovmse.envs.sim_env.SimSMACEnv` for one battle:
+
+    ("agents", "observation")  float32 [N, obs_dim]
+    ("agents", "action_mask")  bool    [N, n_actions]
+    ("agents", "action")       int64   [N]               (input; categorical, not one-hot)
+    "state"                    float32 [state_dim]
+    "reward"                   float32 [1]               (SMAC's reward, already scaled to max 20)
+    "done", "terminated", "truncated"  bool [1]          (truncated = episode limit)
+    ("info", "battle_won")     bool    [1]
+    ("info", "episode_lost")   bool    [1]               (the game crashed: drop this episode)
+
+:func:`make_starcraft_env` stacks ``B`` of them with TorchRL's ``ParallelEnv`` (one game process
+per battle, battle ``i`` seeded ``seed + i``) or ``SerialEnv``, which gives the simulator's
+``[B, ...]`` layout. :func:`ovmse.envs.make_env` with ``backend="starcraft"`` calls
+:func:`check_starcraft_available` first, so a missing install fails at once with a message
+saying what to install (see docs/starcraft.md).
+
+Episode ends (SMAC's ``step`` returns ``reward, terminated, info``):
+
+* battle decided (win, loss, or both sides wiped out) -> ``terminated=True``;
+  ``battle_won = info["battle_won"]``;
+* episode limit -> ``truncated=True, terminated=False``. Detected from ``info["episode_limit"]``
+  when present (``continuing_episode=True``), else from the game's ``timeouts`` counter
+  increasing during the step (SMAC's default ``continuing_episode=False`` reports a timeout as
+  plain ``terminated=True``), else from ``steps >= episode_limit`` with neither side wiped out;
+* never both.
+
+Crashes: an exception from the game object (``protocol.ConnectionError``, ``ProtocolError``,
+websocket errors, ``OSError``, ...) closes it, builds a new one with the factory (at most
+``max_restarts`` attempts, then :class:`StarCraftCrashError` chained to the original error),
+resets it, and ends the episode in progress with ``done=truncated=True,
+("info", "episode_lost")=True`` whose next observation is the fresh game's first one.
+SMAC itself catches protocol errors inside ``step``, restarts the game and returns
+``(0, True, {})``; an ``info`` without ``"battle_won"`` is read as that and handled the same
+way. :class:`~ovmse.collection.EpisodeAssembler` drops lost episodes. ``AssertionError`` (SMAC's
+"Agent i cannot perform action a") is a usage error, not a crash, and is re-raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+
+from ..action_masks import random_valid_actions
+from .maps import MapSpec, get_map
+
+log = logging.getLogger(__name__)
+
+DOCS = "docs/starcraft.md"
+SMAC_PIP = "pip install git+https://github.com/oxwhirl/smac.git"
+SC2_LINUX_URL = "https://blzdistsc2-a.akamaihd.net/Linux/SC2.4.10.zip"
+SMAC_MAPS_URL = "https://github.com/oxwhirl/smac/releases/download/v0.1-beta1/SMAC_Maps.zip"
+DEFAULT_MAX_RESTARTS = 3
+
+# Simulator-only options that env configs carry (configs/env/*.yaml). The starcraft backend drops
+# them: the game's own physics has no sub-steps to choose (SMAC's step_mul=8 game loops is the
+# simulator's substeps=8) and spawns come from the map file.
+SIM_ONLY_OPTIONS = ("substeps", "spawn_jitter")
+
+
+class StarCraftUnavailableError(RuntimeError):
+    """The real-SMAC backend cannot run here: smac, StarCraft II or the SMAC maps are missing."""
+
+
+class StarCraftBackendError(RuntimeError):
+    """Base class of the adapter's own errors (never mistaken for a game crash)."""
+
+
+class StarCraftCrashError(StarCraftBackendError):
+    """The game crashed and could not be restarted within ``max_restarts`` attempts."""
+
+
+class StarCraftDimensionError(StarCraftBackendError, ValueError):
+    """The game's dimensions differ from our :class:`~ovmse.envs.maps.MapSpec` for the map."""
+
+
+# Errors that must propagate as they are instead of triggering a restart.
+_NOT_A_CRASH = (StarCraftBackendError, AssertionError)
+
+
+# ------------------------------------------------------------------------ availability checks
+def default_sc2_path() -> Path:
+    """Where pysc2 looks for StarCraft II when ``SC2PATH`` is not set."""
+    if sys.platform.startswith("win"):
+        return Path("C:/Program Files (x86)/StarCraft II")
+    if sys.platform == "darwin":
+        return Path("/Applications/StarCraft II")
+    return Path("~/StarCraftII").expanduser()
+
+
+def sc2_path() -> Path:
+    """``$SC2PATH`` (expanded) or the platform default."""
+    env = os.environ.get("SC2PATH")
+    return Path(env).expanduser() if env else default_sc2_path()
+
+
+def _sc2_install_hint() -> str:
+    return (
+        "Install StarCraft II 4.10 for Linux (Blizzard's headless build, about 4 GB unpacked):\n"
+        f"    wget {SC2_LINUX_URL}\n"
+        "    unzip -P iagreetotheeula SC2.4.10.zip -d ~    # creates ~/StarCraftII\n"
+        "    export SC2PATH=~/StarCraftII                   # only needed for another location\n"
+        f"then the SMAC maps (below). Full steps: {DOCS}."
+    )
+
+
+def _maps_install_hint(path: Path) -> str:
+    return (
+        "Install the SMAC maps into the game's Maps folder:\n"
+        f"    wget {SMAC_MAPS_URL}\n"
+        f"    mkdir -p '{path / 'Maps'}' && unzip SMAC_Maps.zip -d '{path / 'Maps'}'\n"
+        f"(or copy smac/env/starcraft2/maps/SMAC_Maps from a clone of oxwhirl/smac). See {DOCS}."
+    )
+
+
+def _check_smac_package() -> None:
+    """(a) smac importable, (b) it is oxwhirl's SMAC (has ``smac.env.StarCraft2Env``)."""
+    try:
+        smac = importlib.import_module("smac")
+    except ModuleNotFoundError as err:
+        if err.name == "smac":
+            raise StarCraftUnavailableError(
+                "The starcraft backend needs oxwhirl's SMAC (StarCraft Multi-Agent Challenge), and the "
+                f"'smac' package is not installed. Install it with:\n    {SMAC_PIP}\n"
+                "(not `pip install smac`: PyPI's 'smac' is SMAC3, an unrelated hyperparameter optimiser). "
+                f"StarCraft II 4.10 and the SMAC maps are needed too; see {DOCS}."
+            ) from None
+        raise StarCraftUnavailableError(
+            f"`import smac` failed: {err}. If this 'smac' is PyPI's SMAC3 (hyperparameter optimisation), "
+            f"uninstall it (`pip uninstall smac`); the starcraft backend needs oxwhirl's SMAC:\n    {SMAC_PIP}\n"
+            f"See {DOCS}."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - report any import-time failure with the fix
+        raise StarCraftUnavailableError(
+            f"`import smac` failed with {type(err).__name__}: {err}. Reinstall oxwhirl's SMAC:\n    {SMAC_PIP}\n"
+            f"See {DOCS}."
+        ) from err
+    where = getattr(smac, "__file__", None) or "?"
+    version = getattr(smac, "__version__", None)
+    found = f"the installed 'smac' ({'version ' + str(version) + ', ' if version else ''}at {where})"
+    wrong_package = (
+        f"{found} has no smac.env.StarCraft2Env: it is SMAC3, the hyperparameter-optimisation package "
+        "from PyPI, not oxwhirl's StarCraft Multi-Agent Challenge (both install a module named 'smac'). "
+        f"Fix:\n    pip uninstall -y smac\n    {SMAC_PIP}\nSee {DOCS}."
+    )
+    try:
+        smac_env = importlib.import_module("smac.env")
+    except ModuleNotFoundError as err:
+        if err.name in ("smac.env", "smac"):
+            raise StarCraftUnavailableError(wrong_package) from None
+        raise StarCraftUnavailableError(
+            f"oxwhirl's smac is installed but `import smac.env` failed: a dependency is missing ({err}). "
+            f"Reinstall it with its dependencies (pysc2, s2clientprotocol, protobuf<3.21):\n    {SMAC_PIP}\n"
+            f"See {DOCS}."
+        ) from err
+    except Exception as err:  # noqa: BLE001
+        raise StarCraftUnavailableError(
+            f"`import smac.env` failed with {type(err).__name__}: {err}. Reinstall oxwhirl's SMAC with its "
+            f"pinned dependencies (protobuf<3.21):\n    {SMAC_PIP}\nSee {DOCS}."
+        ) from err
+    if not hasattr(smac_env, "StarCraft2Env"):
+        raise StarCraftUnavailableError(wrong_package)
+
+
+def check_starcraft_available(map_name: str | None = None) -> Path:
+    """Fail fast, with the fix, when the real-SMAC backend cannot run; return the SC2 folder.
+
+    Checks in order: (a) ``smac`` importable; (b) it is oxwhirl's SMAC, not PyPI's SMAC3;
+    (c) StarCraft II at ``$SC2PATH`` or the default location (``~/StarCraftII`` on Linux), i.e.
+    a ``Versions/Base*`` game build there; (d) ``Maps/SMAC_Maps/<map_name>.SC2Map`` (when a map is
+    given; the name must be one of our maps). Raises :class:`StarCraftUnavailableError`.
+    """
+    if map_name is not None:
+        get_map(map_name)  # unknown map -> ValueError listing the maps
+    _check_smac_package()
+    path = sc2_path()
+    where = (
+        f"SC2PATH={os.environ['SC2PATH']!r}" if os.environ.get("SC2PATH")
+        else f"SC2PATH is not set and the default location {path}"
+    )
+    if not path.is_dir():
+        raise StarCraftUnavailableError(
+            f"StarCraft II not found: {where} does not exist.\n{_sc2_install_hint()}"
+        )
+    versions = path / "Versions"
+    if not versions.is_dir() or not any(p.name.startswith("Base") for p in versions.iterdir()):
+        raise StarCraftUnavailableError(
+            f"StarCraft II not found: {where} has no game build ({versions}/Base*/ is missing).\n"
+            f"{_sc2_install_hint()}"
+        )
+    if map_name is not None:
+        candidates = [path / d / "SMAC_Maps" / f"{map_name}.SC2Map" for d in ("Maps", "maps")]
+        if not any(c.is_file() for c in candidates):
+            raise StarCraftUnavailableError(
+                f"SMAC map {map_name!r} not found: {candidates[0]} is missing (StarCraft II itself is at "
+                f"{path}).\n{_maps_install_hint(path)}"
+            )
+    return path
+
+
+# ---------------------------------------------------------------------------- game factory
+def default_game(map_name: str, seed: int | None = None, **smac_kwargs: Any) -> Any:
+    """``smac.env.StarCraft2Env(map_name=..., seed=..., **smac_kwargs)`` (no game launched yet)."""
+    try:  # pysc2 reads absl flags (--sc2_run_config); outside an absl app they are unparsed.
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+    except Exception:  # noqa: BLE001 - absl missing or already fine: smac's import will tell
+        pass
+    from smac.env import StarCraft2Env
+
+    return StarCraft2Env(map_name=map_name, seed=seed, **smac_kwargs)
+
+
+# ------------------------------------------------------------------------------ the adapter
+class StarCraftSMACEnv(EnvBase):
+    """One real SMAC battle as a TorchRL env (``batch_size=[]``) with the simulator's keys.
+
+    Args:
+        map_name: one of our maps (:data:`~ovmse.envs.maps.MAPS`); the game's ``get_env_info()``
+            must agree with its :class:`MapSpec` (else :class:`StarCraftDimensionError`).
+        seed: the game's seed (SMAC seeds the game at construction) and the seed of
+            :meth:`rand_action`'s generator.
+        env_factory: ``() -> StarCraft2Env``-like object; called again after a crash. Default:
+            ``smac.env.StarCraft2Env(map_name=map_name, seed=seed, **smac_kwargs)``.
+        device: where the output tensors live.
+        check_actions: raise ``ValueError`` on an action the mask forbids before sending it to
+            the game (like the simulator's option; SMAC would fail with an ``AssertionError``).
+        max_restarts: attempts to rebuild a crashed game before raising.
+        **smac_kwargs: ``StarCraft2Env`` options for the default factory (options that change the
+            observation/state layout make the dimension check fail: we follow SMAC's defaults).
+
+    Attributes:
+        spec: the map's :class:`MapSpec` (as on :class:`SimSMACEnv`).
+        restarts: how many times the game was restarted after a crash.
+        episodes_lost: episodes ended by a crash.
+    """
+
+    def __init__(
+        self,
+        map_name: str,
+        *,
+        seed: int | None = None,
+        env_factory: Callable[[], Any] | None = None,
+        device: str | torch.device = "cpu",
+        check_actions: bool = True,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
+        **smac_kwargs: Any,
+    ) -> None:
+        if max_restarts < 1:
+            raise ValueError(f"max_restarts must be >= 1, got {max_restarts}")
+        if env_factory is not None and smac_kwargs:
+            raise ValueError(
+                f"smac options {sorted(smac_kwargs)} only apply to the default factory; "
+                "bind them into env_factory instead"
+            )
+        super().__init__(device=device, batch_size=torch.Size([]))
+        self.spec: MapSpec = get_map(map_name)
+        self.map_name = self.spec.name
+        self.check_actions = check_actions
+        self.max_restarts = int(max_restarts)
+        self._env_factory = env_factory or functools.partial(
+            default_game, map_name=self.spec.name, seed=seed, **smac_kwargs
+        )
+        self._generator = torch.Generator()
+        self._generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
+        self.restarts = 0
+        self.episodes_lost = 0
+        self._steps = 0
+        self._fresh: TensorDict | None = None  # reset output of a game at an episode start
+        self._current: TensorDict | None = None  # latest observation (without reward)
+        self._mask = torch.zeros(self.spec.n_agents, self.spec.n_actions, dtype=torch.bool)
+        self._mask[:, 0] = True
+        self._game: Any = self._env_factory()
+        self._check_dims(self._game)
+        self._make_specs()
+
+    # ----------------------------------------------------------------- specs
+    def _make_specs(self) -> None:
+        N, A, dev = self.spec.n_agents, self.spec.n_actions, self.device
+        flag = lambda: Categorical(2, shape=(1,), dtype=torch.bool, device=dev)  # noqa: E731
+        self.observation_spec = Composite(
+            agents=Composite(
+                observation=Unbounded((N, self.spec.obs_dim), device=dev),
+                action_mask=Categorical(2, shape=(N, A), dtype=torch.bool, device=dev),
+                shape=(N,),
+            ),
+            state=Unbounded((self.spec.state_dim,), device=dev),
+            info=Composite(battle_won=flag(), episode_lost=flag(), shape=()),
+            shape=(),
+        )
+        self.action_spec = Composite(
+            agents=Composite(action=Categorical(A, shape=(N,), dtype=torch.int64, device=dev), shape=(N,)),
+            shape=(),
+        )
+        self.reward_spec = Unbounded((1,), device=dev)
+        self.done_spec = Composite(done=flag(), terminated=flag(), truncated=flag(), shape=())
+
+    def _check_dims(self, game: Any) -> None:
+        info = game.get_env_info()
+        fields = (("n_agents", "n_agents"), ("n_actions", "n_actions"), ("obs_shape", "obs_dim"),
+                  ("state_shape", "state_dim"), ("episode_limit", "episode_limit"))
+        for smac_key, ours in fields:
+            if smac_key not in info:
+                raise StarCraftDimensionError(f"map {self.spec.name!r}: get_env_info() has no {smac_key!r}")
+            got, expected = info[smac_key], getattr(self.spec, ours)
+            if int(np.prod(got)) != expected:
+                raise StarCraftDimensionError(
+                    f"map {self.spec.name!r}: the game reports {smac_key}={got} but the simulator's MapSpec has "
+                    f"{ours}={expected}. Both backends must agree; StarCraft2Env options that change the layout "
+                    "(obs_last_action, obs_pathing_grid, obs_terrain_height, obs_timestep_number, "
+                    "obs_instead_of_state, state_last_action=False, state_timestep_number, ...) are not "
+                    "supported: the simulator follows SMAC's defaults."
+                )
+
+    # ----------------------------------------------------------------- game I/O
+    def _read(self, obs: Any = None, state: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Observation ``[N, obs]``, state ``[S]`` and mask ``[N, A]`` of the game, checked."""
+        N, A = self.spec.n_agents, self.spec.n_actions
+        game = self._game
+        obs = np.asarray(game.get_obs() if obs is None else obs, dtype=np.float32)
+        state = np.asarray(game.get_state() if state is None else state, dtype=np.float32)
+        avail = np.asarray(game.get_avail_actions())
+        for name, arr, shape in (("observation", obs, (N, self.spec.obs_dim)),
+                                 ("state", state, (self.spec.state_dim,)), ("avail_actions", avail, (N, A))):
+            if arr.shape != shape:
+                raise StarCraftDimensionError(
+                    f"map {self.spec.name!r}: the game returned {name} of shape {arr.shape}, expected {shape}"
+                )
+        dev = self.device
+        return (torch.as_tensor(obs, device=dev), torch.as_tensor(state, device=dev),
+                torch.as_tensor(avail != 0, device=dev))
+
+    def _reset_game(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        obs, state = self._game.reset()
+        return self._read(obs, state)
+
+    def _close_game(self) -> None:
+        game, self._game = self._game, None
+        if game is not None:
+            try:
+                game.close()
+            except Exception:  # noqa: BLE001 - a dead game may fail to close; it is dropped anyway
+                pass
+
+    def _restart(self, err: BaseException) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Replace a crashed game by a fresh one from the factory and reset it."""
+        last: BaseException = err
+        for attempt in range(1, self.max_restarts + 1):
+            self._close_game()
+            try:
+                self._game = self._env_factory()
+                self._check_dims(self._game)
+                out = self._reset_game()
+            except _NOT_A_CRASH:
+                raise
+            except Exception as new_err:  # noqa: BLE001
+                log.warning("%s: restart attempt %d/%d of the StarCraft II game failed: %r",
+                            self.spec.name, attempt, self.max_restarts, new_err)
+                last = new_err
+                continue
+            self.restarts += 1
+            log.warning("%s: the StarCraft II game crashed (%r) and was restarted (%d restart(s) so far)",
+                        self.spec.name, err, self.restarts)
+            return out
+        self._close_game()
+        raise StarCraftCrashError(
+            f"{self.spec.name}: the StarCraft II game crashed ({err!r}) and {self.max_restarts} restart "
+            f"attempt(s) failed (last error: {last!r})"
+        ) from err
+
+    def _guarded_reset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._game is None:
+            return self._restart(StarCraftCrashError("no running game"))
+        try:
+            return self._reset_game()
+        except _NOT_A_CRASH:
+            raise
+        except Exception as err:  # noqa: BLE001
+            return self._restart(err)
+
+    # ---------------------------------------------------------------- TorchRL
+    def _set_seed(self, seed: int | None) -> None:
+        # SMAC seeds the game when it is built; only rand_action's generator can be re-seeded.
+        if seed is not None:
+            self._generator.manual_seed(seed)
+
+    def _output(self, obs, state, mask, *, reward: float | None = None, terminated: bool = False,
+                truncated: bool = False, won: bool = False, lost: bool = False) -> TensorDict:
+        dev = self.device
+        flag = lambda v: torch.tensor([bool(v)], dtype=torch.bool, device=dev)  # noqa: E731
+        out = TensorDict(
+            {
+                "agents": TensorDict({"observation": obs, "action_mask": mask}, batch_size=(self.spec.n_agents,),
+                                     device=dev),
+                "state": state,
+                "info": TensorDict({"battle_won": flag(won), "episode_lost": flag(lost)}, batch_size=(), device=dev),
+                "done": flag(terminated or truncated),
+                "terminated": flag(terminated),
+                "truncated": flag(truncated),
+            },
+            batch_size=(),
+            device=dev,
+        )
+        self._mask = mask
+        self._current = out
+        if reward is not None:
+            out = out.clone(False)
+            out.set("reward", torch.tensor([float(reward)], dtype=torch.float32, device=dev))
+        return out
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        if (tensordict is not None and "_reset" in tensordict.keys() and self._current is not None
+                and not bool(tensordict.get("_reset").any())):
+            return self._current.clone()  # this battle is not to be reset: its current observation
+        if self._fresh is None:  # a game right after a restart is already at an episode start
+            self._steps = 0
+            self._fresh = self._output(*self._guarded_reset())
+        return self._fresh.clone()
+
+    def _lost(self, fresh: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> TensorDict:
+        """Step output that ends the episode in progress after a crash; ``fresh`` is the new game's start."""
+        obs, state, mask = fresh
+        self.episodes_lost += 1
+        self._steps = 0
+        self._fresh = self._output(obs, state, mask)
+        return self._output(obs, state, mask, reward=0.0, truncated=True, lost=True)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get(("agents", "action"))
+        if self.check_actions:
+            self._validate(action)
+        actions = [int(a) for a in action.reshape(self.spec.n_agents).tolist()]
+        self._fresh = None
+        if self._game is None:  # a previous restart failed and raised; try again
+            return self._lost(self._restart(StarCraftCrashError("no running game")))
+        timeouts = getattr(self._game, "timeouts", None)
+        try:
+            reward, terminated, info = self._game.step(actions)
+            info = dict(info or {})
+            if "battle_won" not in info:
+                # SMAC caught a protocol error itself, relaunched the game and returned (0, True, {}).
+                log.warning("%s: SMAC restarted the StarCraft II game inside step(); the episode is lost",
+                            self.spec.name)
+                self.restarts += 1
+                return self._lost(self._guarded_reset())
+            obs, state, mask = self._read()
+        except _NOT_A_CRASH:
+            raise
+        except Exception as err:  # noqa: BLE001 - any game failure is a crash
+            return self._lost(self._restart(err))
+        self._steps += 1
+        terminated = bool(terminated)
+        won = bool(info.get("battle_won", False))
+        truncated = False
+        if terminated and not won:
+            if "episode_limit" in info:
+                truncated = bool(info["episode_limit"])
+            elif timeouts is not None and getattr(self._game, "timeouts", timeouts) > timeouts:
+                truncated = True
+            elif self._steps >= self.spec.episode_limit:
+                decided = (int(info.get("dead_allies", 0)) >= self.spec.n_agents
+                           or int(info.get("dead_enemies", 0)) >= self.spec.n_enemies)
+                truncated = not decided
+        return self._output(obs, state, mask, reward=float(reward), terminated=terminated and not truncated,
+                            truncated=truncated, won=won)
+
+    def _validate(self, action: torch.Tensor) -> None:
+        N, A = self.spec.n_agents, self.spec.n_actions
+        if action.shape != (N,):
+            raise ValueError(f"('agents', 'action') must have shape {(N,)}, got {tuple(action.shape)}")
+        mask = self._mask.to(action.device)
+        in_range = (action >= 0) & (action < A)
+        ok = in_range & mask.gather(-1, action.clamp(0, A - 1)[..., None]).squeeze(-1)
+        if not bool(ok.all()):
+            i = int((~ok).nonzero()[0, 0])
+            allowed = mask[i].nonzero().flatten().tolist()
+            raise ValueError(
+                f"{self.spec.name}: agent {i} took action {int(action[i])}, which is not available "
+                f"(available: {allowed}; a dead agent can only take the no-op 0). Sample actions under "
+                "('agents', 'action_mask'), or build the env with check_actions=False."
+            )
+
+    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
+        """Uniformly random *available* actions ``[N]`` (respects the last action mask)."""
+        action = random_valid_actions(self._mask, self._generator).to(self.device)
+        if tensordict is None:
+            tensordict = TensorDict({}, batch_size=self.batch_size, device=self.device)
+        tensordict.set(("agents", "action"), action)
+        return tensordict
+
+    @property
+    def game(self) -> Any:
+        """The wrapped ``StarCraft2Env``-like object (None after a failed restart)."""
+        return self._game
+
+    def close(self, *, raise_if_closed: bool = True) -> None:
+        self._close_game()
+        super().close(raise_if_closed=raise_if_closed)
+
+
+# ------------------------------------------------------------------------- batched envs
+class _StarCraftBatched:
+    """What the simulator's batched env offers beyond TorchRL's: ``spec`` and a masked ``rand_action``."""
+
+    spec: MapSpec
+
+    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
+        """Uniformly random available actions ``[B, N]`` under the tensordict's current action mask."""
+        if tensordict is None or ("agents", "action_mask") not in tensordict.keys(True):
+            raise ValueError(
+                "rand_action of a batched StarCraft env needs the tensordict holding the current "
+                "('agents', 'action_mask') (e.g. env.rand_action(env.reset())): SMAC rejects unavailable actions"
+            )
+        generator = self.__dict__.get("_rand_generator")
+        if generator is None:  # built directly rather than by make_starcraft_env
+            generator = self.__dict__["_rand_generator"] = torch.Generator()
+            generator.seed()
+        mask = tensordict.get(("agents", "action_mask")).bool()
+        tensordict.set(("agents", "action"), random_valid_actions(mask.cpu(), generator).to(mask.device))
+        return tensordict
+
+
+class StarCraftSerialEnv(_StarCraftBatched, SerialEnv):
+    """``B`` :class:`StarCraftSMACEnv` battles stepped one after another in this process."""
+
+
+class StarCraftParallelEnv(_StarCraftBatched, ParallelEnv):
+    """``B`` :class:`StarCraftSMACEnv` battles, one worker process (and game) each.
+
+    Unlike TorchRL's default, this process's torch thread count is left alone: when the
+    workers start (``num_threads`` is set to the current count) and when they are shut down.
+    """
+
+    def close(self, *, raise_if_closed: bool = True) -> None:
+        threads = torch.get_num_threads()
+        super().close(raise_if_closed=raise_if_closed)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _worker_env(map_name: str, seed: int | None = None, *, game_factory: Callable[..., Any] | None,
+                device: str, check_actions: bool, max_restarts: int, smac_kwargs: dict[str, Any]) -> StarCraftSMACEnv:
+    """Module-level (picklable) constructor of one battle, run inside the worker."""
+    factory = functools.partial(game_factory or default_game, map_name=map_name, seed=seed, **smac_kwargs)
+    return StarCraftSMACEnv(map_name, seed=seed, env_factory=factory, device=device,
+                            check_actions=check_actions, max_restarts=max_restarts)
+
+
+def make_starcraft_env(
+    map_name: str,
+    num_envs: int = 1,
+    *,
+    seed: int | None = None,
+    parallel: bool = True,
+    device: str | torch.device = "cpu",
+    game_factory: Callable[..., Any] | None = None,
+    check_actions: bool = True,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
+    mp_start_method: str | None = None,
+    **smac_kwargs: Any,
+) -> StarCraftParallelEnv | StarCraftSerialEnv:
+    """``num_envs`` real SMAC battles as one batched TorchRL env with the simulator's ``[B, ...]`` keys.
+
+    Battle ``i`` is its own game seeded ``seed + i``. ``parallel=True``: ``ParallelEnv`` (one
+    worker process per battle); ``parallel=False``: ``SerialEnv`` (all in this process, for
+    debugging). ``game_factory(map_name=..., seed=..., **smac_kwargs)`` builds a game object
+    (default: ``smac.env.StarCraft2Env``; must be picklable for ``parallel=True``). No install
+    check is made here: :func:`ovmse.envs.make_env` makes it. ``mp_start_method`` goes to
+    ``ParallelEnv`` (TorchRL's default is ``"spawn"``).
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    spec = get_map(map_name)
+    create = functools.partial(
+        _worker_env, spec.name, game_factory=game_factory, device="cpu", check_actions=check_actions,
+        max_restarts=max_restarts, smac_kwargs=dict(smac_kwargs),
+    )
+    kwargs = [{"seed": None if seed is None else seed + i} for i in range(num_envs)]
+    if parallel:
+        env = StarCraftParallelEnv(num_envs, create, create_env_kwargs=kwargs, device=torch.device(device),
+                                   mp_start_method=mp_start_method, num_threads=torch.get_num_threads())
+    else:
+        env = StarCraftSerialEnv(num_envs, create, create_env_kwargs=kwargs, device=torch.device(device))
+    env.spec = spec
+    env._rand_generator = torch.Generator()
+    env._rand_generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
+    return env
