@@ -138,3 +138,9 @@ def test_milestone_overshoot_and_budget_reasons():
 def test_milestone_band_validation():
     with pytest.raises(ValueError, match="low <= high"):
         WinRateMilestone("medium", 0.6, 0.2, lambda *a: None)
+
+
+def test_collect_refuses_ddp(tmp_path):
+    proc = _collect(tmp_path / "data", tmp_path / "run", "trainer=ddp")
+    assert proc.returncode != 0 and "writes datasets from one process" in proc.stderr
+    assert not (tmp_path / "data").exists()

@@ -49,17 +49,34 @@ class _QExploration(TensorDictModuleBase):
         self.generator = generator
         # Plain bool, not a buffer: evaluation code flips it to get a greedy policy.
         self.explore = bool(explore)
-        self.epsilon = 0.0
+        # ε lives in a (non-persistent, float64) buffer, not a Python float, so that it is part
+        # of ``TensorDict.from_module(policy)``: multi-process collectors copy it to their
+        # workers together with the network weights (``update_policy_weights_``). float64
+        # keeps the Python value exact; non-persistent keeps it out of state_dicts.
+        self.register_buffer("epsilon_buffer", torch.zeros((), dtype=torch.float64), persistent=False)
         self.set_epsilon(epsilon)
 
+    @property
+    def epsilon(self) -> float:
+        """The current ε as a Python float (read from ``epsilon_buffer``)."""
+        return float(self.epsilon_buffer.item())
+
+    @epsilon.setter
+    def epsilon(self, value: float) -> None:
+        self.set_epsilon(value)
+
     def set_epsilon(self, epsilon: float) -> None:
-        """Set the current ε (e.g. from a :class:`~ovmse.exploration.LinearSchedule`)."""
+        """Set the current ε (e.g. from a :class:`~ovmse.exploration.LinearSchedule`).
+
+        Written in place into ``epsilon_buffer``, so any shared / synced copy of the buffer
+        sees the new value.
+        """
         eps = float(epsilon)
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
-        self.epsilon = eps
+        self.epsilon_buffer.fill_(eps)
 
-    def _explore_mask(self, alive: torch.Tensor) -> torch.Tensor:
+    def _explore_mask(self, alive: torch.Tensor, epsilon: float) -> torch.Tensor:
         """bool ``[..., N]``: which agents take the random branch (before the alive filter)."""
         raise NotImplementedError
 
@@ -72,8 +89,9 @@ class _QExploration(TensorDictModuleBase):
         mask = tensordict.get(self.action_mask_key).bool()  # [..., N, A]
         action = masked_greedy(q, mask)  # [..., N]
         alive = alive_agents(mask)  # [..., N]
-        if self.explore and self.epsilon > 0.0:
-            explored = self._explore_mask(alive) & alive
+        epsilon = self.epsilon  # read the buffer once per call
+        if self.explore and epsilon > 0.0:
+            explored = self._explore_mask(alive, epsilon) & alive
             random_action = random_valid_actions(mask, self.generator)
             action = torch.where(explored, random_action, action)
         else:
@@ -90,8 +108,8 @@ class _QExploration(TensorDictModuleBase):
 class EpsilonGreedy(_QExploration):
     """Independent ε-greedy: each agent takes a random available action with probability ε."""
 
-    def _explore_mask(self, alive: torch.Tensor) -> torch.Tensor:
-        return self._rand(alive.shape, alive.device) < self.epsilon
+    def _explore_mask(self, alive: torch.Tensor, epsilon: float) -> torch.Tensor:
+        return self._rand(alive.shape, alive.device) < epsilon
 
 
 class CentralisedSequentialExploration(_QExploration):
@@ -103,8 +121,8 @@ class CentralisedSequentialExploration(_QExploration):
     actually act; a battle with no alive agent stays fully greedy (all no-op).
     """
 
-    def _explore_mask(self, alive: torch.Tensor) -> torch.Tensor:
-        team = self._rand(alive.shape[:-1], alive.device) < self.epsilon  # [...]
+    def _explore_mask(self, alive: torch.Tensor, epsilon: float) -> torch.Tensor:
+        team = self._rand(alive.shape[:-1], alive.device) < epsilon  # [...]
         # Uniform over alive agents with the same noise+1 trick as random actions.
         pick = (self._rand(alive.shape, alive.device) + 1.0).mul_(alive).argmax(-1)  # [...]
         chosen = torch.nn.functional.one_hot(pick, alive.shape[-1]).bool()  # [..., N]
@@ -121,8 +139,8 @@ class DecentralisedSequentialExploration(_QExploration):
     this needs no coordination, so "exactly one" is only true on average.
     """
 
-    def _explore_mask(self, alive: torch.Tensor) -> torch.Tensor:
-        return self._rand(alive.shape, alive.device) < self.epsilon / alive.shape[-1]
+    def _explore_mask(self, alive: torch.Tensor, epsilon: float) -> torch.Tensor:
+        return self._rand(alive.shape, alive.device) < epsilon / alive.shape[-1]
 
 
 _REGISTRY: dict[str, type[_QExploration]] = {

@@ -25,6 +25,7 @@ from ovmse.datasets import QUALITIES, EpisodeDatasetWriter, dataset_dir, load_da
 from ovmse.datasets.inspection import format_table8, table8_row
 from ovmse.datasets.recording import record_episodes
 from ovmse.envs import get_map
+from ovmse.training.ddp import is_ddp
 from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
 
 from .common import env_options, resolve_device, write_json
@@ -53,6 +54,9 @@ def _band(cfg_band, name: str) -> tuple[float, float]:
 def run(cfg: DictConfig) -> dict:
     if cfg.get("ckpt"):
         raise ValueError(f"ckpt={cfg.ckpt!r}: phase=collect trains its behaviour policy from scratch; leave ckpt unset")
+    if is_ddp(cfg.trainer):
+        raise ValueError("phase=collect writes datasets from one process; use trainer=default (trainer=ddp is for "
+                         "phase=online)")
     spec = get_map(cfg.env.map_name)
     qualities = _qualities(cfg)
     n = int(cfg.episodes)

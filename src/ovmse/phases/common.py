@@ -82,3 +82,12 @@ def log_scalars(cfg: DictConfig, metrics: Mapping[str, float], step: int = 0) ->
     with SummaryWriter(log_dir=str(Path(cfg.paths.output_dir) / "tensorboard")) as writer:
         for name, value in metrics.items():
             writer.add_scalar(name, float(value), step)
+
+
+def check_backend(env_cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Fail at once, before anything is built, when ``env.backend=starcraft`` is selected on a
+    machine without StarCraft II or oxwhirl's ``smac`` (the message says how to install)."""
+    if str(env_cfg.get("backend", "sim")) == "starcraft":
+        from ovmse.envs.starcraft import check_starcraft_available
+
+        check_starcraft_available(str(env_cfg["map_name"]))

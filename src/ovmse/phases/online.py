@@ -30,6 +30,7 @@ from ovmse.training.callbacks import (
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.evaluation import GreedyEvaluator
 
+from .common import check_backend
 from .common import env_options as env_options_of
 from .common import resolve_device, seed_everything, write_json
 
@@ -51,10 +52,18 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     with an online-style phase: ``env_steps``, ``eval``, ``log_every_env_steps``).
     ``extra_callbacks`` run after the evaluation callback in every training iteration."""
     seed_everything(int(cfg.seed))
+    check_backend(cfg.env)
     algo, out = cfg.algo, Path(cfg.paths.output_dir)
-    device = resolve_device(str(cfg.device))
     spec = get_map(cfg.env.map_name)
     env_options = env_options_of(cfg.env)
+    # trainer=ddp: each rank collects and evaluates with its own seeds, on its own GPU if any
+    # (docs/scaling.md).
+    from ovmse.training.ddp import (check_rank, debug_callbacks, expected_global_rank, rank_device, rank_seed,
+                                    trainer_kwargs)
+
+    device = rank_device(resolve_device(str(cfg.device)), cfg.trainer)
+    rank = expected_global_rank(cfg.trainer)
+    env_seed = rank_seed(cfg.seed, rank, int(cfg.collector.num_workers))
 
     module = QMixModule(
         obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents, n_actions=spec.n_actions,
@@ -69,10 +78,11 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         module.agent, spec.name, int(cfg.env.num_envs), replay,
         exploration=algo.exploration,
         epsilon=LinearSchedule(algo.epsilon_start, algo.epsilon_end, int(algo.epsilon_anneal_steps)),
-        steps_per_env=int(algo.steps_per_env), seed=int(cfg.seed), device=device, env_options=env_options,
+        steps_per_env=int(algo.steps_per_env), seed=env_seed, device=device, env_options=env_options,
+        num_workers=int(cfg.collector.num_workers),
     )
     evaluator = GreedyEvaluator(
-        module.agent, spec.name, int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000, device=device,
+        module.agent, spec.name, int(cfg.eval.num_envs), seed=env_seed + 10_000, device=device,
         env_options=env_options,
     )
     collect_cb = OnlineCollectionCallback(
@@ -84,14 +94,13 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
     trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
+        **trainer_kwargs(cfg.trainer, cfg.get("num_threads")),
         max_epochs=1,
         max_steps=-1,
         gradient_clip_val=float(algo.grad_norm_clip),
         logger=loggers,
         callbacks=[collect_cb, TargetUpdateCallback(int(algo.target_update_interval)), eval_cb,
-                   *extra_callbacks,
+                   *extra_callbacks, *debug_callbacks(out),
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -99,6 +108,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         log_every_n_steps=1,
         deterministic=False,
     )
+    check_rank(trainer, rank)
     return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data)
 
 
@@ -114,6 +124,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module, eval_cb = r.module, r.evaluation
     result = {"env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
               **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
+    if not r.trainer.is_global_zero:  # trainer=ddp: rank 0 speaks for the run
+        return result
     write_json(out / "online_summary.json", result)
     print(f"online {cfg.env.map_name}: {module.env_steps} env steps, {module.updates} updates, "
           f"final greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "

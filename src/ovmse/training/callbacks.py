@@ -8,6 +8,14 @@ learning tolerates):
 the targets every ``interval`` episodes -> :class:`GreedyEvaluationCallback`
 evaluates every ``interval`` env steps and saves ``last.ckpt`` / ``best.ckpt``.
 Every metric is written with the env-step counter as its x-axis.
+
+Under ``trainer=ddp`` (docs/scaling.md) every rank runs these callbacks on its own
+collector, replay and evaluator; the decisions that must agree across ranks are made
+collectively: the warm-up lasts until every rank is ready, a target update happens on
+all ranks when any rank is due, evaluation metrics are averaged over all ranks' battles
+and the best-checkpoint decision is rank 0's. Env steps per update are the same on every
+rank, so the env-step budget and the evaluation schedule stay in lockstep. Only rank 0
+writes metrics. With one process all of this reduces to the plain single-process logic.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from .collection_driver import OnlineCollection
@@ -25,7 +34,11 @@ from .qmix_module import QMixModule
 
 
 def log_env_metrics(trainer: pl.Trainer, module: QMixModule, metrics: dict[str, float]) -> None:
-    """Write ``metrics`` to every logger at x = env steps (plus ``env_steps`` as a column)."""
+    """Write ``metrics`` to every logger at x = env steps (plus ``env_steps`` as a column).
+
+    Rank 0 only (the other DDP ranks return at once)."""
+    if not trainer.is_global_zero:
+        return
     row = {"env_steps": float(module.env_steps), "episodes": float(module.episodes),
            **{k: float(v) for k, v in metrics.items()}}
     for logger in trainer.loggers:
@@ -65,7 +78,10 @@ class OnlineCollectionCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, module: QMixModule) -> None:
         self._start, self._start_steps = time.perf_counter(), module.env_steps
-        while len(self.collection.replay) < self.warmup_episodes:
+        # DDP: all ranks collect until every rank holds enough episodes, so that their
+        # env-step counters (budget, evaluation schedule) stay equal.
+        while not trainer.strategy.reduce_boolean_decision(
+                len(self.collection.replay) >= self.warmup_episodes, all=True):
             self._collect(trainer, module)
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
@@ -92,7 +108,9 @@ class TargetUpdateCallback(pl.Callback):
         self.interval = interval
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
-        if module.episodes - module.last_target_update_episode >= self.interval:
+        due = module.episodes - module.last_target_update_episode >= self.interval
+        # DDP: ranks count their own episodes; update on every rank when any is due.
+        if trainer.strategy.reduce_boolean_decision(due, all=False):
             module.update_targets()
 
 
@@ -117,14 +135,21 @@ class GreedyEvaluationCallback(pl.Callback):
     def _evaluate(self, trainer: pl.Trainer, module: QMixModule) -> None:
         was_training = module.training
         module.eval()
-        metrics = GreedyEvaluator.metrics(self.evaluator.run(self.episodes))
+        # DDP: every rank plays its share of the battles (own seeds), then the metrics are
+        # averaged over all battles of all ranks, so every rank holds the same numbers.
+        episodes = math.ceil(self.episodes / trainer.world_size)
+        metrics = GreedyEvaluator.metrics(self.evaluator.run(episodes))
         module.train(was_training)
+        if trainer.world_size > 1:
+            metrics = _mean_over_ranks(trainer, metrics, module.device)
         self.latest = metrics
         self.evaluations += 1
         log_env_metrics(trainer, module, metrics)
+        # save_checkpoint runs on every rank (rank 0 writes, then all meet at a barrier);
+        # whether this is the best is rank 0's decision, so all ranks save the same files.
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")
-        if metrics["eval/win_rate"] > self.best:
+        if trainer.strategy.broadcast(metrics["eval/win_rate"] > self.best, src=0):
             self.best = metrics["eval/win_rate"]
             trainer.save_checkpoint(self.checkpoint_dir / "best.ckpt")
 
@@ -135,6 +160,16 @@ class GreedyEvaluationCallback(pl.Callback):
 
     def on_train_end(self, trainer, module: QMixModule) -> None:
         self._evaluate(trainer, module)
+
+
+def _mean_over_ranks(trainer: pl.Trainer, metrics: dict[str, float], device) -> dict[str, float]:
+    """Battle-weighted mean of every rank's ``eval/`` metrics; ``eval/episodes`` becomes the total."""
+    n = float(metrics["eval/episodes"])
+    keys = [k for k in metrics if k != "eval/episodes"]
+    sums = torch.tensor([float(metrics[k]) * n for k in keys] + [n], dtype=torch.float64, device=device)
+    sums = trainer.strategy.reduce(sums, reduce_op="sum").cpu()
+    total = float(sums[-1])
+    return {**{k: float(v) / total for k, v in zip(keys, sums[:-1].tolist())}, "eval/episodes": total}
 
 
 class EnvStepProgressBar(TQDMProgressBar):

@@ -5,12 +5,47 @@ from __future__ import annotations
 import time
 
 import torch
-from torchrl.collectors import Collector
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector, MultiSyncCollector
 
-from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, env_with_primers, make_policy
-from ovmse.envs import make_env
+from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, RecurrentQPolicy, env_with_primers, make_policy
+from ovmse.envs import get_map, make_env
 from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
+
+# Worker w of a multi-process collection seeds its env with ``seed + WORKER_SEED_STRIDE * w``
+# and its exploration generator with that + 1 (worker 0 = the single-process seeds).
+WORKER_SEED_STRIDE = 1000
+
+
+# The worker factories below return *nested* functions on purpose: cloudpickle (which TorchRL
+# uses to send them to the spawned workers) pickles those by value, with references only to
+# what they call (ovmse.envs, ovmse.collection, ...). A module-level function of this module
+# would be pickled by reference, and unpickling it would import ``ovmse.training`` and with it
+# pytorch_lightning in every worker: about 5 s more start-up per process on 2 busy cores.
+
+
+def _worker_env_fn(map_name: str, num_envs: int, seed: int, device: str, env_options: dict, hidden_dim: int):
+    """Env factory of one collector worker: ``num_envs`` battles with the recurrent-state primers."""
+
+    def make_worker_env():
+        return env_with_primers(make_env(map_name, num_envs, seed=seed, device=device, **env_options), hidden_dim)
+
+    return make_worker_env
+
+
+def _worker_policy_fn(input_dim: int, n_actions: int, hidden_dim: int, exploration: str, epsilon: float,
+                      seed: int, device: str):
+    """Policy factory of one collector worker: the same structure as the main-process policy
+    (agent + exploration module, so the synced weights and ε buffer match key for key), with its
+    own ε generator seeded ``seed``. Its initial weights are replaced by the synced ones."""
+
+    def make_worker_policy():
+        agent = RNNAgent(input_dim, n_actions, hidden_dim).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return RecurrentQPolicy(agent, make_exploration(exploration, epsilon=epsilon, generator=generator))
+
+    return make_worker_policy
 
 
 class OnlineCollection:
@@ -29,6 +64,17 @@ class OnlineCollection:
         exploration: ``"epsilon_greedy"``, ``"sequential"`` or ``"decentralised_sequential"``.
         epsilon: the ε schedule (start, end, anneal steps).
         steps_per_env: env steps per battle per :meth:`collect`.
+        num_workers: collector processes. 1 (default): one in-process TorchRL ``Collector``
+            over all ``num_envs`` battles. ``W > 1``: a TorchRL ``MultiSyncCollector`` with W
+            spawned processes, each running its own batched env of ``num_envs // W``
+            battles (``num_envs`` must be divisible by W) seeded ``seed + 1000 * w`` (its
+            ε generator ``seed + 1000 * w + 1``), one torch thread each. Every
+            :meth:`collect` first pushes the current agent weights and ε (a buffer of the
+            exploration module) to the workers with ``update_policy_weights_()``, so each
+            batch is collected with the latest learner weights. The workers' ``[b, F]``
+            batches are stacked and flattened to ``[num_envs, F]`` in worker order (env
+            index ``w * (num_envs // W) + b``), the same layout every batch, as the
+            :class:`~ovmse.collection.EpisodeAssembler` needs.
     """
 
     def __init__(
@@ -44,21 +90,83 @@ class OnlineCollection:
         seed: int = 0,
         device: str | torch.device = "cpu",
         env_options: dict | None = None,
+        num_workers: int = 1,
     ) -> None:
-        base = make_env(map_name, num_envs, seed=seed, device=device, **(env_options or {}))
-        self.spec = base.spec
-        self.env = env_with_primers(base, agent.hidden_dim)
-        generator = torch.Generator(device=device).manual_seed(seed + 1)
-        self.exploration = make_exploration(exploration, epsilon=epsilon(0), generator=generator)
-        self.policy = make_policy(self.env, agent, self.exploration)
+        num_workers = int(num_workers)
+        if num_workers < 1:
+            raise ValueError(f"collector num_workers must be >= 1, got {num_workers}")
+        if num_envs % num_workers:
+            raise ValueError(
+                f"num_envs={num_envs} is not divisible by collector num_workers={num_workers}: "
+                f"every worker process runs num_envs // num_workers battles"
+            )
+        self.num_envs = int(num_envs)
+        self.num_workers = num_workers
         self.epsilon = epsilon
         self.replay = replay
+        generator = torch.Generator(device=device).manual_seed(seed + 1)
+        self.exploration = make_exploration(exploration, epsilon=epsilon(0), generator=generator)
+        if num_workers == 1:
+            base = make_env(map_name, num_envs, seed=seed, device=device, **(env_options or {}))
+            self.spec = base.spec
+            self.env = env_with_primers(base, agent.hidden_dim)
+            self.policy = make_policy(self.env, agent, self.exploration)
+            self.collector = Collector(
+                self.env, self.policy, frames_per_batch=num_envs * steps_per_env, total_frames=-1,
+                auto_register_policy_transforms=False,
+            )
+        else:
+            self.spec = get_map(map_name)
+            self.env = None  # each worker builds its own
+            self.policy = self._learner_policy(agent, self.spec, self.exploration)
+            per_worker = num_envs // num_workers
+            dev = str(torch.device(device))
+            env_fns = [
+                _worker_env_fn(map_name, per_worker, seed + WORKER_SEED_STRIDE * w, dev, dict(env_options or {}),
+                               agent.hidden_dim)
+                for w in range(num_workers)
+            ]
+            policy_fns = [
+                _worker_policy_fn(agent.input_dim, agent.n_actions, agent.hidden_dim, exploration, epsilon(0),
+                                  seed + WORKER_SEED_STRIDE * w + 1, dev)
+                for w in range(num_workers)
+            ]
+            self.collector = MultiSyncCollector(
+                env_fns,
+                self.policy,  # main-process copy: only the source of the synced weights
+                policy_factory=policy_fns,  # what the workers act with (own ε generator each)
+                frames_per_batch=num_envs * steps_per_env,
+                total_frames=-1,
+                cat_results="stack",
+                num_threads=torch.get_num_threads(),  # leave this process's thread count alone
+                num_sub_threads=1,
+                auto_register_policy_transforms=False,
+            )
         self.assembler = EpisodeAssembler(self.spec.episode_limit)
-        self.collector = Collector(
-            self.env, self.policy, frames_per_batch=num_envs * steps_per_env, total_frames=-1,
-            auto_register_policy_transforms=False,
-        )
         self._batches = iter(self.collector)
+
+    @staticmethod
+    def _learner_policy(agent: RNNAgent, spec, exploration) -> RecurrentQPolicy:
+        """The main-process policy (the learner's agent + this exploration module), checked
+        against the map's dims (there is no env in this process to run ``make_policy`` on)."""
+        expected = spec.obs_dim + spec.n_actions + spec.n_agents
+        if agent.input_dim != expected or agent.n_actions != spec.n_actions:
+            raise ValueError(
+                f"agent (input_dim={agent.input_dim}, n_actions={agent.n_actions}) does not fit map {spec.name} "
+                f"(expects input_dim={expected}, n_actions={spec.n_actions})"
+            )
+        return RecurrentQPolicy(agent, exploration)
+
+    def _next_batch(self) -> TensorDictBase:
+        """One collector batch as ``[num_envs, frames]``."""
+        if self.num_workers == 1:
+            return next(self._batches)
+        # Workers act with the learner's current weights and ε: copy them into the shared
+        # buffers and wait until every worker has applied them (SharedMemWeightSyncScheme, sync).
+        self.collector.update_policy_weights_()
+        batch = next(self._batches)  # [W, num_envs // W, F], stacked in worker order
+        batch.names = None
+        return batch.reshape(self.num_envs, -1)
 
     @torch.no_grad()
     def collect(self, env_steps: int) -> dict[str, float]:
@@ -69,7 +177,7 @@ class OnlineCollection:
         """
         self.exploration.set_epsilon(self.epsilon(env_steps))
         start = time.perf_counter()
-        batch = next(self._batches)
+        batch = self._next_batch()
         seconds = time.perf_counter() - start
         episodes = self.assembler.add(batch)
         self.replay.extend(episodes)
