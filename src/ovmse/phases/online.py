@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -74,13 +75,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     module.to(device)
     replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
     data = ReplayDataModule(online=replay, batch_size=int(algo.batch_size), offline_fraction=0.0)
-    collection = OnlineCollection(
-        module.agent, spec.name, int(cfg.env.num_envs), replay,
-        exploration=algo.exploration,
-        epsilon=LinearSchedule(algo.epsilon_start, algo.epsilon_end, int(algo.epsilon_anneal_steps)),
-        steps_per_env=int(algo.steps_per_env), seed=env_seed, device=device, env_options=env_options,
-        num_workers=int(cfg.collector.num_workers),
-    )
+    collection = make_collection(cfg, module, replay, env_seed, device, env_options)
     evaluator = GreedyEvaluator(
         module.agent, spec.name, int(cfg.eval.num_envs), seed=env_seed + 10_000, device=device,
         env_options=env_options,
@@ -110,6 +105,36 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     )
     check_rank(trainer, rank)
     return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data)
+
+
+def make_collection(cfg: DictConfig, module: QMixModule, replay: EpisodeReplayBuffer, seed: int,
+                    device: torch.device, env_options: dict):
+    """The env side of ``cfg.collector``: an in-process or multi-process
+    :class:`OnlineCollection`, or torch.distributed env workers (``collector.distributed``)."""
+    algo, collector = cfg.algo, cfg.collector
+    num_envs, workers = int(cfg.env.num_envs), int(collector.num_workers)
+    epsilon = LinearSchedule(algo.epsilon_start, algo.epsilon_end, int(algo.epsilon_anneal_steps))
+    dist = collector.get("distributed") or {}
+    if not dist.get("enabled", False):
+        return OnlineCollection(
+            module.agent, cfg.env.map_name, num_envs, replay, exploration=algo.exploration, epsilon=epsilon,
+            steps_per_env=int(algo.steps_per_env), seed=seed, device=device, env_options=env_options,
+            num_workers=workers,
+        )
+    from ovmse.training.ddp import is_ddp
+    from ovmse.training.distributed_collection import DistributedEnvWorkers
+
+    if is_ddp(cfg.trainer):
+        raise ValueError("collector.distributed.enabled=true cannot be combined with trainer=ddp: both need "
+                         "the default torch.distributed process group (docs/scaling.md)")
+    if num_envs % workers:
+        raise ValueError(f"env.num_envs={num_envs} must be divisible by collector.num_workers={workers}")
+    return DistributedEnvWorkers(
+        module.agent, cfg.env.map_name, num_workers=workers, envs_per_worker=num_envs // workers,
+        steps_per_env=int(algo.steps_per_env), replay=replay, exploration=algo.exploration, epsilon=epsilon,
+        seed=seed, device=device, env_options=env_options, launcher=str(dist.launcher),
+        backend=str(dist.backend), tcp_port=dist.get("tcp_port"),
+    )
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

@@ -9,6 +9,7 @@ from tensordict import TensorDictBase
 from torchrl.collectors import Collector, MultiSyncCollector
 
 from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, RecurrentQPolicy, env_with_primers, make_policy
+from ovmse.datasets.stats import episode_stats
 from ovmse.envs import get_map, make_env
 from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
@@ -181,23 +182,29 @@ class OnlineCollection:
         seconds = time.perf_counter() - start
         episodes = self.assembler.add(batch)
         self.replay.extend(episodes)
-        stats = {
-            "env_steps": batch.numel(),
-            "episodes": 0 if episodes is None else episodes.shape[0],
-            "collect/epsilon": self.exploration.epsilon,
-            "collect/explored_fraction": batch.get(("agents", "explored")).float().mean().item(),
-            "collect/env_steps_per_second": batch.numel() / max(seconds, 1e-9),
-        }
-        if episodes is not None:
-            filled = episodes.get("filled").squeeze(-1)
-            reward = (episodes.get("reward").squeeze(-1) * filled).sum(-1)
-            won = (episodes.get(("info", "battle_won")).squeeze(-1) & filled).any(-1)
-            stats.update({
-                "collect/return": reward.mean().item(),
-                "collect/win_rate": won.float().mean().item(),
-                "collect/episode_length": (filled.sum(-1) - 1).float().mean().item(),
-            })
-        return stats
+        return collect_stats(batch, episodes, seconds, self.exploration.epsilon)
 
     def close(self) -> None:
         self.collector.shutdown()
+
+
+def collect_stats(batch: TensorDictBase, episodes: TensorDictBase | None, seconds: float,
+                  epsilon: float) -> dict[str, float]:
+    """What one collection batch adds and its ``collect/`` statistics: ``env_steps`` and
+    ``episodes`` (increments), ε, share of agent-steps that explored, speed, and the return,
+    win rate and length of the episodes the batch completed (exploratory, not evaluation)."""
+    stats = {
+        "env_steps": batch.numel(),
+        "episodes": 0 if episodes is None else episodes.shape[0],
+        "collect/epsilon": epsilon,
+        "collect/explored_fraction": batch.get(("agents", "explored")).float().mean().item(),
+        "collect/env_steps_per_second": batch.numel() / max(seconds, 1e-9),
+    }
+    if episodes is not None:
+        ep = episode_stats(episodes)
+        stats.update({
+            "collect/return": ep["return"].mean().item(),
+            "collect/win_rate": ep["won"].float().mean().item(),
+            "collect/episode_length": ep["length"].float().mean().item(),
+        })
+    return stats

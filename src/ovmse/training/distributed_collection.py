@@ -55,6 +55,7 @@ from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, RecurrentQPo
 from ovmse.envs import get_map, make_env
 from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
+from ovmse.training.collection_driver import collect_stats
 
 #: Worker ``w`` seeds its env with ``seed + WORKER_SEED_STRIDE * w`` (its ε generator: + 1).
 WORKER_SEED_STRIDE = 1000
@@ -235,23 +236,7 @@ class DistributedEnvWorkers:
         episodes = self.episodes(batch)
         if self.replay is not None:
             self.replay.extend(episodes)
-        stats = {
-            "env_steps": batch.numel(),
-            "episodes": 0 if episodes is None else episodes.shape[0],
-            "collect/epsilon": self.exploration.epsilon,
-            "collect/explored_fraction": batch.get(("agents", "explored")).float().mean().item(),
-            "collect/env_steps_per_second": batch.numel() / max(seconds, 1e-9),
-        }
-        if episodes is not None:
-            filled = episodes.get("filled").squeeze(-1)
-            reward = (episodes.get("reward").squeeze(-1) * filled).sum(-1)
-            won = (episodes.get(("info", "battle_won")).squeeze(-1) & filled).any(-1)
-            stats.update({
-                "collect/return": reward.mean().item(),
-                "collect/win_rate": won.float().mean().item(),
-                "collect/episode_length": (filled.sum(-1) - 1).float().mean().item(),
-            })
-        return stats
+        return collect_stats(batch, episodes, seconds, self.exploration.epsilon)
 
     def close(self) -> None:
         """Stop the workers (each acknowledges) and leave the process group."""
