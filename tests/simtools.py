@@ -85,3 +85,16 @@ def shots_fired_by_step(cooldown_s: float, n_steps: int) -> list[int]:
             n += 1
         counts.append(n)
     return counts
+
+
+def run_collector_through_assembler(collector, assembler):
+    """Drain ``collector`` into ``assembler``; returns the raw stream ``[B, total steps]``
+    (contiguous in time per env) and the list of emitted episode batches."""
+    batches, emitted = [], []
+    for batch in collector:
+        batches.append(batch.clone())
+        eps = assembler.add(batch)
+        if eps is not None:
+            emitted.append(eps)
+    collector.shutdown()
+    return torch.cat(batches, dim=1), emitted

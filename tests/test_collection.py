@@ -17,6 +17,7 @@ from ovmse.collection import (
 from ovmse.envs import make_env
 from ovmse.exploration import make_exploration
 from ovmse.nets import RNNAgent
+from simtools import run_collector_through_assembler
 
 B_ENVS = 4
 FRAMES_PER_BATCH = 36  # 9 steps per env: shorter than any 3m battle, so batches cut episodes
@@ -38,14 +39,7 @@ def collected():
         auto_register_policy_transforms=False,
     )
     assembler = EpisodeAssembler(spec.episode_limit)
-    batches, emitted = [], []
-    for batch in collector:
-        batches.append(batch.clone())
-        eps = assembler.add(batch)
-        if eps is not None:
-            emitted.append(eps)
-    collector.shutdown()
-    raw = torch.cat(batches, dim=1)  # [B, total steps per env], contiguous in time
+    raw, emitted = run_collector_through_assembler(collector, assembler)  # raw: [B, steps], contiguous
     episodes = torch.cat(emitted, dim=0)
     return spec, raw, episodes, assembler
 

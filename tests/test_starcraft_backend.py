@@ -46,6 +46,7 @@ from ovmse.envs.starcraft import (
     make_starcraft_env,
 )
 from ovmse.phases.common import env_options
+from simtools import run_collector_through_assembler
 
 ROOT = Path(__file__).resolve().parents[1]
 SMAC_PIP = "pip install git+https://github.com/oxwhirl/smac.git"
@@ -457,14 +458,7 @@ def test_collector_drops_the_lost_episode_and_keeps_the_others():
     collector = Collector(env, env.rand_action, frames_per_batch=2 * 25, total_frames=2 * 150,
                           auto_register_policy_transforms=False)
     assembler = EpisodeAssembler(get_map("3m").episode_limit)
-    batches, emitted = [], []
-    for batch in collector:
-        batches.append(batch.clone())
-        eps = assembler.add(batch)
-        if eps is not None:
-            emitted.append(eps)
-    collector.shutdown()
-    raw = torch.cat(batches, 1)
+    raw, emitted = run_collector_through_assembler(collector, assembler)  # raw: [B, steps], contiguous
     done, lost = raw["next", "done"].squeeze(-1), raw["next", "info", "episode_lost"].squeeze(-1)
     assert int(lost.sum()) == 1 and bool(lost[0].any()) and assembler.episodes_lost == 1
     expected = []
