@@ -43,192 +43,28 @@ way. :class:`~ovmse.collection.EpisodeAssembler` drops lost episodes. ``Assertio
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
-import os
-import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
-from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.envs import EnvBase
 
-from ..action_masks import random_valid_actions
-from .maps import MapSpec, get_map
+from ...action_masks import random_valid_actions
+from ..maps import MapSpec, get_map
+from .errors import StarCraftBackendError, StarCraftCrashError, StarCraftDimensionError
+from .install import default_game
 
 log = logging.getLogger(__name__)
 
-DOCS = "docs/starcraft.md"
-SMAC_PIP = "pip install git+https://github.com/oxwhirl/smac.git"
-SC2_LINUX_URL = "https://blzdistsc2-a.akamaihd.net/Linux/SC2.4.10.zip"
-SMAC_MAPS_URL = "https://github.com/oxwhirl/smac/releases/download/v0.1-beta1/SMAC_Maps.zip"
 DEFAULT_MAX_RESTARTS = 3
-
-# Simulator-only options that env configs carry (configs/env/*.yaml). The starcraft backend drops
-# them: the game's own physics has no sub-steps to choose (SMAC's step_mul=8 game loops is the
-# simulator's substeps=8) and spawns come from the map file.
-SIM_ONLY_OPTIONS = ("substeps", "spawn_jitter")
-
-
-class StarCraftUnavailableError(RuntimeError):
-    """The real-SMAC backend cannot run here: smac, StarCraft II or the SMAC maps are missing."""
-
-
-class StarCraftBackendError(RuntimeError):
-    """Base class of the adapter's own errors (never mistaken for a game crash)."""
-
-
-class StarCraftCrashError(StarCraftBackendError):
-    """The game crashed and could not be restarted within ``max_restarts`` attempts."""
-
-
-class StarCraftDimensionError(StarCraftBackendError, ValueError):
-    """The game's dimensions differ from our :class:`~ovmse.envs.maps.MapSpec` for the map."""
-
 
 # Errors that must propagate as they are instead of triggering a restart.
 _NOT_A_CRASH = (StarCraftBackendError, AssertionError)
 
 
-# ------------------------------------------------------------------------ availability checks
-def default_sc2_path() -> Path:
-    """Where pysc2 looks for StarCraft II when ``SC2PATH`` is not set."""
-    if sys.platform.startswith("win"):
-        return Path("C:/Program Files (x86)/StarCraft II")
-    if sys.platform == "darwin":
-        return Path("/Applications/StarCraft II")
-    return Path("~/StarCraftII").expanduser()
-
-
-def sc2_path() -> Path:
-    """``$SC2PATH`` (expanded) or the platform default."""
-    env = os.environ.get("SC2PATH")
-    return Path(env).expanduser() if env else default_sc2_path()
-
-
-def _sc2_install_hint() -> str:
-    return (
-        "Install StarCraft II 4.10 for Linux (Blizzard's headless build, about 4 GB unpacked):\n"
-        f"    wget {SC2_LINUX_URL}\n"
-        "    unzip -P iagreetotheeula SC2.4.10.zip -d ~    # creates ~/StarCraftII\n"
-        "    export SC2PATH=~/StarCraftII                   # only needed for another location\n"
-        f"then the SMAC maps (below). Full steps: {DOCS}."
-    )
-
-
-def _maps_install_hint(path: Path) -> str:
-    return (
-        "Install the SMAC maps into the game's Maps folder:\n"
-        f"    wget {SMAC_MAPS_URL}\n"
-        f"    mkdir -p '{path / 'Maps'}' && unzip SMAC_Maps.zip -d '{path / 'Maps'}'\n"
-        f"(or copy smac/env/starcraft2/maps/SMAC_Maps from a clone of oxwhirl/smac). See {DOCS}."
-    )
-
-
-def _check_smac_package() -> None:
-    """(a) smac importable, (b) it is oxwhirl's SMAC (has ``smac.env.StarCraft2Env``)."""
-    try:
-        smac = importlib.import_module("smac")
-    except ModuleNotFoundError as err:
-        if err.name == "smac":
-            raise StarCraftUnavailableError(
-                "The starcraft backend needs oxwhirl's SMAC (StarCraft Multi-Agent Challenge), and the "
-                f"'smac' package is not installed. Install it with:\n    {SMAC_PIP}\n"
-                "(not `pip install smac`: PyPI's 'smac' is SMAC3, an unrelated hyperparameter optimiser). "
-                f"StarCraft II 4.10 and the SMAC maps are needed too; see {DOCS}."
-            ) from None
-        raise StarCraftUnavailableError(
-            f"`import smac` failed: {err}. If this 'smac' is PyPI's SMAC3 (hyperparameter optimisation), "
-            f"uninstall it (`pip uninstall smac`); the starcraft backend needs oxwhirl's SMAC:\n    {SMAC_PIP}\n"
-            f"See {DOCS}."
-        ) from err
-    except Exception as err:  # noqa: BLE001 - report any import-time failure with the fix
-        raise StarCraftUnavailableError(
-            f"`import smac` failed with {type(err).__name__}: {err}. Reinstall oxwhirl's SMAC:\n    {SMAC_PIP}\n"
-            f"See {DOCS}."
-        ) from err
-    where = getattr(smac, "__file__", None) or "?"
-    version = getattr(smac, "__version__", None)
-    found = f"the installed 'smac' ({'version ' + str(version) + ', ' if version else ''}at {where})"
-    wrong_package = (
-        f"{found} has no smac.env.StarCraft2Env: it is SMAC3, the hyperparameter-optimisation package "
-        "from PyPI, not oxwhirl's StarCraft Multi-Agent Challenge (both install a module named 'smac'). "
-        f"Fix:\n    pip uninstall -y smac\n    {SMAC_PIP}\nSee {DOCS}."
-    )
-    try:
-        smac_env = importlib.import_module("smac.env")
-    except ModuleNotFoundError as err:
-        if err.name in ("smac.env", "smac"):
-            raise StarCraftUnavailableError(wrong_package) from None
-        raise StarCraftUnavailableError(
-            f"oxwhirl's smac is installed but `import smac.env` failed: a dependency is missing ({err}). "
-            f"Reinstall it with its dependencies (pysc2, s2clientprotocol, protobuf<3.21):\n    {SMAC_PIP}\n"
-            f"See {DOCS}."
-        ) from err
-    except Exception as err:  # noqa: BLE001
-        raise StarCraftUnavailableError(
-            f"`import smac.env` failed with {type(err).__name__}: {err}. Reinstall oxwhirl's SMAC with its "
-            f"pinned dependencies (protobuf<3.21):\n    {SMAC_PIP}\nSee {DOCS}."
-        ) from err
-    if not hasattr(smac_env, "StarCraft2Env"):
-        raise StarCraftUnavailableError(wrong_package)
-
-
-def check_starcraft_available(map_name: str | None = None) -> Path:
-    """Fail fast, with the fix, when the real-SMAC backend cannot run; return the SC2 folder.
-
-    Checks in order: (a) ``smac`` importable; (b) it is oxwhirl's SMAC, not PyPI's SMAC3;
-    (c) StarCraft II at ``$SC2PATH`` or the default location (``~/StarCraftII`` on Linux), i.e.
-    a ``Versions/Base*`` game build there; (d) ``Maps/SMAC_Maps/<map_name>.SC2Map`` (when a map is
-    given; the name must be one of our maps). Raises :class:`StarCraftUnavailableError`.
-    """
-    if map_name is not None:
-        get_map(map_name)  # unknown map -> ValueError listing the maps
-    _check_smac_package()
-    path = sc2_path()
-    where = (
-        f"SC2PATH={os.environ['SC2PATH']!r}" if os.environ.get("SC2PATH")
-        else f"SC2PATH is not set and the default location {path}"
-    )
-    if not path.is_dir():
-        raise StarCraftUnavailableError(
-            f"StarCraft II not found: {where} does not exist.\n{_sc2_install_hint()}"
-        )
-    versions = path / "Versions"
-    if not versions.is_dir() or not any(p.name.startswith("Base") for p in versions.iterdir()):
-        raise StarCraftUnavailableError(
-            f"StarCraft II not found: {where} has no game build ({versions}/Base*/ is missing).\n"
-            f"{_sc2_install_hint()}"
-        )
-    if map_name is not None:
-        candidates = [path / d / "SMAC_Maps" / f"{map_name}.SC2Map" for d in ("Maps", "maps")]
-        if not any(c.is_file() for c in candidates):
-            raise StarCraftUnavailableError(
-                f"SMAC map {map_name!r} not found: {candidates[0]} is missing (StarCraft II itself is at "
-                f"{path}).\n{_maps_install_hint(path)}"
-            )
-    return path
-
-
-# ---------------------------------------------------------------------------- game factory
-def default_game(map_name: str, seed: int | None = None, **smac_kwargs: Any) -> Any:
-    """``smac.env.StarCraft2Env(map_name=..., seed=..., **smac_kwargs)`` (no game launched yet)."""
-    try:  # pysc2 reads absl flags (--sc2_run_config); outside an absl app they are unparsed.
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-    except Exception:  # noqa: BLE001 - absl missing or already fine: smac's import will tell
-        pass
-    from smac.env import StarCraft2Env
-
-    return StarCraft2Env(map_name=map_name, seed=seed, **smac_kwargs)
-
-
-# ------------------------------------------------------------------------------ the adapter
 class StarCraftSMACEnv(EnvBase):
     """One real SMAC battle as a TorchRL env (``batch_size=[]``) with the simulator's keys.
 
@@ -513,92 +349,3 @@ class StarCraftSMACEnv(EnvBase):
     def close(self, *, raise_if_closed: bool = True) -> None:
         self._close_game()
         super().close(raise_if_closed=raise_if_closed)
-
-
-# ------------------------------------------------------------------------- batched envs
-class _StarCraftBatched:
-    """What the simulator's batched env offers beyond TorchRL's: ``spec`` and a masked ``rand_action``."""
-
-    spec: MapSpec
-
-    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
-        """Uniformly random available actions ``[B, N]`` under the tensordict's current action mask."""
-        if tensordict is None or ("agents", "action_mask") not in tensordict.keys(True):
-            raise ValueError(
-                "rand_action of a batched StarCraft env needs the tensordict holding the current "
-                "('agents', 'action_mask') (e.g. env.rand_action(env.reset())): SMAC rejects unavailable actions"
-            )
-        generator = self.__dict__.get("_rand_generator")
-        if generator is None:  # built directly rather than by make_starcraft_env
-            generator = self.__dict__["_rand_generator"] = torch.Generator()
-            generator.seed()
-        mask = tensordict.get(("agents", "action_mask")).bool()
-        tensordict.set(("agents", "action"), random_valid_actions(mask.cpu(), generator).to(mask.device))
-        return tensordict
-
-
-class StarCraftSerialEnv(_StarCraftBatched, SerialEnv):
-    """``B`` :class:`StarCraftSMACEnv` battles stepped one after another in this process."""
-
-
-class StarCraftParallelEnv(_StarCraftBatched, ParallelEnv):
-    """``B`` :class:`StarCraftSMACEnv` battles, one worker process (and game) each.
-
-    Unlike TorchRL's default, this process's torch thread count is left alone: when the
-    workers start (``num_threads`` is set to the current count) and when they are shut down.
-    """
-
-    def close(self, *, raise_if_closed: bool = True) -> None:
-        threads = torch.get_num_threads()
-        super().close(raise_if_closed=raise_if_closed)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
-def _worker_env(map_name: str, seed: int | None = None, *, game_factory: Callable[..., Any] | None,
-                device: str, check_actions: bool, max_restarts: int, smac_kwargs: dict[str, Any]) -> StarCraftSMACEnv:
-    """Module-level (picklable) constructor of one battle, run inside the worker."""
-    factory = functools.partial(game_factory or default_game, map_name=map_name, seed=seed, **smac_kwargs)
-    return StarCraftSMACEnv(map_name, seed=seed, env_factory=factory, device=device,
-                            check_actions=check_actions, max_restarts=max_restarts)
-
-
-def make_starcraft_env(
-    map_name: str,
-    num_envs: int = 1,
-    *,
-    seed: int | None = None,
-    parallel: bool = True,
-    device: str | torch.device = "cpu",
-    game_factory: Callable[..., Any] | None = None,
-    check_actions: bool = True,
-    max_restarts: int = DEFAULT_MAX_RESTARTS,
-    mp_start_method: str | None = None,
-    **smac_kwargs: Any,
-) -> StarCraftParallelEnv | StarCraftSerialEnv:
-    """``num_envs`` real SMAC battles as one batched TorchRL env with the simulator's ``[B, ...]`` keys.
-
-    Battle ``i`` is its own game seeded ``seed + i``. ``parallel=True``: ``ParallelEnv`` (one
-    worker process per battle); ``parallel=False``: ``SerialEnv`` (all in this process, for
-    debugging). ``game_factory(map_name=..., seed=..., **smac_kwargs)`` builds a game object
-    (default: ``smac.env.StarCraft2Env``; must be picklable for ``parallel=True``). No install
-    check is made here: :func:`ovmse.envs.make_env` makes it. ``mp_start_method`` goes to
-    ``ParallelEnv`` (TorchRL's default is ``"spawn"``).
-    """
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    spec = get_map(map_name)
-    create = functools.partial(
-        _worker_env, spec.name, game_factory=game_factory, device="cpu", check_actions=check_actions,
-        max_restarts=max_restarts, smac_kwargs=dict(smac_kwargs),
-    )
-    kwargs = [{"seed": None if seed is None else seed + i} for i in range(num_envs)]
-    if parallel:
-        env = StarCraftParallelEnv(num_envs, create, create_env_kwargs=kwargs, device=torch.device(device),
-                                   mp_start_method=mp_start_method, num_threads=torch.get_num_threads())
-    else:
-        env = StarCraftSerialEnv(num_envs, create, create_env_kwargs=kwargs, device=torch.device(device))
-    env.spec = spec
-    env._rand_generator = torch.Generator()
-    env._rand_generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
-    return env
