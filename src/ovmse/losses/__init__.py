@@ -1,6 +1,10 @@
 """Target construction for value-based MARL losses."""
 
+from ovmse.losses.behaviour_cloning import behaviour_cloning_loss, behaviour_probs
+from ovmse.losses.cfcql import CFCQLLoss
+from ovmse.losses.macql import MACQLLoss
 from ovmse.losses.qmix_td import QMixTDLoss, q_tot_taken, target_values, transition_mask, unroll_agent_q
+from ovmse.losses.returns import return_to_go
 from ovmse.losses.td_lambda import td_lambda_targets
 
 __all__ = [
@@ -10,4 +14,9 @@ __all__ = [
     "td_lambda_targets",
     "transition_mask",
     "unroll_agent_q",
+    "CFCQLLoss",
+    "MACQLLoss",
+    "behaviour_cloning_loss",
+    "behaviour_probs",
+    "return_to_go",
 ]

@@ -276,7 +276,10 @@ class QMixTDLoss(nn.Module):
         y = td_lambda_targets(rewards, term, mask, q_next, self.gamma, self.td_lambda)
         return y.detach(), mask
 
-    def forward(self, batch) -> TensorDict:
+    def compute(self, batch) -> tuple[TensorDict, dict[str, torch.Tensor]]:
+        """The loss output of :meth:`forward` plus the intermediates other losses reuse:
+        ``agent_q [B, T+1, N, A]`` (online, grad), ``q_taken [B, T, 1]`` (grad), ``y [B, T, 1]``
+        and ``mask [B, T, 1]`` (detached)."""
         agent_q = unroll_agent_q(self.agent, batch, self.keys)  # [B, T+1, N, A]
         q_taken = q_tot_taken(self.agent, self.mixer, batch, agent_q=agent_q, keys=self.keys)  # [B, T, 1]
         y, mask = self.targets(batch, agent_q)
@@ -296,4 +299,7 @@ class QMixTDLoss(nn.Module):
                 },
                 batch_size=[],
             )
-        return out
+        return out, {"agent_q": agent_q, "q_taken": q_taken, "y": y, "mask": mask}
+
+    def forward(self, batch) -> TensorDict:
+        return self.compute(batch)[0]

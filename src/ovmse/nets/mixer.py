@@ -37,6 +37,21 @@ class QMixer(nn.Module):
         self.hyper_b1 = nn.Linear(state_dim, embed_dim)
         self.V = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
 
+    def _mixing_params(self, state: torch.Tensor):
+        """Hypernetwork outputs for flat states ``[M, S]``: ``(w1 [M, N, E], b1 [M, 1, E],
+        w_final [M, E, 1], v [M, 1, 1])`` with the weights already made non-negative."""
+        w1 = self.hyper_w1(state).abs().view(-1, self.n_agents, self.embed_dim)
+        b1 = self.hyper_b1(state).view(-1, 1, self.embed_dim)
+        w_final = self.hyper_w_final(state).abs().view(-1, self.embed_dim, 1)
+        v = self.V(state).view(-1, 1, 1)
+        return w1, b1, w_final, v
+
+    def _mix(self, qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``qs [M, K, N]``, ``state [M, S]`` -> ``[M, K, 1]`` (one hypernetwork pass per state)."""
+        w1, b1, w_final, v = self._mixing_params(state)
+        hidden = F.elu(torch.bmm(qs, w1) + b1)  # [M, K, E]
+        return torch.bmm(hidden, w_final) + v  # [M, K, 1]
+
     def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Args:
             agent_qs: ``[..., N]`` chosen-action Q of each agent (e.g. ``[B, T, N]``).
@@ -50,10 +65,29 @@ class QMixer(nn.Module):
             raise ValueError(f"leading dims differ: agent_qs {tuple(agent_qs.shape)} vs state {tuple(state.shape)}")
         qs = agent_qs.reshape(-1, 1, self.n_agents)  # [M, 1, N]
         s = state.reshape(-1, self.state_dim)  # [M, S]
-        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed_dim)  # [M, N, E]
-        b1 = self.hyper_b1(s).view(-1, 1, self.embed_dim)  # [M, 1, E]
-        hidden = F.elu(torch.bmm(qs, w1) + b1)  # [M, 1, E]
-        w_final = self.hyper_w_final(s).abs().view(-1, self.embed_dim, 1)  # [M, E, 1]
-        v = self.V(s).view(-1, 1, 1)
-        q_tot = torch.bmm(hidden, w_final) + v  # [M, 1, 1]
-        return q_tot.view(*lead, 1)
+        return self._mix(qs, s).view(*lead, 1)
+
+    def forward_samples(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Mix K joint samples per state, computing the hypernetwork weights once per state.
+
+        Equal to ``forward(agent_qs, state.unsqueeze(-2).expand(..., K, S))`` but the
+        hypernetworks run on ``[..., S]`` only and the K samples share them through one
+        ``bmm([M, K, N], [M, N, E])`` (used by the CQL regularisers, K = 100 or N·A).
+
+        Args:
+            agent_qs: ``[..., K, N]`` per-agent Q of K joint actions.
+            state: ``[..., S]``, leading dims equal to ``agent_qs.shape[:-2]``.
+
+        Returns:
+            q_tot: ``[..., K, 1]``.
+        """
+        if agent_qs.dim() < 2 or state.shape[:-1] != agent_qs.shape[:-2]:
+            raise ValueError(
+                f"expected agent_qs [..., K, N] and state [..., S] with equal leading dims, got "
+                f"{tuple(agent_qs.shape)} and {tuple(state.shape)}"
+            )
+        k = agent_qs.shape[-2]
+        lead = agent_qs.shape[:-2]
+        qs = agent_qs.reshape(-1, k, self.n_agents)  # [M, K, N]
+        s = state.reshape(-1, self.state_dim)  # [M, S]
+        return self._mix(qs, s).view(*lead, k, 1)

@@ -22,6 +22,7 @@ PHASES: dict[str, str] = {
     "rollout": "ovmse.phases.rollout:run",
     "online": "ovmse.phases.online:run",
     "collect": "ovmse.phases.collect:run",
+    "offline": "ovmse.phases.offline:run",
 }
 
 

@@ -140,8 +140,9 @@ def make_collection(cfg: DictConfig, module: QMixModule, replay: EpisodeReplayBu
 def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt"):
         raise ValueError(
-            f"ckpt={cfg.ckpt!r}: starting the online phase from a checkpoint arrives with the "
-            "offline phase; this version trains algo=qmix from scratch (leave ckpt unset)."
+            f"ckpt={cfg.ckpt!r}: fine-tuning from an offline checkpoint (OVMSE and the other "
+            "offline-to-online algorithms) is not implemented yet; phase=online trains algo=qmix "
+            "from scratch (leave ckpt unset). phase=offline writes the checkpoints it will start from."
         )
     out = Path(cfg.paths.output_dir)
     r = build_online_run(cfg)

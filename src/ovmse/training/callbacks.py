@@ -34,15 +34,16 @@ from .qmix_module import QMixModule
 
 
 def log_env_metrics(trainer: pl.Trainer, module: QMixModule, metrics: dict[str, float]) -> None:
-    """Write ``metrics`` to every logger at x = env steps (plus ``env_steps`` as a column).
+    """Write ``metrics`` to every logger at x = the module's clock (env steps online, updates
+    offline), with ``env_steps``, ``episodes`` and ``updates`` as columns.
 
     Rank 0 only (the other DDP ranks return at once)."""
     if not trainer.is_global_zero:
         return
     row = {"env_steps": float(module.env_steps), "episodes": float(module.episodes),
-           **{k: float(v) for k, v in metrics.items()}}
+           "updates": float(module.updates), **{k: float(v) for k, v in metrics.items()}}
     for logger in trainer.loggers:
-        logger.log_metrics(row, step=module.env_steps)
+        logger.log_metrics(row, step=module.progress())
         logger.save()  # flush: a killed run keeps every row written so far
 
 
@@ -115,7 +116,8 @@ class TargetUpdateCallback(pl.Callback):
 
 
 class GreedyEvaluationCallback(pl.Callback):
-    """Greedy evaluation every ``interval`` env steps (and at the end); checkpoints.
+    """Greedy evaluation every ``interval`` units of the module's clock (env steps online,
+    updates offline) and at the end; checkpoints.
 
     Logs ``eval/win_rate``, ``eval/return``, ``eval/episode_length`` over
     ``episodes`` battles, saves ``<dir>/last.ckpt`` after every evaluation and
@@ -131,6 +133,7 @@ class GreedyEvaluationCallback(pl.Callback):
         self._next = 0
         self.latest: dict[str, float] = {}
         self.evaluations = 0  # how many evaluations have run (milestones watch it)
+        self._evaluated_at = -1
 
     def _evaluate(self, trainer: pl.Trainer, module: QMixModule) -> None:
         was_training = module.training
@@ -144,6 +147,7 @@ class GreedyEvaluationCallback(pl.Callback):
             metrics = _mean_over_ranks(trainer, metrics, module.device)
         self.latest = metrics
         self.evaluations += 1
+        self._evaluated_at = module.progress()
         log_env_metrics(trainer, module, metrics)
         # save_checkpoint runs on every rank (rank 0 writes, then all meet at a barrier);
         # whether this is the best is rank 0's decision, so all ranks save the same files.
@@ -154,12 +158,14 @@ class GreedyEvaluationCallback(pl.Callback):
             trainer.save_checkpoint(self.checkpoint_dir / "best.ckpt")
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
-        if module.env_steps >= self._next:
+        if module.progress() >= self._next:
             self._evaluate(trainer, module)
-            self._next = module.env_steps + self.interval
+            # On the grid of multiples of the interval (after the first, right after update 1).
+            self._next = (module.progress() // self.interval + 1) * self.interval
 
     def on_train_end(self, trainer, module: QMixModule) -> None:
-        self._evaluate(trainer, module)
+        if self._evaluated_at != module.progress():  # the final policy, unless just evaluated
+            self._evaluate(trainer, module)
 
 
 def _mean_over_ranks(trainer: pl.Trainer, metrics: dict[str, float], device) -> dict[str, float]:
@@ -172,13 +178,41 @@ def _mean_over_ranks(trainer: pl.Trainer, metrics: dict[str, float], device) -> 
     return {**{k: float(v) / total for k, v in zip(keys, sums[:-1].tolist())}, "eval/episodes": total}
 
 
+class OfflineTrainingCallback(pl.Callback):
+    """Offline phase: counts the dataset episodes each update consumed (``episodes``, the unit
+    of the target-update interval, as in PyMARL's offline learners), logs ``train/`` rows every
+    ``log_every`` updates and stops after ``steps`` updates."""
+
+    def __init__(self, steps: int, batch_size: int, log_every: int = 100):
+        if steps < 1:
+            raise ValueError(f"offline steps must be >= 1, got {steps}")
+        self.steps, self.batch_size, self.log_every = int(steps), int(batch_size), int(log_every)
+        self._start = time.perf_counter()
+        self._start_updates = 0
+
+    def updates_per_second(self, module: QMixModule) -> float:
+        return (module.updates - self._start_updates) / max(time.perf_counter() - self._start, 1e-9)
+
+    def on_fit_start(self, trainer, module: QMixModule) -> None:
+        self._start, self._start_updates = time.perf_counter(), module.updates
+
+    def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
+        module.episodes += self.batch_size
+        if module.updates % self.log_every == 0 or module.updates >= self.steps:
+            metrics = {**getattr(module, "latest_train_metrics", {}),
+                       "time/updates_per_second": self.updates_per_second(module)}
+            log_env_metrics(trainer, module, metrics)
+        if module.updates >= self.steps:
+            trainer.should_stop = True
+
+
 class EnvStepProgressBar(TQDMProgressBar):
     """Progress bar that shows env steps, episodes, latest greedy win rate and env steps/s.
 
     (Its ``it`` count is optimiser updates; the run's x-axis everywhere else is env steps.)
     """
 
-    def __init__(self, evaluation: GreedyEvaluationCallback, collection: OnlineCollectionCallback, **kwargs):
+    def __init__(self, evaluation: GreedyEvaluationCallback, collection: OnlineCollectionCallback | None, **kwargs):
         super().__init__(**kwargs)
         self._evaluation = evaluation
         self._collection = collection
@@ -186,9 +220,13 @@ class EnvStepProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer, module):
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
-        items["env_steps"] = module.env_steps
-        items["episodes"] = module.episodes
+        if module.clock == "updates":
+            items["updates"] = module.updates
+        else:
+            items["env_steps"] = module.env_steps
+            items["episodes"] = module.episodes
         if "eval/win_rate" in self._evaluation.latest:
             items["win_rate"] = f"{self._evaluation.latest['eval/win_rate']:.2f}"
-        items["env_steps/s"] = f"{self._collection.env_steps_per_second(module):.0f}"
+        if self._collection is not None:
+            items["env_steps/s"] = f"{self._collection.env_steps_per_second(module):.0f}"
         return items

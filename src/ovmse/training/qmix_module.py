@@ -1,4 +1,5 @@
-"""LightningModule holding the QMIX agent, mixer, their target copies and the TD(λ) loss."""
+"""LightningModule holding the QMIX agent, mixer, their target copies, the TD(λ) and CQL losses
+and the frozen offline target."""
 
 from __future__ import annotations
 
@@ -8,20 +9,40 @@ import pytorch_lightning as pl
 import torch
 from tensordict import TensorDictBase
 
-from ovmse.losses import QMixTDLoss
+from ovmse.losses import (
+    CFCQLLoss,
+    MACQLLoss,
+    QMixTDLoss,
+    behaviour_cloning_loss,
+    behaviour_probs,
+    return_to_go,
+    transition_mask,
+    unroll_agent_q,
+)
 from ovmse.nets import QMixer, RNNAgent
 
 
+CQL_VARIANTS = ("macql", "cfcql")
+
+
 class QMixModule(pl.LightningModule):
-    """QMIX learner: recurrent agent shared by all agents + monotonic mixer.
+    """QMIX learner: recurrent agent shared by all agents + monotonic mixer, with an optional
+    CQL regulariser (offline pretraining) and the frozen offline target it leaves behind.
 
     Each ``training_step`` gets an episode batch ``[B, T+1]`` (PyMARL layout, see
-    :mod:`ovmse.collection.episodes`) and minimises the double-Q TD(λ) loss of
-    :class:`~ovmse.losses.QMixTDLoss`. Target networks are updated by the caller
-    (an episode-interval callback), not by optimiser steps.
+    :mod:`ovmse.collection.episodes`) and minimises
 
-    ``env_steps`` and ``episodes`` count environment progress; they are saved in
-    checkpoints so that schedules and logging resume from them.
+        L = L_TD + cql_alpha · L_CQL
+
+    with the double-Q TD(λ) loss of :class:`~ovmse.losses.QMixTDLoss` and, when ``cql`` is set,
+    :class:`~ovmse.losses.MACQLLoss` (joint-action CQL) or :class:`~ovmse.losses.CFCQLLoss`
+    (counterfactual CQL; its agent weights need a behaviour-cloning policy, trained here on
+    the same batches as a separate network with its own gradient clipping). Target networks
+    are updated by the caller (an episode-interval callback), not by optimiser steps.
+
+    ``env_steps``, ``episodes`` and ``updates`` count progress and travel with checkpoints;
+    ``clock`` names the one that is the x-axis of logs and evaluation schedules
+    (``"env_steps"`` online, ``"updates"`` offline).
 
     Args:
         obs_dim, state_dim, n_agents, n_actions: env dimensions.
@@ -30,6 +51,13 @@ class QMixModule(pl.LightningModule):
         mixing_embed_dim, hypernet_embed: mixer widths (32, 64).
         lr: Adam learning rate (1e-3).
         gamma, td_lambda, double_q: TD(λ) target settings (0.99, 0.6, True).
+        cql: ``None``, ``"macql"`` or ``"cfcql"``.
+        cql_alpha: weight α of the CQL term (paper Table 3: 0.05 on 2s3z, ...).
+        cql_samples: joint actions sampled per transition by MACQL (CFCQL repo: 100).
+        cfcql_temperature: softmax temperature of CFCQL's agent weights (0 = uniform).
+        frozen_offline_target: hold ``frozen_agent`` / ``frozen_mixer``, the offline target
+            networks frozen at the end of offline training (set by :meth:`freeze_offline_target`).
+        dataset: identity of the offline dataset trained on (name, path, counts, created).
     """
 
     def __init__(
@@ -46,34 +74,114 @@ class QMixModule(pl.LightningModule):
         gamma: float = 0.99,
         td_lambda: float = 0.6,
         double_q: bool = True,
+        cql: str | None = None,
+        cql_alpha: float = 0.0,
+        cql_samples: int = 100,
+        cfcql_temperature: float = 1.0,
+        frozen_offline_target: bool = False,
+        dataset: dict | None = None,
     ) -> None:
         super().__init__()
+        if cql is not None and cql not in CQL_VARIANTS:
+            raise ValueError(f"cql={cql!r}: choose one of {', '.join(CQL_VARIANTS)} (or null for no CQL)")
+        if cql_alpha < 0:
+            raise ValueError(f"cql_alpha must be >= 0, got {cql_alpha}")
         self.save_hyperparameters()
         self.agent = RNNAgent(obs_dim + n_actions + n_agents, n_actions, hidden_dim)
         self.mixer = QMixer(state_dim, n_agents, mixing_embed_dim, hypernet_embed)
         self.loss = QMixTDLoss.from_online(self.agent, self.mixer, gamma=gamma, td_lambda=td_lambda, double_q=double_q)
+        self.cql_loss = None
+        self.behaviour = None
+        if cql == "macql":
+            self.cql_loss = MACQLLoss(self.mixer, n_samples=cql_samples)
+        elif cql == "cfcql":
+            self.cql_loss = CFCQLLoss(self.mixer, temperature=cfcql_temperature)
+            if cfcql_temperature > 0:
+                self.behaviour = RNNAgent(obs_dim + n_actions + n_agents, n_actions, hidden_dim)
+        if frozen_offline_target:
+            self.frozen_agent, self.frozen_mixer = QMixTDLoss.make_targets(self.agent, self.mixer)
         self.env_steps = 0
         self.episodes = 0
         self.last_target_update_episode = 0
         self.updates = 0
+        self.clock = "env_steps"
+        self.run_config: dict | None = None  # resolved config, stored in checkpoints
+
+    def progress(self) -> int:
+        """The value of ``clock`` (x-axis of logs and schedules)."""
+        return int(getattr(self, self.clock))
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
-        out = self.loss(batch)
+        td, parts = self.loss.compute(batch)
+        loss = td["loss"]
+        metrics = {f"train/{k}": v.detach() for k, v in td.items()}
+        metrics["train/td_loss"] = metrics.pop("train/loss")
+        mask = parts["mask"]
+        T = mask.shape[1]
+        keys = self.loss.keys
+        with torch.no_grad():
+            _, term = transition_mask(batch, keys)
+            mc = return_to_go(batch[keys.reward][:, :T].to(mask.dtype), term, mask, self.hparams.gamma)
+            n = mask.sum().clamp(min=1.0)
+            q = parts["q_taken"].detach()
+            metrics["train/mc_return_mean"] = (mc * mask).sum() / n
+            metrics["train/q_minus_mc_return"] = ((q - mc) * mask).sum() / n
+        if self.cql_loss is not None:
+            avail = batch[keys.action_mask][:, :T].bool()
+            state = batch[keys.state][:, :T]
+            agent_q = parts["agent_q"][:, :T]
+            if self.hparams.cql == "macql":
+                cql = self.cql_loss(agent_q, avail, state, parts["q_taken"], mask)
+            else:
+                probs = None
+                if self.behaviour is not None:
+                    logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
+                    bc_loss, bc_accuracy = behaviour_cloning_loss(logits, avail, _taken_actions(batch, keys, T), mask)
+                    loss = loss + bc_loss  # separate parameters: this only trains the behaviour net
+                    metrics["train/bc_loss"], metrics["train/bc_accuracy"] = bc_loss.detach(), bc_accuracy.detach()
+                    probs = behaviour_probs(logits.detach(), avail)
+                cql = self.cql_loss(agent_q, avail, state, _taken_actions(batch, keys, T), parts["q_taken"], mask,
+                                    behaviour_probs=probs)
+            loss = loss + self.hparams.cql_alpha * cql["loss"]
+            metrics.update({f"train/cql_{k}": v.detach() for k, v in cql.items() if k != "loss"})
+            metrics["train/cql_loss"] = cql["loss"].detach()
+        metrics["train/loss"] = loss.detach()
         self.updates += 1
         # Kept as tensors: converting to floats here would sync a GPU every update;
         # the logging callback converts them when it writes a row.
-        self.latest_train_metrics = {f"train/{k}": v.detach() for k, v in out.items()}
-        return out["loss"]
+        self.latest_train_metrics = metrics
+        return loss
+
+    def q_parameters(self) -> list[torch.nn.Parameter]:
+        return self.loss.online_parameters()
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.loss.online_parameters(), lr=self.hparams.lr)
+        groups = [{"params": self.q_parameters()}]
+        if self.behaviour is not None:
+            groups.append({"params": list(self.behaviour.parameters())})
+        return torch.optim.Adam(groups, lr=self.hparams.lr)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the Q networks' and the behaviour network's gradients separately: they are
+        independent objectives, and one must not shrink the other's step."""
+        if not gradient_clip_val:
+            return
+        for group in optimizer.param_groups:
+            torch.nn.utils.clip_grad_norm_(group["params"], float(gradient_clip_val))
 
     def update_targets(self) -> None:
         """Hard update: copy the online agent and mixer into the targets."""
         self.loss.hard_update_targets()
         self.last_target_update_episode = self.episodes
 
-    # Progress counters travel with the checkpoint.
+    @torch.no_grad()
+    def freeze_offline_target(self) -> None:
+        """Keep a frozen copy of the current *target* agent and mixer as ``frozen_agent`` /
+        ``frozen_mixer`` (the paper's Q_tot-offline); it is saved in every later checkpoint."""
+        self.frozen_agent, self.frozen_mixer = QMixTDLoss.make_targets(self.loss.target_agent, self.loss.target_mixer)
+        self.hparams.frozen_offline_target = True
+
+    # Progress counters and the run's config travel with the checkpoint.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["progress"] = {
             "env_steps": self.env_steps,
@@ -81,6 +189,8 @@ class QMixModule(pl.LightningModule):
             "updates": self.updates,
             "last_target_update_episode": self.last_target_update_episode,
         }
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         progress = checkpoint.get("progress", {})
@@ -88,6 +198,14 @@ class QMixModule(pl.LightningModule):
         self.episodes = int(progress.get("episodes", 0))
         self.updates = int(progress.get("updates", 0))
         self.last_target_update_episode = int(progress.get("last_target_update_episode", 0))
+        self.run_config = checkpoint.get("config")
+
+
+def _taken_actions(batch, keys, T: int) -> torch.Tensor:
+    """Dataset actions of the T transition rows ``[B, T, N]`` (0 where the row is not filled)."""
+    actions = batch[keys.action][:, :T]
+    filled = batch[keys.filled][:, :T].bool()
+    return torch.where(filled, actions, torch.zeros_like(actions))
 
 
 def load_qmix_checkpoint(path: str, map_location: str = "cpu") -> QMixModule:

@@ -1,0 +1,143 @@
+"""MACQL: joint-action CQL regulariser with uniformly sampled joint actions (CFCQL ``raw_cql``).
+
+Shapes (the T *transitions* of an episode batch, rows ``0..T-1``)::
+
+    agent_q   float [B, T, N, A]   online per-agent Q of every action (gradient flows)
+    avail     bool  [B, T, N, A]   available actions
+    state     float [B, T, S]      s_t
+    q_taken   float [B, T, 1]      online Q_tot(s_t, a^D_t) of the dataset joint action (gradient flows)
+    mask      [B, T, 1]            > 0 for valid transitions (:func:`ovmse.losses.qmix_td.transition_mask`)
+    samples   int64 [B, T, K, N]   optional explicit joint actions (or [K, N], shared by every (b, t))
+
+Per transition, K = ``n_samples`` joint actions ``a^k`` are drawn, every agent's action
+uniform over ALL A actions, independently (as the CFCQL repo does). A sample is a *valid*
+joint action iff every agent's sampled action is available; invalid samples are left out of
+the log-sum-exp (masked with −inf; the gradient stays finite). Every sample is mixed on the
+transition's own state with :meth:`QMixer.forward_samples` (one hypernetwork pass per state)::
+
+    lse_t  = log Σ_{k valid} exp Q_tot(s_t, a^k)
+    L_CQL  = mean over U of ( lse_t − Q_tot(s_t, a^D_t) ),
+    U      = { t : mask_t > 0 and at least one valid sample }
+
+Transitions with no valid sample are excluded from the mean (their share of the valid
+transitions is reported as ``no_valid_sample_fraction``). With many agents and sparse masks
+the valid share can be small; the CFCQL repo instead multiplies invalid samples' Q_tot by 0
+(each then adds ``exp(0)`` to the sum), which we deliberately do not reproduce.
+
+Output keys of :meth:`MACQLLoss.forward` (a :class:`tensordict.TensorDict`, batch size ``[]``)::
+
+    "loss"                      scalar, differentiable: L_CQL (multiply by α outside)
+    "logsumexp_mean"            detached, mean lse_t over U
+    "q_data_mean"               detached, mean Q_tot(s_t, a^D_t) over U
+    "gap_mean"                  detached copy of "loss"
+    "valid_sample_fraction"     detached, valid samples / (K · #valid transitions)
+    "no_valid_sample_fraction"  detached, #(valid transitions without a valid sample) / #valid transitions
+    "samples"                   int64 [B, T, K, N], only with ``return_samples=True``
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from ovmse.nets.mixer import QMixer
+
+__all__ = ["MACQLLoss", "gather_joint"]
+
+
+def gather_joint(values: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
+    """Per-agent entries of K joint actions: ``values [B, T, N, A]``, ``joint`` int64
+    ``[B, T, K, N]`` -> ``[B, T, K, N]`` with ``out[b, t, k, i] = values[b, t, i, joint[b, t, k, i]]``.
+
+    One ``gather`` on the flattened ``[B, T, N·A]`` view, so the backward is a scatter-add into
+    ``[B, T, N·A]`` (no ``[B, T, K, N, A]`` expansion is materialised).
+    """
+    B, T, N, A = values.shape
+    K = joint.shape[2]
+    offsets = torch.arange(N, device=joint.device, dtype=joint.dtype) * A
+    flat = (joint + offsets).reshape(B, T, K * N)
+    return values.reshape(B, T, N * A).gather(-1, flat).view(B, T, K, N)
+
+
+class MACQLLoss(nn.Module):
+    """Sampled joint-action CQL term (see the module docstring).
+
+    Args:
+        mixer: the online mixer (anything with ``forward_samples(agent_qs [..., K, N],
+            state [..., S]) -> [..., K, 1]``).
+        n_samples: K, joint actions per transition (CFCQL ``raw_sample_actions`` 100).
+        generator: optional ``torch.Generator`` for the samples (its device is used for
+            drawing; the samples are then moved to ``agent_q``'s device).
+    """
+
+    def __init__(self, mixer: QMixer, n_samples: int = 100, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        self.mixer = mixer
+        self.n_samples = int(n_samples)
+        self.generator = generator
+
+    def sample_joint_actions(self, batch_shape, n_agents: int, n_actions: int, device) -> torch.Tensor:
+        """int64 ``[*batch_shape, K, N]``, each entry uniform over ``0..A-1``."""
+        gen = self.generator
+        draw_device = gen.device if gen is not None else device
+        samples = torch.randint(
+            0, n_actions, (*batch_shape, self.n_samples, n_agents), generator=gen, device=draw_device
+        )
+        return samples.to(device)
+
+    def forward(
+        self,
+        agent_q: torch.Tensor,
+        avail: torch.Tensor,
+        state: torch.Tensor,
+        q_taken: torch.Tensor,
+        mask: torch.Tensor,
+        samples: torch.Tensor | None = None,
+        return_samples: bool = False,
+    ) -> TensorDict:
+        B, T, N, A = agent_q.shape
+        device = agent_q.device
+        if samples is None:
+            samples = self.sample_joint_actions((B, T), N, A, device)
+        else:
+            samples = samples.to(device=device, dtype=torch.long)
+            if samples.dim() == 2:
+                samples = samples.expand(B, T, *samples.shape)
+            if samples.dim() != 4 or samples.shape[:2] != (B, T) or samples.shape[3] != N:
+                raise ValueError(f"samples must be [B, T, K, N] or [K, N], got {tuple(samples.shape)}")
+            if samples.numel() and (int(samples.min()) < 0 or int(samples.max()) >= A):
+                raise ValueError(f"samples must lie in [0, {A}), got range [{int(samples.min())}, {int(samples.max())}]")
+        K = samples.shape[2]
+
+        q_samples = gather_joint(agent_q, samples)  # [B, T, K, N]
+        sample_ok = gather_joint(avail.bool(), samples).all(-1)  # [B, T, K]
+        q_tot = self.mixer.forward_samples(q_samples, state).squeeze(-1)  # [B, T, K]
+
+        has_valid = sample_ok.any(-1, keepdim=True)  # [B, T, 1]
+        # A row without any valid sample lets all its samples through so its lse stays finite
+        # (−inf there would give NaN gradients); the row is excluded from the mean below.
+        lse_keep = sample_ok | ~has_valid
+        lse = q_tot.masked_fill(~lse_keep, float("-inf")).logsumexp(-1, keepdim=True)  # [B, T, 1]
+
+        trans = mask > 0
+        used = trans & has_valid
+        n_used = used.sum().clamp(min=1).to(agent_q.dtype)
+        zero = torch.zeros((), dtype=lse.dtype, device=device)
+        loss = torch.where(used, lse - q_taken, zero).sum() / n_used
+
+        with torch.no_grad():
+            n_trans = trans.sum().to(agent_q.dtype)
+            out = {
+                "loss": loss,
+                "logsumexp_mean": torch.where(used, lse, zero).sum().detach() / n_used,
+                "q_data_mean": torch.where(used, q_taken, zero).sum().detach() / n_used,
+                "gap_mean": loss.detach(),
+                "valid_sample_fraction": (sample_ok & trans).sum().to(agent_q.dtype) / (n_trans * K).clamp(min=1),
+                "no_valid_sample_fraction": (trans & ~has_valid).sum().to(agent_q.dtype) / n_trans.clamp(min=1),
+            }
+        if return_samples:
+            out["samples"] = samples
+        return TensorDict(out, batch_size=[])

@@ -1,0 +1,133 @@
+"""Phase "offline": pretrain QMIX with a CQL regulariser on a dataset alone.
+
+``python train.py phase=offline env=2s3z dataset=medium algo=ovmse`` trains
+``L_TD + α·L_CQL`` (MACQL or CFCQL, α by map: ``configs/algo/o2o.yaml``) on batches drawn
+from the dataset only, counting gradient steps (``steps``), with a greedy evaluation in the
+simulator every ``eval.interval_updates`` updates (``eval/win_rate`` etc., x-axis = updates).
+At the end the target networks are frozen into the module as the offline target
+``Q_tot-offline`` and ``checkpoints/last.ckpt`` is written with it (``frozen_agent`` /
+``frozen_mixer``): that is the checkpoint the online phase starts from. ``best.ckpt`` is the
+evaluation with the best win rate, for inspection (no frozen target).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from data_modules import ReplayDataModule
+from ovmse.collection import EpisodeReplayBuffer
+from ovmse.datasets import dataset_dir, load_dataset
+from ovmse.envs import get_map
+from ovmse.training import QMixModule
+from ovmse.training.callbacks import (
+    EnvStepProgressBar,
+    GreedyEvaluationCallback,
+    OfflineTrainingCallback,
+    TargetUpdateCallback,
+)
+from ovmse.training.evaluation import GreedyEvaluator
+
+from .common import check_backend, resolve_device, seed_everything, write_json
+from .common import env_options as env_options_of
+
+
+def per_map(value: Any, map_name: str, what: str) -> Any:
+    """``value`` itself, or ``value[map_name]`` (else ``value["default"]``) for a per-map table."""
+    if isinstance(value, DictConfig) or isinstance(value, dict):
+        table = dict(value)
+        if map_name in table:
+            return table[map_name]
+        if "default" in table:
+            return table["default"]
+        raise ValueError(f"{what}: no entry for map {map_name!r} and no 'default' in {table}")
+    return value
+
+
+def resolve_dataset_path(cfg: DictConfig, map_name: str) -> Path:
+    """``dataset`` as a quality name (under ``data_root/<map>/``) or a directory path."""
+    name = str(cfg.dataset)
+    path = Path(name)
+    if path.is_dir() or "/" in name or name.startswith("."):
+        return path
+    return dataset_dir(cfg.data_root, map_name, name)
+
+
+def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
+    algo = cfg.algo
+    if "offline" not in algo:
+        raise ValueError(f"algo={algo.get('name')!r} has no offline settings; pretrain with an offline-to-online "
+                         "algorithm: algo=ovmse, macql, macalql or switch_cql")
+    off = algo.offline
+    cql = per_map(off.cql, map_name, "algo.offline.cql")
+    cql = None if cql in (None, "none", "null") else str(cql)
+    return {
+        "cql": cql,
+        "cql_alpha": float(per_map(off.alpha, map_name, "algo.offline.alpha")) if cql else 0.0,
+        "cql_samples": int(off.samples),
+        "cfcql_temperature": float(off.cfcql_temperature),
+        "target_update_interval": int(per_map(off.target_update_interval, map_name,
+                                              "algo.offline.target_update_interval")),
+        "batch_size": int(off.batch_size),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    seed_everything(int(cfg.seed))
+    check_backend(cfg.env)
+    algo, out = cfg.algo, Path(cfg.paths.output_dir)
+    device = resolve_device(str(cfg.device))
+    spec = get_map(cfg.env.map_name)
+    settings = offline_settings(cfg, spec.name)
+    in_memory = cfg.in_memory if cfg.in_memory == "auto" else bool(cfg.in_memory)
+    dataset = load_dataset(resolve_dataset_path(cfg, spec.name), map_name=spec.name, validate="full",
+                           in_memory=in_memory, device=device)
+    meta = dataset.metadata
+    identity = {"name": dataset.name, "path": str(dataset.path.resolve()), "episodes": len(dataset),
+                "transitions": dataset.n_transitions, "created": meta.get("created"),
+                "return_mean": meta.get("return_mean"), "win_rate": meta.get("win_rate"),
+                "git_commit": (meta.get("code_version") or {}).get("git_commit")}
+
+    module = QMixModule(
+        obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents, n_actions=spec.n_actions,
+        map_name=spec.name, hidden_dim=algo.hidden_dim, mixing_embed_dim=algo.mixing_embed_dim,
+        hypernet_embed=algo.hypernet_embed, lr=algo.lr, gamma=algo.gamma, td_lambda=algo.td_lambda,
+        double_q=algo.double_q, cql=settings["cql"], cql_alpha=settings["cql_alpha"],
+        cql_samples=settings["cql_samples"], cfcql_temperature=settings["cfcql_temperature"], dataset=identity,
+    )
+    module.clock = "updates"
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.to(device)
+    data = ReplayDataModule(online=EpisodeReplayBuffer(1, device=device), offline=dataset,
+                            batch_size=settings["batch_size"], offline_fraction=1.0)
+    evaluator = GreedyEvaluator(module.agent, spec.name, int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000,
+                                device=device, env_options=env_options_of(cfg.env))
+    eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_updates), int(cfg.eval.episodes),
+                                       out / "checkpoints")
+    train_cb = OfflineTrainingCallback(int(cfg.steps), settings["batch_size"], int(cfg.log_every_updates))
+    loggers = [CSVLogger(save_dir=str(out), name="", version="")]
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=1, max_steps=-1,
+        gradient_clip_val=float(algo.grad_norm_clip), logger=loggers,
+        callbacks=[train_cb, TargetUpdateCallback(settings["target_update_interval"]), eval_cb,
+                   EnvStepProgressBar(eval_cb, None, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+    )
+    trainer.fit(module, datamodule=data)
+    # Q_tot-offline: the target networks as offline training left them (paper §4.1).
+    module.freeze_offline_target()
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    result = {"updates": module.updates, "dataset": dataset.name, "cql": settings["cql"] or "none",
+              "cql_alpha": settings["cql_alpha"], **eval_cb.latest, "eval/best_win_rate": eval_cb.best,
+              **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}
+    write_json(out / "offline_summary.json", result)
+    print(f"offline {spec.name} on {dataset.name} ({settings['cql'] or 'no CQL'}, alpha={settings['cql_alpha']}): "
+          f"{module.updates} updates, final greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "
+          f"(best {eval_cb.best:.3f}); checkpoint with the frozen offline target: {out / 'checkpoints' / 'last.ckpt'}")
+    return result

@@ -1,0 +1,138 @@
+"""phase=offline end to end on a tiny dataset: CQL losses in training, diagnostics, greedy
+evaluation by updates, and the checkpoint with the frozen offline target."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovmse.datasets import EpisodeDatasetWriter
+from ovmse.datasets.recording import record_episodes
+from ovmse.envs import get_map
+from ovmse.training.qmix_module import QMixModule, load_qmix_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["env=3m", "algo=ovmse", "algo.offline.batch_size=8", "algo.offline.samples=8", "steps=12",
+        "log_every_updates=4", "eval.interval_updates=6", "eval.episodes=8", "eval.num_envs=8"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "3m" / "medium"
+    with EpisodeDatasetWriter(path, get_map("3m"), 24, quality="medium") as w:
+        record_episodes(w, None, num_envs=8, seed=3)
+        w.close(behaviour={"policy": "random"})
+    return path
+
+
+def _offline(run_dir, dataset, *extra):
+    return subprocess.run([sys.executable, "train.py", "phase=offline", *TINY, f"dataset={dataset}",
+                           f"hydra.run.dir={run_dir}", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def macql_run(tmp_path_factory, dataset):
+    run_dir = tmp_path_factory.mktemp("offline_macql")
+    proc = _offline(run_dir, dataset)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_checkpoint_carries_frozen_offline_target_and_identity(macql_run, dataset):
+    module = load_qmix_checkpoint(str(macql_run / "checkpoints" / "last.ckpt"))
+    assert module.hparams.cql == "macql" and module.hparams.cql_alpha == pytest.approx(1.0)  # 3m: default
+    assert module.updates == 12 and module.hparams.frozen_offline_target
+    for frozen, target in ((module.frozen_agent, module.loss.target_agent),
+                           (module.frozen_mixer, module.loss.target_mixer)):
+        for (n1, p1), (n2, p2) in zip(frozen.state_dict().items(), target.state_dict().items()):
+            assert n1 == n2 and torch.equal(p1, p2)
+        assert not any(p.requires_grad for p in frozen.parameters())
+    assert module.hparams.dataset["name"] == "3m/medium" and module.hparams.dataset["episodes"] == 24
+    assert Path(module.hparams.dataset["path"]) == dataset.resolve()
+    assert module.run_config["task_name"] == "offline" and module.run_config["steps"] == 12
+    raw = torch.load(macql_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "optimizer_states" in raw and raw["optimizer_states"]  # the optimiser travels too
+
+
+def test_frozen_target_is_independent_of_later_updates(macql_run):
+    module = load_qmix_checkpoint(str(macql_run / "checkpoints" / "last.ckpt"))
+    before = [p.clone() for p in module.frozen_agent.parameters()]
+    module.update_targets()
+    with torch.no_grad():
+        for p in module.agent.parameters():
+            p.add_(1.0)
+    module.update_targets()
+    assert all(torch.equal(a, b) for a, b in zip(before, module.frozen_agent.parameters()))
+
+
+def test_metrics_use_updates_and_log_diagnostics(macql_run):
+    rows = list(csv.DictReader((macql_run / "metrics.csv").open()))
+    train = [r for r in rows if r.get("train/loss")]
+    assert train, "no train/ rows"
+    for key in ("train/td_loss", "train/cql_loss", "train/cql_gap_mean", "train/mc_return_mean",
+                "train/q_minus_mc_return", "train/q_taken_mean", "train/td_error_abs_mean"):
+        assert train[-1].get(key) not in (None, ""), key
+    evals = [r for r in rows if r.get("eval/win_rate")]
+    assert [int(float(r["updates"])) for r in evals] == [1, 6, 12]
+    assert all(float(r["env_steps"]) == 0 for r in evals)  # offline: no env interaction counted
+    summary = json.loads((macql_run / "offline_summary.json").read_text())
+    assert summary["updates"] == 12 and summary["cql"] == "macql"
+
+
+def test_cfcql_and_no_cql_variants_run(tmp_path, dataset):
+    proc = _offline(tmp_path / "cf", dataset, "algo.offline.cql=cfcql", "algo.offline.alpha=2.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    module = load_qmix_checkpoint(str(tmp_path / "cf" / "checkpoints" / "last.ckpt"))
+    assert module.hparams.cql == "cfcql" and module.behaviour is not None
+    rows = [r for r in csv.DictReader((tmp_path / "cf" / "metrics.csv").open()) if r.get("train/bc_loss")]
+    assert rows and 0.0 <= float(rows[-1]["train/bc_accuracy"]) <= 1.0
+    proc = _offline(tmp_path / "none", dataset, "algo.offline.cql=null")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    module = load_qmix_checkpoint(str(tmp_path / "none" / "checkpoints" / "last.ckpt"))
+    assert module.hparams.cql is None and module.hparams.cql_alpha == 0.0
+
+
+def test_offline_needs_an_o2o_algo_and_a_valid_dataset(tmp_path, dataset):
+    proc = subprocess.run([sys.executable, "train.py", "phase=offline", "env=3m", "algo=qmix", f"dataset={dataset}",
+                           f"hydra.run.dir={tmp_path / 'a'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "has no offline settings" in proc.stderr
+    proc = _offline(tmp_path / "b", tmp_path / "nowhere")
+    assert proc.returncode != 0 and "no such dataset directory" in proc.stderr
+
+
+def test_per_map_cql_settings_follow_the_paper():
+    from omegaconf import OmegaConf
+
+    from ovmse.phases.offline import offline_settings
+
+    algo = OmegaConf.load(ROOT / "configs" / "algo" / "o2o.yaml")
+    cfg = OmegaConf.create({"algo": {"name": "ovmse", "offline": algo.offline}})
+    expect = {"2s3z": ("macql", 0.05, 50), "3s5z": ("macql", 0.25, 50), "5m_vs_6m": ("cfcql", 50.0, 200),
+              "6h_vs_8z": ("cfcql", 20.0, 200)}
+    for map_name, (cql, alpha, interval) in expect.items():
+        s = offline_settings(cfg, map_name)
+        assert (s["cql"], s["cql_alpha"], s["target_update_interval"]) == (cql, alpha, interval)
+
+
+def test_training_loss_is_td_plus_alpha_times_cql(dataset):
+    from ovmse.datasets import load_dataset
+
+    batch = load_dataset(dataset).sample(6)
+    spec = get_map("3m")
+    torch.manual_seed(0)
+    m = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, cql="macql", cql_alpha=0.7,
+                   cql_samples=16)
+    loss = m.training_step(batch, 0)
+    metrics = m.latest_train_metrics
+    expected = metrics["train/td_loss"] + 0.7 * metrics["train/cql_loss"]
+    assert torch.allclose(loss.detach(), expected)
+    assert float(metrics["train/cql_loss"]) != 0.0
+    td_only = m.loss(batch)["loss"]
+    assert torch.allclose(metrics["train/td_loss"], td_only.detach())
+    with pytest.raises(ValueError, match="cql='bogus'"):
+        QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, cql="bogus")
