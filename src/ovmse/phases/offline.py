@@ -12,6 +12,7 @@ evaluation with the best win rate, for inspection (no frozen target).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +120,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
                    EnvStepProgressBar(eval_cb, None, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
     )
+    start = time.perf_counter()
     trainer.fit(module, datamodule=data)
+    wall = time.perf_counter() - start
     # Q_tot-offline: the target networks as offline training left them (paper §4.1).
     module.freeze_offline_target()
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
-    result = {"updates": module.updates, "dataset": dataset.name, "cql": settings["cql"] or "none",
+    result = {"updates": module.updates, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
               "cql_alpha": settings["cql_alpha"], **eval_cb.latest, "eval/best_win_rate": eval_cb.best,
               **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}
     write_json(out / "offline_summary.json", result)
