@@ -91,3 +91,14 @@ def check_backend(env_cfg: DictConfig | Mapping[str, Any]) -> None:
         from ovmse.envs.starcraft import check_starcraft_available
 
         check_starcraft_available(str(env_cfg["map_name"]))
+
+
+def make_loggers(cfg: DictConfig, out: str | Path) -> list:
+    """``metrics.csv`` in the run directory, plus TensorBoard events under ``tensorboard/``
+    when ``logger.tensorboard`` (the default)."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(save_dir=str(out), name="", version="")]
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
+    return loggers

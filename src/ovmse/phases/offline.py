@@ -18,7 +18,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
@@ -33,7 +32,7 @@ from ovmse.training.callbacks import (
 )
 from ovmse.training.evaluation import GreedyEvaluator
 
-from .common import check_backend, resolve_device, seed_everything, write_json
+from .common import check_backend, make_loggers, resolve_device, seed_everything, write_json
 from .common import env_options as env_options_of
 
 
@@ -110,9 +109,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_updates), int(cfg.eval.episodes),
                                        out / "checkpoints")
     train_cb = OfflineTrainingCallback(int(cfg.steps), settings["batch_size"], int(cfg.log_every_updates))
-    loggers = [CSVLogger(save_dir=str(out), name="", version="")]
-    if cfg.logger.tensorboard:
-        loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
+    loggers = make_loggers(cfg, out)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=1, max_steps=-1,
         gradient_clip_val=float(algo.grad_norm_clip), logger=loggers,

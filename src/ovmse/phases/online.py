@@ -15,7 +15,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
@@ -31,7 +30,7 @@ from ovmse.training.callbacks import (
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.evaluation import GreedyEvaluator
 
-from .common import check_backend
+from .common import check_backend, make_loggers
 from .common import env_options as env_options_of
 from .common import resolve_device, seed_everything, write_json
 
@@ -85,9 +84,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     )
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
                                        out / "checkpoints")
-    loggers = [CSVLogger(save_dir=str(out), name="", version="")]
-    if cfg.logger.tensorboard:
-        loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
+    loggers = make_loggers(cfg, out)
     trainer = pl.Trainer(
         **trainer_kwargs(cfg.trainer, cfg.get("num_threads")),
         max_epochs=1,
