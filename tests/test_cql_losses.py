@@ -95,7 +95,8 @@ def q_data(mixer, agent_q, state, actions):
 
 
 def macql_reference(mixer, agent_q, avail, state, q_taken, mask, samples):
-    """Independent loop: one mixer.forward call per valid sample."""
+    """Independent loop: one mixer.forward call per valid sample; the dataset action's Q_tot is
+    always one more term of the log-sum-exp."""
     gaps, n_valid_samples, n_trans, n_none = [], 0, 0, 0
     for b in range(B):
         for t in range(T):
@@ -111,8 +112,7 @@ def macql_reference(mixer, agent_q, avail, state, q_taken, mask, samples):
             n_valid_samples += len(vals)
             if not vals:
                 n_none += 1
-                continue
-            gaps.append(torch.logsumexp(torch.stack(vals), 0) - q_taken[b, t, 0])
+            gaps.append(torch.logsumexp(torch.stack([q_taken[b, t, 0], *vals]), 0) - q_taken[b, t, 0])
     return torch.stack(gaps).mean(), n_valid_samples, n_trans, n_none
 
 
@@ -157,7 +157,7 @@ def test_macql_unavailable_actions_do_not_count():
     assert not torch.allclose(loss_fn(changed, avail, state, q_taken, mask, samples=out["samples"])["loss"], out["loss"])
 
 
-def test_macql_transition_without_valid_sample_is_excluded():
+def test_macql_transition_without_valid_sample_contributes_zero():
     mixer, agent_q, avail, state, actions, mask = make_case(2)
     q_taken = q_data(mixer, agent_q, state, actions)
     avail = avail.clone()
@@ -170,7 +170,7 @@ def test_macql_transition_without_valid_sample_is_excluded():
     assert out["no_valid_sample_fraction"].item() == pytest.approx(1 / 5)
     out["loss"].backward()
     assert torch.isfinite(agent_q.grad).all()
-    assert agent_q.grad[1, 1].abs().sum() == 0  # excluded: neither the lse nor the data term counts
+    assert agent_q.grad[1, 1].abs().sum() == 0  # lse = Q_data there: the term is 0 and so is its gradient
     assert agent_q.grad[1, 0].abs().sum() > 0
     grads = [p.grad for p in mixer.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
@@ -206,20 +206,35 @@ def test_macql_sum_mixer_by_hand():
     state = torch.zeros(1, 3, 1)
     samples = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])  # every joint action once
     out = MACQLLoss(SumMixer(), n_samples=4)(agent_q, avail, state, q_taken, mask, samples=samples)
-    gap0 = lse(1.0, 4.0, 2.0, 5.0) - 2.0
-    gap1 = lse(1.0, 1.0) - 1.0  # = log 2
+    # the dataset action (Q_tot 2, resp. 1) is always in the sum, next to the valid samples
+    gap0 = lse(2.0, 1.0, 4.0, 2.0, 5.0) - 2.0
+    gap1 = lse(1.0, 1.0, 1.0) - 1.0  # = log 3: samples (0,0) and (1,0) plus the data action
     assert out["loss"].item() == pytest.approx((gap0 + gap1) / 2, rel=1e-6)
-    assert out["logsumexp_mean"].item() == pytest.approx((lse(1.0, 4.0, 2.0, 5.0) + 1 + math.log(2)) / 2, rel=1e-6)
+    assert out["loss"].item() >= 0.0
+    assert out["logsumexp_mean"].item() == pytest.approx((lse(2.0, 1.0, 4.0, 2.0, 5.0) + 1 + math.log(3)) / 2, rel=1e-6)
     assert out["q_data_mean"].item() == pytest.approx(1.5)
     assert out["valid_sample_fraction"].item() == pytest.approx(6 / 8)
     assert out["no_valid_sample_fraction"].item() == 0.0
     out["loss"].backward()
-    # d/dQ: softmax weights of the valid samples / 2 transitions
-    w = torch.tensor([1.0, 4.0, 2.0, 5.0]).softmax(0) / 2  # (0,0), (0,1), (1,0), (1,1)
-    torch.testing.assert_close(agent_q.grad[0, 0, 0], torch.stack([w[0] + w[1], w[2] + w[3]]))
-    torch.testing.assert_close(agent_q.grad[0, 1], torch.tensor([[0.25, 0.25], [0.5, 0.0]]))
+    # d/dQ: softmax weights over {data, valid samples}, / 2 transitions
+    w = torch.tensor([2.0, 1.0, 4.0, 2.0, 5.0]).softmax(0) / 2  # data, (0,0), (0,1), (1,0), (1,1)
+    torch.testing.assert_close(agent_q.grad[0, 0, 0], torch.stack([w[1] + w[2], w[3] + w[4]]))
+    third = 1.0 / 6.0
+    torch.testing.assert_close(agent_q.grad[0, 1], torch.tensor([[third, third], [2 * third, 0.0]]))
     assert agent_q.grad[0, 2].abs().sum() == 0
-    torch.testing.assert_close(q_taken.grad, torch.tensor([[[-0.5], [-0.5], [0.0]]]))
+    torch.testing.assert_close(q_taken.grad, torch.tensor([[[float(w[0]) - 0.5], [third - 0.5], [0.0]]]))
+
+
+def test_macql_cannot_go_negative():
+    """With the dataset action in the sum the term is >= 0 whatever the sampled values: a
+    mixer that drives every sampled joint action to -1e6 leaves L_CQL at 0, not -1e6."""
+    agent_q = torch.tensor([[[[0.0, -1e6], [0.0, -1e6]]]])  # data (0, 0); every other action very low
+    avail = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    samples = torch.tensor([[1, 1], [1, 1]])
+    q_taken = torch.tensor([[[0.0]]])
+    out = MACQLLoss(SumMixer(), n_samples=2)(agent_q, avail, torch.zeros(1, 1, 1), q_taken, torch.ones(1, 1, 1),
+                                            samples=samples)
+    assert out["loss"].item() == pytest.approx(0.0, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- CFCQL

@@ -13,22 +13,25 @@ Per transition, K = ``n_samples`` joint actions ``a^k`` are drawn, every agent's
 uniform over ALL A actions, independently (as the CFCQL repo does). A sample is a *valid*
 joint action iff every agent's sampled action is available; invalid samples are left out of
 the log-sum-exp (masked with −inf; the gradient stays finite). Every sample is mixed on the
-transition's own state with :meth:`QMixer.forward_samples` (one hypernetwork pass per state)::
+transition's own state with :meth:`QMixer.forward_samples` (one hypernetwork pass per state).
+The dataset joint action ``a^D`` (always valid) is one more term of the sum, as it is of the
+exact CQL sum over all joint actions::
 
-    lse_t  = log Σ_{k valid} exp Q_tot(s_t, a^k)
-    L_CQL  = mean over U of ( lse_t − Q_tot(s_t, a^D_t) ),
-    U      = { t : mask_t > 0 and at least one valid sample }
+    lse_t  = log( exp Q_tot(s_t, a^D_t) + Σ_{k valid} exp Q_tot(s_t, a^k) )
+    L_CQL  = mean over valid transitions of ( lse_t − Q_tot(s_t, a^D_t) )   (>= 0)
 
-Transitions with no valid sample are excluded from the mean (their share of the valid
-transitions is reported as ``no_valid_sample_fraction``). With many agents and sparse masks
-the valid share can be small; the CFCQL repo instead multiplies invalid samples' Q_tot by 0
-(each then adds ``exp(0)`` to the sum), which we deliberately do not reproduce.
+Keeping ``a^D`` in the sum bounds the term below by 0. Without it the sampled term is
+unbounded below (the mixer can push every sampled action towards −inf while Q_data stays on
+its TD target), and it diverged on our data. A transition without a valid sample
+contributes 0; its share is reported as ``no_valid_sample_fraction``. With many agents and
+sparse masks the valid share can be small; the CFCQL repo instead multiplies invalid
+samples' Q_tot by 0 (each then adds ``exp(0)`` to the sum), which we do not reproduce.
 
 Output keys of :meth:`MACQLLoss.forward` (a :class:`tensordict.TensorDict`, batch size ``[]``)::
 
     "loss"                      scalar, differentiable: L_CQL (multiply by α outside)
-    "logsumexp_mean"            detached, mean lse_t over U
-    "q_data_mean"               detached, mean Q_tot(s_t, a^D_t) over U
+    "logsumexp_mean"            detached, mean lse_t over valid transitions
+    "q_data_mean"               detached, mean Q_tot(s_t, a^D_t) over valid transitions
     "gap_mean"                  detached copy of "loss"
     "valid_sample_fraction"     detached, valid samples / (K · #valid transitions)
     "no_valid_sample_fraction"  detached, #(valid transitions without a valid sample) / #valid transitions
@@ -117,23 +120,29 @@ class MACQLLoss(nn.Module):
         q_tot = self.mixer.forward_samples(q_samples, state).squeeze(-1)  # [B, T, K]
 
         has_valid = sample_ok.any(-1, keepdim=True)  # [B, T, 1]
-        # A row without any valid sample lets all its samples through so its lse stays finite
-        # (−inf there would give NaN gradients); the row is excluded from the mean below.
-        lse_keep = sample_ok | ~has_valid
-        lse = q_tot.masked_fill(~lse_keep, float("-inf")).logsumexp(-1, keepdim=True)  # [B, T, 1]
-
+        # The dataset joint action is always a valid joint action, and the exact CQL sum over
+        # all joint actions contains it: putting it into the log-sum-exp keeps lse >= Q_data
+        # (L_CQL >= 0). Without it the sampled term is unbounded below -- the mixer can push
+        # every sampled action towards −inf while Q_data stays on its TD target -- and on our
+        # 2s3z medium set Q_tot diverged to ~2.6e4 within 2000 updates (docs/results.md).
         trans = mask > 0
-        used = trans & has_valid
+        # Padding rows may hold anything (even NaN): keep them out of the graph entirely.
+        q_data = torch.where(trans, q_taken, torch.zeros_like(q_taken))
+        sample_ok = sample_ok & trans
+        candidates = torch.cat([q_data, q_tot.masked_fill(~sample_ok, float("-inf"))], dim=-1)  # [B, T, 1+K]
+        lse = candidates.logsumexp(-1, keepdim=True)  # [B, T, 1], finite: q_data is finite
+
+        used = trans
         n_used = used.sum().clamp(min=1).to(agent_q.dtype)
         zero = torch.zeros((), dtype=lse.dtype, device=device)
-        loss = torch.where(used, lse - q_taken, zero).sum() / n_used
+        loss = torch.where(used, lse - q_data, zero).sum() / n_used
 
         with torch.no_grad():
             n_trans = trans.sum().to(agent_q.dtype)
             out = {
                 "loss": loss,
                 "logsumexp_mean": torch.where(used, lse, zero).sum().detach() / n_used,
-                "q_data_mean": torch.where(used, q_taken, zero).sum().detach() / n_used,
+                "q_data_mean": torch.where(used, q_data, zero).sum().detach() / n_used,
                 "gap_mean": loss.detach(),
                 "valid_sample_fraction": (sample_ok & trans).sum().to(agent_q.dtype) / (n_trans * K).clamp(min=1),
                 "no_valid_sample_fraction": (trans & ~has_valid).sum().to(agent_q.dtype) / n_trans.clamp(min=1),
