@@ -126,6 +126,15 @@ def value_diagnostics(out: Path, dataset_path: Path, episodes: int = 1000, seed:
     return result
 
 
+def training_evals(out_root: Path, dataset: str, cql: str, seed: int) -> str:
+    """``update: win rate`` of the greedy evaluations logged during training."""
+    import csv
+
+    rows = csv.DictReader((run_dir(out_root, dataset, cql, seed) / "metrics.csv").open())
+    return ", ".join(f"{int(float(r['updates']))}: {float(r['eval/win_rate']):.2f}" for r in rows
+                     if r.get("eval/win_rate"))
+
+
 def report(args, out_root: Path) -> str:
     rows = []
     for dataset in DATASETS:
@@ -142,14 +151,16 @@ def report(args, out_root: Path) -> str:
         return "(no finished runs)"
     lines = [
         "| dataset | CQL (α) | updates | greedy win rate, 640 battles | dataset behaviour win rate | "
+        "evaluations during training (32 battles each, by update) | "
         "Q_tot(τ, a_data) | Q_tot(τ, a_greedy) | MC return G_t | Q_data − G_t | wall-clock |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for dataset, cql, summary, ev, vd, meta in rows:
         label = f"MACQL ({summary['cql_alpha']:g})" if cql == "macql" else "none"
         minutes = summary.get("wall_seconds")
         lines.append(
             f"| 2s3z {dataset} | {label} | {summary['updates']} | **{ev['win_rate']:.3f}** | {meta['win_rate']:.3f} | "
+            f"{training_evals(out_root, dataset, cql, args.seed)} | "
             f"{vd['q_data']:.2f} | {vd['q_greedy']:.2f} | {vd['mc_return']:.2f} | {vd['q_data'] - vd['mc_return']:+.2f} | "
             f"{'' if minutes is None else f'{minutes / 60:.0f} min'} |")
     return "\n".join(lines)
