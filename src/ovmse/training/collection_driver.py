@@ -8,15 +8,12 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector, MultiSyncCollector
 
-from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, RecurrentQPolicy, env_with_primers, make_policy
+from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, RecurrentQPolicy, make_policy
+from ovmse.collection.acting import WORKER_SEED_STRIDE, primed_env, worker_policy
 from ovmse.datasets.stats import episode_stats
-from ovmse.envs import get_map, make_env
+from ovmse.envs import get_map
 from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
-
-# Worker w of a multi-process collection seeds its env with ``seed + WORKER_SEED_STRIDE * w``
-# and its exploration generator with that + 1 (worker 0 = the single-process seeds).
-WORKER_SEED_STRIDE = 1000
 
 
 # The worker factories below return *nested* functions on purpose: cloudpickle (which TorchRL
@@ -30,21 +27,17 @@ def _worker_env_fn(map_name: str, num_envs: int, seed: int, device: str, env_opt
     """Env factory of one collector worker: ``num_envs`` battles with the recurrent-state primers."""
 
     def make_worker_env():
-        return env_with_primers(make_env(map_name, num_envs, seed=seed, device=device, **env_options), hidden_dim)
+        return primed_env(map_name, num_envs, hidden_dim, seed=seed, device=device, env_options=env_options)
 
     return make_worker_env
 
 
 def _worker_policy_fn(input_dim: int, n_actions: int, hidden_dim: int, exploration: str, epsilon: float,
                       seed: int, device: str):
-    """Policy factory of one collector worker: the same structure as the main-process policy
-    (agent + exploration module, so the synced weights and ε buffer match key for key), with its
-    own ε generator seeded ``seed``. Its initial weights are replaced by the synced ones."""
+    """Policy factory of one collector worker (:func:`~ovmse.collection.acting.worker_policy`)."""
 
     def make_worker_policy():
-        agent = RNNAgent(input_dim, n_actions, hidden_dim).to(device)
-        generator = torch.Generator(device=device).manual_seed(seed)
-        return RecurrentQPolicy(agent, make_exploration(exploration, epsilon=epsilon, generator=generator))
+        return worker_policy(input_dim, n_actions, hidden_dim, exploration, epsilon, seed, device)
 
     return make_worker_policy
 
@@ -108,9 +101,9 @@ class OnlineCollection:
         generator = torch.Generator(device=device).manual_seed(seed + 1)
         self.exploration = make_exploration(exploration, epsilon=epsilon(0), generator=generator)
         if num_workers == 1:
-            base = make_env(map_name, num_envs, seed=seed, device=device, **(env_options or {}))
-            self.spec = base.spec
-            self.env = env_with_primers(base, agent.hidden_dim)
+            self.spec = get_map(map_name)
+            self.env = primed_env(map_name, num_envs, agent.hidden_dim, seed=seed, device=device,
+                                  env_options=env_options)
             self.policy = make_policy(self.env, agent, self.exploration)
             self.collector = Collector(
                 self.env, self.policy, frames_per_batch=num_envs * steps_per_env, total_frames=-1,

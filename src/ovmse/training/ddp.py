@@ -25,8 +25,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from ovmse.collection.acting import WORKER_SEED_STRIDE
+
 #: Per-rank seed offset of the env side (collection env, exploration, evaluation env).
-RANK_SEED_STRIDE = 1000
+RANK_SEED_STRIDE = WORKER_SEED_STRIDE  # the same stride, so ranks x workers never share a seed
 
 #: Set to a non-empty value to make every rank write its final parameters to
 #: ``<run dir>/debug_params/rank<r>.pt`` (a debugging aid: DDP replicas must match).

@@ -51,14 +51,13 @@ from tensordict import TensorDictBase
 from torchrl.collectors.distributed import DistributedCollector
 from torchrl.data.utils import CloudpickleWrapper
 
-from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, RecurrentQPolicy, env_with_primers
-from ovmse.envs import get_map, make_env
+from ovmse.collection import EpisodeAssembler, EpisodeReplayBuffer, RecurrentQPolicy
+from ovmse.collection.acting import WORKER_SEED_STRIDE, primed_env, worker_policy
+from ovmse.envs import get_map
 from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
 from ovmse.training.collection_driver import collect_stats
 
-#: Worker ``w`` seeds its env with ``seed + WORKER_SEED_STRIDE * w`` (its ε generator: + 1).
-WORKER_SEED_STRIDE = 1000
 
 # The endless collectors of TorchRL 0.14.1's distributed module stop at once with
 # total_frames=-1 (``while total_frames < self.total_frames``); use a budget never reached.
@@ -105,17 +104,14 @@ def _worker_env(map_name: str, num_envs: int, seed: int, device: str, env_option
                 main_pid: int, num_threads: int | None):
     """Env factory of one worker (module level, so it pickles into other processes)."""
     _set_worker_threads(main_pid, num_threads)
-    return env_with_primers(make_env(map_name, num_envs, seed=seed, device=device, **env_options), hidden_dim)
+    return primed_env(map_name, num_envs, hidden_dim, seed=seed, device=device, env_options=env_options)
 
 
 def _worker_policy(input_dim: int, n_actions: int, hidden_dim: int, exploration: str, epsilon: float,
                    seed: int, device: str, main_pid: int, num_threads: int | None) -> RecurrentQPolicy:
-    """Policy factory of one worker: the learner's policy structure (agent + exploration, so the
-    pushed weights match key for key) with the worker's own ε generator."""
+    """Policy factory of one worker (:func:`~ovmse.collection.acting.worker_policy`)."""
     _set_worker_threads(main_pid, num_threads)
-    agent = RNNAgent(input_dim, n_actions, hidden_dim).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return RecurrentQPolicy(agent, make_exploration(exploration, epsilon=epsilon, generator=generator))
+    return worker_policy(input_dim, n_actions, hidden_dim, exploration, epsilon, seed, device)
 
 
 class DistributedEnvWorkers:

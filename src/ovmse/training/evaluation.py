@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ovmse.collection import env_with_primers, make_policy
-from ovmse.envs import make_env
+from ovmse.collection import make_policy
+from ovmse.collection.acting import primed_env
 from ovmse.envs.rollout import BattleStats, run_battles
 from ovmse.nets import RNNAgent
 
@@ -18,8 +18,7 @@ class GreedyEvaluator:
 
     def __init__(self, agent: RNNAgent, map_name: str, num_envs: int, *, seed: int = 10_000,
                  device: str | torch.device = "cpu", env_options: dict | None = None) -> None:
-        base = make_env(map_name, num_envs, seed=seed, device=device, **(env_options or {}))
-        self.env = env_with_primers(base, agent.hidden_dim)
+        self.env = primed_env(map_name, num_envs, agent.hidden_dim, seed=seed, device=device, env_options=env_options)
         self.policy = make_policy(self.env, agent, exploration=None)
 
     @torch.no_grad()
