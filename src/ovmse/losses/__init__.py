@@ -3,13 +3,21 @@
 from ovmse.losses.behaviour_cloning import behaviour_cloning_loss, behaviour_probs
 from ovmse.losses.cfcql import CFCQLLoss
 from ovmse.losses.macql import MACQLLoss
-from ovmse.losses.qmix_td import QMixTDLoss, q_tot_taken, target_values, transition_mask, unroll_agent_q
+from ovmse.losses.qmix_td import (
+    QMixTDLoss,
+    q_tot_taken,
+    taken_actions,
+    target_values,
+    transition_mask,
+    unroll_agent_q,
+)
 from ovmse.losses.returns import return_to_go
 from ovmse.losses.td_lambda import td_lambda_targets
 
 __all__ = [
     "QMixTDLoss",
     "q_tot_taken",
+    "taken_actions",
     "target_values",
     "td_lambda_targets",
     "transition_mask",

@@ -68,6 +68,7 @@ __all__ = [
     "make_target",
     "unroll_agent_q",
     "q_tot_taken",
+    "taken_actions",
     "target_values",
     "transition_mask",
 ]
@@ -135,6 +136,14 @@ def transition_mask(batch, keys: QMixKeys = DEFAULT_KEYS) -> tuple[torch.Tensor,
     return mask, term * mask
 
 
+def taken_actions(batch, T: int, keys: QMixKeys = DEFAULT_KEYS) -> torch.Tensor:
+    """Dataset actions of the first ``T`` rows ``[B, T, N]``, 0 where the row is not filled
+    (padding may hold anything)."""
+    actions = batch[keys.action][:, :T]
+    filled = _filled(batch, keys)[:, :T].unsqueeze(-1)
+    return torch.where(filled, actions, torch.zeros_like(actions))
+
+
 def q_tot_taken(
     agent: RNNAgent,
     mixer: QMixer,
@@ -156,9 +165,7 @@ def q_tot_taken(
     if agent_q is None:
         agent_q = unroll_agent_q(agent, batch, keys)
     T = agent_q.shape[1] - 1
-    actions = batch[keys.action][:, :T]
-    valid_rows = _filled(batch, keys)[:, :T].unsqueeze(-1)
-    actions = torch.where(valid_rows, actions, torch.zeros_like(actions)).clamp(0, agent_q.shape[-1] - 1)
+    actions = taken_actions(batch, T, keys).clamp(0, agent_q.shape[-1] - 1)
     chosen = agent_q[:, :T].gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [B, T, N]
     return mixer(chosen, batch[keys.state][:, :T])
 
@@ -260,8 +267,11 @@ class QMixTDLoss(nn.Module):
 
     def targets(self, batch, agent_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y^λ [B, T, 1], mask [B, T, 1])``; y is detached and 0 where mask is 0."""
+        mask, term = transition_mask(batch, self.keys)
+        return self._targets(batch, agent_q, mask, term), mask
+
+    def _targets(self, batch, agent_q: torch.Tensor, mask: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
         k = self.keys
-        mask, term = transition_mask(batch, k)
         T = mask.shape[1]
         q_next = target_values(agent_q, self.target_agent, self.target_mixer, batch, self.double_q, k)
         rewards = batch[k.reward][:, :T].to(q_next.dtype)
@@ -274,15 +284,16 @@ class QMixTDLoss(nn.Module):
             early_end[:, -1] = 0.0  # the last column is bootstrapped by the recursion itself
             rewards = rewards + early_end * (self.td_lambda * self.gamma) * q_next[:, 1:]
         y = td_lambda_targets(rewards, term, mask, q_next, self.gamma, self.td_lambda)
-        return y.detach(), mask
+        return y.detach()
 
     def compute(self, batch) -> tuple[TensorDict, dict[str, torch.Tensor]]:
         """The loss output of :meth:`forward` plus the intermediates other losses reuse:
-        ``agent_q [B, T+1, N, A]`` (online, grad), ``q_taken [B, T, 1]`` (grad), ``y [B, T, 1]``
-        and ``mask [B, T, 1]`` (detached)."""
+        ``agent_q [B, T+1, N, A]`` (online, grad), ``q_taken [B, T, 1]`` (grad), ``y [B, T, 1]``,
+        ``mask`` and ``terminated`` ``[B, T, 1]`` (detached, from :func:`transition_mask`)."""
         agent_q = unroll_agent_q(self.agent, batch, self.keys)  # [B, T+1, N, A]
         q_taken = q_tot_taken(self.agent, self.mixer, batch, agent_q=agent_q, keys=self.keys)  # [B, T, 1]
-        y, mask = self.targets(batch, agent_q)
+        mask, term = transition_mask(batch, self.keys)
+        y = self._targets(batch, agent_q, mask, term)
         valid = mask > 0
         td = torch.where(valid, q_taken - y, torch.zeros_like(q_taken))
         n_valid = mask.sum().clamp(min=1.0)
@@ -299,7 +310,7 @@ class QMixTDLoss(nn.Module):
                 },
                 batch_size=[],
             )
-        return out, {"agent_q": agent_q, "q_taken": q_taken, "y": y, "mask": mask}
+        return out, {"agent_q": agent_q, "q_taken": q_taken, "y": y, "mask": mask, "terminated": term}
 
     def forward(self, batch) -> TensorDict:
         return self.compute(batch)[0]

@@ -16,7 +16,7 @@ from ovmse.losses import (
     behaviour_cloning_loss,
     behaviour_probs,
     return_to_go,
-    transition_mask,
+    taken_actions,
     unroll_agent_q,
 )
 from ovmse.nets import QMixer, RNNAgent
@@ -120,8 +120,7 @@ class QMixModule(pl.LightningModule):
         T = mask.shape[1]
         keys = self.loss.keys
         with torch.no_grad():
-            _, term = transition_mask(batch, keys)
-            mc = return_to_go(batch[keys.reward][:, :T].to(mask.dtype), term, mask, self.hparams.gamma)
+            mc = return_to_go(batch[keys.reward][:, :T].to(mask.dtype), parts["terminated"], mask, self.hparams.gamma)
             n = mask.sum().clamp(min=1.0)
             q = parts["q_taken"].detach()
             metrics["train/mc_return_mean"] = (mc * mask).sum() / n
@@ -133,14 +132,14 @@ class QMixModule(pl.LightningModule):
             if self.hparams.cql == "macql":
                 cql = self.cql_loss(agent_q, avail, state, parts["q_taken"], mask)
             else:
-                probs = None
+                probs, actions = None, taken_actions(batch, T, keys)
                 if self.behaviour is not None:
                     logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
-                    bc_loss, bc_accuracy = behaviour_cloning_loss(logits, avail, _taken_actions(batch, keys, T), mask)
+                    bc_loss, bc_accuracy = behaviour_cloning_loss(logits, avail, actions, mask)
                     loss = loss + bc_loss  # separate parameters: this only trains the behaviour net
                     metrics["train/bc_loss"], metrics["train/bc_accuracy"] = bc_loss.detach(), bc_accuracy.detach()
                     probs = behaviour_probs(logits.detach(), avail)
-                cql = self.cql_loss(agent_q, avail, state, _taken_actions(batch, keys, T), parts["q_taken"], mask,
+                cql = self.cql_loss(agent_q, avail, state, actions, parts["q_taken"], mask,
                                     behaviour_probs=probs)
             loss = loss + self.hparams.cql_alpha * cql["loss"]
             metrics.update({f"train/cql_{k}": v.detach() for k, v in cql.items() if k != "loss"})
@@ -199,13 +198,6 @@ class QMixModule(pl.LightningModule):
         self.updates = int(progress.get("updates", 0))
         self.last_target_update_episode = int(progress.get("last_target_update_episode", 0))
         self.run_config = checkpoint.get("config")
-
-
-def _taken_actions(batch, keys, T: int) -> torch.Tensor:
-    """Dataset actions of the T transition rows ``[B, T, N]`` (0 where the row is not filled)."""
-    actions = batch[keys.action][:, :T]
-    filled = batch[keys.filled][:, :T].bool()
-    return torch.where(filled, actions, torch.zeros_like(actions))
 
 
 def load_qmix_checkpoint(path: str, map_location: str = "cpu") -> QMixModule:
