@@ -86,13 +86,18 @@ def run(cfg: DictConfig) -> dict:
 
     def policy_info(level: str, info: dict, ckpt: Path) -> dict:
         return {"policy": f"QMIX trained from scratch to the {level} level, acting greedily",
-                "checkpoint": str(ckpt), **{k: v for k, v in info.items()}}
+                "checkpoint": str(ckpt), **info}
+
+    def reached(level: str, trainer, module, info: dict) -> Path:
+        """Checkpoint the policy of a level and say so; returns the checkpoint path."""
+        ckpt = out / "checkpoints" / f"{level}.ckpt"
+        trainer.save_checkpoint(ckpt)
+        print(f"collect: {level} level at {module.env_steps} env steps "
+              f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
+        return ckpt
 
     def at_medium(trainer, module, info: dict) -> None:
-        ckpt = out / "checkpoints" / "medium.ckpt"
-        trainer.save_checkpoint(ckpt)
-        print(f"collect: medium level at {module.env_steps} env steps "
-              f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
+        ckpt = reached("medium", trainer, module, info)
         if "medium_replay" in qualities:
             replay = run_parts.replay
             order = replay.oldest_first_indices()
@@ -109,10 +114,7 @@ def run(cfg: DictConfig) -> dict:
             write("medium", n, record_greedy(module, 20_000), policy_info("medium", info, ckpt))
 
     def at_expert(trainer, module, info: dict) -> None:
-        ckpt = out / "checkpoints" / "expert.ckpt"
-        trainer.save_checkpoint(ckpt)
-        print(f"collect: expert level at {module.env_steps} env steps "
-              f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
+        ckpt = reached("expert", trainer, module, info)
         write("expert", n, record_greedy(module, 30_000), policy_info("expert", info, ckpt))
         if "mixed" in qualities:
             write("mixed", n, _mixed_fill(written["medium"], written["expert"], n, int(cfg.seed)),

@@ -23,7 +23,6 @@ from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
 from ovmse.datasets import dataset_dir, load_dataset
 from ovmse.envs import get_map
-from ovmse.training import QMixModule
 from ovmse.training.callbacks import (
     EnvStepProgressBar,
     GreedyEvaluationCallback,
@@ -32,13 +31,13 @@ from ovmse.training.callbacks import (
 )
 from ovmse.training.evaluation import GreedyEvaluator
 
-from .common import check_backend, make_loggers, resolve_device, seed_everything, write_json
+from .common import check_backend, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
 from .common import env_options as env_options_of
 
 
 def per_map(value: Any, map_name: str, what: str) -> Any:
     """``value`` itself, or ``value[map_name]`` (else ``value["default"]``) for a per-map table."""
-    if isinstance(value, DictConfig) or isinstance(value, dict):
+    if isinstance(value, (DictConfig, dict)):
         table = dict(value)
         if map_name in table:
             return table[map_name]
@@ -92,13 +91,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 "return_mean": meta.get("return_mean"), "win_rate": meta.get("win_rate"),
                 "git_commit": (meta.get("code_version") or {}).get("git_commit")}
 
-    module = QMixModule(
-        obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents, n_actions=spec.n_actions,
-        map_name=spec.name, hidden_dim=algo.hidden_dim, mixing_embed_dim=algo.mixing_embed_dim,
-        hypernet_embed=algo.hypernet_embed, lr=algo.lr, gamma=algo.gamma, td_lambda=algo.td_lambda,
-        double_q=algo.double_q, cql=settings["cql"], cql_alpha=settings["cql_alpha"],
-        cql_samples=settings["cql_samples"], cfcql_temperature=settings["cfcql_temperature"], dataset=identity,
-    )
+    module = make_qmix_module(algo, spec, cql=settings["cql"], cql_alpha=settings["cql_alpha"],
+                              cql_samples=settings["cql_samples"], cfcql_temperature=settings["cfcql_temperature"],
+                              dataset=identity)
     module.clock = "updates"
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.to(device)

@@ -30,7 +30,7 @@ from ovmse.training.callbacks import (
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.evaluation import GreedyEvaluator
 
-from .common import check_backend, make_loggers
+from .common import check_backend, make_loggers, make_qmix_module
 from .common import env_options as env_options_of
 from .common import resolve_device, seed_everything, write_json
 
@@ -65,12 +65,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     rank = expected_global_rank(cfg.trainer)
     env_seed = rank_seed(cfg.seed, rank, int(cfg.collector.num_workers))
 
-    module = QMixModule(
-        obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents, n_actions=spec.n_actions,
-        map_name=spec.name, hidden_dim=algo.hidden_dim, mixing_embed_dim=algo.mixing_embed_dim,
-        hypernet_embed=algo.hypernet_embed, lr=algo.lr, gamma=algo.gamma, td_lambda=algo.td_lambda,
-        double_q=algo.double_q,
-    )
+    module = make_qmix_module(algo, spec)
     module.to(device)
     replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
     data = ReplayDataModule(online=replay, batch_size=int(algo.batch_size), offline_fraction=0.0)
