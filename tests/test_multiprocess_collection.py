@@ -129,7 +129,7 @@ def test_env_steps_and_stats(run):
             assert 0.0 <= s["collect/win_rate"] <= 1.0
             assert 1 <= s["collect/episode_length"] <= run["spec"].episode_limit
             assert s["collect/return"] == s["collect/return"]  # not NaN
-    assert [s["collect/epsilon"] for s in run["stats"]][:7] == [1.0] * 6 + [0.0]
+    assert [s["train/epsilon"] for s in run["stats"]][:7] == [1.0] * 6 + [0.0]
     assert episodes_total == run["replay_len"] == sum(e.shape[0] for e in run["episodes"])
     assert episodes_total >= NUM_ENVS  # 3m battles are short: several complete episodes
 
@@ -194,11 +194,11 @@ def test_epsilon_reaches_workers(run):
     # ε = 0.5 -> about half of the alive agents.
     b, s = _by_phase(run, "v1_eps1")
     alive = alive_agents(b["agents", "action_mask"].bool())
-    assert s["collect/epsilon"] == 1.0
+    assert s["train/epsilon"] == 1.0
     assert torch.equal(b["agents", "explored"], alive)
     b, s = _by_phase(run, "v1_eps_half")
     alive = alive_agents(b["agents", "action_mask"].bool())
-    assert s["collect/epsilon"] == 0.5
+    assert s["train/epsilon"] == 0.5
     rate = b["agents", "explored"][alive].float().mean().item()
     n = int(alive.sum())
     assert abs(rate - 0.5) < 5 * (0.25 / n) ** 0.5, (rate, n)

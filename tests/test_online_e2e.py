@@ -47,7 +47,7 @@ def test_metrics_csv_uses_env_steps(online_run):
     assert steps == sorted(steps) and steps[-1] >= 768
     assert all(0.0 <= float(r["eval/win_rate"]) <= 1.0 for r in eval_rows)
     train_rows = [r for r in rows if r.get("train/loss")]
-    assert train_rows and all(float(r["collect/epsilon"]) <= 1.0 for r in train_rows)
+    assert train_rows and all(float(r["train/epsilon"]) <= 1.0 for r in train_rows)
 
 
 def test_evaluate_loads_checkpoint(online_run):

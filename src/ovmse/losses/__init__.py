@@ -3,6 +3,7 @@
 from ovmse.losses.behaviour_cloning import behaviour_cloning_loss, behaviour_probs
 from ovmse.losses.cfcql import CFCQLLoss
 from ovmse.losses.macql import MACQLLoss
+from ovmse.losses.ovm import ovm_loss
 from ovmse.losses.qmix_td import (
     QMixTDLoss,
     q_tot_taken,
@@ -24,6 +25,7 @@ __all__ = [
     "unroll_agent_q",
     "CFCQLLoss",
     "MACQLLoss",
+    "ovm_loss",
     "behaviour_cloning_loss",
     "behaviour_probs",
     "return_to_go",

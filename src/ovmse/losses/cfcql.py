@@ -45,6 +45,12 @@ Output keys of :meth:`CFCQLLoss.forward` (a :class:`tensordict.TensorDict`, batc
     "agent_lse"      [B, T, N]     c_i
     "agent_weights"  [B, T, N]     λ_i
     "kl"             [B, T, N]     KL_i (zeros when behaviour_probs is None)
+    with lower_bound also:
+    "calibrated_fraction"          share of available counterfactual values raised to the bound
+
+Cal-QL (MACal-QL): with ``lower_bound`` ``[B, T, 1]`` (the Monte-Carlo return-to-go G_t), every
+available counterfactual value in the log-sum-exp becomes ``max(cf_q[i, j], G_t)``; the data
+term and the agent weights (computed from the unclamped values) are unchanged.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class CFCQLLoss(nn.Module):
         mask: torch.Tensor,
         behaviour_probs: torch.Tensor | None = None,
         return_details: bool = False,
+        lower_bound: torch.Tensor | None = None,
     ) -> TensorDict:
         if self.temperature > 0.0 and behaviour_probs is None:
             raise ValueError("CFCQLLoss with temperature > 0 needs behaviour_probs [B, T, N, A]")
@@ -112,12 +119,21 @@ class CFCQLLoss(nn.Module):
         acts = torch.where(trans, actions, torch.zeros_like(actions)).clamp(0, A - 1)
         avail = avail.bool()
 
-        cf_q = self.counterfactual_q(agent_q, state, acts).masked_fill(~avail, UNAVAILABLE_Q)
+        cf_q = self.counterfactual_q(agent_q, state, acts)
+        cf_raw = cf_q.detach().masked_fill(~avail, UNAVAILABLE_Q)  # the agent weights' input
+        calibrated = None
+        if lower_bound is not None:  # Cal-QL: see the module docstring
+            if lower_bound.shape != (B, T, 1):
+                raise ValueError(f"lower_bound must be [B, T, 1] = {(B, T, 1)}, got {tuple(lower_bound.shape)}")
+            bound = lower_bound.detach().to(cf_q.dtype).unsqueeze(-1)  # [B, T, 1, 1]
+            calibrated = (cf_q.detach() < bound) & avail & trans.unsqueeze(-1)
+            cf_q = torch.maximum(cf_q, bound)
+        cf_q = cf_q.masked_fill(~avail, UNAVAILABLE_Q)
         agent_lse = cf_q.logsumexp(-1)  # [B, T, N]
 
         with torch.no_grad():
             if behaviour_probs is not None:
-                mu = torch.softmax(cf_q.detach(), dim=-1)
+                mu = torch.softmax(cf_raw, dim=-1)
                 beta = behaviour_probs.detach().to(mu.dtype)
                 terms = mu * (mu.clamp_min(KL_EPS).log() - beta.clamp_min(KL_EPS).log())
                 kl = torch.where(avail, terms, torch.zeros_like(terms)).sum(-1)  # [B, T, N]
@@ -144,6 +160,9 @@ class CFCQLLoss(nn.Module):
                 "agent_weight_max_mean": torch.where(trans, weights.amax(-1, keepdim=True), zero).sum() / n,
                 "kl_mean": torch.where(trans, kl.mean(-1, keepdim=True), zero).sum() / n,
             }
+            if calibrated is not None:
+                n_avail = (avail & trans.unsqueeze(-1)).sum().clamp(min=1).to(agent_q.dtype)
+                out["calibrated_fraction"] = calibrated.sum().to(agent_q.dtype) / n_avail
             if return_details:
                 out.update(
                     cf_q=cf_q.detach(), agent_lse=agent_lse.detach(), agent_weights=weights, kl=kl

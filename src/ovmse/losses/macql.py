@@ -35,6 +35,12 @@ Output keys of :meth:`MACQLLoss.forward` (a :class:`tensordict.TensorDict`, batc
     "gap_mean"                  detached copy of "loss"
     "valid_sample_fraction"     detached, valid samples / (K · #valid transitions)
     "no_valid_sample_fraction"  detached, #(valid transitions without a valid sample) / #valid transitions
+    "calibrated_fraction"       detached, only with ``lower_bound``: share of valid samples raised to it
+
+Cal-QL (MACal-QL): with ``lower_bound`` ``[B, T, 1]`` (the Monte-Carlo return-to-go G_t of
+:func:`ovmse.losses.return_to_go`), every *sampled* joint action's value in the log-sum-exp is
+``max(Q_tot(s_t, a^k), G_t)``: the push-down stops at the return the behaviour actually got,
+so values are conservative but calibrated. The data term ``Q_tot(s_t, a^D_t)`` is unchanged.
     "samples"                   int64 [B, T, K, N], only with ``return_samples=True``
 """
 
@@ -100,6 +106,7 @@ class MACQLLoss(nn.Module):
         mask: torch.Tensor,
         samples: torch.Tensor | None = None,
         return_samples: bool = False,
+        lower_bound: torch.Tensor | None = None,
     ) -> TensorDict:
         B, T, N, A = agent_q.shape
         device = agent_q.device
@@ -118,6 +125,14 @@ class MACQLLoss(nn.Module):
         q_samples = gather_joint(agent_q, samples)  # [B, T, K, N]
         sample_ok = gather_joint(avail.bool(), samples).all(-1)  # [B, T, K]
         q_tot = self.mixer.forward_samples(q_samples, state).squeeze(-1)  # [B, T, K]
+
+        calibrated = None
+        if lower_bound is not None:
+            if lower_bound.shape != (B, T, 1):
+                raise ValueError(f"lower_bound must be [B, T, 1] = {(B, T, 1)}, got {tuple(lower_bound.shape)}")
+            bound = lower_bound.detach().to(q_tot.dtype)
+            calibrated = q_tot.detach() < bound  # [B, T, K]
+            q_tot = torch.maximum(q_tot, bound)
 
         has_valid = sample_ok.any(-1, keepdim=True)  # [B, T, 1]
         # The dataset joint action is always a valid joint action, and the exact CQL sum over
@@ -147,6 +162,9 @@ class MACQLLoss(nn.Module):
                 "valid_sample_fraction": (sample_ok & trans).sum().to(agent_q.dtype) / (n_trans * K).clamp(min=1),
                 "no_valid_sample_fraction": (trans & ~has_valid).sum().to(agent_q.dtype) / n_trans.clamp(min=1),
             }
+            if calibrated is not None:
+                out["calibrated_fraction"] = ((calibrated & sample_ok).sum().to(agent_q.dtype)
+                                              / sample_ok.sum().clamp(min=1).to(agent_q.dtype))
         if return_samples:
             out["samples"] = samples
         return TensorDict(out, batch_size=[])

@@ -33,18 +33,7 @@ from ovmse.training.evaluation import GreedyEvaluator
 
 from .common import check_backend, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
 from .common import env_options as env_options_of
-
-
-def per_map(value: Any, map_name: str, what: str) -> Any:
-    """``value`` itself, or ``value[map_name]`` (else ``value["default"]``) for a per-map table."""
-    if isinstance(value, (DictConfig, dict)):
-        table = dict(value)
-        if map_name in table:
-            return table[map_name]
-        if "default" in table:
-            return table["default"]
-        raise ValueError(f"{what}: no entry for map {map_name!r} and no 'default' in {table}")
-    return value
+from .settings import per_map
 
 
 def resolve_dataset_path(cfg: DictConfig, map_name: str) -> Path:

@@ -1,20 +1,24 @@
-"""Phase "online": train in the environment (QMIX from scratch for now).
+"""Phase "online": train in the environment, from scratch (``algo=qmix``) or fine-tuning an
+offline checkpoint (``algo=ovmse|macql|macalql|switch_cql|ovm_only|se_only``, see
+:mod:`ovmse.phases.fine_tuning`).
 
-``python train.py phase=online env=3m algo=qmix env_steps=300000`` writes into
-the run directory the resolved config, TensorBoard events (``tensorboard/``),
+``python train.py phase=online env=3m algo=qmix env_steps=300000`` and
+``python train.py phase=online experiment=2s3z_medium algo=ovmse ckpt=<offline run>/checkpoints/last.ckpt``
+write into the run directory the resolved config, TensorBoard events (``tensorboard/``),
 ``metrics.csv`` (one row per logged env step with ``env_steps``, ``collect/``,
-``train/``, ``eval/`` columns) and ``checkpoints/{last,best}.ckpt``.
+``train/``, ``eval/`` columns), ``checkpoints/{last,best}.ckpt`` and ``online_summary.json``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
@@ -26,6 +30,7 @@ from ovmse.training.callbacks import (
     GreedyEvaluationCallback,
     OnlineCollectionCallback,
     TargetUpdateCallback,
+    log_env_metrics,
 )
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.evaluation import GreedyEvaluator
@@ -33,6 +38,15 @@ from ovmse.training.evaluation import GreedyEvaluator
 from .common import check_backend, make_loggers, make_qmix_module
 from .common import env_options as env_options_of
 from .common import resolve_device, seed_everything, write_json
+from .fine_tuning import (
+    O2O_ALGOS,
+    is_fine_tuning,
+    load_mixing_dataset,
+    load_offline_checkpoint,
+    online_objective,
+    online_settings,
+    resolve_fine_tuning_dataset,
+)
 
 
 @dataclass
@@ -45,16 +59,24 @@ class OnlineRun:
     evaluation: GreedyEvaluationCallback
     trainer: pl.Trainer
     data: ReplayDataModule
+    settings: dict
 
 
 def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> OnlineRun:
     """QMIX learner, replay, collector, evaluator, loggers and Trainer of ``cfg`` (train.yaml
     with an online-style phase: ``env_steps``, ``eval``, ``log_every_env_steps``).
-    ``extra_callbacks`` run after the evaluation callback in every training iteration."""
+    ``extra_callbacks`` run after the evaluation callback in every training iteration.
+
+    With an offline-to-online ``algo`` (one with an ``online:`` block) the learner is the
+    checkpoint ``cfg.ckpt`` set up for fine-tuning (:meth:`QMixModule.configure_fine_tuning`),
+    and, with a mixing ratio > 0, batches mix in that share of episodes of its offline dataset.
+    """
     seed_everything(int(cfg.seed))
     check_backend(cfg.env)
     algo, out = cfg.algo, Path(cfg.paths.output_dir)
     spec = get_map(cfg.env.map_name)
+    fine_tune = is_fine_tuning(algo)
+    check_checkpoint_use(cfg, fine_tune)
     env_options = env_options_of(cfg.env)
     # trainer=ddp: each rank collects and evaluates with its own seeds, on its own GPU if any
     # (docs/scaling.md).
@@ -65,17 +87,32 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     rank = expected_global_rank(cfg.trainer)
     env_seed = rank_seed(cfg.seed, rank, int(cfg.collector.num_workers))
 
-    module = make_qmix_module(algo, spec)
+    offline = None
+    if fine_tune:
+        module = load_offline_checkpoint(str(cfg.ckpt), spec.name, spec)
+        quality, dataset_path = resolve_fine_tuning_dataset(cfg, module, spec.name)
+        settings = online_settings(cfg, spec.name, quality)
+        objective = online_objective(settings, module)
+        module.configure_fine_tuning(**objective)
+        settings.update(objective)
+        if settings["mixing_ratio"] > 0:
+            offline = load_mixing_dataset(dataset_path, spec.name, device)
+        settings["dataset"] = quality
+    else:
+        module = make_qmix_module(algo, spec)
+        settings = online_settings(cfg, spec.name, None)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.to(device)
     replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
-    data = ReplayDataModule(online=replay, batch_size=int(algo.batch_size), offline_fraction=0.0)
-    collection = make_collection(cfg, module, replay, env_seed, device, env_options)
+    data = ReplayDataModule(online=replay, offline=offline, batch_size=settings["batch_size"],
+                            offline_fraction=settings["mixing_ratio"])
+    collection = make_collection(cfg, module, replay, env_seed, device, env_options, settings)
     evaluator = GreedyEvaluator(
         module.agent, spec.name, int(cfg.eval.num_envs), seed=env_seed + 10_000, device=device,
         env_options=env_options,
     )
     collect_cb = OnlineCollectionCallback(
-        collection, int(cfg.env_steps), warmup_episodes=int(algo.batch_size), log_every=int(cfg.log_every_env_steps)
+        collection, int(cfg.env_steps), warmup_episodes=max(data.n_online, 1), log_every=int(cfg.log_every_env_steps)
     )
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
                                        out / "checkpoints")
@@ -84,9 +121,9 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         **trainer_kwargs(cfg.trainer, cfg.get("num_threads")),
         max_epochs=1,
         max_steps=-1,
-        gradient_clip_val=float(algo.grad_norm_clip),
+        gradient_clip_val=settings["grad_norm_clip"],
         logger=loggers,
-        callbacks=[collect_cb, TargetUpdateCallback(int(algo.target_update_interval)), eval_cb,
+        callbacks=[collect_cb, TargetUpdateCallback(settings["target_update_interval"]), eval_cb,
                    *extra_callbacks, *debug_callbacks(out),
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False,
@@ -96,20 +133,36 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         deterministic=False,
     )
     check_rank(trainer, rank)
-    return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data)
+    return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data, settings)
+
+
+def check_checkpoint_use(cfg: DictConfig, fine_tune: bool) -> None:
+    """An O2O algorithm needs ``ckpt``; QMIX from scratch must not get one."""
+    name = cfg.algo.get("name")
+    if fine_tune and not cfg.get("ckpt"):
+        raise ValueError(
+            f"algo={name} fine-tunes an offline checkpoint: pass ckpt=<offline run>/checkpoints/last.ckpt "
+            f"(python train.py phase=offline env={cfg.env.map_name} dataset=<quality> algo={name} writes it), "
+            "or train from scratch with algo=qmix")
+    if not fine_tune and cfg.get("ckpt"):
+        raise ValueError(
+            f"ckpt={cfg.ckpt!r} given with algo={name}, which trains from scratch; fine-tune with one of the "
+            f"offline-to-online algorithms: algo={'|'.join(O2O_ALGOS)}")
 
 
 def make_collection(cfg: DictConfig, module: QMixModule, replay: EpisodeReplayBuffer, seed: int,
-                    device: torch.device, env_options: dict):
+                    device: torch.device, env_options: dict, settings: dict):
     """The env side of ``cfg.collector``: an in-process or multi-process
-    :class:`OnlineCollection`, or torch.distributed env workers (``collector.distributed``)."""
+    :class:`OnlineCollection`, or torch.distributed env workers (``collector.distributed``),
+    exploring with ``settings["exploration"]`` and its ε schedule."""
     algo, collector = cfg.algo, cfg.collector
     num_envs, workers = int(cfg.env.num_envs), int(collector.num_workers)
-    epsilon = LinearSchedule(algo.epsilon_start, algo.epsilon_end, int(algo.epsilon_anneal_steps))
+    epsilon = LinearSchedule(settings["epsilon_start"], settings["epsilon_end"], settings["epsilon_anneal_steps"])
+    exploration = settings["exploration"]
     dist = collector.get("distributed") or {}
     if not dist.get("enabled", False):
         return OnlineCollection(
-            module.agent, cfg.env.map_name, num_envs, replay, exploration=algo.exploration, epsilon=epsilon,
+            module.agent, cfg.env.map_name, num_envs, replay, exploration=exploration, epsilon=epsilon,
             steps_per_env=int(algo.steps_per_env), seed=seed, device=device, env_options=env_options,
             num_workers=workers,
         )
@@ -123,29 +176,49 @@ def make_collection(cfg: DictConfig, module: QMixModule, replay: EpisodeReplayBu
         raise ValueError(f"env.num_envs={num_envs} must be divisible by collector.num_workers={workers}")
     return DistributedEnvWorkers(
         module.agent, cfg.env.map_name, num_workers=workers, envs_per_worker=num_envs // workers,
-        steps_per_env=int(algo.steps_per_env), replay=replay, exploration=algo.exploration, epsilon=epsilon,
+        steps_per_env=int(algo.steps_per_env), replay=replay, exploration=exploration, epsilon=epsilon,
         seed=seed, device=device, env_options=env_options, launcher=str(dist.launcher),
         backend=str(dist.backend), tcp_port=dist.get("tcp_port"),
     )
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    if cfg.get("ckpt"):
-        raise ValueError(
-            f"ckpt={cfg.ckpt!r}: fine-tuning from an offline checkpoint (OVMSE and the other "
-            "offline-to-online algorithms) is not implemented yet; phase=online trains algo=qmix "
-            "from scratch (leave ckpt unset). phase=offline writes the checkpoints it will start from."
-        )
     out = Path(cfg.paths.output_dir)
     r = build_online_run(cfg)
+    start = time.perf_counter()
     r.trainer.fit(r.module, datamodule=r.data)
     module, eval_cb = r.module, r.evaluation
-    result = {"env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
-              **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
+    result = {"algo": str(cfg.algo.name), "map": str(cfg.env.map_name), "seed": int(cfg.seed),
+              "ckpt": cfg.get("ckpt"), "settings": r.settings,
+              "env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
+              "wall_seconds": time.perf_counter() - start, **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
     if not r.trainer.is_global_zero:  # trainer=ddp: rank 0 speaks for the run
         return result
+    final = final_evaluation(cfg, module)
+    if final:
+        log_env_metrics(r.trainer, module, final)
+        result.update(final)
     write_json(out / "online_summary.json", result)
-    print(f"online {cfg.env.map_name}: {module.env_steps} env steps, {module.updates} updates, "
-          f"final greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "
-          f"(best {eval_cb.best:.3f}); checkpoints in {out / 'checkpoints'}")
+    final_text = (f"; final test {final['eval/final_win_rate']:.3f} over {int(final['eval/final_episodes'])} battles"
+                  if final else "")
+    print(f"online {cfg.env.map_name} ({cfg.algo.name}): {module.env_steps} env steps, {module.updates} updates, "
+          f"last greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "
+          f"(best {eval_cb.best:.3f}){final_text}; checkpoints in {out / 'checkpoints'}")
     return result
+
+
+def final_evaluation(cfg: DictConfig, module: QMixModule) -> dict[str, float]:
+    """The paper's final test: ``final_eval.episodes`` greedy battles (640) of the final policy in
+    fresh battles with their own seeds, as ``eval/final_*`` metrics ({} when episodes is 0)."""
+    final_cfg = cfg.get("final_eval") or {}
+    episodes = int(final_cfg.get("episodes", 0))
+    if episodes <= 0:
+        return {}
+    evaluator = GreedyEvaluator(module.agent, cfg.env.map_name, int(final_cfg.get("num_envs", 128)),
+                                seed=int(cfg.seed) + 20_000, device=module.device,
+                                env_options=env_options_of(cfg.env))
+    was_training = module.training
+    module.eval()
+    metrics = GreedyEvaluator.metrics(evaluator.run(episodes))
+    module.train(was_training)
+    return {k.replace("eval/", "eval/final_"): v for k, v in metrics.items()}

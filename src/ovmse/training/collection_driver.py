@@ -189,7 +189,7 @@ def collect_stats(batch: TensorDictBase, episodes: TensorDictBase | None, second
     stats = {
         "env_steps": batch.numel(),
         "episodes": 0 if episodes is None else episodes.shape[0],
-        "collect/epsilon": epsilon,
+        "train/epsilon": epsilon,  # the schedule value (a training setting, not a statistic)
         "collect/explored_fraction": batch.get(("agents", "explored")).float().mean().item(),
         "collect/env_steps_per_second": batch.numel() / max(seconds, 1e-9),
     }

@@ -15,10 +15,13 @@ from ovmse.losses import (
     QMixTDLoss,
     behaviour_cloning_loss,
     behaviour_probs,
+    ovm_loss,
+    q_tot_taken,
     return_to_go,
     taken_actions,
     unroll_agent_q,
 )
+from ovmse.exploration.schedules import LinearSchedule
 from ovmse.nets import QMixer, RNNAgent
 
 
@@ -34,11 +37,22 @@ class QMixModule(pl.LightningModule):
 
         L = L_TD + cql_alpha · L_CQL
 
-    with the double-Q TD(λ) loss of :class:`~ovmse.losses.QMixTDLoss` and, when ``cql`` is set,
+    with the double-Q TD(λ) loss of :class:`~ovmse.losses.QMixTDLoss` and, when ``cql`` is set
+    and ``cql_alpha > 0``,
     :class:`~ovmse.losses.MACQLLoss` (joint-action CQL) or :class:`~ovmse.losses.CFCQLLoss`
     (counterfactual CQL; its agent weights need a behaviour-cloning policy, trained here on
     the same batches as a separate network with its own gradient clipping). Target networks
     are updated by the caller (an episode-interval callback), not by optimiser steps.
+
+    Online fine-tuning (:meth:`configure_fine_tuning`) changes the objective by settings, not
+    by subclassing, so every algorithm is this one module:
+
+    * ``ovm``: the TD term is replaced by the OVM loss (:func:`~ovmse.losses.ovm_loss`) with
+      the frozen offline target evaluated on the same batch and λ_memory annealed over env
+      steps (paper Eq. 6): ``L = L_OVM + cql_alpha · L_CQL``.
+    * ``cql_calibrated``: Cal-QL, the CQL push-down values are bounded below by the
+      Monte-Carlo return-to-go of the batch's episodes (offline and online alike).
+    * ``cql_alpha = 0`` switches CQL off (Switch-CQL, and OVMSE off 2s3z).
 
     ``env_steps``, ``episodes`` and ``updates`` count progress and travel with checkpoints;
     ``clock`` names the one that is the x-axis of logs and evaluation schedules
@@ -58,6 +72,12 @@ class QMixModule(pl.LightningModule):
         frozen_offline_target: hold ``frozen_agent`` / ``frozen_mixer``, the offline target
             networks frozen at the end of offline training (set by :meth:`freeze_offline_target`).
         dataset: identity of the offline dataset trained on (name, path, counts, created).
+        ovm: train with the OVM loss (needs ``frozen_offline_target``).
+        lambda_memory_start, lambda_memory_end, lambda_memory_anneal_steps: λ_memory schedule
+            over env steps (paper Tables 6-7; start = end is a constant).
+        cql_calibrated: Cal-QL bound on the CQL push-down values (MACal-QL).
+        offline_progress: the offline run's ``updates`` / ``episodes`` this module was
+            fine-tuned from (recorded by :meth:`configure_fine_tuning`).
     """
 
     def __init__(
@@ -80,12 +100,24 @@ class QMixModule(pl.LightningModule):
         cfcql_temperature: float = 1.0,
         frozen_offline_target: bool = False,
         dataset: dict | None = None,
+        ovm: bool = False,
+        lambda_memory_start: float = 1.0,
+        lambda_memory_end: float = 1.0,
+        lambda_memory_anneal_steps: int = 0,
+        cql_calibrated: bool = False,
+        offline_progress: dict | None = None,
     ) -> None:
         super().__init__()
         if cql is not None and cql not in CQL_VARIANTS:
             raise ValueError(f"cql={cql!r}: choose one of {', '.join(CQL_VARIANTS)} (or null for no CQL)")
         if cql_alpha < 0:
             raise ValueError(f"cql_alpha must be >= 0, got {cql_alpha}")
+        if ovm and not frozen_offline_target:
+            raise ValueError("ovm=True needs the frozen offline target (frozen_offline_target=True): fine-tune "
+                             "from the last.ckpt that phase=offline writes")
+        if cql_calibrated and cql is None:
+            raise ValueError("cql_calibrated=True (Cal-QL) needs a CQL variant (cql='macql' or 'cfcql')")
+        self.lambda_memory = self._lambda_schedule(lambda_memory_start, lambda_memory_end, lambda_memory_anneal_steps)
         self.save_hyperparameters()
         self.agent = RNNAgent(obs_dim + n_actions + n_agents, n_actions, hidden_dim)
         self.mixer = QMixer(state_dim, n_agents, mixing_embed_dim, hypernet_embed)
@@ -107,6 +139,48 @@ class QMixModule(pl.LightningModule):
         self.clock = "env_steps"
         self.run_config: dict | None = None  # resolved config, stored in checkpoints
 
+    @staticmethod
+    def _lambda_schedule(start: float, end: float, steps: int) -> LinearSchedule:
+        for name, v in (("lambda_memory_start", start), ("lambda_memory_end", end)):
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        return LinearSchedule(float(start), float(end), int(steps))
+
+    def configure_fine_tuning(
+        self,
+        *,
+        cql_alpha: float,
+        cql_calibrated: bool = False,
+        ovm: bool = False,
+        lambda_memory_start: float = 1.0,
+        lambda_memory_end: float = 1.0,
+        lambda_memory_anneal_steps: int = 0,
+    ) -> None:
+        """Turn an offline-pretrained module into an online learner: set the online objective
+        (see the class docstring) and restart the progress counters at 0, the start of the
+        online phase (λ_memory and ε are annealed over env steps since then). The offline
+        run's counters are kept in ``hparams.offline_progress``. The settings are hparams, so
+        every online checkpoint records them."""
+        if cql_alpha < 0:
+            raise ValueError(f"online cql_alpha must be >= 0, got {cql_alpha}")
+        if cql_alpha > 0 and self.cql_loss is None:
+            raise ValueError(f"online cql_alpha={cql_alpha} needs a CQL loss, but this checkpoint was trained "
+                             "without CQL (cql=None); set the online CQL weight to 0")
+        if cql_calibrated and self.cql_loss is None:
+            raise ValueError("cql_calibrated (Cal-QL) needs a checkpoint trained with CQL (cql='macql' or 'cfcql')")
+        if ovm and not self.hparams.frozen_offline_target:
+            raise ValueError("the OVM loss needs the frozen offline target Q_tot-offline, which this checkpoint "
+                             "does not hold: fine-tune from <offline run>/checkpoints/last.ckpt (best.ckpt has none)")
+        self.lambda_memory = self._lambda_schedule(lambda_memory_start, lambda_memory_end, lambda_memory_anneal_steps)
+        self.hparams.update(
+            cql_alpha=float(cql_alpha), cql_calibrated=bool(cql_calibrated), ovm=bool(ovm),
+            lambda_memory_start=float(lambda_memory_start), lambda_memory_end=float(lambda_memory_end),
+            lambda_memory_anneal_steps=int(lambda_memory_anneal_steps),
+            offline_progress={"updates": self.updates, "episodes": self.episodes},
+        )
+        self.env_steps = self.episodes = self.updates = self.last_target_update_episode = 0
+        self.clock = "env_steps"
+
     def progress(self) -> int:
         """The value of ``clock`` (x-axis of logs and schedules)."""
         return int(getattr(self, self.clock))
@@ -125,12 +199,27 @@ class QMixModule(pl.LightningModule):
             q = parts["q_taken"].detach()
             metrics["train/mc_return_mean"] = (mc * mask).sum() / n
             metrics["train/q_minus_mc_return"] = ((q - mc) * mask).sum() / n
-        if self.cql_loss is not None:
+        if "from_offline" in batch.keys():
+            metrics["train/offline_fraction"] = batch["from_offline"][:, 0].float().mean()
+        if self.hparams.ovm:
+            lam = self.lambda_memory(self.env_steps)
+            with torch.no_grad():
+                q_offline = q_tot_taken(self.frozen_agent, self.frozen_mixer, batch, keys=keys)
+            ovm = ovm_loss(parts["q_taken"], parts["y"], q_offline, mask, lam, loss_scale=self.loss.loss_scale)
+            loss = ovm["loss"]  # replaces the TD term (train/td_loss stays the plain TD loss, for comparison)
+            metrics["train/lambda_memory"] = ovm["lambda_memory"]
+            metrics["train/ovm_active_fraction"] = ovm["active_fraction"]
+            metrics["train/ovm_td_part"] = ovm["td_part"]
+            metrics["train/ovm_memory_part"] = ovm["memory_part"]
+            metrics["train/ovm_loss"] = ovm["loss"].detach()
+            metrics["train/offline_q_mean"] = ovm["offline_q_mean"]
+        if self.cql_loss is not None and self.hparams.cql_alpha > 0:
+            bound = mc if self.hparams.cql_calibrated else None
             avail = batch[keys.action_mask][:, :T].bool()
             state = batch[keys.state][:, :T]
             agent_q = parts["agent_q"][:, :T]
             if self.hparams.cql == "macql":
-                cql = self.cql_loss(agent_q, avail, state, parts["q_taken"], mask)
+                cql = self.cql_loss(agent_q, avail, state, parts["q_taken"], mask, lower_bound=bound)
             else:
                 probs, actions = None, taken_actions(batch, T, keys)
                 if self.behaviour is not None:
@@ -140,7 +229,7 @@ class QMixModule(pl.LightningModule):
                     metrics["train/bc_loss"], metrics["train/bc_accuracy"] = bc_loss.detach(), bc_accuracy.detach()
                     probs = behaviour_probs(logits.detach(), avail)
                 cql = self.cql_loss(agent_q, avail, state, actions, parts["q_taken"], mask,
-                                    behaviour_probs=probs)
+                                    behaviour_probs=probs, lower_bound=bound)
             loss = loss + self.hparams.cql_alpha * cql["loss"]
             metrics.update({f"train/cql_{k}": v.detach() for k, v in cql.items() if k != "loss"})
             metrics["train/cql_loss"] = cql["loss"].detach()

@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""Offline-to-online fine-tuning on 2s3z medium: OVMSE vs Switch-CQL vs MACQL vs QMIX.
+
+    python scripts/o2o_finetuning.py                  # train every run (resumable), then report
+    python scripts/o2o_finetuning.py --report-only    # only rebuild the figure and docs/results.md
+
+Every O2O run fine-tunes the same offline checkpoint, the MACQL (α = 0.05) pretraining on our
+``data/2s3z/medium`` of ``scripts/offline_pretraining.py`` (trained here first if it is missing):
+
+    python train.py phase=online experiment=2s3z_medium algo=<algo> ckpt=<that last.ckpt> seed=<s>
+        env_steps=<budget> env.num_envs=8 algo.steps_per_env=16 algo.batch_size=<b> eval.interval_env_steps=<k>
+
+and QMIX trains from scratch with the same overrides (no ``ckpt``). Everything else is the
+paper's setting for 2s3z medium (Tables 3-7: target update 50 episodes, online grad clip 1
+for the O2O methods, mixing ratios 0.0 / 0.0 / 0.3, online CQL weight 0.05 for OVMSE and MACQL,
+λ_memory 1.0, ε 1.0 -> 0.05 over 100k env steps). What we change to fit a 2-core CPU: the
+budget (100k env steps instead of 1M), 32 episodes per batch instead of 128, and collection in
+8 battles x 16 steps per update (128 env steps per update, about PyMARL's 2 episodes of
+batch_size_run 2).
+
+A run whose ``online_summary.json`` exists is skipped, so the script resumes after a kill
+(a killed run restarts from its beginning). Runs are ordered seed by seed, ``--jobs`` at a time.
+
+The report reads every finished run's ``metrics.csv`` (greedy evaluations of 32 battles every
+``--eval-every`` env steps) and ``online_summary.json`` (the final test over 640 battles) and
+writes ``benchmarks/results/o2o_2s3z_medium.json``, ``docs/img/o2o_2s3z_medium.png`` and the
+section of ``docs/results.md`` between the O2O markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import offline_pretraining  # noqa: E402  (scripts/ is not a package)
+
+BEGIN = "<!-- O2O-FINETUNING:BEGIN (written by scripts/o2o_finetuning.py) -->"
+END = "<!-- O2O-FINETUNING:END -->"
+ALGOS = ("ovmse", "switch_cql", "macql", "qmix")
+LABELS = {"ovmse": "OVMSE", "switch_cql": "Switch-CQL", "macql": "MACQL", "qmix": "QMIX (scratch)",
+          "macalql": "MACal-QL", "ovm_only": "OVM only", "se_only": "SE only"}
+EARLY_STEPS = 20_000  # "right after the switch": the evaluations of the first 20k env steps
+TARGET_WIN_RATE = 0.5
+
+
+def run_dir(out_root: Path, algo: str, seed: int) -> Path:
+    return out_root / f"{algo}_seed{seed}"
+
+
+def offline_checkpoint(args) -> Path:
+    """The offline run of scripts/offline_pretraining.py for 2s3z medium with MACQL (trained if missing)."""
+    out = offline_pretraining.run_dir(ROOT / "outputs" / "experiments", "medium", "macql", 0)
+    if not (out / "offline_summary.json").exists():
+        cmd = offline_pretraining.command(out, "medium", "macql", 0, steps=2000, batch=32, eval_every=500)
+        print("offline pretraining first:", " ".join(cmd[1:]), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out.with_suffix(".log"), "w") as log:
+            subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def command(args, out: Path, algo: str, seed: int, ckpt: Path) -> list[str]:
+    cmd = [sys.executable, "train.py", "phase=online", "experiment=2s3z_medium", f"algo={algo}", f"seed={seed}",
+           f"env_steps={args.env_steps}", "env.num_envs=8", "algo.steps_per_env=16",
+           f"algo.batch_size={args.batch_size}", f"eval.interval_env_steps={args.eval_every}",
+           "trainer.progress_refresh_rate=200", f"hydra.run.dir={out}"]
+    if algo != "qmix":
+        cmd.append(f"ckpt={ckpt}")
+    return cmd
+
+
+def train_all(args, out_root: Path) -> None:
+    ckpt = offline_checkpoint(args)
+    todo = [(algo, seed) for seed in args.seeds for algo in args.algos]
+    procs: list = []
+    for algo, seed in todo:
+        out = run_dir(out_root, algo, seed)
+        if (out / "online_summary.json").exists():
+            print(f"skip {out} (finished)")
+            continue
+        cmd = command(args, out, algo, seed, ckpt)
+        print("run:", " ".join(cmd[1:]), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out.with_suffix(".log"), "w")
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), out))
+        if len(procs) >= args.jobs:
+            offline_pretraining._wait(procs.pop(0))
+    for p in procs:
+        offline_pretraining._wait(p)
+
+
+def eval_curve(out: Path) -> list[tuple[int, float, float]]:
+    """``(env_steps, win rate, return)`` of the greedy evaluations logged during training."""
+    rows = csv.DictReader((out / "metrics.csv").open())
+    return [(int(float(r["env_steps"])), float(r["eval/win_rate"]), float(r["eval/return"]))
+            for r in rows if r.get("eval/win_rate")]
+
+
+def first_reach(curve, level: float) -> int | None:
+    return next((s for s, w, _ in curve if w >= level), None)
+
+
+def summarise(args, out_root: Path, offline_ref: dict) -> dict:
+    result = {"offline_reference": offline_ref, "settings": vars(args).copy(), "algos": {}}
+    result["settings"].pop("func", None)
+    for algo in args.algos:
+        runs = []
+        for seed in args.seeds:
+            out = run_dir(out_root, algo, seed)
+            if not (out / "online_summary.json").exists():
+                continue
+            summary = json.loads((out / "online_summary.json").read_text())
+            curve = eval_curve(out)
+            early = [c for c in curve if c[0] <= EARLY_STEPS]
+            runs.append({
+                "seed": seed, "curve": curve,
+                "final_win_rate": summary["eval/final_win_rate"], "final_return": summary["eval/final_return"],
+                "final_episodes": summary["eval/final_episodes"],
+                "early_min_win_rate": min(w for _, w, _ in early), "early_min_return": min(r for _, _, r in early),
+                "steps_to_target": first_reach(curve, TARGET_WIN_RATE),
+                "wall_seconds": summary["wall_seconds"], "updates": summary["updates"],
+            })
+        if runs:
+            result["algos"][algo] = runs
+    return result
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ref = result["offline_reference"]
+    for algo, runs in result["algos"].items():
+        # Seeds evaluate at slightly different env steps (the first evaluation follows the
+        # warm-up): interpolate every seed onto one grid over the range they all cover.
+        lo = max(r["curve"][0][0] for r in runs)
+        hi = min(r["curve"][-1][0] for r in runs)
+        grid = np.linspace(lo, hi, 60)
+        for ax, idx in ((axes[0], 1), (axes[1], 2)):
+            vals = np.array([np.interp(grid, [c[0] for c in r["curve"]], [c[idx] for c in r["curve"]]) for r in runs])
+            line = ax.plot(grid, vals.mean(0), label=f"{LABELS.get(algo, algo)} ({len(runs)} seeds)")[0]
+            ax.fill_between(grid, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15)
+    axes[0].axhline(ref["win_rate"], color="grey", ls="--", lw=1, label="offline policy (640 battles)")
+    axes[1].axhline(ref["return_mean"], color="grey", ls="--", lw=1, label="offline policy (640 battles)")
+    axes[0].set_ylabel("greedy win rate (32 battles)")
+    axes[1].set_ylabel("greedy return (32 battles)")
+    for ax in axes:
+        ax.set_xlabel("online env steps")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("2s3z medium, embedded simulator: mean over seeds, band = min..max")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(result: dict) -> str:
+    ref = result["offline_reference"]
+    lines = [
+        f"Offline policy at the switch (MACQL pretraining, greedy, {ref['episodes']} battles): win rate "
+        f"**{ref['win_rate']:.3f}**, return {ref['return_mean']:.2f}.",
+        "",
+        "| algorithm | seeds | final win rate, 640 battles (mean ± sd) | per seed | "
+        f"lowest eval win rate in the first {EARLY_STEPS // 1000}k steps | lowest eval return in the first "
+        f"{EARLY_STEPS // 1000}k steps | env steps to a {TARGET_WIN_RATE:.0%} eval win rate (per seed) | "
+        "final return, 640 battles | wall-clock per run |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for algo, runs in result["algos"].items():
+        per_seed = ", ".join(f"{r['final_win_rate']:.3f}" for r in runs)
+        reach = ", ".join("—" if r["steps_to_target"] is None else f"{r['steps_to_target'] / 1000:.0f}k" for r in runs)
+        lines.append(
+            f"| {LABELS.get(algo, algo)} | {len(runs)} | **{_mean_std([r['final_win_rate'] for r in runs])}** | "
+            f"{per_seed} | "
+            f"{_mean_std([r['early_min_win_rate'] for r in runs])} | {_mean_std([r['early_min_return'] for r in runs])} | "
+            f"{reach} | {_mean_std([r['final_return'] for r in runs])} | "
+            f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def write_docs(body: str) -> None:
+    doc = ROOT / "docs" / "results.md"
+    text = doc.read_text()
+    block = "\n".join([BEGIN, "", body, "", END])
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## Offline-to-online fine-tuning (2s3z medium)\n\n" + block + "\n"
+    doc.write_text(text)
+    print(f"wrote {doc}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algos", nargs="+", default=list(ALGOS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--env-steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-every", type=int, default=5000)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", default="outputs/experiments/o2o_2s3z_medium")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    out_root = ROOT / args.out
+    if not args.report_only:
+        train_all(args, out_root)
+    offline_out = offline_checkpoint(args).parents[1]
+    ev = offline_pretraining.final_evaluation(offline_out, 640)
+    offline_ref = {"win_rate": ev["win_rate"], "return_mean": ev["return_mean"], "episodes": ev["episodes"],
+                   "ckpt": str(offline_out / "checkpoints" / "last.ckpt")}
+    result = summarise(args, out_root, offline_ref)
+    if not result["algos"]:
+        raise SystemExit("no finished runs to report")
+    results_json = ROOT / "benchmarks" / "results" / "o2o_2s3z_medium.json"
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, ROOT / "docs" / "img" / "o2o_2s3z_medium.png")
+    body = table(result)
+    print(body)
+    write_docs(body + "\n\n![2s3z medium fine-tuning curves](img/o2o_2s3z_medium.png)")
+    print(f"wrote {results_json}")
+
+
+if __name__ == "__main__":
+    main()

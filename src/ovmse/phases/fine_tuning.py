@@ -1,0 +1,156 @@
+"""What ``phase=online`` needs to fine-tune an offline checkpoint (the O2O algorithms).
+
+Every offline-to-online algorithm is a config (``configs/algo/<name>.yaml``) whose ``online:``
+block sets the online objective and data; one training loop serves them all:
+
+============  ==========  =====================  ============  ======================
+algo          OVM loss    exploration            online CQL    mixing ratio
+============  ==========  =====================  ============  ======================
+ovmse         yes         decentralised SE       Table 5       Table 4
+macql         no          ε-greedy               offline α     Table 4
+macalql       no          ε-greedy               offline α,    Table 4
+                                                 calibrated
+switch_cql    no          ε-greedy               0             Table 4
+ovm_only      yes         ε-greedy               as ovmse      as ovmse
+se_only       no          decentralised SE       as ovmse      as ovmse
+============  ==========  =====================  ============  ======================
+
+(``algo.exploration=sequential`` selects centralised SE for any of them.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ovmse.datasets import OfflineDataset, dataset_dir, load_dataset
+from ovmse.training import QMixModule
+from ovmse.training.qmix_module import load_qmix_checkpoint
+
+from .settings import per_map, per_task
+
+O2O_ALGOS = ("ovmse", "macql", "macalql", "switch_cql", "ovm_only", "se_only")
+
+
+def is_fine_tuning(algo: DictConfig) -> bool:
+    """True for the offline-to-online algorithms (those with an ``online:`` block)."""
+    return "online" in algo
+
+
+def dataset_quality(name: str | None) -> str | None:
+    """``medium`` for ``2s3z/medium``, ``data/2s3z/medium`` or ``medium`` (the task-table key)."""
+    if not name:
+        return None
+    return Path(str(name).rstrip("/")).name
+
+
+def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict[str, Any]:
+    """The resolved online settings of ``cfg.algo`` for ``map_name`` and dataset quality
+    ``dataset`` (per-task tables, see :mod:`ovmse.phases.settings`)."""
+    algo = cfg.algo
+    s: dict[str, Any] = {
+        "exploration": str(algo.exploration),
+        "epsilon_start": float(algo.epsilon_start),
+        "epsilon_end": float(algo.epsilon_end),
+        "epsilon_anneal_steps": int(per_map(algo.epsilon_anneal_steps, map_name, "algo.epsilon_anneal_steps")),
+        "target_update_interval": int(per_map(algo.target_update_interval, map_name, "algo.target_update_interval")),
+        "grad_norm_clip": float(per_map(algo.grad_norm_clip, map_name, "algo.grad_norm_clip")),
+        "batch_size": int(algo.batch_size),
+        "mixing_ratio": 0.0,
+    }
+    if not is_fine_tuning(algo):
+        return s
+    on = algo.online
+
+    def look(key: str) -> Any:
+        return per_task(on[key], map_name, dataset, f"algo.online.{key}")
+
+    cql_alpha = look("cql_alpha")
+    s.update(
+        mixing_ratio=float(look("mixing_ratio")),
+        # "offline": the checkpoint's own weight, filled in by online_objective().
+        cql_alpha=cql_alpha if cql_alpha == "offline" else float(cql_alpha),
+        cql_calibrated=bool(look("cql_calibrated")),
+        ovm=bool(look("ovm")),
+        lambda_memory_start=float(look("lambda_memory_start")),
+        lambda_memory_end=float(look("lambda_memory_end")),
+        lambda_memory_anneal_steps=int(look("lambda_memory_anneal_steps")),
+        grad_norm_clip=float(look("grad_norm_clip")),
+    )
+    if not 0.0 <= s["mixing_ratio"] <= 1.0:
+        raise ValueError(f"algo.online.mixing_ratio must be in [0, 1], got {s['mixing_ratio']}")
+    return s
+
+
+OBJECTIVE_KEYS = ("cql_alpha", "cql_calibrated", "ovm", "lambda_memory_start", "lambda_memory_end",
+                  "lambda_memory_anneal_steps")
+
+
+def online_objective(settings: dict[str, Any], module: QMixModule) -> dict[str, Any]:
+    """The :meth:`QMixModule.configure_fine_tuning` arguments of ``settings``, with
+    ``cql_alpha: offline`` resolved to the weight ``module`` was pretrained with."""
+    objective = {k: settings[k] for k in OBJECTIVE_KEYS}
+    if objective["cql_alpha"] == "offline":
+        objective["cql_alpha"] = float(module.hparams.cql_alpha)
+    return objective
+
+
+def load_offline_checkpoint(path: str, map_name: str, spec) -> QMixModule:
+    """The offline checkpoint ``path`` as a module, checked against the map it will be
+    fine-tuned on (map and every network dimension)."""
+    p = Path(str(path))
+    if not p.is_file():
+        raise FileNotFoundError(f"ckpt={str(path)!r}: no such file (phase=offline writes "
+                                "<run dir>/checkpoints/last.ckpt)")
+    module = load_qmix_checkpoint(str(p))
+    hp = module.hparams
+    found = {k: hp.get(k) for k in ("map_name", "obs_dim", "state_dim", "n_agents", "n_actions")}
+    expected = {"map_name": map_name, "obs_dim": spec.obs_dim, "state_dim": spec.state_dim,
+                "n_agents": spec.n_agents, "n_actions": spec.n_actions}
+    if found != expected:
+        diff = ", ".join(f"{k}: checkpoint {found[k]!r}, env {expected[k]!r}" for k in expected if found[k] != expected[k])
+        raise ValueError(f"ckpt={str(path)!r} does not fit env={map_name} ({diff}); fine-tune on the map the "
+                         "checkpoint was trained on, or pass that map's checkpoint")
+    return module
+
+
+def checkpoint_dataset(module: QMixModule) -> dict:
+    """The dataset identity the offline run recorded (``{}`` when there is none)."""
+    return dict(module.hparams.get("dataset") or {})
+
+
+def resolve_fine_tuning_dataset(cfg: DictConfig, module: QMixModule, map_name: str) -> tuple[str | None, Path | None]:
+    """``(quality, path)`` of the offline dataset of this fine-tuning run: ``cfg.dataset`` when
+    set (a quality under ``data_root/<map>/`` or a directory), else the checkpoint's own.
+
+    A ``cfg.dataset`` naming another dataset than the one the checkpoint was trained on is
+    refused: the task tables (mixing ratio, λ, ...) and the mixed-in data would not match the
+    pretrained values."""
+    trained_on = checkpoint_dataset(module)
+    trained_quality = dataset_quality(trained_on.get("name"))
+    wanted = cfg.get("dataset")
+    if wanted:
+        name = str(wanted)
+        path = Path(name) if (Path(name).is_dir() or "/" in name or name.startswith(".")) else \
+            dataset_dir(cfg.data_root, map_name, name)
+        quality = dataset_quality(name)
+        if trained_quality and quality != trained_quality:
+            raise ValueError(
+                f"dataset={name!r} but ckpt={cfg.ckpt!r} was pretrained on {trained_on.get('name')!r}: pass the "
+                f"checkpoint pretrained on {quality!r} (or the experiment preset of its dataset)")
+        return quality, path
+    path = Path(trained_on["path"]) if trained_on.get("path") else None
+    return trained_quality, path
+
+
+def load_mixing_dataset(path: Path | None, map_name: str, device) -> OfflineDataset:
+    """The offline dataset mixed into online batches (validated in full, like the offline phase)."""
+    if path is None:
+        raise ValueError("the mixing ratio is > 0 but the checkpoint names no dataset: pass dataset=<quality or "
+                         "directory> (the dataset it was pretrained on)")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"offline dataset {str(path)!r} (to mix into online batches) does not exist: "
+                                "pass dataset=<quality or directory>, or regenerate it with phase=collect")
+    return load_dataset(path, map_name=map_name, validate="full", device=device)
