@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from docs_sections import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- OFFLINE-PRETRAINING:BEGIN (written by scripts/offline_pretraining.py) -->"
 END = "<!-- OFFLINE-PRETRAINING:END -->"
@@ -186,15 +188,7 @@ def main() -> None:
 
 
 def write_docs(args, table: str) -> None:
-    doc = ROOT / "docs" / "results.md"
-    text = doc.read_text()
-    body = "\n".join([BEGIN, "", table, "", END])
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Offline pretraining (2s3z)\n\n" + body + "\n"
-    doc.write_text(text)
-    print(f"wrote {doc}")
+    replace_section(ROOT / "docs" / "results.md", BEGIN, END, "\n" + table + "\n", "## Offline pretraining (2s3z)")
 
 
 if __name__ == "__main__":

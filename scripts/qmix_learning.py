@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from docs_sections import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- QMIX-LEARNING:BEGIN (written by scripts/qmix_learning.py) -->"
 END = "<!-- QMIX-LEARNING:END -->"
@@ -160,15 +162,8 @@ def report(runs: list[tuple[str, int]], seeds: list[int], out_root: Path, doc: P
         f"![QMIX learning curves]({img.relative_to(doc.parent).as_posix()})",
         END,
     ]
-    text = "\n".join(lines)
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    old = doc.read_text() if doc.exists() else "# Results\n\nLearning results of the algorithms on the embedded simulator.\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + text + "\n"
-    doc.write_text(new)
-    return text
+    replace_section(doc, BEGIN, END, "\n".join(lines[1:-1]))
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -98,3 +98,15 @@ def run_collector_through_assembler(collector, assembler):
             emitted.append(eps)
     collector.shutdown()
     return torch.cat(batches, dim=1), emitted
+
+
+def random_dataset(path, map_name: str = "3m", episodes: int = 24, seed: int = 3):
+    """A small dataset of random-policy battles at ``path`` (``<root>/<map>/medium``); returns it."""
+    from ovmse.datasets import EpisodeDatasetWriter
+    from ovmse.datasets.recording import record_episodes
+    from ovmse.envs import get_map
+
+    with EpisodeDatasetWriter(path, get_map(map_name), episodes, quality="medium") as w:
+        record_episodes(w, None, num_envs=8, seed=seed)
+        w.close(behaviour={"policy": "random"})
+    return path

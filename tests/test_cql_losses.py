@@ -385,3 +385,54 @@ def test_behaviour_cloning_by_hand():
     assert torch.equal(probs[0, 1], torch.zeros(2, 3))
     torch.testing.assert_close(probs[0, 2, 1], torch.full((3,), 1 / 3))
     assert torch.isfinite(probs).all()
+
+
+# ----------------------------------------------------------------------------- Cal-QL (MACal-QL)
+
+
+def test_macql_calibrated_raises_sampled_values_to_the_return_to_go():
+    # One transition, sum mixer: Q_0 = [1, 2], Q_1 = [0, 3], data (1, 0): Q_tot 2.
+    # Joint samples (0,0)=1, (0,1)=4, (1,0)=2, (1,1)=5; with G = 4.5 they count as 4.5, 4.5, 4.5, 5.
+    agent_q = torch.tensor([[[[1.0, 2.0], [0.0, 3.0]]]], requires_grad=True)
+    avail = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    q_taken = torch.tensor([[[2.0]]], requires_grad=True)
+    samples = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    bound = torch.tensor([[[4.5]]])
+    out = MACQLLoss(SumMixer(), n_samples=4)(agent_q, avail, torch.zeros(1, 1, 1), q_taken, torch.ones(1, 1, 1),
+                                             samples=samples, lower_bound=bound)
+    assert out["loss"].item() == pytest.approx(lse(2.0, 4.5, 4.5, 4.5, 5.0) - 2.0, rel=1e-6)
+    assert out["calibrated_fraction"].item() == pytest.approx(3 / 4)
+    assert out["q_data_mean"].item() == 2.0  # the data term is not clamped
+    out["loss"].backward()
+    w = torch.tensor([2.0, 4.5, 4.5, 4.5, 5.0]).softmax(0)
+    # only the unclamped sample (1, 1) passes gradient into the agent Qs
+    torch.testing.assert_close(agent_q.grad[0, 0], torch.tensor([[0.0, float(w[4])], [0.0, float(w[4])]]))
+    torch.testing.assert_close(q_taken.grad, torch.tensor([[[float(w[0]) - 1.0]]]))
+    # a bound below every value changes nothing
+    low = MACQLLoss(SumMixer(), n_samples=4)(agent_q, avail, torch.zeros(1, 1, 1), q_taken, torch.ones(1, 1, 1),
+                                             samples=samples, lower_bound=torch.tensor([[[-100.0]]]))
+    assert low["loss"].item() == pytest.approx(lse(2.0, 1.0, 4.0, 2.0, 5.0) - 2.0, rel=1e-6)
+    assert low["calibrated_fraction"].item() == 0.0
+
+
+def test_macql_calibrated_bound_shape_is_checked():
+    agent_q = torch.zeros(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="lower_bound"):
+        MACQLLoss(SumMixer(), n_samples=2)(agent_q, torch.ones(1, 2, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 1),
+                                           torch.zeros(1, 2, 1), torch.ones(1, 2, 1), lower_bound=torch.zeros(1, 2))
+
+
+def test_cfcql_calibrated_raises_available_counterfactuals_only():
+    agent_q, avail, state, actions, q_taken, mask, beta = cfcql_case()
+    bound = torch.tensor([[[4.6], [123.0]]])  # the padding row's bound must not matter
+    out = CFCQLLoss(SumMixer(), temperature=0.0)(agent_q, avail, state, actions, q_taken, mask,
+                                                 return_details=True, lower_bound=bound)
+    # agent 0: [4, 5, unavailable] -> [4.6, 5]; agent 1: [2, 1, 5] -> [4.6, 4.6, 5]
+    assert out["loss"].item() == pytest.approx((lse(4.6, 5.0) + lse(4.6, 4.6, 5.0)) / 2 - 5.0, rel=1e-6)
+    assert out["cf_q"][0, 0, 0, 2].item() == -1e10  # unavailable stays out
+    assert out["calibrated_fraction"].item() == pytest.approx(3 / 5)
+    # the agent weights come from the unclamped values: same KL as without the bound
+    plain = CFCQLLoss(SumMixer(), temperature=1.0)(agent_q, avail, state, actions, q_taken, mask, behaviour_probs=beta)
+    cal = CFCQLLoss(SumMixer(), temperature=1.0)(agent_q, avail, state, actions, q_taken, mask, behaviour_probs=beta,
+                                                 lower_bound=bound)
+    assert cal["kl_mean"].item() == pytest.approx(plain["kl_mean"].item())

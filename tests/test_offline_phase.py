@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovmse.datasets import EpisodeDatasetWriter
-from ovmse.datasets.recording import record_episodes
 from ovmse.envs import get_map
 from ovmse.training.qmix_module import QMixModule, load_qmix_checkpoint
+from simtools import random_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["env=3m", "algo=ovmse", "algo.offline.batch_size=8", "algo.offline.samples=8", "steps=12",
@@ -22,11 +21,7 @@ TINY = ["env=3m", "algo=ovmse", "algo.offline.batch_size=8", "algo.offline.sampl
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "3m" / "medium"
-    with EpisodeDatasetWriter(path, get_map("3m"), 24, quality="medium") as w:
-        record_episodes(w, None, num_envs=8, seed=3)
-        w.close(behaviour={"policy": "random"})
-    return path
+    return random_dataset(tmp_path_factory.mktemp("data") / "3m" / "medium")
 
 
 def _offline(run_dir, dataset, *extra):

@@ -61,8 +61,10 @@ def ovm_loss(
     memory = q_offline.detach()
     q_ovm = torch.maximum(memory, y)
     n = valid.sum().clamp(min=1).to(q_taken.dtype)
-    td_sq = torch.where(valid, (q_taken - y).pow(2), zero).sum() / n
-    ovm_sq = torch.where(valid, (q_taken - q_ovm).pow(2), zero).sum() / n
+    # Mask before squaring: padding rows may hold anything, and a NaN there must not reach the
+    # gradient (where() after pow() would pass 0 · NaN back).
+    td_sq = torch.where(valid, q_taken - y, zero).pow(2).sum() / n
+    ovm_sq = torch.where(valid, q_taken - q_ovm, zero).pow(2).sum() / n
     td_part = loss_scale * (1.0 - lam) * td_sq
     memory_part = loss_scale * lam * ovm_sq
     out = {"loss": td_part + memory_part}

@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> dict:
     def reached(level: str, trainer, module, info: dict) -> Path:
         """Checkpoint the policy of a level and say so; returns the checkpoint path."""
         ckpt = out / "checkpoints" / f"{level}.ckpt"
-        trainer.save_checkpoint(ckpt)
+        trainer.save_checkpoint(ckpt, weights_only=False)
         print(f"collect: {level} level at {module.env_steps} env steps "
               f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
         return ckpt

@@ -152,10 +152,10 @@ class GreedyEvaluationCallback(pl.Callback):
         # save_checkpoint runs on every rank (rank 0 writes, then all meet at a barrier);
         # whether this is the best is rank 0's decision, so all ranks save the same files.
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")
+        trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)  # with the optimiser
         if trainer.strategy.broadcast(metrics["eval/win_rate"] > self.best, src=0):
             self.best = metrics["eval/win_rate"]
-            trainer.save_checkpoint(self.checkpoint_dir / "best.ckpt")
+            trainer.save_checkpoint(self.checkpoint_dir / "best.ckpt", weights_only=False)
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
         if module.progress() >= self._next:
