@@ -15,6 +15,7 @@ and hands the config to the phase registered under its name
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -24,16 +25,39 @@ from omegaconf import DictConfig, OmegaConf
 os.environ.setdefault("OVMSE_ROOT", str(Path(__file__).resolve().parent))
 
 
+def _run_dir(resume, default: str) -> str:
+    """``hydra.run.dir``: the resumed run's own directory with ``resume=...``, else ``default``."""
+    if not resume:
+        return default
+    path = Path(str(resume))
+    return str(path.parents[1] if path.is_file() else path)
+
+
+OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+
+
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from ovmse.phases import run_phase
 
     # Hydra keeps the config as composed (with ${...}) in .hydra/config.yaml;
     # save the values this run actually used next to it.
+    from ovmse.datasets import DatasetError
+    from ovmse.training.guards import NonFiniteLossError
+
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    run_phase(cfg)
+    resolved = "config_resolved.yaml" if not cfg.get("resume") else "config_resolved.resume.yaml"
+    (out / resolved).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        run_phase(cfg)
+    except (ValueError, FileNotFoundError, PermissionError, DatasetError, NonFiniteLossError) as err:
+        # Bad input (config, checkpoint, dataset, paths) and diverged training: one clear
+        # paragraph and a non-zero exit; OVMSE_TRACEBACK=1 shows where it came from.
+        if os.environ.get("OVMSE_TRACEBACK"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

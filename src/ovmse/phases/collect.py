@@ -25,6 +25,7 @@ from ovmse.datasets import QUALITIES, EpisodeDatasetWriter, dataset_dir, load_da
 from ovmse.datasets.inspection import format_table8, table8_row
 from ovmse.datasets.recording import record_episodes
 from ovmse.envs import get_map
+from ovmse.training.checkpointing import atomic_save_checkpoint
 from ovmse.training.ddp import is_ddp
 from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
 
@@ -91,7 +92,7 @@ def run(cfg: DictConfig) -> dict:
     def reached(level: str, trainer, module, info: dict) -> Path:
         """Checkpoint the policy of a level and say so; returns the checkpoint path."""
         ckpt = out / "checkpoints" / f"{level}.ckpt"
-        trainer.save_checkpoint(ckpt, weights_only=False)
+        atomic_save_checkpoint(trainer, ckpt)
         print(f"collect: {level} level at {module.env_steps} env steps "
               f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
         return ckpt

@@ -115,3 +115,32 @@ def make_qmix_module(algo: DictConfig, spec, **kwargs):
         hypernet_embed=algo.hypernet_embed, lr=algo.lr, gamma=algo.gamma, td_lambda=algo.td_lambda,
         double_q=algo.double_q, **kwargs,
     )
+
+
+def continue_metrics_csv(loggers: list, out: str | Path, upto_step: int) -> None:
+    """Keep a resumed run's ``metrics.csv``: Lightning's CSV logger deletes an existing file when it
+    starts, so its rows up to ``upto_step`` (the resume point) are handed to the new logger, and
+    the rows the killed run wrote after its last checkpoint (superseded by the resumed run) are
+    moved to ``metrics.before-resume-<step>.csv`` rather than lost."""
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    path = Path(out) / "metrics.csv"
+    csv_logger = next((lg for lg in loggers if isinstance(lg, CSVLogger)), None)
+    if csv_logger is None or not path.is_file():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    keep = [r for r in rows if r.get("step") not in (None, "") and float(r["step"]) <= upto_step]
+    later = [r for r in rows if r not in keep]
+    if later:
+        with (Path(out) / f"metrics.before-resume-{upto_step}.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(later)
+    writer = csv_logger.experiment  # creating it deletes metrics.csv: its rows are in memory now
+    writer.metrics_keys = sorted(header)
+    writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in keep]
+    writer.save()

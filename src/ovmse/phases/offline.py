@@ -29,6 +29,7 @@ from ovmse.training.callbacks import (
     OfflineTrainingCallback,
     TargetUpdateCallback,
 )
+from ovmse.training.checkpointing import atomic_save_checkpoint
 from ovmse.training.evaluation import GreedyEvaluator
 
 from .common import check_backend, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
@@ -106,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     wall = time.perf_counter() - start
     # Q_tot-offline: the target networks as offline training left them (paper §4.1).
     module.freeze_offline_target()
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+    atomic_save_checkpoint(trainer, out / "checkpoints" / "last.ckpt")
     result = {"updates": module.updates, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
               "cql_alpha": settings["cql_alpha"], **eval_cb.latest, "eval/best_win_rate": eval_cb.best,
               **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}

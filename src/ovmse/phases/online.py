@@ -32,12 +32,14 @@ from ovmse.training.callbacks import (
     TargetUpdateCallback,
     log_env_metrics,
 )
+from ovmse.training.checkpointing import ResumePointCallback
 from ovmse.training.collection_driver import OnlineCollection
+from ovmse.training.guards import NonFiniteGuard
 from ovmse.training.evaluation import GreedyEvaluator
 
 from .common import check_backend, make_loggers, make_qmix_module
 from .common import env_options as env_options_of
-from .common import resolve_device, seed_everything, write_json
+from .common import continue_metrics_csv, resolve_device, seed_everything, write_json
 from .fine_tuning import (
     O2O_ALGOS,
     is_fine_tuning,
@@ -47,6 +49,7 @@ from .fine_tuning import (
     online_settings,
     resolve_fine_tuning_dataset,
 )
+from .resume import check_resume_config, resume_checkpoint
 
 
 @dataclass
@@ -60,6 +63,7 @@ class OnlineRun:
     trainer: pl.Trainer
     data: ReplayDataModule
     settings: dict
+    resume: ResumePointCallback
 
 
 def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> OnlineRun:
@@ -88,7 +92,21 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     env_seed = rank_seed(cfg.seed, rank, int(cfg.collector.num_workers))
 
     offline = None
-    if fine_tune:
+    resume_from = resume_checkpoint(cfg)
+    if resume_from is not None:
+        # Continue a killed run: the module (weights, online objective, counters) is its last.ckpt;
+        # the optimiser, callbacks, RNGs and replay are restored by ResumePointCallback at fit start.
+        module = load_offline_checkpoint(str(resume_from), spec.name, spec)
+        check_resume_config(module.run_config, cfg)
+        quality = None
+        if fine_tune:
+            quality, dataset_path = resolve_fine_tuning_dataset(cfg, module, spec.name)
+        settings = online_settings(cfg, spec.name, quality)
+        if fine_tune:
+            settings.update(online_objective(settings, module), dataset=quality)
+            if settings["mixing_ratio"] > 0:
+                offline = load_mixing_dataset(dataset_path, spec.name, device)
+    elif fine_tune:
         module = load_offline_checkpoint(str(cfg.ckpt), spec.name, spec)
         quality, dataset_path = resolve_fine_tuning_dataset(cfg, module, spec.name)
         settings = online_settings(cfg, spec.name, quality)
@@ -101,7 +119,8 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     else:
         module = make_qmix_module(algo, spec)
         settings = online_settings(cfg, spec.name, None)
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if resume_from is None:
+        module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.to(device)
     replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
     data = ReplayDataModule(online=replay, offline=offline, batch_size=settings["batch_size"],
@@ -114,16 +133,22 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     collect_cb = OnlineCollectionCallback(
         collection, int(cfg.env_steps), warmup_episodes=max(data.n_online, 1), log_every=int(cfg.log_every_env_steps)
     )
+    ckpt_cfg = cfg.get("checkpoint") or {}
+    resume_cb = ResumePointCallback(out / "checkpoints", replay, generators=collection_generators(collection),
+                                    every_env_steps=int(ckpt_cfg.get("every_env_steps", 0)), resume_from=resume_from)
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
-                                       out / "checkpoints")
+                                       out / "checkpoints", save_last=resume_cb.save)
     loggers = make_loggers(cfg, out)
+    if resume_from is not None:
+        continue_metrics_csv(loggers, out, upto_step=module.progress())
     trainer = pl.Trainer(
         **trainer_kwargs(cfg.trainer, cfg.get("num_threads")),
         max_epochs=1,
         max_steps=-1,
         gradient_clip_val=settings["grad_norm_clip"],
         logger=loggers,
-        callbacks=[collect_cb, TargetUpdateCallback(settings["target_update_interval"]), eval_cb,
+        callbacks=[resume_cb, NonFiniteGuard(out / "checkpoints"), collect_cb,
+                   TargetUpdateCallback(settings["target_update_interval"]), eval_cb,
                    *extra_callbacks, *debug_callbacks(out),
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False,
@@ -133,7 +158,14 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         deterministic=False,
     )
     check_rank(trainer, rank)
-    return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data, settings)
+    return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data, settings, resume_cb)
+
+
+def collection_generators(collection) -> dict:
+    """The exploration RNG of an in-process collection (worker processes seed their own)."""
+    exploration = getattr(collection, "exploration", None)
+    gen = getattr(exploration, "generator", None) if getattr(collection, "num_workers", 1) == 1 else None
+    return {"exploration": gen} if gen is not None else {}
 
 
 def check_checkpoint_use(cfg: DictConfig, fine_tune: bool) -> None:
@@ -188,6 +220,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     r.trainer.fit(r.module, datamodule=r.data)
     module, eval_cb = r.module, r.evaluation
+
     result = {"algo": str(cfg.algo.name), "map": str(cfg.env.map_name), "seed": int(cfg.seed),
               "ckpt": cfg.get("ckpt"), "settings": r.settings,
               "env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,

@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from .checkpointing import atomic_save_checkpoint
 from .collection_driver import OnlineCollection
 from .evaluation import GreedyEvaluator
 from .qmix_module import QMixModule
@@ -99,6 +100,13 @@ class OnlineCollectionCallback(pl.Callback):
     def on_fit_end(self, trainer, module) -> None:
         self.collection.close()
 
+    # The next log row's env step travels with checkpoints (resume).
+    def state_dict(self) -> dict:
+        return {"next_log": self._next_log}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._next_log = int(state["next_log"])
+
 
 class TargetUpdateCallback(pl.Callback):
     """Hard target update every ``interval`` collected episodes (PyMARL2: 200)."""
@@ -121,10 +129,14 @@ class GreedyEvaluationCallback(pl.Callback):
 
     Logs ``eval/win_rate``, ``eval/return``, ``eval/episode_length`` over
     ``episodes`` battles, saves ``<dir>/last.ckpt`` after every evaluation and
-    ``<dir>/best.ckpt`` whenever the win rate beats the best so far.
+    ``<dir>/best.ckpt`` whenever the win rate beats the best so far (both written atomically).
+    ``save_last(trainer, module)``, when given, writes ``last.ckpt`` instead (the online phase's
+    resume point, with the replay buffer: :class:`~ovmse.training.checkpointing.ResumePointCallback`).
     """
 
-    def __init__(self, evaluator: GreedyEvaluator, interval: int, episodes: int, checkpoint_dir: str | Path):
+    def __init__(self, evaluator: GreedyEvaluator, interval: int, episodes: int, checkpoint_dir: str | Path,
+                 save_last=None):
+        self.save_last = save_last
         self.evaluator = evaluator
         self.interval = interval
         self.episodes = episodes
@@ -151,11 +163,13 @@ class GreedyEvaluationCallback(pl.Callback):
         log_env_metrics(trainer, module, metrics)
         # save_checkpoint runs on every rank (rank 0 writes, then all meet at a barrier);
         # whether this is the best is rank 0's decision, so all ranks save the same files.
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)  # with the optimiser
         if trainer.strategy.broadcast(metrics["eval/win_rate"] > self.best, src=0):
             self.best = metrics["eval/win_rate"]
-            trainer.save_checkpoint(self.checkpoint_dir / "best.ckpt", weights_only=False)
+            atomic_save_checkpoint(trainer, self.checkpoint_dir / "best.ckpt")
+        if self.save_last is not None:
+            self.save_last(trainer, module)
+        else:
+            atomic_save_checkpoint(trainer, self.checkpoint_dir / "last.ckpt")
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
         if module.progress() >= self._next:
@@ -166,6 +180,16 @@ class GreedyEvaluationCallback(pl.Callback):
     def on_train_end(self, trainer, module: QMixModule) -> None:
         if self._evaluated_at != module.progress():  # the final policy, unless just evaluated
             self._evaluate(trainer, module)
+
+    # The schedule and the best win rate travel with checkpoints (resume).
+    def state_dict(self) -> dict:
+        return {"best": float(self.best), "next": int(self._next), "evaluations": int(self.evaluations),
+                "evaluated_at": int(self._evaluated_at), "latest": {k: float(v) for k, v in self.latest.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self._next = float(state["best"]), int(state["next"])
+        self.evaluations, self._evaluated_at = int(state["evaluations"]), int(state["evaluated_at"])
+        self.latest = dict(state["latest"])
 
 
 def _mean_over_ranks(trainer: pl.Trainer, metrics: dict[str, float], device) -> dict[str, float]:

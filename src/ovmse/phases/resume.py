@@ -1,0 +1,62 @@
+"""``resume=<run dir>``: continue a killed online run from its last resume point.
+
+The command is the run's own command plus ``resume=<run dir>`` (or the path of its
+``checkpoints/last.ckpt``, Lightning's ``ckpt_path`` convention); the run directory is reused
+(``hydra.run.dir`` follows ``resume``, see ``train.py``). Only settings that do not change what
+is being trained may differ from the stored config: the budget ``env_steps`` (to extend a run),
+device and threads, logging, evaluation and checkpoint frequency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Top-level keys a resumed run may change; everything else must equal the stored config.
+CHANGEABLE = ("env_steps", "device", "num_threads", "resume", "paths", "trainer", "logger", "checkpoint",
+              "log_every_env_steps", "eval", "final_eval", "hydra")
+
+
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The ``last.ckpt`` that ``cfg.resume`` names (a run directory or the file), or None."""
+    resume = cfg.get("resume")
+    if not resume:
+        return None
+    path = Path(str(resume))
+    ckpt = path if path.is_file() else path / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        if not path.exists():
+            raise FileNotFoundError(f"resume={str(resume)!r}: no such run directory or checkpoint")
+        raise FileNotFoundError(
+            f"resume={str(resume)!r}: {ckpt} does not exist; the run was stopped before its first resume point "
+            "(written every checkpoint.every_env_steps env steps and after every evaluation): start it again "
+            "without resume")
+    return ckpt
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def check_resume_config(stored: dict | None, cfg: DictConfig) -> None:
+    """Refuse to resume with settings that differ from the run's own (listing each difference)."""
+    if stored is None:
+        raise ValueError("the resume checkpoint holds no run config: it was not written by phase=online")
+    current = OmegaConf.to_container(cfg, resolve=True)
+    a = {k: v for k, v in _flat(stored).items() if k.split(".")[0] not in CHANGEABLE}
+    b = {k: v for k, v in _flat(current).items() if k.split(".")[0] not in CHANGEABLE}
+    diffs = [f"{k}: run {a.get(k, '<unset>')!r}, now {b.get(k, '<unset>')!r}"
+             for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise ValueError(
+            f"resume: the command differs from the run's own settings ({shown}). Resume with the run's "
+            "command plus resume=<run dir>; only env_steps, device, threads, logging, eval and checkpoint "
+            "settings may change")
