@@ -51,8 +51,8 @@ def main(cfg: DictConfig) -> None:
     (out / resolved).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         run_phase(cfg)
-    except (ValueError, FileNotFoundError, PermissionError, DatasetError, NonFiniteLossError) as err:
-        # Bad input (config, checkpoint, dataset, paths) and diverged training: one clear
+    except (ValueError, OSError, DatasetError, NonFiniteLossError) as err:
+        # Bad input (config, checkpoint, dataset, paths), a full disk and diverged training: one clear
         # paragraph and a non-zero exit; OVMSE_TRACEBACK=1 shows where it came from.
         if os.environ.get("OVMSE_TRACEBACK"):
             raise

@@ -1,6 +1,6 @@
 """Offline datasets: on-disk format, writing, validation, loading, statistics."""
 
-from .format import QUALITIES, dataset_dir, field_specs
+from .format import QUALITIES, dataset_dir, field_specs, resolve_dataset
 from .loading import OfflineDataset, load_dataset
 from .stats import dataset_stats, episode_stats
 from .validation import DatasetError
@@ -12,6 +12,7 @@ __all__ = [
     "EpisodeDatasetWriter",
     "OfflineDataset",
     "dataset_dir",
+    "resolve_dataset",
     "dataset_stats",
     "episode_stats",
     "field_specs",

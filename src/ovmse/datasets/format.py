@@ -73,3 +73,22 @@ def check_quality(quality: str) -> str:
 def dataset_dir(data_root: str | Path, map_name: str, quality: str) -> Path:
     """``<data_root>/<map>/<quality>``, the default place of a dataset."""
     return Path(data_root) / map_name / check_quality(quality)
+
+
+def resolve_dataset(name: str, data_root: str | Path, map_name: str) -> Path:
+    """A ``dataset=`` value as a directory: a path (``/``, ``.`` or an existing directory) as it
+    is, a quality name as ``<data_root>/<map>/<quality>``. A quality without a dataset there is
+    a ``FileNotFoundError`` listing the datasets that do exist for the map and how to make one."""
+    name = str(name)
+    path = Path(name)
+    if path.is_dir() or "/" in name or name.startswith("."):
+        return path
+    path = dataset_dir(data_root, map_name, name)
+    if not path.is_dir():
+        root = Path(data_root) / map_name
+        present = sorted(p.name for p in root.iterdir() if (p / METADATA_FILE).is_file()) if root.is_dir() else []
+        raise FileNotFoundError(
+            f"dataset={name!r}: no dataset at {path}; datasets for {map_name} under {data_root}: "
+            f"{', '.join(present) if present else 'none'}. Make it with python train.py phase=collect "
+            f"env={map_name}, import one with python -m ovmse.datasets import-cfcql, or pass a directory")
+    return path

@@ -108,7 +108,8 @@ def load_dataset(
     spec = check_metadata_against_map(path, meta, map_name)
     check_files(path, meta, spec)
     try:
-        episodes = TensorDict.load_memmap(path / EPISODES_DIR)
+        # allow_pickle=False: the storage holds tensors only; a pickled entry (code) is refused.
+        episodes = TensorDict.load_memmap(path / EPISODES_DIR, allow_pickle=False)
     except Exception as err:  # tensordict raises many types for damaged storage
         raise DatasetError(f"dataset {path}: cannot read the episode storage {EPISODES_DIR}/ ({err})") from err
     check_fields(path, episodes, spec, int(meta["episodes"]))

@@ -73,9 +73,37 @@ class EpisodeDatasetWriter:
              for key, (dtype, shape) in field_specs(spec).items()},
             batch_size=(self.n_episodes, T1),
         )
-        self.episodes = template.memmap_like(self.tmp / EPISODES_DIR, num_threads=0)
         self.count = 0
         self.closed = False
+        try:
+            self.episodes = template.memmap_like(self.tmp / EPISODES_DIR, num_threads=0)
+            self._reserve_disk_space()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _reserve_disk_space(self) -> None:
+        """Allocate every field file's blocks now. The episodes are written through memory maps,
+        and a write into a sparse file on a full disk kills the process (SIGBUS) instead of
+        raising; reserved blocks make "disk full" an error here, before any episode is made."""
+        files = [f for f in (self.tmp / EPISODES_DIR).rglob("*.memmap")]
+        needed = sum(f.stat().st_size for f in files)
+        for f in files:
+            size = f.stat().st_size
+            if size == 0:
+                continue
+            fd = os.open(f, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as err:
+                free = shutil.disk_usage(self.tmp).free
+                raise OSError(
+                    err.errno,
+                    f"not enough disk space for dataset {self.path}: it needs {needed / 2**30:.2f} GiB, "
+                    f"{free / 2**30:.2f} GiB are free on that disk ({err.strerror}); nothing was written there. "
+                    "Free space or pass data_root=<a directory on a larger disk>") from None
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> "EpisodeDatasetWriter":
         return self
@@ -156,3 +184,18 @@ class EpisodeDatasetWriter:
         if hasattr(self, "episodes"):
             del self.episodes
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def check_writable_dir(path: str | Path, what: str = "data_root") -> Path:
+    """Create ``path`` if needed and prove it writable with a probe file; a ``PermissionError``
+    naming ``what`` otherwise (checked before hours of data generation, not after)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{what}={str(path)!r} is not writable ({err.strerror or err}): pass "
+                              f"{what}=<a directory you can write to>") from None
+    return path

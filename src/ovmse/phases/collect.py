@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ovmse.datasets import QUALITIES, EpisodeDatasetWriter, dataset_dir, load_dataset
 from ovmse.datasets.inspection import format_table8, table8_row
 from ovmse.datasets.recording import record_episodes
+from ovmse.datasets.writer import check_writable_dir
 from ovmse.envs import get_map
 from ovmse.training.checkpointing import atomic_save_checkpoint
 from ovmse.training.ddp import is_ddp
@@ -63,6 +64,7 @@ def run(cfg: DictConfig) -> dict:
     n = int(cfg.episodes)
     if n < 1:
         raise ValueError(f"episodes must be >= 1, got {n}")
+    check_writable_dir(cfg.data_root)
     targets = {q: dataset_dir(cfg.data_root, spec.name, q) for q in qualities}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not cfg.overwrite:
@@ -128,7 +130,7 @@ def run(cfg: DictConfig) -> dict:
     if "expert" in qualities:
         milestones.append(WinRateMilestone("expert", *_band(cfg.expert.win_rate, "expert"), at_expert))
     milestone_cb = WinRateMilestoneCallback(milestones)
-    run_parts = build_online_run(cfg, extra_callbacks=[milestone_cb])
+    run_parts = build_online_run(cfg, extra_callbacks=[milestone_cb], resumable=False)
     run_parts.trainer.fit(run_parts.module, datamodule=run_parts.data)
 
     rows = [table8_row(load_dataset(written[q], map_name=spec.name, validate="full", in_memory=False))

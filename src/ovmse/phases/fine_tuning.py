@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ovmse.datasets import OfflineDataset, dataset_dir, load_dataset
+from ovmse.datasets import OfflineDataset, load_dataset, resolve_dataset
 from ovmse.training import QMixModule
 from ovmse.training.qmix_module import load_qmix_checkpoint
 
@@ -121,9 +121,10 @@ def checkpoint_dataset(module: QMixModule) -> dict:
     return dict(module.hparams.get("dataset") or {})
 
 
-def resolve_fine_tuning_dataset(cfg: DictConfig, module: QMixModule, map_name: str) -> tuple[str | None, Path | None]:
-    """``(quality, path)`` of the offline dataset of this fine-tuning run: ``cfg.dataset`` when
-    set (a quality under ``data_root/<map>/`` or a directory), else the checkpoint's own.
+def resolve_fine_tuning_dataset(cfg: DictConfig, module: QMixModule, map_name: str) -> tuple[str | None, str | None]:
+    """``(quality, source)`` of the offline dataset of this fine-tuning run: ``cfg.dataset`` when
+    set (a quality under ``data_root/<map>/`` or a directory), else the checkpoint's own
+    (its path). ``source`` is resolved only if data is mixed in (:func:`load_mixing_dataset`).
 
     A ``cfg.dataset`` naming another dataset than the one the checkpoint was trained on is
     refused: the task tables (mixing ratio, λ, ...) and the mixed-in data would not match the
@@ -133,24 +134,22 @@ def resolve_fine_tuning_dataset(cfg: DictConfig, module: QMixModule, map_name: s
     wanted = cfg.get("dataset")
     if wanted:
         name = str(wanted)
-        path = Path(name) if (Path(name).is_dir() or "/" in name or name.startswith(".")) else \
-            dataset_dir(cfg.data_root, map_name, name)
         quality = dataset_quality(name)
         if trained_quality and quality != trained_quality:
             raise ValueError(
                 f"dataset={name!r} but ckpt={cfg.ckpt!r} was pretrained on {trained_on.get('name')!r}: pass the "
                 f"checkpoint pretrained on {quality!r} (or the experiment preset of its dataset)")
-        return quality, path
-    path = Path(trained_on["path"]) if trained_on.get("path") else None
-    return trained_quality, path
+        return quality, name
+    return trained_quality, trained_on.get("path")
 
 
-def load_mixing_dataset(path: Path | None, map_name: str, device) -> OfflineDataset:
+def load_mixing_dataset(cfg: DictConfig, source: str | None, map_name: str, device) -> OfflineDataset:
     """The offline dataset mixed into online batches (validated in full, like the offline phase)."""
-    if path is None:
+    if source is None:
         raise ValueError("the mixing ratio is > 0 but the checkpoint names no dataset: pass dataset=<quality or "
                          "directory> (the dataset it was pretrained on)")
-    if not Path(path).is_dir():
+    path = resolve_dataset(source, cfg.data_root, map_name)
+    if not path.is_dir():
         raise FileNotFoundError(f"offline dataset {str(path)!r} (to mix into online batches) does not exist: "
                                 "pass dataset=<quality or directory>, or regenerate it with phase=collect")
     return load_dataset(path, map_name=map_name, validate="full", device=device)

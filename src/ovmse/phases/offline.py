@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
-from ovmse.datasets import dataset_dir, load_dataset
+from ovmse.datasets import load_dataset, resolve_dataset
 from ovmse.envs import get_map
 from ovmse.training.callbacks import (
     EnvStepProgressBar,
@@ -35,15 +35,6 @@ from ovmse.training.evaluation import GreedyEvaluator
 from .common import check_backend, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
 from .common import env_options as env_options_of
 from .settings import per_map
-
-
-def resolve_dataset_path(cfg: DictConfig, map_name: str) -> Path:
-    """``dataset`` as a quality name (under ``data_root/<map>/``) or a directory path."""
-    name = str(cfg.dataset)
-    path = Path(name)
-    if path.is_dir() or "/" in name or name.startswith("."):
-        return path
-    return dataset_dir(cfg.data_root, map_name, name)
 
 
 def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
@@ -73,7 +64,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     spec = get_map(cfg.env.map_name)
     settings = offline_settings(cfg, spec.name)
     in_memory = cfg.in_memory if cfg.in_memory == "auto" else bool(cfg.in_memory)
-    dataset = load_dataset(resolve_dataset_path(cfg, spec.name), map_name=spec.name, validate="full",
+    dataset = load_dataset(resolve_dataset(str(cfg.dataset), cfg.data_root, spec.name), map_name=spec.name, validate="full",
                            in_memory=in_memory, device=device)
     meta = dataset.metadata
     identity = {"name": dataset.name, "path": str(dataset.path.resolve()), "episodes": len(dataset),

@@ -66,7 +66,7 @@ class OnlineRun:
     resume: ResumePointCallback
 
 
-def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> OnlineRun:
+def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), resumable: bool = True) -> OnlineRun:
     """QMIX learner, replay, collector, evaluator, loggers and Trainer of ``cfg`` (train.yaml
     with an online-style phase: ``env_steps``, ``eval``, ``log_every_env_steps``).
     ``extra_callbacks`` run after the evaluation callback in every training iteration.
@@ -74,6 +74,9 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     With an offline-to-online ``algo`` (one with an ``online:`` block) the learner is the
     checkpoint ``cfg.ckpt`` set up for fine-tuning (:meth:`QMixModule.configure_fine_tuning`),
     and, with a mixing ratio > 0, batches mix in that share of episodes of its offline dataset.
+
+    ``resumable``: ``last.ckpt`` is a resume point with the replay buffer beside it
+    (:mod:`ovmse.training.checkpointing`); ``False`` (phase=collect) saves plain checkpoints.
     """
     seed_everything(int(cfg.seed))
     check_backend(cfg.env)
@@ -105,7 +108,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         if fine_tune:
             settings.update(online_objective(settings, module), dataset=quality)
             if settings["mixing_ratio"] > 0:
-                offline = load_mixing_dataset(dataset_path, spec.name, device)
+                offline = load_mixing_dataset(cfg, dataset_path, spec.name, device)
     elif fine_tune:
         module = load_offline_checkpoint(str(cfg.ckpt), spec.name, spec)
         quality, dataset_path = resolve_fine_tuning_dataset(cfg, module, spec.name)
@@ -114,7 +117,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         module.configure_fine_tuning(**objective)
         settings.update(objective)
         if settings["mixing_ratio"] > 0:
-            offline = load_mixing_dataset(dataset_path, spec.name, device)
+            offline = load_mixing_dataset(cfg, dataset_path, spec.name, device)
         settings["dataset"] = quality
     else:
         module = make_qmix_module(algo, spec)
@@ -137,7 +140,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     resume_cb = ResumePointCallback(out / "checkpoints", replay, generators=collection_generators(collection),
                                     every_env_steps=int(ckpt_cfg.get("every_env_steps", 0)), resume_from=resume_from)
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
-                                       out / "checkpoints", save_last=resume_cb.save)
+                                       out / "checkpoints", save_last=resume_cb.save if resumable else None)
     loggers = make_loggers(cfg, out)
     if resume_from is not None:
         continue_metrics_csv(loggers, out, upto_step=module.progress())
@@ -147,7 +150,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         max_steps=-1,
         gradient_clip_val=settings["grad_norm_clip"],
         logger=loggers,
-        callbacks=[resume_cb, NonFiniteGuard(out / "checkpoints"), collect_cb,
+        callbacks=[*([resume_cb] if resumable else []), NonFiniteGuard(out / "checkpoints"), collect_cb,
                    TargetUpdateCallback(settings["target_update_interval"]), eval_cb,
                    *extra_callbacks, *debug_callbacks(out),
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],

@@ -162,7 +162,7 @@ class ReplayChunks:
                 raise FileNotFoundError(f"replay chunk {path} named by the checkpoint is missing: the run directory "
                                         "is incomplete (was checkpoints/replay/ moved or deleted?)")
             _, a, b = _parse_chunk(name)
-            episodes = TensorDict.load_memmap(str(path))
+            episodes = TensorDict.load_memmap(str(path), allow_pickle=False)  # tensors only, never code
             lo = max(a, first) - a
             self.replay.extend(episodes[lo:].clone())
         if len(self.replay) != total - first:
