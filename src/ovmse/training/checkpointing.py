@@ -101,6 +101,20 @@ def _python_state_from_tensors(d: dict):
     return (d["version"], tuple(int(x) for x in d["internal"].tolist()), d["gauss"])
 
 
+def replay_digest(replay: EpisodeReplayBuffer) -> str:
+    """SHA-256 of the buffer's episodes oldest first (every field, in key order): equal digests
+    mean the same episodes in the same order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if len(replay):
+        eps = replay.get(replay.oldest_first_indices()).cpu()
+        for key in sorted(eps.keys(include_nested=True, leaves_only=True), key=str):
+            h.update(str(key).encode())
+            h.update(eps.get(key).contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class ReplayChunks:
     """The online replay buffer on disk beside ``last.ckpt``, written incrementally.
 
@@ -261,7 +275,8 @@ class ResumePointCallback(pl.Callback):
             self._next = (module.env_steps // self.every + 1) * self.every
         self.resumed = {"resumed_from": str(self.resume_from), "env_steps": module.env_steps,
                         "episodes": module.episodes, "updates": module.updates,
-                        "replay_episodes": len(self.chunks.replay), "replay_total_added": resume["replay"]["total"]}
+                        "replay_episodes": len(self.chunks.replay), "replay_total_added": resume["replay"]["total"],
+                        "replay_digest": replay_digest(self.chunks.replay)}
         if trainer.is_global_zero:  # one line per resume, beside the checkpoints
             with open(self.checkpoint_dir.parent / "resumes.jsonl", "a") as f:
                 f.write(json.dumps(self.resumed) + "\n")

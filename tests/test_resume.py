@@ -1,0 +1,234 @@
+"""Resume after a kill: replay chunks on disk, atomic checkpoints, and a real training process
+killed with SIGKILL and resumed (counters, schedules and buffer contents continue exactly)."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensordict import TensorDict
+
+from ovmse.collection import EpisodeReplayBuffer
+from ovmse.exploration import LinearSchedule
+from ovmse.phases.resume import check_resume_config, resume_checkpoint
+from ovmse.training.checkpointing import ReplayChunks, atomic_save_checkpoint, replay_digest
+from simtools import random_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def episodes(first_id: int, n: int, T: int = 4) -> TensorDict:
+    """``n`` fake episodes whose reward field carries their id (to check order and identity)."""
+    ids = torch.arange(first_id, first_id + n, dtype=torch.float32)
+    return TensorDict({"reward": ids[:, None, None].expand(n, T, 1).clone(),
+                       "filled": torch.ones(n, T, 1, dtype=torch.bool)}, batch_size=[n, T])
+
+
+def held_ids(replay: EpisodeReplayBuffer) -> list[int]:
+    return replay.get(replay.oldest_first_indices())["reward"][:, 0, 0].long().tolist()
+
+
+def test_replay_chunks_round_trip_through_wraparound(tmp_path):
+    replay = EpisodeReplayBuffer(capacity=5)
+    chunks = ReplayChunks(tmp_path / "replay", replay)
+    next_id = 0
+    manifest = None
+    for n in (3, 1, 4, 6, 2):  # wraps around the ring more than once
+        replay.extend(episodes(next_id, n))
+        next_id += n
+        manifest = chunks.write()
+        chunks.prune(manifest)
+    assert held_ids(replay) == list(range(next_id - 5, next_id))
+    # only chunks holding current episodes stay on disk
+    on_disk = sorted(p.name for p in (tmp_path / "replay").iterdir())
+    assert on_disk == sorted(manifest["chunks"]) and len(on_disk) <= 3
+    fresh = EpisodeReplayBuffer(capacity=5)
+    restored = ReplayChunks(tmp_path / "replay", fresh)
+    restored.restore(manifest)
+    assert held_ids(fresh) == held_ids(replay)
+    assert replay_digest(fresh) == replay_digest(replay)
+    # new episodes after the restore get the ids that follow, in a new chunk
+    fresh.extend(episodes(next_id, 2))
+    m2 = restored.write()
+    assert m2["total"] == next_id + 2 and m2["chunks"][-1] == f"chunk-{next_id}-{next_id + 2}"
+
+
+def test_a_killed_chunk_write_is_ignored_and_cleaned(tmp_path):
+    replay = EpisodeReplayBuffer(capacity=8)
+    chunks = ReplayChunks(tmp_path / "replay", replay)
+    replay.extend(episodes(0, 3))
+    manifest = chunks.write()
+    (tmp_path / "replay" / "chunk-3-7.partial-999").mkdir()  # what a kill mid-write leaves
+    fresh = EpisodeReplayBuffer(capacity=8)
+    ReplayChunks(tmp_path / "replay", fresh).restore(manifest)
+    assert held_ids(fresh) == [0, 1, 2]
+    replay.extend(episodes(3, 1))
+    chunks.write()
+    assert not list((tmp_path / "replay").glob("*.partial-*"))
+
+
+def test_restore_names_a_missing_chunk(tmp_path):
+    replay = EpisodeReplayBuffer(capacity=8)
+    chunks = ReplayChunks(tmp_path / "replay", replay)
+    replay.extend(episodes(0, 3))
+    manifest = chunks.write()
+    for p in (tmp_path / "replay").iterdir():
+        import shutil
+
+        shutil.rmtree(p)
+    with pytest.raises(FileNotFoundError, match="chunk-0-3"):
+        ReplayChunks(tmp_path / "replay", EpisodeReplayBuffer(capacity=8)).restore(manifest)
+
+
+def test_atomic_save_keeps_the_old_checkpoint_when_the_write_dies(tmp_path):
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old complete checkpoint")
+
+    def dying_save(path, weights_only=None):
+        Path(path).write_bytes(b"half a checkp")
+        raise KeyboardInterrupt  # stands in for the process dying mid-write
+
+    trainer = SimpleNamespace(save_checkpoint=dying_save, is_global_zero=True,
+                              strategy=SimpleNamespace(barrier=lambda name: None))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save_checkpoint(trainer, target)
+    assert target.read_bytes() == b"old complete checkpoint"
+
+    def good_save(path, weights_only=None):
+        Path(path).write_bytes(b"new")
+
+    trainer.save_checkpoint = good_save
+    atomic_save_checkpoint(trainer, target)
+    assert target.read_bytes() == b"new"
+
+
+def test_resume_refuses_other_settings_and_names_them():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["phase=online", "env=3m", "seed=1", "paths.output_dir=/tmp/x"])
+    from omegaconf import OmegaConf
+
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    check_resume_config(stored, cfg)  # the same command: fine
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        longer = compose("train", overrides=["phase=online", "env=3m", "seed=1", "env_steps=999999", "device=cpu",
+                                             "paths.output_dir=/tmp/y"])
+        other = compose("train", overrides=["phase=online", "env=3m", "seed=2", "algo.lr=0.01",
+                                            "paths.output_dir=/tmp/x"])
+    check_resume_config(stored, longer)  # a longer budget is allowed
+    with pytest.raises(ValueError, match=r"algo.lr: run 0.001, now 0.01; seed: run 1, now 2"):
+        check_resume_config(stored, other)
+
+
+def test_resume_of_a_run_without_checkpoint_says_why(tmp_path):
+    cfg = SimpleNamespace(get=lambda k, d=None: str(tmp_path) if k == "resume" else d)
+    with pytest.raises(FileNotFoundError, match="before its first resume point"):
+        resume_checkpoint(cfg)
+    cfg = SimpleNamespace(get=lambda k, d=None: str(tmp_path / "nope") if k == "resume" else d)
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        resume_checkpoint(cfg)
+
+
+# ----------------------------------------------------------------------------- a real kill
+
+
+@pytest.fixture(scope="module")
+def offline_ckpt(tmp_path_factory):
+    path = random_dataset(tmp_path_factory.mktemp("data") / "3m" / "medium")
+    run_dir = tmp_path_factory.mktemp("offline")
+    proc = subprocess.run([sys.executable, "train.py", "phase=offline", "env=3m", "algo=ovmse", f"dataset={path}",
+                           "algo.offline.batch_size=8", "algo.offline.samples=8", "steps=4", "eval.interval_updates=4",
+                           "eval.episodes=4", "eval.num_envs=4", "trainer.progress_refresh_rate=0",
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+ANNEAL = 4000  # ε and λ_memory anneal over this many env steps: both still moving at the kill
+
+
+def _command(run_dir, ckpt, *extra):
+    return [sys.executable, "train.py", "phase=online", "env=3m", "algo=ovmse", f"ckpt={ckpt}", "env_steps=3000",
+            "env.num_envs=4", "algo.steps_per_env=16", "algo.batch_size=8", "algo.buffer_size=40",
+            f"algo.epsilon_anneal_steps={ANNEAL}", "algo.online.lambda_memory_end=0.2",
+            f"algo.online.lambda_memory_anneal_steps={ANNEAL}", "eval.interval_env_steps=1000", "eval.episodes=4",
+            "eval.num_envs=4", "log_every_env_steps=64", "final_eval.episodes=8", "final_eval.num_envs=8",
+            "checkpoint.every_env_steps=256", "trainer.progress_refresh_rate=0", "logger.tensorboard=false",
+            f"hydra.run.dir={run_dir}", *extra]
+
+
+def _wait_for_checkpoint(run_dir: Path, proc, min_env_steps: int, timeout: float = 300) -> None:
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        if ckpt.is_file():
+            try:
+                if torch.load(ckpt, weights_only=True)["progress"]["env_steps"] >= min_env_steps:
+                    return
+            except Exception:  # noqa: BLE001 - being replaced right now; the rename is atomic
+                pass
+        time.sleep(0.5)
+    raise AssertionError("no checkpoint in time")
+
+
+def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_command(run_dir, offline_ckpt), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_checkpoint(run_dir, proc, min_env_steps=1024)
+        time.sleep(1.0)  # let it run on past the checkpoint: those steps must be superseded
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    x = saved["progress"]["env_steps"]
+    manifest = saved["resume"]["replay"]
+    buffer = EpisodeReplayBuffer(capacity=40)
+    ReplayChunks(run_dir / "checkpoints" / "replay", buffer).restore(manifest)
+    expected_digest = replay_digest(buffer)
+    killed_rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+
+    proc = subprocess.run(_command(run_dir, offline_ckpt, f"resume={run_dir}"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
+    assert len(resumed) == 1
+    r = resumed[0]
+    assert r["env_steps"] == x and r["updates"] == saved["progress"]["updates"]
+    assert r["episodes"] == saved["progress"]["episodes"]
+    assert r["replay_episodes"] == len(buffer) and r["replay_digest"] == expected_digest
+
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    before = [row for row in rows if float(row["env_steps"]) <= x]
+    after = [row for row in rows if float(row["env_steps"]) > x]
+    # the rows up to the resume point are kept as they were; later rows of the killed run moved aside
+    assert [row["env_steps"] for row in before] == [row["env_steps"] for row in killed_rows
+                                                    if float(row["env_steps"]) <= x]
+    superseded = run_dir / f"metrics.before-resume-{x}.csv"
+    if any(float(row["env_steps"]) > x for row in killed_rows):
+        assert superseded.is_file()
+    # schedules continue from the resume point: ε and λ of the first updates after it are the
+    # schedule's values there, not its start values
+    epsilon = LinearSchedule(1.0, 0.05, ANNEAL)
+    lam = LinearSchedule(1.0, 0.2, ANNEAL)
+    train_after = [row for row in after if row.get("train/epsilon")]
+    assert train_after
+    first = train_after[0]
+    steps = int(float(first["env_steps"]))
+    per_collect = 4 * 16
+    assert float(first["train/epsilon"]) == pytest.approx(epsilon(steps - per_collect))
+    assert float(first["train/lambda_memory"]) <= lam(x) + 1e-6
+    assert float(first["train/lambda_memory"]) == pytest.approx(lam(steps - per_collect), abs=1e-5)
+    assert float(first["train/epsilon"]) < 1.0 and float(first["train/lambda_memory"]) < 1.0
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    assert summary["env_steps"] >= 3000 and summary["updates"] > saved["progress"]["updates"]
