@@ -7,6 +7,7 @@ masked-greedy policy, and prints one JSON object as the last line.
 from __future__ import annotations
 
 import json
+import sys
 
 import hydra
 import torch
@@ -20,7 +21,11 @@ def main(cfg: DictConfig) -> None:
 
     if cfg.num_threads is not None:
         torch.set_num_threads(int(cfg.num_threads))
-    module = load_qmix_checkpoint(str(cfg.ckpt), map_location=str(cfg.device))
+    try:
+        module = load_qmix_checkpoint(str(cfg.ckpt), map_location=str(cfg.device))
+    except (ValueError, OSError) as err:  # not a checkpoint, a tampered one, a missing file
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     module.eval().to(cfg.device)
     hp = module.hparams
     num_envs = min(int(cfg.num_envs), int(cfg.episodes))

@@ -107,7 +107,9 @@ def test_tampered_checkpoint_payload_is_never_executed(tmp_path):
         load_qmix_checkpoint(str(evil))
     proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={evil}", "episodes=4"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert any(line.startswith("error: ") and "not a loadable torch checkpoint" in line
+               for line in proc.stderr.splitlines())
     assert not marker.exists()
 
 
