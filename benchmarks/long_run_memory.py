@@ -80,6 +80,9 @@ def main() -> None:
            "trainer.progress_refresh_rate=50", f"hydra.run.dir={run}"]
     run.mkdir(parents=True, exist_ok=True)
     stdout = run.parent / f"{run.name}.log"
+    from ovmse.provenance import machine_info
+
+    machine = machine_info(ROOT, threads=1)  # the code the run starts with
     samples = []
     start = time.perf_counter()
     with stdout.open("w") as log:
@@ -113,9 +116,7 @@ def main() -> None:
         },
         "checkpoints_mib_final": samples[-1]["checkpoints_mib"],
     }
-    from ovmse.provenance import machine_info
-
-    result["machine"] = machine_info(ROOT, threads=1)
+    result["machine"] = machine
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "long_run_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, OUT / "long_run_memory.png")
@@ -162,7 +163,7 @@ def report(r: dict) -> str:
         f"- Replay buffer full ({r['buffer_episodes']} episodes) at {r['buffer_full_at_env_steps']} env steps.",
         f"- Resident memory after that: first sample {r['rss_after_full_first_mib']:.0f} MiB, last "
         f"{r['rss_after_full_last_mib']:.0f} MiB, range {r['rss_after_full_min_mib']:.0f}–"
-        f"{r['rss_after_full_max_mib']:.0f} MiB, over {len(r['samples'])} samples.",
+        f"{r['rss_after_full_max_mib']:.0f} MiB, over the samples after it.",
         f"- Log growth per 1000 env steps: metrics.csv {lg['metrics_csv']:.0f} B, TensorBoard {lg['tensorboard']:.0f} B, "
         f"stdout {lg['stdout']:.0f} B (rows are written every log_every_env_steps, not every step).",
         f"- checkpoints/ at the end: {r['checkpoints_mib_final']:.1f} MiB (last.ckpt, best.ckpt and the replay chunks "

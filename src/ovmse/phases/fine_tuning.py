@@ -97,9 +97,10 @@ def online_objective(settings: dict[str, Any], module: QMixModule) -> dict[str, 
     return objective
 
 
-def load_offline_checkpoint(path: str, map_name: str, spec) -> QMixModule:
-    """The offline checkpoint ``path`` as a module, checked against the map it will be
-    fine-tuned on (map and every network dimension)."""
+def load_checkpoint_for_map(path: str, spec) -> QMixModule:
+    """The checkpoint ``path`` as a module, checked against the map ``spec`` it will be trained
+    on (map and every network dimension)."""
+    map_name = spec.name
     p = Path(str(path))
     if not p.is_file():
         raise FileNotFoundError(f"ckpt={str(path)!r}: no such file (phase=offline writes "

@@ -44,7 +44,7 @@ from .fine_tuning import (
     O2O_ALGOS,
     is_fine_tuning,
     load_mixing_dataset,
-    load_offline_checkpoint,
+    load_checkpoint_for_map,
     online_objective,
     online_settings,
     resolve_fine_tuning_dataset,
@@ -94,34 +94,8 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     rank = expected_global_rank(cfg.trainer)
     env_seed = rank_seed(cfg.seed, rank, int(cfg.collector.num_workers))
 
-    offline = None
     resume_from = resume_checkpoint(cfg)
-    if resume_from is not None:
-        # Continue a killed run: the module (weights, online objective, counters) is its last.ckpt;
-        # the optimiser, callbacks, RNGs and replay are restored by ResumePointCallback at fit start.
-        module = load_offline_checkpoint(str(resume_from), spec.name, spec)
-        check_resume_config(module.run_config, cfg)
-        quality = None
-        if fine_tune:
-            quality, dataset_path = resolve_fine_tuning_dataset(cfg, module, spec.name)
-        settings = online_settings(cfg, spec.name, quality)
-        if fine_tune:
-            settings.update(online_objective(settings, module), dataset=quality)
-            if settings["mixing_ratio"] > 0:
-                offline = load_mixing_dataset(cfg, dataset_path, spec.name, device)
-    elif fine_tune:
-        module = load_offline_checkpoint(str(cfg.ckpt), spec.name, spec)
-        quality, dataset_path = resolve_fine_tuning_dataset(cfg, module, spec.name)
-        settings = online_settings(cfg, spec.name, quality)
-        objective = online_objective(settings, module)
-        module.configure_fine_tuning(**objective)
-        settings.update(objective)
-        if settings["mixing_ratio"] > 0:
-            offline = load_mixing_dataset(cfg, dataset_path, spec.name, device)
-        settings["dataset"] = quality
-    else:
-        module = make_qmix_module(algo, spec)
-        settings = online_settings(cfg, spec.name, None)
+    module, settings, offline = make_learner(cfg, spec, fine_tune, resume_from, device)
     if resume_from is None:
         module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.to(device)
@@ -162,6 +136,28 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     )
     check_rank(trainer, rank)
     return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data, settings, resume_cb)
+
+
+def make_learner(cfg: DictConfig, spec, fine_tune: bool, resume_from: Path | None, device):
+    """``(module, settings, offline dataset or None)`` of a run: a fresh QMIX learner, an offline
+    checkpoint set up for fine-tuning, or (``resume_from``) the killed run's own ``last.ckpt``,
+    which already holds its online objective and counters (the optimiser, callbacks, RNGs and
+    replay are restored by :class:`ResumePointCallback` when fit starts)."""
+    if resume_from is None and not fine_tune:
+        return make_qmix_module(cfg.algo, spec), online_settings(cfg, spec.name, None), None
+    module = load_checkpoint_for_map(str(resume_from or cfg.ckpt), spec)
+    if resume_from is not None:
+        check_resume_config(module.run_config, cfg)
+    if not fine_tune:
+        return module, online_settings(cfg, spec.name, None), None
+    quality, source = resolve_fine_tuning_dataset(cfg, module, spec.name)
+    settings = online_settings(cfg, spec.name, quality)
+    objective = online_objective(settings, module)
+    if resume_from is None:
+        module.configure_fine_tuning(**objective)
+    settings.update(objective, dataset=quality)
+    offline = load_mixing_dataset(cfg, source, spec.name, device) if settings["mixing_ratio"] > 0 else None
+    return module, settings, offline
 
 
 def collection_generators(collection) -> dict:

@@ -24,6 +24,12 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     resume = cfg.get("resume")
     if not resume:
         return None
+    from ovmse.training.ddp import is_ddp
+
+    dist = (cfg.get("collector") or {}).get("distributed") or {}
+    if is_ddp(cfg.get("trainer") or {}) or dist.get("enabled", False):
+        raise ValueError("resume= continues single-process runs; a trainer=ddp run or distributed env workers keep "
+                         "one replay buffer per process, which resume does not restore")
     path = Path(str(resume))
     ckpt = path if path.is_file() else path / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
