@@ -73,7 +73,14 @@ def main() -> None:
     p.add_argument("--buffer", type=int, default=300)
     p.add_argument("--every", type=float, default=5.0)
     p.add_argument("--run-dir", default="outputs/benchmarks/long_run_memory")
+    p.add_argument("--report-only", action="store_true", help="rewrite the .md and .png from the saved .json")
     args = p.parse_args()
+    if args.report_only:
+        result = json.loads((OUT / "long_run_memory.json").read_text())
+        plot(result, OUT / "long_run_memory.png")
+        (OUT / "long_run_memory.md").write_text(report(result) + "\n")
+        print(report(result))
+        return
     run = ROOT / args.run_dir
     cmd = [sys.executable, "train.py", "phase=online", f"env={args.map}", f"env_steps={args.env_steps}",
            f"algo.buffer_size={args.buffer}", "algo.batch_size=32", "checkpoint.every_env_steps=10000",
@@ -163,7 +170,9 @@ def report(r: dict) -> str:
         f"- Replay buffer full ({r['buffer_episodes']} episodes) at {r['buffer_full_at_env_steps']} env steps.",
         f"- Resident memory after that: first sample {r['rss_after_full_first_mib']:.0f} MiB, last "
         f"{r['rss_after_full_last_mib']:.0f} MiB, range {r['rss_after_full_min_mib']:.0f}–"
-        f"{r['rss_after_full_max_mib']:.0f} MiB, over the samples after it.",
+        f"{r['rss_after_full_max_mib']:.0f} MiB, over the "
+        f"{sum(1 for s in r['samples'] if s['env_steps'] >= (r['buffer_full_at_env_steps'] or 0) and s['rss_mib'] > 0)}"
+        " samples after it.",
         f"- Log growth per 1000 env steps: metrics.csv {lg['metrics_csv']:.0f} B, TensorBoard {lg['tensorboard']:.0f} B, "
         f"stdout {lg['stdout']:.0f} B (rows are written every log_every_env_steps, not every step).",
         f"- checkpoints/ at the end: {r['checkpoints_mib_final']:.1f} MiB (last.ckpt, best.ckpt and the replay chunks "
