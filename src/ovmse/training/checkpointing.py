@@ -232,6 +232,10 @@ class ResumePointCallback(pl.Callback):
         return self.checkpoint_dir / "last.ckpt"
 
     def save(self, trainer: pl.Trainer, module: pl.LightningModule) -> Path:
+        if trainer.world_size > 1:
+            # trainer=ddp: every rank has its own buffer and resume is single-process
+            # (ovmse.phases.resume), so last.ckpt is a plain checkpoint there.
+            return atomic_save_checkpoint(trainer, self.last_path)
         manifest = self.chunks.write()
         self._pending = manifest
         try:
