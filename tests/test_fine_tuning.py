@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_ONLINE = ["env=3m", "env_steps=640", "env.num_envs=4", "algo.steps_per_env=16", "algo.batch_size=8",
                "algo.buffer_size=64", "eval.interval_env_steps=320", "eval.episodes=8", "eval.num_envs=8",
                "log_every_env_steps=64", "final_eval.episodes=16", "final_eval.num_envs=16",
-               "trainer.progress_refresh_rate=0"]
+               "trainer.progress_refresh_rate=0", "unlearning_probe.episodes=8",
+               "unlearning_probe.every_env_steps=320"]
 
 
 def cfg_of(*overrides: str):
@@ -139,6 +140,23 @@ def test_ovmse_run_logs_the_online_metrics(ovmse_run):
     assert summary["algo"] == "ovmse" and summary["settings"]["exploration"] == "decentralised_sequential"
     assert summary["eval/final_episodes"] == 16 and 0.0 <= summary["eval/final_win_rate"] <= 1.0
     assert [r for r in rows if r.get("eval/final_win_rate")]
+
+
+def test_unlearning_probe_tracks_the_offline_policys_trajectories(ovmse_run, offline_ckpt):
+    from tensordict import TensorDict
+
+    from ovmse.training.unlearning import probe_values
+
+    rows = [r for r in csv.DictReader((ovmse_run / "metrics.csv").open()) if r.get("eval/probe_q_tot")]
+    assert len(rows) >= 2
+    assert float(rows[0]["updates"]) == 0.0  # measured before the first online update
+    probe = TensorDict.load_memmap(str(ovmse_run / "checkpoints" / "probe"), allow_pickle=False)
+    assert probe.shape[0] == 8
+    offline = probe_values(load_qmix_checkpoint(str(offline_ckpt)), probe)
+    assert float(rows[0]["eval/probe_q_tot"]) == pytest.approx(offline["eval/probe_q_tot"], rel=1e-5)
+    final = probe_values(load_qmix_checkpoint(str(ovmse_run / "checkpoints" / "last.ckpt")), probe)
+    assert final["eval/probe_q_tot"] != pytest.approx(offline["eval/probe_q_tot"])  # the learner moved
+    assert all(float(r["eval/probe_mc_return"]) == pytest.approx(offline["eval/probe_mc_return"]) for r in rows)
 
 
 def test_macalql_mixes_offline_data_and_calibrates(tmp_path, offline_ckpt):

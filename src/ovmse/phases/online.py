@@ -35,6 +35,7 @@ from ovmse.training.callbacks import (
 from ovmse.training.checkpointing import ResumePointCallback
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.guards import NonFiniteGuard
+from ovmse.training.unlearning import UnlearningProbeCallback, load_or_record_probe
 from ovmse.training.evaluation import GreedyEvaluator
 
 from .common import check_backend, make_loggers, make_qmix_module
@@ -115,6 +116,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
                                     every_env_steps=int(ckpt_cfg.get("every_env_steps", 0)), resume_from=resume_from)
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
                                        out / "checkpoints", save_last=resume_cb.save if resumable else None)
+    probe_cbs = make_probe_callbacks(cfg, module, fine_tune, out, env_seed, device, env_options)
     loggers = make_loggers(cfg, out)
     if resume_from is not None:
         continue_metrics_csv(loggers, out, upto_step=module.progress())
@@ -125,7 +127,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         gradient_clip_val=settings["grad_norm_clip"],
         logger=loggers,
         callbacks=[*([resume_cb] if resumable else []), NonFiniteGuard(out / "checkpoints"), collect_cb,
-                   TargetUpdateCallback(settings["target_update_interval"]), eval_cb,
+                   TargetUpdateCallback(settings["target_update_interval"]), eval_cb, *probe_cbs,
                    *extra_callbacks, *debug_callbacks(out),
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False,
@@ -158,6 +160,20 @@ def make_learner(cfg: DictConfig, spec, fine_tune: bool, resume_from: Path | Non
     settings.update(objective, dataset=quality)
     offline = load_mixing_dataset(cfg, source, spec.name, device) if settings["mixing_ratio"] > 0 else None
     return module, settings, offline
+
+
+def make_probe_callbacks(cfg: DictConfig, module: QMixModule, fine_tune: bool, out: Path, seed: int, device,
+                         env_options: dict) -> list:
+    """The unlearning probe (paper Figure 1) of a fine-tuning run, when ``unlearning_probe.episodes``
+    > 0: the offline policy's greedy episodes, recorded before the first update (or reloaded
+    from ``checkpoints/probe`` when resuming)."""
+    probe_cfg = cfg.get("unlearning_probe") or {}
+    episodes = int(probe_cfg.get("episodes", 0))
+    if not fine_tune or episodes <= 0:
+        return []
+    probe = load_or_record_probe(out / "checkpoints" / "probe", module.agent, cfg.env.map_name, episodes,
+                                 seed=seed + 30_000, device=device, env_options=env_options)
+    return [UnlearningProbeCallback(probe, int(probe_cfg.get("every_env_steps", 5000)))]
 
 
 def collection_generators(collection) -> dict:

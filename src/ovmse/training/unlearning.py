@@ -1,0 +1,123 @@
+"""Unlearning diagnostic (the paper's Figure 1): Q_tot of a fixed set of trajectories of the
+offline policy, tracked through online fine-tuning.
+
+Before the first online update the offline policy plays ``episodes`` greedy battles; those
+episodes (``[E, T+1]``, the PyMARL layout of :mod:`ovmse.collection.episodes`) are kept fixed for
+the whole run. Every ``every_env_steps`` env steps the current learner is measured on them:
+
+    eval/probe_q_tot         mean over valid transitions of Q_tot(τ_t, a_t), the actions taken
+    eval/probe_q_tot_greedy  the same for the learner's own greedy actions
+    eval/probe_mc_return     the trajectories' discounted Monte-Carlo return-to-go (fixed)
+
+A value that falls away from the offline estimate and from the Monte-Carlo return while the
+trajectories stay the same is what the paper calls unlearning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+from ovmse.action_masks import masked_greedy
+from ovmse.datasets.recording import record_episodes
+from ovmse.envs import get_map
+from ovmse.losses import q_tot_taken, return_to_go, transition_mask, unroll_agent_q
+from ovmse.nets import RNNAgent
+
+from .callbacks import log_env_metrics
+
+
+class _EpisodeSink:
+    """What :func:`record_episodes` writes into, kept in memory."""
+
+    def __init__(self, spec, n_episodes: int) -> None:
+        self.spec, self.n_episodes, self.parts = spec, int(n_episodes), []
+
+    def append(self, episodes: TensorDictBase) -> int:
+        self.parts.append(episodes.clone())
+        return episodes.shape[0]
+
+
+def record_probe(agent: RNNAgent, map_name: str, episodes: int, *, seed: int, device="cpu",
+                 env_options: dict | None = None) -> TensorDict:
+    """``episodes`` greedy episodes of ``agent`` in fresh battles: ``[E, T+1]``."""
+    sink = _EpisodeSink(get_map(map_name), episodes)
+    record_episodes(sink, agent, num_envs=min(episodes, 64), seed=seed, device=device, env_options=env_options)
+    return torch.cat(sink.parts, 0)[:episodes]
+
+
+@torch.no_grad()
+def probe_values(module, probe: TensorDictBase) -> dict[str, float]:
+    """The ``eval/probe_*`` values of ``module`` on ``probe`` (see the module docstring)."""
+    was_training = module.training
+    module.eval()
+    agent_q = unroll_agent_q(module.agent, probe)  # [E, T+1, N, A]
+    mask, term = transition_mask(probe)
+    T = mask.shape[1]
+    q_taken = q_tot_taken(module.agent, module.mixer, probe, agent_q=agent_q)
+    greedy = masked_greedy(agent_q[:, :T], probe["agents", "action_mask"][:, :T].bool(), strict=False)
+    q_greedy = module.mixer(agent_q[:, :T].gather(-1, greedy.unsqueeze(-1)).squeeze(-1), probe["state"][:, :T])
+    mc = return_to_go(probe["reward"][:, :T].to(mask.dtype), term, mask, float(module.hparams.gamma))
+    n = mask.sum().clamp(min=1.0)
+    module.train(was_training)
+    return {"eval/probe_q_tot": float((q_taken * mask).sum() / n),
+            "eval/probe_q_tot_greedy": float((q_greedy * mask).sum() / n),
+            "eval/probe_mc_return": float((mc * mask).sum() / n)}
+
+
+class UnlearningProbeCallback(pl.Callback):
+    """Logs :func:`probe_values` when training starts (before any update) and every
+    ``every_env_steps`` env steps after. The probe is saved under ``save_dir`` (memory-mapped),
+    so a resumed run measures the same trajectories.
+
+    Args:
+        probe: the fixed episodes ``[E, T+1]`` (:func:`record_probe`).
+        every_env_steps: env steps between two measurements.
+    """
+
+    def __init__(self, probe: TensorDictBase, every_env_steps: int) -> None:
+        if every_env_steps < 1:
+            raise ValueError(f"unlearning_probe.every_env_steps must be >= 1, got {every_env_steps}")
+        self.probe = probe
+        self.every = int(every_env_steps)
+        self._next = 0
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def _measure(self, trainer, module) -> None:
+        values = probe_values(module, self.probe.to(module.device))
+        self.history.append((module.env_steps, values))
+        log_env_metrics(trainer, module, values)
+        self._next = (module.env_steps // self.every + 1) * self.every
+
+    def on_fit_start(self, trainer, module) -> None:
+        if module.env_steps >= self._next:
+            self._measure(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if module.env_steps >= self._next:
+            self._measure(trainer, module)
+
+    def state_dict(self) -> dict:
+        return {"next": self._next}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._next = int(state["next"])
+
+
+def load_or_record_probe(path: Path, agent: RNNAgent, map_name: str, episodes: int, *, seed: int, device,
+                         env_options: dict | None) -> TensorDict:
+    """The probe of a run: loaded from ``path`` when a previous (killed) attempt saved it, else
+    recorded now with ``agent`` and saved there (written under a temporary name, then renamed)."""
+    import os
+
+    if path.is_dir():
+        return TensorDict.load_memmap(str(path), allow_pickle=False).clone()
+    probe = record_probe(agent, map_name, episodes, seed=seed, device=device, env_options=env_options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    probe.cpu().memmap_(str(tmp))
+    os.replace(tmp, path)
+    return probe
