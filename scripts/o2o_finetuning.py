@@ -35,7 +35,6 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import offline_pretraining  # noqa: E402  (scripts/ is not a package)
 from docs_sections import replace_section  # noqa: E402
+from run_queue import run_queue  # noqa: E402
 
 BEGIN = "<!-- O2O-FINETUNING:BEGIN (written by scripts/o2o_finetuning.py) -->"
 END = "<!-- O2O-FINETUNING:END -->"
@@ -62,10 +62,8 @@ def offline_checkpoint(args) -> Path:
     out = offline_pretraining.run_dir(ROOT / "outputs" / "experiments", "medium", "macql", 0)
     if not (out / "offline_summary.json").exists():
         cmd = offline_pretraining.command(out, "medium", "macql", 0, steps=2000, batch=32, eval_every=500)
-        print("offline pretraining first:", " ".join(cmd[1:]), flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out.with_suffix(".log"), "w") as log:
-            subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+        print("offline pretraining first", flush=True)
+        run_queue([(cmd, out)], 1)
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -81,22 +79,14 @@ def command(args, out: Path, algo: str, seed: int, ckpt: Path) -> list[str]:
 
 def train_all(args, out_root: Path) -> None:
     ckpt = offline_checkpoint(args)
-    todo = [(algo, seed) for seed in args.seeds for algo in args.algos]
-    procs: list = []
-    for algo, seed in todo:
+    jobs = []
+    for algo, seed in [(algo, seed) for seed in args.seeds for algo in args.algos]:
         out = run_dir(out_root, algo, seed)
         if (out / "online_summary.json").exists():
             print(f"skip {out} (finished)")
             continue
-        cmd = command(args, out, algo, seed, ckpt)
-        print("run:", " ".join(cmd[1:]), flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        log = open(out.with_suffix(".log"), "w")
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), out))
-        if len(procs) >= args.jobs:
-            offline_pretraining._wait(procs.pop(0))
-    for p in procs:
-        offline_pretraining._wait(p)
+        jobs.append((command(args, out, algo, seed, ckpt), out))
+    run_queue(jobs, args.jobs)
 
 
 def eval_curve(out: Path) -> list[tuple[int, float, float]]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from docs_sections import replace_section
+from run_queue import run_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- OFFLINE-PRETRAINING:BEGIN (written by scripts/offline_pretraining.py) -->"
@@ -54,28 +55,15 @@ def command(out: Path, dataset: str, cql: str, seed: int, steps: int, batch: int
 
 
 def train_all(args, out_root: Path) -> None:
-    procs = []
+    jobs = []
     for dataset in DATASETS:
         for cql in VARIANTS:
             out = run_dir(out_root, dataset, cql, args.seed)
             if (out / "offline_summary.json").exists():
                 print(f"skip {out} (finished)")
                 continue
-            cmd = command(out, dataset, cql, args.seed, args.steps, args.batch_size, args.eval_every)
-            print("run:", " ".join(cmd[1:]), flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            log = open(out.with_suffix(".log"), "w")
-            procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), out))
-            if len(procs) >= args.parallel:
-                _wait(procs.pop(0))
-    for p in procs:
-        _wait(p)
-
-
-def _wait(item) -> None:
-    proc, out = item
-    if proc.wait() != 0:
-        raise SystemExit(f"{out}: training failed (see {out.with_suffix('.log')})")
+            jobs.append((command(out, dataset, cql, args.seed, args.steps, args.batch_size, args.eval_every), out))
+    run_queue(jobs, args.parallel)
 
 
 def final_evaluation(out: Path, episodes: int) -> dict | None:

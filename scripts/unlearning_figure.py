@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import o2o_finetuning  # noqa: E402  (scripts/ is not a package)
-import offline_pretraining  # noqa: E402
+from run_queue import run_queue  # noqa: E402
 
 ALGOS = ("ovmse", "switch_cql", "macql")
 
@@ -49,7 +48,7 @@ def main() -> None:
     out_root = ROOT / args.out
     if not args.report_only:
         ckpt = o2o_finetuning.offline_checkpoint(args)
-        procs = []
+        jobs = []
         for algo in args.algos:
             run = out_root / f"{algo}_seed{args.seed}"
             if (run / "online_summary.json").exists():
@@ -57,15 +56,8 @@ def main() -> None:
                 continue
             settings = argparse.Namespace(env_steps=args.env_steps, batch_size=32, eval_every=5000)
             cmd = o2o_finetuning.command(settings, run, algo, args.seed, ckpt)
-            cmd += [f"unlearning_probe.every_env_steps={args.probe_every}", "final_eval.episodes=0"]
-            print("run:", " ".join(cmd[1:]), flush=True)
-            run.mkdir(parents=True, exist_ok=True)
-            log = open(run.with_suffix(".log"), "w")
-            procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), run))
-            if len(procs) >= args.jobs:
-                offline_pretraining._wait(procs.pop(0))
-        for item in procs:
-            offline_pretraining._wait(item)
+            jobs.append((cmd + [f"unlearning_probe.every_env_steps={args.probe_every}", "final_eval.episodes=0"], run))
+        run_queue(jobs, args.jobs)
 
     curves = {a: probe_curve(out_root / f"{a}_seed{args.seed}") for a in args.algos
               if (out_root / f"{a}_seed{args.seed}" / "online_summary.json").exists()}
