@@ -61,6 +61,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from ovmse.losses.returns import calibrate
 from ovmse.nets.mixer import QMixer
 
 __all__ = ["CFCQLLoss", "UNAVAILABLE_Q", "KL_EPS"]
@@ -121,13 +122,8 @@ class CFCQLLoss(nn.Module):
 
         cf_q = self.counterfactual_q(agent_q, state, acts)
         cf_raw = cf_q.detach().masked_fill(~avail, UNAVAILABLE_Q)  # the agent weights' input
-        calibrated = None
-        if lower_bound is not None:  # Cal-QL: see the module docstring
-            if lower_bound.shape != (B, T, 1):
-                raise ValueError(f"lower_bound must be [B, T, 1] = {(B, T, 1)}, got {tuple(lower_bound.shape)}")
-            bound = lower_bound.detach().to(cf_q.dtype).unsqueeze(-1)  # [B, T, 1, 1]
-            calibrated = (cf_q.detach() < bound) & avail & trans.unsqueeze(-1)
-            cf_q = torch.maximum(cf_q, bound)
+        cf_q, raised = calibrate(cf_q, lower_bound)  # Cal-QL: see the module docstring
+        calibrated = None if raised is None else raised & avail & trans.unsqueeze(-1)
         cf_q = cf_q.masked_fill(~avail, UNAVAILABLE_Q)
         agent_lse = cf_q.logsumexp(-1)  # [B, T, N]
 

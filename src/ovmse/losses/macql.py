@@ -50,6 +50,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from ovmse.losses.returns import calibrate
 from ovmse.nets.mixer import QMixer
 
 __all__ = ["MACQLLoss", "gather_joint"]
@@ -126,13 +127,7 @@ class MACQLLoss(nn.Module):
         sample_ok = gather_joint(avail.bool(), samples).all(-1)  # [B, T, K]
         q_tot = self.mixer.forward_samples(q_samples, state).squeeze(-1)  # [B, T, K]
 
-        calibrated = None
-        if lower_bound is not None:
-            if lower_bound.shape != (B, T, 1):
-                raise ValueError(f"lower_bound must be [B, T, 1] = {(B, T, 1)}, got {tuple(lower_bound.shape)}")
-            bound = lower_bound.detach().to(q_tot.dtype)
-            calibrated = q_tot.detach() < bound  # [B, T, K]
-            q_tot = torch.maximum(q_tot, bound)
+        q_tot, calibrated = calibrate(q_tot, lower_bound)  # Cal-QL (module docstring); [B, T, K]
 
         has_valid = sample_ok.any(-1, keepdim=True)  # [B, T, 1]
         # The dataset joint action is always a valid joint action, and the exact CQL sum over

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["return_to_go"]
+__all__ = ["calibrate", "return_to_go"]
 
 
 def return_to_go(
@@ -59,3 +59,24 @@ def return_to_go(
         g = r[:, t] + gamma * cont[:, t] * g
         out.append(g)
     return torch.stack(out[::-1], dim=1)
+
+
+def calibrate(values: torch.Tensor, lower_bound: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cal-QL's bound on CQL push-down values: ``max(values, G_t)``.
+
+    Args:
+        values: ``[B, T, ...]`` (any trailing dims: sampled joint actions, agents x actions).
+        lower_bound: ``[B, T, 1]`` (the return-to-go), broadcast over the trailing dims, or None.
+
+    Returns:
+        ``(bounded values, raised)``: ``raised`` is bool ``values.shape``, True where the bound
+        replaced the value (no gradient flows there); ``(values, None)`` without a bound.
+    """
+    if lower_bound is None:
+        return values, None
+    B, T = values.shape[:2]
+    if lower_bound.shape != (B, T, 1):
+        raise ValueError(f"lower_bound must be [B, T, 1] = {(B, T, 1)}, got {tuple(lower_bound.shape)}")
+    bound = lower_bound.detach().to(values.dtype).reshape(B, T, *([1] * (values.dim() - 2)))
+    return torch.maximum(values, bound), values.detach() < bound
+
