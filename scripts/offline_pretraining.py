@@ -86,10 +86,9 @@ def value_diagnostics(out: Path, dataset_path: Path, episodes: int = 1000, seed:
     cache = out / "value_diagnostics.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    from ovmse.action_masks import masked_greedy
     from ovmse.datasets import load_dataset
-    from ovmse.losses import q_tot_taken, return_to_go, transition_mask, unroll_agent_q
     from ovmse.training.qmix_module import load_qmix_checkpoint
+    from ovmse.training.value_diagnostics import value_sums
 
     module = load_qmix_checkpoint(str(out / "checkpoints" / "last.ckpt")).eval()
     ds = load_dataset(dataset_path, validate="structure", in_memory=False)
@@ -97,18 +96,8 @@ def value_diagnostics(out: Path, dataset_path: Path, episodes: int = 1000, seed:
     pick = torch.randperm(len(ds), generator=g)[: min(episodes, len(ds))].sort().values
     sums = {"q_data": 0.0, "q_greedy": 0.0, "mc_return": 0.0, "n": 0.0}
     for start in range(0, len(pick), 100):
-        batch = ds.episodes[pick[start : start + 100]]
-        mask, term = transition_mask(batch)
-        T = mask.shape[1]
-        agent_q = unroll_agent_q(module.agent, batch)
-        q_data = q_tot_taken(module.agent, module.mixer, batch, agent_q=agent_q)
-        greedy = masked_greedy(agent_q[:, :T], batch["agents", "action_mask"][:, :T].bool(), strict=False)
-        q_greedy = module.mixer(agent_q[:, :T].gather(-1, greedy.unsqueeze(-1)).squeeze(-1), batch["state"][:, :T])
-        mc = return_to_go(batch["reward"][:, :T].float(), term, mask, module.hparams.gamma)
-        sums["q_data"] += float((q_data * mask).sum())
-        sums["q_greedy"] += float((q_greedy * mask).sum())
-        sums["mc_return"] += float((mc * mask).sum())
-        sums["n"] += float(mask.sum())
+        for key, value in value_sums(module, ds.episodes[pick[start : start + 100]]).items():
+            sums[key] += value
     result = {k: sums[k] / sums["n"] for k in ("q_data", "q_greedy", "mc_return")}
     result["transitions"] = int(sums["n"])
     result["episodes"] = int(len(pick))

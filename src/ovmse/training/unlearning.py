@@ -21,13 +21,12 @@ import pytorch_lightning as pl
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from ovmse.action_masks import masked_greedy
 from ovmse.datasets.recording import record_episodes
 from ovmse.envs import get_map
-from ovmse.losses import q_tot_taken, return_to_go, transition_mask, unroll_agent_q
 from ovmse.nets import RNNAgent
 
 from .callbacks import log_env_metrics
+from .value_diagnostics import value_sums
 
 
 class _EpisodeSink:
@@ -49,23 +48,15 @@ def record_probe(agent: RNNAgent, map_name: str, episodes: int, *, seed: int, de
     return torch.cat(sink.parts, 0)[:episodes]
 
 
-@torch.no_grad()
 def probe_values(module, probe: TensorDictBase) -> dict[str, float]:
     """The ``eval/probe_*`` values of ``module`` on ``probe`` (see the module docstring)."""
     was_training = module.training
     module.eval()
-    agent_q = unroll_agent_q(module.agent, probe)  # [E, T+1, N, A]
-    mask, term = transition_mask(probe)
-    T = mask.shape[1]
-    q_taken = q_tot_taken(module.agent, module.mixer, probe, agent_q=agent_q)
-    greedy = masked_greedy(agent_q[:, :T], probe["agents", "action_mask"][:, :T].bool(), strict=False)
-    q_greedy = module.mixer(agent_q[:, :T].gather(-1, greedy.unsqueeze(-1)).squeeze(-1), probe["state"][:, :T])
-    mc = return_to_go(probe["reward"][:, :T].to(mask.dtype), term, mask, float(module.hparams.gamma))
-    n = mask.sum().clamp(min=1.0)
+    sums = value_sums(module, probe)
     module.train(was_training)
-    return {"eval/probe_q_tot": float((q_taken * mask).sum() / n),
-            "eval/probe_q_tot_greedy": float((q_greedy * mask).sum() / n),
-            "eval/probe_mc_return": float((mc * mask).sum() / n)}
+    n = max(sums["n"], 1.0)
+    return {"eval/probe_q_tot": sums["q_data"] / n, "eval/probe_q_tot_greedy": sums["q_greedy"] / n,
+            "eval/probe_mc_return": sums["mc_return"] / n}
 
 
 class UnlearningProbeCallback(pl.Callback):
