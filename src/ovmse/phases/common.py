@@ -133,8 +133,9 @@ def continue_metrics_csv(loggers: list, out: str | Path, upto_step: int) -> None
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header, rows = list(reader.fieldnames or []), list(reader)
-    keep = [r for r in rows if r.get("step") not in (None, "") and float(r["step"]) <= upto_step]
-    later = [r for r in rows if r not in keep]
+    keep, later = [], []
+    for r in rows:
+        (keep if r.get("step") not in (None, "") and float(r["step"]) <= upto_step else later).append(r)
     if later:
         with (Path(out) / f"metrics.before-resume-{upto_step}.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)

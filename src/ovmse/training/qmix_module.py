@@ -110,13 +110,7 @@ class QMixModule(pl.LightningModule):
         super().__init__()
         if cql is not None and cql not in CQL_VARIANTS:
             raise ValueError(f"cql={cql!r}: choose one of {', '.join(CQL_VARIANTS)} (or null for no CQL)")
-        if cql_alpha < 0:
-            raise ValueError(f"cql_alpha must be >= 0, got {cql_alpha}")
-        if ovm and not frozen_offline_target:
-            raise ValueError("ovm=True needs the frozen offline target (frozen_offline_target=True): fine-tune "
-                             "from the last.ckpt that phase=offline writes")
-        if cql_calibrated and cql is None:
-            raise ValueError("cql_calibrated=True (Cal-QL) needs a CQL variant (cql='macql' or 'cfcql')")
+        self._check_objective(cql, cql_alpha, cql_calibrated, ovm, frozen_offline_target)
         self.lambda_memory = self._lambda_schedule(lambda_memory_start, lambda_memory_end, lambda_memory_anneal_steps)
         self.save_hyperparameters()
         self.agent = RNNAgent(obs_dim + n_actions + n_agents, n_actions, hidden_dim)
@@ -140,6 +134,19 @@ class QMixModule(pl.LightningModule):
         self.run_config: dict | None = None  # resolved config, stored in checkpoints
 
     @staticmethod
+    def _check_objective(cql: str | None, cql_alpha: float, cql_calibrated: bool, ovm: bool,
+                         frozen_offline_target: bool) -> None:
+        """The objective's settings must fit the module (at construction and at the switch online)."""
+        if cql_alpha < 0:
+            raise ValueError(f"cql_alpha must be >= 0, got {cql_alpha}")
+        if cql_calibrated and cql is None:
+            raise ValueError("cql_calibrated (Cal-QL) needs a module trained with CQL (cql='macql' or 'cfcql')")
+        if ovm and not frozen_offline_target:
+            raise ValueError("the OVM loss needs the frozen offline target Q_tot-offline (frozen_offline_target), "
+                             "which this module does not hold: fine-tune from <offline run>/checkpoints/last.ckpt "
+                             "(best.ckpt has none)")
+
+    @staticmethod
     def _lambda_schedule(start: float, end: float, steps: int) -> LinearSchedule:
         for name, v in (("lambda_memory_start", start), ("lambda_memory_end", end)):
             if not 0.0 <= float(v) <= 1.0:
@@ -161,16 +168,10 @@ class QMixModule(pl.LightningModule):
         online phase (λ_memory and ε are annealed over env steps since then). The offline
         run's counters are kept in ``hparams.offline_progress``. The settings are hparams, so
         every online checkpoint records them."""
-        if cql_alpha < 0:
-            raise ValueError(f"online cql_alpha must be >= 0, got {cql_alpha}")
         if cql_alpha > 0 and self.cql_loss is None:
             raise ValueError(f"online cql_alpha={cql_alpha} needs a CQL loss, but this checkpoint was trained "
                              "without CQL (cql=None); set the online CQL weight to 0")
-        if cql_calibrated and self.cql_loss is None:
-            raise ValueError("cql_calibrated (Cal-QL) needs a checkpoint trained with CQL (cql='macql' or 'cfcql')")
-        if ovm and not self.hparams.frozen_offline_target:
-            raise ValueError("the OVM loss needs the frozen offline target Q_tot-offline, which this checkpoint "
-                             "does not hold: fine-tune from <offline run>/checkpoints/last.ckpt (best.ckpt has none)")
+        self._check_objective(self.hparams.cql, cql_alpha, cql_calibrated, ovm, self.hparams.frozen_offline_target)
         self.lambda_memory = self._lambda_schedule(lambda_memory_start, lambda_memory_end, lambda_memory_anneal_steps)
         self.hparams.update(
             cql_alpha=float(cql_alpha), cql_calibrated=bool(cql_calibrated), ovm=bool(ovm),
