@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> None:
     # Hydra keeps the config as composed (with ${...}) in .hydra/config.yaml;
     # save the values this run actually used next to it.
     from ovmse.datasets import DatasetError
+    from ovmse.sweeps import StageError
     from ovmse.training.guards import NonFiniteLossError
 
     out = Path(cfg.paths.output_dir)
@@ -51,7 +52,7 @@ def main(cfg: DictConfig) -> None:
     (out / resolved).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         run_phase(cfg)
-    except (ValueError, OSError, DatasetError, NonFiniteLossError) as err:
+    except (ValueError, OSError, DatasetError, NonFiniteLossError, StageError) as err:
         # Bad input (config, checkpoint, dataset, paths), a full disk and diverged training: one clear
         # paragraph and a non-zero exit; OVMSE_TRACEBACK=1 shows where it came from.
         if os.environ.get("OVMSE_TRACEBACK"):

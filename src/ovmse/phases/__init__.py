@@ -23,6 +23,7 @@ PHASES: dict[str, str] = {
     "online": "ovmse.phases.online:run",
     "collect": "ovmse.phases.collect:run",
     "offline": "ovmse.phases.offline:run",
+    "pipeline": "ovmse.phases.pipeline:run",
 }
 
 

@@ -1,0 +1,255 @@
+"""Phase "pipeline": one cell of the paper's grid, end to end, skipping what is done.
+
+``python train.py -m phase=pipeline grid=table1`` runs, for every (algorithm, task, seed):
+
+1. the datasets of the map, when missing under ``data_root`` (``phase=collect``);
+2. the offline pretraining, shared by every fine-tuning algorithm of the task and seed
+   (``phase=offline``; not for QMIX from scratch);
+3. online fine-tuning with the final 640-battle test (``phase=online``), resumed from its
+   last resume point when an earlier sweep was killed in it.
+
+A stage that finished (its dataset, ``offline_summary.json`` or ``online_summary.json`` is
+there) is not run again, so re-running a sweep completes it. Several sweep processes may work
+on one grid at once: a cell being trained by another process is skipped, a shared stage is
+waited for (:mod:`ovmse.sweeps.locks`). Each stage is a ``python train.py`` process with the
+cell's own overrides and the budget's (``configs/budget/``); its command is recorded in
+``pipeline.json`` of this job and of the online run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ovmse.datasets import dataset_dir
+from ovmse.envs import get_map
+from ovmse.sweeps.cells import (
+    PAPER_DATASETS,
+    Cell,
+    config_hash,
+    forwarded_overrides,
+    merge_overrides,
+    offline_identity,
+    override_key,
+    variant_of,
+)
+from ovmse.sweeps.locks import StageLock
+from ovmse.sweeps.stages import StageError, run_stage, set_aside, train_command
+
+from .common import write_json
+from .fine_tuning import is_fine_tuning
+
+_COLLECT_FORWARD = ("experiment", "env", "device", "num_threads", "trainer", "logger", "paths", "data_root",
+                    "collector")
+_OFFLINE_FORWARD = _COLLECT_FORWARD + ("algo", "dataset")
+
+
+class _Busy(Exception):
+    """A shared stage is held by another sweep process (``pipeline.wait_for_shared=false``)."""
+
+    def __init__(self, stage: str, holder: str | None, where: Path):
+        super().__init__(stage)
+        self.stage, self.holder, self.where = stage, holder, where
+
+
+def _final_metrics(summary: Path) -> dict:
+    result = json.loads(summary.read_text())
+    return {k: float(v) for k, v in result.items() if k.startswith("eval/") and isinstance(v, (int, float))}
+
+
+def _task_overrides(cfg: DictConfig) -> list[str]:
+    """The overrides this job was composed with (a sweep's choices included)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return list(cfg.pipeline.get("task_overrides") or [])
+
+
+def _only(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
+    return [o for o in overrides if override_key(o).split(".", 1)[0] in keys]
+
+
+def make_cell(cfg: DictConfig, overrides: list[str]) -> Cell:
+    spec = get_map(cfg.env.map_name)
+    dataset = str(cfg.get("dataset") or "")
+    if not dataset or "/" in dataset:
+        raise ValueError(f"dataset={dataset or None!r}: phase=pipeline needs a dataset quality "
+                         f"({', '.join(PAPER_DATASETS)}, expert, mixed), e.g. experiment=2s3z_medium")
+    fine_tuning = is_fine_tuning(cfg.algo)
+    offline_seed = int(cfg.pipeline.offline.seed)
+    offline_hash = ""
+    if fine_tuning:
+        algo = OmegaConf.to_container(cfg.algo, resolve=True)
+        env = OmegaConf.to_container(cfg.env, resolve=True)
+        offline_hash = config_hash(offline_identity(algo, env, dataset, offline_seed,
+                                                    list(cfg.pipeline.offline.overrides)))
+    return Cell(root=Path(str(cfg.pipeline.root)).resolve(), map_name=spec.name, dataset=dataset,
+                algo=str(cfg.algo.name), seed=int(cfg.seed), fine_tuning=fine_tuning,
+                variant=variant_of(overrides), offline_seed=offline_seed, offline_hash=offline_hash)
+
+
+class Pipeline:
+    """The stages of one cell; ``run()`` does what is missing and returns the cell's metrics."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.overrides = forwarded_overrides(_task_overrides(cfg))
+        self.cell = make_cell(cfg, self.overrides)
+        self.root_dir = Path(str(cfg.paths.root_dir))
+        self.data_root = Path(str(cfg.data_root)).resolve()
+        self.stages: list[dict] = []
+
+    def _record(self, name: str, status: str, stage_dir: Path, command: list[str] | None = None,
+                wall: float | None = None) -> None:
+        self.stages.append({"stage": name, "status": status, "dir": str(stage_dir),
+                            "command": command[1:] if command else None, "wall_seconds": wall})
+        if command is None:
+            print(f"[pipeline] {name}: {status} ({stage_dir})", flush=True)
+
+    def _run(self, name: str, overrides: list[str], stage_dir: Path, status: str = "ran") -> None:
+        command = train_command(self.root_dir, overrides + [f"hydra.run.dir={stage_dir}"])
+        wall = run_stage(name, command, stage_dir)
+        self._record(name, status, stage_dir, command, wall)
+
+    def _shared_lock(self, stage: str, path: Path, where: Path) -> StageLock:
+        """The lock of a stage that cells share: waited for, or, with
+        ``pipeline.wait_for_shared=false``, the cell is skipped (:class:`_Busy`) while another
+        process holds it."""
+        lock = StageLock(path)
+        if self.cfg.pipeline.wait_for_shared:
+            lock.acquire(on_wait=lambda who: print(f"[pipeline] {stage} {where}: being made by {who}; waiting",
+                                                   flush=True))
+        elif not lock.try_acquire():
+            raise _Busy(stage, lock.holder(), where)
+        return lock
+
+    # -- stage 1: datasets -------------------------------------------------------------------
+    def _dataset_ready(self, quality: str) -> bool:
+        return (dataset_dir(self.data_root, self.cell.map_name, quality) / "dataset.json").is_file()
+
+    def ensure_dataset(self) -> None:
+        cell, quality = self.cell, self.cell.dataset
+        where = dataset_dir(self.data_root, cell.map_name, quality)
+        if self._dataset_ready(quality):
+            return self._record("dataset", "present", where)
+        if quality not in PAPER_DATASETS:
+            raise FileNotFoundError(f"dataset {where} is missing; the pipeline makes the paper's "
+                                    f"{' and '.join(PAPER_DATASETS)} datasets only: make it with python train.py "
+                                    f"phase=collect env={cell.map_name} qualities=[medium,expert,{quality}]")
+        lock = self._shared_lock("dataset", self.data_root / cell.map_name / ".collect.lock", where)
+        try:
+            missing = [q for q in PAPER_DATASETS if not self._dataset_ready(q)]
+            if not missing:
+                return self._record("dataset", "made by another process", where)
+            pc = self.cfg.pipeline.collect
+            stage_dir = cell.collect_dir(int(pc.seed))
+            if stage_dir.exists():
+                set_aside(stage_dir)
+            overrides = merge_overrides(
+                _only(self.overrides, _COLLECT_FORWARD),
+                ["phase=collect", "algo=qmix", f"env={cell.map_name}", f"seed={int(pc.seed)}",
+                 f"qualities=[{','.join(missing)}]", f"data_root={self.data_root}", f"env_steps={int(pc.env_steps)}"],
+                list(pc.overrides))
+            self._run("collect", overrides, stage_dir)
+        finally:
+            lock.release()
+
+    # -- stage 2: offline pretraining --------------------------------------------------------
+    def ensure_offline(self) -> Path:
+        cell = self.cell
+        stage_dir = cell.offline_dir
+        ckpt = stage_dir / "checkpoints" / "last.ckpt"
+        done = stage_dir / "offline_summary.json"
+        if done.is_file():
+            self._record("offline", "done before", stage_dir)
+            return ckpt
+        lock = self._shared_lock("offline", cell.lock_path(stage_dir), stage_dir)
+        try:
+            if done.is_file():
+                self._record("offline", "made by another process", stage_dir)
+                return ckpt
+            if stage_dir.exists():
+                set_aside(stage_dir)
+            overrides = merge_overrides(
+                _only(self.overrides, _OFFLINE_FORWARD),
+                ["phase=offline", f"seed={cell.offline_seed}", f"dataset={cell.dataset}",
+                 f"data_root={self.data_root}"],
+                list(self.cfg.pipeline.offline.overrides))
+            self._run("offline", overrides, stage_dir)
+            return ckpt
+        finally:
+            lock.release()
+
+    # -- stage 3: online fine-tuning and the final test --------------------------------------
+    def run_online(self, ckpt: Path | None) -> None:
+        """Train the cell's online run (resumed when an earlier sweep left a resume point)."""
+        cell = self.cell
+        stage_dir = cell.online_dir
+        resume = (stage_dir / "checkpoints" / "last.ckpt").is_file()
+        if stage_dir.exists() and not resume:
+            set_aside(stage_dir)
+        overrides = merge_overrides(
+            [o for o in self.overrides if override_key(o) != "resume"],
+            ["phase=online", f"seed={cell.seed}", f"data_root={self.data_root}"],
+            [f"ckpt={ckpt}"] if ckpt is not None else [],
+            list(self.cfg.pipeline.online.overrides),
+            [f"resume={stage_dir}"] if resume else [])
+        self._run("online", overrides, stage_dir, status="resumed" if resume else "ran")
+        write_json(stage_dir / "pipeline.json", self.describe())
+
+    def describe(self) -> dict:
+        c = self.cell
+        return {"task": c.task, "algo": c.algo, "variant": c.variant, "seed": c.seed, "root": str(c.root),
+                "overrides": self.overrides, "stages": self.stages}
+
+    def run(self) -> dict:
+        """Do the cell's missing stages; the final test's metrics, or ``pipeline/skipped`` when
+        another process holds the cell or (``pipeline.wait_for_shared=false``) a stage it needs."""
+        cell = self.cell
+        summary = cell.online_dir / "online_summary.json"
+        if summary.is_file():
+            self._record("online", "done before", cell.online_dir)
+            return _final_metrics(summary)
+        # The cell is claimed before its shared stages, so that a second sweep process moves on
+        # to another cell instead of queueing behind this one.
+        lock = StageLock(cell.lock_path(cell.online_dir))
+        if not lock.try_acquire():
+            self._record("online", f"being trained by {lock.holder()}: skipped", cell.online_dir)
+            return {"pipeline/skipped": 1.0}
+        try:
+            ckpt = None
+            if cell.fine_tuning:
+                self.ensure_dataset()
+                ckpt = self.ensure_offline()
+            self.run_online(ckpt)
+        except _Busy as busy:
+            self._record(busy.stage, f"being made by {busy.holder}: cell skipped for now", busy.where)
+            return {"pipeline/skipped": 1.0}
+        finally:
+            lock.release()
+        return _final_metrics(summary)
+
+
+def run(cfg: DictConfig) -> dict:
+    pipeline = Pipeline(cfg)
+    c = pipeline.cell
+    print(f"[pipeline] cell {c.task} {c.run_name} seed {c.seed} (sweep root {c.root})", flush=True)
+    start = time.perf_counter()
+    out = Path(cfg.paths.output_dir)
+    try:
+        metrics = pipeline.run()
+    except StageError as err:
+        write_json(out / "pipeline.json", {**pipeline.describe(), "error": str(err)})
+        if not cfg.pipeline.keep_going:
+            raise
+        print(f"[pipeline] {err}\n[pipeline] pipeline.keep_going=true: going on with the next cell", flush=True)
+        return {"pipeline/failed": 1.0}
+    write_json(out / "pipeline.json", {**pipeline.describe(), "wall_seconds": time.perf_counter() - start})
+    if "eval/final_win_rate" in metrics:
+        print(f"[pipeline] {c.task} {c.run_name} seed {c.seed}: final win rate {metrics['eval/final_win_rate']:.3f}, "
+              f"return {metrics.get('eval/final_return', float('nan')):.2f}", flush=True)
+    return metrics

@@ -1,0 +1,172 @@
+"""phase=pipeline: a grid cell end to end (datasets -> shared offline pretraining -> online
+fine-tuning), finished stages skipped, a killed run resumed, locks between sweep processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ovmse.phases.pipeline import make_cell
+from ovmse.sweeps import StageLock, forwarded_overrides, merge_overrides, variant_of
+from ovmse.sweeps.cells import config_hash, offline_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg_of(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def sweep(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", "phase=pipeline", "env=3m", "dataset=medium", "seed=0", "budget=smoke",
+         f"pipeline.root={tmp / 'sweep'}", f"data_root={tmp / 'data'}", f"hydra.sweep.dir={tmp / 'jobs'}", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def job_records(tmp: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((tmp / "jobs").glob("*/pipeline.json"))]
+
+
+def statuses(record: dict) -> dict[str, str]:
+    return {s["stage"]: s["status"] for s in record["stages"]}
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def test_variant_is_the_learning_overrides_only():
+    overrides = ["experiment=2s3z_medium", "algo=ovmse", "seed=1", "device=cpu", "eval.episodes=8",
+                 "+algo.online.mixing_ratio=0.3", "algo.lr=0.0005"]
+    assert variant_of(overrides) == "algo.lr=0.0005,algo.online.mixing_ratio=0.3"
+    assert variant_of(["experiment=2s3z_medium", "algo=qmix", "seed=0", "num_threads=1"]) == ""
+
+
+def test_pipeline_keys_are_not_forwarded_and_later_overrides_win():
+    assert forwarded_overrides(["phase=pipeline", "grid=table1", "budget=short", "pipeline.name=x", "algo=ovmse",
+                                "hydra.sweep.dir=/x", "seed=2"]) == ["algo=ovmse", "seed=2"]
+    assert merge_overrides(["seed=0", "env_steps=5"], ["seed=3"], ["+env_steps=7"]) == ["seed=3", "+env_steps=7"]
+
+
+def test_fine_tuning_algorithms_share_one_offline_pretraining():
+    cells = {algo: make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", f"algo={algo}"), [])
+             for algo in ("ovmse", "macql", "macalql", "switch_cql")}
+    assert len({c.offline_dir for c in cells.values()}) == 1
+    # Online settings do not change it; offline ones and the seed do.
+    same = make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "algo.online.mixing_ratio=0.3"),
+                     ["algo.online.mixing_ratio=0.3"])
+    assert same.offline_dir == cells["ovmse"].offline_dir
+    assert same.online_dir != cells["ovmse"].online_dir
+    other = make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "algo.offline.alpha=0.5"), [])
+    assert other.offline_dir != cells["ovmse"].offline_dir
+    reseeded = make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "seed=4"), [])
+    assert reseeded.offline_dir != cells["ovmse"].offline_dir
+    # The offline identity ignores how many battles run at once.
+    a = offline_identity({"lr": 1e-3}, {"map_name": "3m", "num_envs": 2}, "medium", 0, [])
+    b = offline_identity({"lr": 1e-3}, {"map_name": "3m", "num_envs": 8}, "medium", 0, [])
+    assert config_hash(a) == config_hash(b)
+
+
+def test_qmix_from_scratch_is_one_run_per_map():
+    medium = make_cell(cfg_of("phase=pipeline", "experiment=5m_vs_6m_medium", "algo=qmix"), [])
+    replay = make_cell(cfg_of("phase=pipeline", "experiment=5m_vs_6m_medium_replay", "algo=qmix"), [])
+    assert medium.online_dir == replay.online_dir
+    assert medium.online_dir.parts[-3:] == ("5m_vs_6m", "qmix", "seed0")
+
+
+def test_stage_lock_is_exclusive_and_takes_over_a_dead_holder(tmp_path):
+    first, second = StageLock(tmp_path / "x.lock"), StageLock(tmp_path / "x.lock")
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    first.release()
+    assert second.try_acquire()
+    second.release()
+    # A lock left by a process that is gone (same host) is stale.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "x.lock").write_text(f"{os.uname().nodename} {dead.stdout.strip()}")
+    assert StageLock(tmp_path / "x.lock").try_acquire()
+    # Another machine's lock is trusted.
+    (tmp_path / "y.lock").write_text("some-other-host 1")
+    assert not StageLock(tmp_path / "y.lock").try_acquire()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    proc = sweep(tmp, "algo=ovmse,macql,qmix")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, proc
+
+
+def test_a_sweep_runs_every_stage_once(swept):
+    tmp, proc = swept
+    root = tmp / "sweep"
+    assert (tmp / "data" / "3m" / "medium" / "dataset.json").is_file()
+    assert (tmp / "data" / "3m" / "medium_replay" / "dataset.json").is_file()
+    offline = list((root / "offline" / "3m_medium").glob("seed0-*/offline_summary.json"))
+    assert len(offline) == 1, "ovmse and macql share one offline pretraining"
+    for run in ("3m_medium/ovmse", "3m_medium/macql", "3m/qmix"):
+        summary = json.loads((root / "online" / run / "seed0" / "online_summary.json").read_text())
+        assert summary["eval/final_episodes"] == 16
+    ovmse, macql, qmix = job_records(tmp)
+    assert statuses(ovmse) == {"collect": "ran", "offline": "ran", "online": "ran"}
+    assert statuses(macql) == {"dataset": "present", "offline": "done before", "online": "ran"}
+    assert statuses(qmix) == {"online": "ran"}
+    # The fine-tuning run starts from the shared checkpoint.
+    ckpt = json.loads((root / "online" / "3m_medium" / "macql" / "seed0" / "online_summary.json").read_text())["ckpt"]
+    assert Path(ckpt).parent.parent == offline[0].parent
+
+
+def test_a_second_sweep_skips_what_is_done_and_resumes_a_killed_run(swept, tmp_path):
+    tmp, _ = swept
+    root = tmp / "sweep"
+    run = root / "online" / "3m_medium" / "ovmse" / "seed0"
+    before = {p: p.stat().st_mtime_ns for p in root.glob("online/*/*/seed0/online_summary.json")}
+    # A run killed after its last resume point: no summary, a last.ckpt.
+    (run / "online_summary.json").unlink()
+    jobs = tmp / "jobs"
+    jobs.rename(tmp / "jobs.first")
+    proc = sweep(tmp, "algo=ovmse,macql,qmix")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ovmse, macql, qmix = job_records(tmp)
+    assert statuses(ovmse) == {"dataset": "present", "offline": "done before", "online": "resumed"}
+    assert statuses(macql) == {"online": "done before"}
+    assert statuses(qmix) == {"online": "done before"}
+    assert (run / "online_summary.json").is_file() and (run / "resumes.jsonl").is_file()
+    for path, mtime in before.items():
+        if path.parent != run:
+            assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
+
+
+def test_a_busy_shared_stage_skips_the_cell_and_a_failed_stage_names_its_log(swept):
+    tmp, _ = swept
+    # Another offline setting: a pretraining of its own, not made yet.
+    cfg = cfg_of("phase=pipeline", "env=3m", "dataset=medium", "algo=switch_cql", "budget=smoke",
+                 "algo.offline.alpha=0.5", f"pipeline.root={tmp / 'sweep'}")
+    cell = make_cell(cfg, ["algo.offline.alpha=0.5"])
+    lock = StageLock(cell.lock_path(cell.offline_dir))
+    # Held by this (living) test process: another sweep process is pretraining it.
+    assert lock.try_acquire()
+    try:
+        (tmp / "jobs").rename(tmp / "jobs.second")
+        proc = sweep(tmp, "algo=switch_cql", "algo.offline.alpha=0.5", "pipeline.wait_for_shared=false")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (record,) = job_records(tmp)
+        assert "cell skipped for now" in statuses(record)["offline"]
+        assert not cell.online_dir.exists()
+    finally:
+        lock.release()
+    (tmp / "jobs").rename(tmp / "jobs.third")
+    proc = sweep(tmp, "algo=switch_cql", "pipeline.offline.overrides=['no_such_key=1']")
+    assert proc.returncode == 2
+    assert "pipeline stage offline failed" in proc.stderr and "stage.log" in proc.stderr
+    (record,) = job_records(tmp)
+    assert "error" in record
