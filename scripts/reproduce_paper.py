@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -76,14 +78,24 @@ def main() -> None:
         print(f"pass {k}: {counts} ({(time.time() - start) / 60:.1f} min so far)", flush=True)
         if counts["skipped"] == 0:
             break
-    report = subprocess.run([sys.executable, "-m", "ovmse.report", str(root), "--out", str(args.out)], cwd=ROOT)
+    report = subprocess.run([sys.executable, "-m", "ovmse.report", str(root.relative_to(ROOT)), "--out",
+                             str(args.out)], cwd=ROOT)
     if report.returncode != 0:
         raise SystemExit(report.returncode)
     if not args.no_docs:
-        body = (args.out / "report.md").read_text()
-        body = body.replace("](", f"]({args.out.relative_to(ROOT / 'docs')}/") if args.out.is_relative_to(ROOT / "docs") else body
-        replace_section(ROOT / "docs" / "results.md", BEGIN, END, body,
+        replace_section(ROOT / "docs" / "results.md", BEGIN, END, embedded(args.out / "report.md", ROOT / "docs"),
                         heading="## Paper reproduction (Table 1, Table 2, Figures 1-3)")
+
+
+def embedded(report: Path, doc_dir: Path) -> str:
+    """report.md as a section of a document in ``doc_dir``: without its title, headings one
+    level down, figure links relative to the document."""
+    prefix = os.path.relpath(report.parent, doc_dir)
+    text = report.read_text()
+    if text.startswith("# "):
+        text = text.split("\n", 1)[1].lstrip("\n")
+    text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
+    return re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({prefix}/{m[1]})", text)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,21 @@ def test_cli_error_on_empty_or_missing_root(tmp_path, make):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(root) in lines[0]
     assert "online/<map>_<dataset>/<algo>[+variant]/seed<k>/" in lines[0]
+
+
+def test_a_dataset_free_run_counts_for_every_task_of_its_map_once_in_compute(tmp_path):
+    root = tmp_path / "sweep"
+    for task in ("3s5z_medium", "3s5z_medium_replay"):
+        write_run(root, task, "ovmse", 0, final=0.5, evals=curve((1, 1, 1)))
+    # QMIX from scratch, as the pipeline lays it out: once per map.
+    write_run(root, "3s5z", "qmix", 0, final=0.25, evals=curve((1, 1, 1)), ckpt=None, wall_seconds=100.0)
+    # A restarted run's set-aside directory is not a run.
+    (root / "online" / "3s5z" / "qmix" / "seed0.incomplete-20261122-030000").mkdir()
+    write_report(root, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    cells = report["table1"]["cells"]
+    assert cells["3s5z_medium"]["qmix"]["median"] == 0.25
+    assert cells["3s5z_medium_replay"]["qmix"]["median"] == 0.25
+    assert report["compute"]["online"]["finished"] == 3
+    assert report["compute"]["online"]["seconds"] == 600.0 * 2 + 100.0
+    assert not any("incomplete" in str(r) for r in report["runs"])

@@ -45,6 +45,8 @@ from .fine_tuning import is_fine_tuning
 _COLLECT_FORWARD = ("experiment", "env", "device", "num_threads", "trainer", "logger", "paths", "data_root",
                     "collector")
 _OFFLINE_FORWARD = _COLLECT_FORWARD + ("algo", "dataset")
+# Overrides that may differ between a finished run and the sweep that finds it.
+_RUN_SETTINGS = ("resume", "hydra", "device", "num_threads", "trainer", "logger", "paths", "data_root")
 
 
 class _Busy(Exception):
@@ -192,14 +194,34 @@ class Pipeline:
         resume = (stage_dir / "checkpoints" / "last.ckpt").is_file()
         if stage_dir.exists() and not resume:
             set_aside(stage_dir)
-        overrides = merge_overrides(
-            [o for o in self.overrides if override_key(o) != "resume"],
-            ["phase=online", f"seed={cell.seed}", f"data_root={self.data_root}"],
-            [f"ckpt={ckpt}"] if ckpt is not None else [],
-            list(self.cfg.pipeline.online.overrides),
-            [f"resume={stage_dir}"] if resume else [])
+        overrides = self.online_overrides(ckpt) + ([f"resume={stage_dir}"] if resume else [])
         self._run("online", overrides, stage_dir, status="resumed" if resume else "ran")
         write_json(stage_dir / "pipeline.json", self.describe())
+
+    def online_overrides(self, ckpt: Path | None) -> list[str]:
+        return merge_overrides(
+            [o for o in self.overrides if override_key(o) != "resume"],
+            ["phase=online", f"seed={self.cell.seed}", f"data_root={self.data_root}"],
+            [f"ckpt={ckpt}"] if ckpt is not None else [],
+            list(self.cfg.pipeline.online.overrides))
+
+    def check_done_run(self, ckpt: Path | None) -> None:
+        """A finished run counts as this cell's only if it was made with this cell's command
+        (run settings aside): the directory names the cell, not the budget."""
+        recorded = self.cell.online_dir / ".hydra" / "overrides.yaml"
+        if not recorded.is_file():
+            return
+        from omegaconf import OmegaConf as _OC
+
+        def relevant(overrides) -> set[str]:
+            return {str(o) for o in overrides if override_key(str(o)).split(".", 1)[0] not in _RUN_SETTINGS}
+
+        made, wanted = relevant(_OC.load(recorded)), relevant(self.online_overrides(ckpt))
+        if made != wanted:
+            raise ValueError(
+                f"{self.cell.online_dir} is a finished run of other settings than this sweep's (only in the run: "
+                f"{sorted(made - wanted)}; only in the sweep: {sorted(wanted - made)}); give the sweep another "
+                "pipeline.name, or move that run away to redo it")
 
     def describe(self) -> dict:
         c = self.cell
@@ -212,6 +234,7 @@ class Pipeline:
         cell = self.cell
         summary = cell.online_dir / "online_summary.json"
         if summary.is_file():
+            self.check_done_run(cell.offline_dir / "checkpoints" / "last.ckpt" if cell.fine_tuning else None)
             self._record("online", "done before", cell.online_dir)
             return _final_metrics(summary)
         # The cell is claimed before its shared stages, so that a second sweep process moves on
