@@ -29,6 +29,13 @@ def sweep(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
         cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+def fresh_jobs(tmp: Path) -> None:
+    """Move the last sweep's job directories aside, so that job_records reads the next one's."""
+    jobs = tmp / "jobs"
+    if jobs.exists():
+        jobs.rename(tmp / f"jobs.{len(list(tmp.glob('jobs.*')))}")
+
+
 def job_records(tmp: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((tmp / "jobs").glob("*/pipeline.json"))]
 
@@ -132,8 +139,7 @@ def test_a_second_sweep_skips_what_is_done_and_resumes_a_killed_run(swept, tmp_p
     before = {p: p.stat().st_mtime_ns for p in root.glob("online/*/*/seed0/online_summary.json")}
     # A run killed after its last resume point: no summary, a last.ckpt.
     (run / "online_summary.json").unlink()
-    jobs = tmp / "jobs"
-    jobs.rename(tmp / "jobs.first")
+    fresh_jobs(tmp)
     proc = sweep(tmp, "algo=ovmse,macql,qmix")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ovmse, macql, qmix = job_records(tmp)
@@ -156,7 +162,7 @@ def test_a_busy_shared_stage_skips_the_cell_and_a_failed_stage_names_its_log(swe
     # Held by this (living) test process: another sweep process is pretraining it.
     assert lock.try_acquire()
     try:
-        (tmp / "jobs").rename(tmp / "jobs.second")
+        fresh_jobs(tmp)
         proc = sweep(tmp, "algo=switch_cql", "algo.offline.alpha=0.5", "pipeline.wait_for_shared=false")
         assert proc.returncode == 0, proc.stderr[-3000:]
         (record,) = job_records(tmp)
@@ -164,9 +170,21 @@ def test_a_busy_shared_stage_skips_the_cell_and_a_failed_stage_names_its_log(swe
         assert not cell.online_dir.exists()
     finally:
         lock.release()
-    (tmp / "jobs").rename(tmp / "jobs.third")
+    fresh_jobs(tmp)
     proc = sweep(tmp, "algo=switch_cql", "pipeline.offline.overrides=['no_such_key=1']")
     assert proc.returncode == 2
     assert "pipeline stage offline failed" in proc.stderr and "stage.log" in proc.stderr
     (record,) = job_records(tmp)
     assert "error" in record
+
+
+def test_a_finished_run_of_other_settings_is_not_taken_as_done(swept):
+    tmp, _ = swept
+    fresh_jobs(tmp)
+    summary = tmp / "sweep" / "online" / "3m" / "qmix" / "seed0" / "online_summary.json"
+    before = summary.read_text()
+    # The same sweep name with another online budget: the run directory is the same cell's.
+    proc = sweep(tmp, "algo=qmix", "pipeline.online.overrides=['env_steps=1280']")
+    assert proc.returncode == 2
+    assert "finished run of other settings" in proc.stderr and "env_steps=1280" in proc.stderr
+    assert summary.read_text() == before

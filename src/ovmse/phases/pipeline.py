@@ -62,13 +62,14 @@ def _final_metrics(summary: Path) -> dict:
     return {k: float(v) for k, v in result.items() if k.startswith("eval/") and isinstance(v, (int, float))}
 
 
-def _task_overrides(cfg: DictConfig) -> list[str]:
+def _task_overrides() -> list[str]:
     """The overrides this job was composed with (a sweep's choices included)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return list(cfg.pipeline.get("task_overrides") or [])
+    if not HydraConfig.initialized():
+        raise ValueError("phase=pipeline runs from python train.py: it hands the job's overrides (experiment, "
+                         "algo, ...) on to each stage's command")
+    return list(HydraConfig.get().overrides.task)
 
 
 def _only(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
@@ -99,7 +100,7 @@ class Pipeline:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.overrides = forwarded_overrides(_task_overrides(cfg))
+        self.overrides = forwarded_overrides(_task_overrides())
         self.cell = make_cell(cfg, self.overrides)
         self.root_dir = Path(str(cfg.paths.root_dir))
         self.data_root = Path(str(cfg.data_root)).resolve()
@@ -211,12 +212,10 @@ class Pipeline:
         recorded = self.cell.online_dir / ".hydra" / "overrides.yaml"
         if not recorded.is_file():
             return
-        from omegaconf import OmegaConf as _OC
-
         def relevant(overrides) -> set[str]:
             return {str(o) for o in overrides if override_key(str(o)).split(".", 1)[0] not in _RUN_SETTINGS}
 
-        made, wanted = relevant(_OC.load(recorded)), relevant(self.online_overrides(ckpt))
+        made, wanted = relevant(OmegaConf.load(recorded)), relevant(self.online_overrides(ckpt))
         if made != wanted:
             raise ValueError(
                 f"{self.cell.online_dir} is a finished run of other settings than this sweep's (only in the run: "
