@@ -115,6 +115,9 @@ def test_value_at_and_initial_drop():
     assert value_at(steps, returns, 10_000) == (10_000, 6.0)
     assert value_at(steps, returns, 1_000) is None
     assert initial_drop(steps, returns, budget=50_000) == 6.0  # 3 at 20k is past 20% of 50k
+    # A short budget still looks at the first 5000 env steps; a reference replaces the first return.
+    assert initial_drop(steps, returns, budget=10_000) == 4.0
+    assert initial_drop(steps, returns, budget=10_000, reference=7.0) == -1.0
 
 
 def test_table1_cells_unfinished_and_unreadable_runs(sweep, tmp_path):
@@ -148,14 +151,26 @@ def test_table2_groups_variants_by_recorded_mixing_ratio(sweep, tmp_path):
     assert (groups["0.1"]["mean"], groups["0.1"]["std"], groups["0.1"]["n"]) == pytest.approx((16.0, 2.0, 2))
     assert (groups["0.3"]["mean"], groups["0.3"]["std"], groups["0.3"]["n"]) == pytest.approx((11.0, 2.0, 2))
     assert [why for _, why in table2["excluded"]] == ["its variant changes more than the mixing ratio"]
-    # Past 200k the last evaluation at or before 200k is read, not the one just after it.
-    assert table2["tasks"]["6h_vs_8z_medium_replay"]["0.0"]["seeds"]["0"] == {
-        "step": 199_000, "return": 15.0, "limit": 200_000}
+    # One mixing ratio is no ablation: 6h_vs_8z's OVMSE run is not in the table.
+    assert "6h_vs_8z_medium_replay" not in table2["tasks"]
     text = (tmp_path / "out" / "table2.md").read_text()
     assert "| 2s3z_medium | ours | 11.00 ± 0.71 (n=4) | 16.00 ± 2.00 (n=2) | 11.00 ± 2.00 (n=2) |" in text
     assert "| 2s3z_medium | paper | 19.58 | 19.64 | 18.41 |" in text
     assert "- 2s3z_medium: evaluations at 10,000 env steps (the budget: runs are shorter than 200k)." in text
-    assert "- 6h_vs_8z_medium_replay: evaluations at 199,000 env steps (all runs reach 200k)." in text
+
+
+def test_table2_reads_the_last_evaluation_at_or_before_200k(tmp_path):
+    root = tmp_path / "sweep"
+    evals = [(2_000, 0.0, 8.0), (199_000, 0.0, 15.0), (201_000, 0.0, 16.0), (250_000, 0.0, 17.0)]
+    write_run(root, "6h_vs_8z_medium", "ovmse", 0, final=0.3, env_steps=250_000, evals=evals)
+    write_run(root, "6h_vs_8z_medium", "ovmse+algo.online.mixing_ratio=0.3", 0, final=0.3, env_steps=250_000,
+              evals=evals, ratio=0.3)
+    write_report(root, tmp_path / "out")
+    table2 = json.loads((tmp_path / "out" / "report.json").read_text())["table2"]
+    assert table2["tasks"]["6h_vs_8z_medium"]["0.0"]["seeds"]["0"] == {"step": 199_000, "return": 15.0,
+                                                                      "limit": 200_000}
+    text = (tmp_path / "out" / "table2.md").read_text()
+    assert "- 6h_vs_8z_medium: evaluations at 199,000 env steps (all runs reach 200k)." in text
 
 
 def test_claims(sweep, tmp_path):
@@ -165,10 +180,12 @@ def test_claims(sweep, tmp_path):
     assert (claims["a"]["values"]["k"], claims["a"]["values"]["n"], claims["a"]["verdict"]) == (1, 2, "does not hold")
     assert "5 of 6" in claims["a"]["paper"]
     assert claims["b"]["verdict"] == "holds" and list(claims["b"]["values"]) == ["2s3z_medium"]
-    # (c) OVMSE drops: 11-10, 0, 0, 0 (2s3z) and 0 (6h: 8 then 15) -> mean 0.2;
-    # Switch-CQL: 8 - 2 = 6 (20k is within 20% of 250k); QMIX starts from scratch: left out.
+    # (c) Early window of a 10k budget: the first 5000 env steps (evaluations at 1k and 2k).
+    # OVMSE: seeds 0 and 1 have a probe, whose Monte-Carlo return 4 is the reference: 4 - 10 and
+    # 4 - 11; seeds 2 and 3 start from their first evaluation: 0 and 0; 6h (8 then 15): 0
+    # -> mean -2.6. Switch-CQL: 8 - 2 = 6 (20k is within 20% of 250k); QMIX: left out.
     drops = claims["c"]["values"]
-    assert drops["ovmse"]["mean_drop"] == pytest.approx(0.2) and drops["switch_cql"]["mean_drop"] == 6.0
+    assert drops["ovmse"]["mean_drop"] == pytest.approx(-2.6) and drops["switch_cql"]["mean_drop"] == 6.0
     assert "qmix" not in drops and claims["c"]["verdict"] == "holds"
     assert claims["d"]["verdict"] == "holds"  # min(11, 16) >= 11
 

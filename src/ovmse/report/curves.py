@@ -49,8 +49,13 @@ def value_at(steps: np.ndarray, values: np.ndarray, limit: float) -> tuple[float
     return float(steps[before[-1]]), float(values[before[-1]])
 
 
-def initial_drop(steps: np.ndarray, returns: np.ndarray, budget: float, fraction: float = 0.2) -> float:
-    """First evaluation return minus the lowest return evaluated within the first
-    ``fraction`` of the budget (the first evaluation included, so the drop is >= 0)."""
-    early = returns[(steps <= fraction * budget) | (steps == steps[0])]
-    return float(returns[0] - early.min())
+def initial_drop(steps: np.ndarray, returns: np.ndarray, budget: float, reference: float | None = None,
+                 fraction: float = 0.2, min_steps: float = 5_000) -> float:
+    """How far the test return falls below ``reference`` (default: the first evaluation's) at
+    its lowest in the early window: the first ``fraction`` of the budget or the first
+    ``min_steps`` env steps, whichever is longer (the first evaluation always included).
+    Negative when every early evaluation beats the reference."""
+    window = max(fraction * budget, min_steps)
+    early = returns[(steps <= window) | (steps == steps[0])]
+    start = float(returns[0]) if reference is None else float(reference)
+    return float(start - early.min())

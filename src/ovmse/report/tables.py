@@ -115,7 +115,7 @@ def table2(runs: list[OnlineRun]) -> dict:
     ``*mixing_ratio`` key; the group key is ``settings.mixing_ratio`` of online_summary.json.
     The step of a run is its last evaluation at or before ``min(200_000, env steps it made)``.
     Returns ``{"tasks": {task: {ratio: group}}, "excluded": [(run dir, why)]}``, tasks in
-    paper order.
+    paper order; only tasks with runs of two or more ratios.
     """
     groups: dict[str, dict[float, dict]] = {}
     excluded = []
@@ -140,7 +140,9 @@ def table2(runs: list[OnlineRun]) -> dict:
         for group in task_groups.values():
             mean, std = mean_std([s["return"] for s in group["seeds"].values()])
             group.update(mean=float(mean), std=float(std), n=len(group["seeds"]))
-    tasks = {task: dict(sorted(groups[task].items())) for task in sorted(groups, key=paper.task_sort_key)}
+    # An ablation needs two ratios: a task whose OVMSE runs all share one is not in the table.
+    tasks = {task: dict(sorted(groups[task].items())) for task in sorted(groups, key=paper.task_sort_key)
+             if len(groups[task]) > 1}
     return {"tasks": tasks, "excluded": excluded}
 
 
