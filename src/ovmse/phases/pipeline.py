@@ -212,8 +212,12 @@ class Pipeline:
         recorded = self.cell.online_dir / ".hydra" / "overrides.yaml"
         if not recorded.is_file():
             return
+        # A run from scratch serves every task of its map: the experiment presets of one map
+        # differ only in their dataset, which such a run does not use.
+        ignored = _RUN_SETTINGS if self.cell.fine_tuning else _RUN_SETTINGS + ("experiment", "dataset")
+
         def relevant(overrides) -> set[str]:
-            return {str(o) for o in overrides if override_key(str(o)).split(".", 1)[0] not in _RUN_SETTINGS}
+            return {str(o) for o in overrides if override_key(str(o)).split(".", 1)[0] not in ignored}
 
         made, wanted = relevant(OmegaConf.load(recorded)), relevant(self.online_overrides(ckpt))
         if made != wanted:
@@ -264,11 +268,11 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     try:
         metrics = pipeline.run()
-    except StageError as err:
+    except (StageError, ValueError) as err:
         write_json(out / "pipeline.json", {**pipeline.describe(), "error": str(err)})
         if not cfg.pipeline.keep_going:
             raise
-        print(f"[pipeline] {err}\n[pipeline] pipeline.keep_going=true: going on with the next cell", flush=True)
+        print(f"[pipeline] error: {err}\n[pipeline] pipeline.keep_going=true: going on with the next cell", flush=True)
         return {"pipeline/failed": 1.0}
     write_json(out / "pipeline.json", {**pipeline.describe(), "wall_seconds": time.perf_counter() - start})
     if "eval/final_win_rate" in metrics:
