@@ -22,9 +22,9 @@ def cfg_of(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-def sweep(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
+def sweep(tmp: Path, *overrides: str, dataset: str = "medium") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "train.py", "-m", "phase=pipeline", "env=3m", "dataset=medium", "seed=0", "budget=smoke",
+        [sys.executable, "train.py", "-m", "phase=pipeline", "env=3m", f"dataset={dataset}", "seed=0", "budget=smoke",
          f"pipeline.root={tmp / 'sweep'}", f"data_root={tmp / 'data'}", f"hydra.sweep.dir={tmp / 'jobs'}", *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
 
@@ -146,6 +146,12 @@ def test_a_second_sweep_skips_what_is_done_and_resumes_a_killed_run(swept, tmp_p
     assert statuses(ovmse) == {"dataset": "present", "offline": "done before", "online": "resumed"}
     assert statuses(macql) == {"online": "done before"}
     assert statuses(qmix) == {"online": "done before"}
+    # QMIX from scratch of the map's other task is the same run.
+    fresh_jobs(tmp)
+    proc = sweep(tmp, "algo=qmix", dataset="medium_replay")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (other_task,) = job_records(tmp)
+    assert other_task["task"] == "3m_medium_replay" and statuses(other_task) == {"online": "done before"}
     assert (run / "online_summary.json").is_file() and (run / "resumes.jsonl").is_file()
     for path, mtime in before.items():
         if path.parent != run:
