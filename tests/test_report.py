@@ -35,7 +35,7 @@ def write_run(root, task, run_name, seed, *, final=None, evals=(), probes=(), en
                      "eval/final_win_rate": final, "eval/final_return": 999.0})
         summary = {"algo": run_name.partition("+")[0], "seed": seed, "ckpt": ckpt, "env_steps": env_steps,
                    "wall_seconds": wall_seconds, "settings": {"mixing_ratio": ratio},
-                   "eval/final_win_rate": final, "eval/final_episodes": 640.0}
+                   "eval/final_win_rate": final, "eval/final_return": 20 * final, "eval/final_episodes": 640.0}
         (run / "online_summary.json").write_text(json.dumps(summary))
     with open(run / "metrics.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, COLUMNS)
@@ -132,6 +132,8 @@ def test_table1_cells_unfinished_and_unreadable_runs(sweep, tmp_path):
     assert "| 2s3z_medium | **0.500** [0.35, 0.70] (n=4) | — | — | — | 0.200 [0.15, 0.25] (n=3) |" in table
     assert "| 6h_vs_8z_medium_replay | 0.300 [0.30, 0.30] (n=1) | **0.600** [0.60, 0.60] (n=1) |" in table
     assert "| 6h_vs_8z_medium_replay | **0.713** | 0.509 | 0.116 | 0.130 | 0.320 |" in table  # the paper's
+    # The companion table of final returns (20 x the win rate here): OVMSE 4, 8, 12, 20.
+    assert "| 2s3z_medium | **10.00** [7.0, 14.0] (n=4) | — | — | — | 4.00 [3.0, 5.0] (n=3) |" in table
     text = report.read_text()
     assert "- unfinished: `online/2s3z_medium/ovmse/seed4`: no online_summary.json (running or stopped)" in text
     assert "- unreadable: `online/2s3z_medium/ovmse/seed5`:" in text and "not valid JSON" in text

@@ -21,8 +21,9 @@ from .runs import FINISHED, OnlineRun, variant_overrides
 NONE = "—"
 
 
-def table1(runs: list[OnlineRun]) -> dict:
-    """Our Table 1 from the variant-free runs.
+def table1(runs: list[OnlineRun], metric: str = "eval/final_win_rate") -> dict:
+    """Our Table 1 from the variant-free runs: medians over seeds of the summary's ``metric``
+    (the final test's win rate; ``eval/final_return`` gives its companion table of returns).
 
     Returns ``{"tasks": [task], "algos": [algo], "cells": {task: {algo: cell or None}}}``:
     tasks with any variant-free run in paper order; Table 1's five algorithms always, then
@@ -31,15 +32,16 @@ def table1(runs: list[OnlineRun]) -> dict:
     plain = [r for r in runs if r.variant is None]
     tasks = sorted({r.task for r in plain}, key=paper.task_sort_key)
     algos = sorted(set(paper.TABLE1_ALGOS) | {r.algo for r in plain}, key=paper.algo_sort_key)
-    cells = {task: {algo: _cell([r for r in plain if r.task == task and r.algo == algo and r.status == FINISHED])
+    cells = {task: {algo: _cell([r for r in plain if r.task == task and r.algo == algo and r.status == FINISHED],
+                                metric)
                     for algo in algos} for task in tasks}
     return {"tasks": tasks, "algos": algos, "cells": cells}
 
 
-def _cell(finished: list[OnlineRun]) -> dict | None:
-    if not finished:
+def _cell(finished: list[OnlineRun], metric: str) -> dict | None:
+    seeds = {r.seed: float(r.summary[metric]) for r in sorted(finished, key=lambda r: r.seed) if metric in r.summary}
+    if not seeds:
         return None
-    seeds = {r.seed: r.final_win_rate for r in sorted(finished, key=lambda r: r.seed)}
     median, q25, q75 = median_iqr(list(seeds.values()))
     return {"median": float(median), "q25": float(q25), "q75": float(q75), "n": len(seeds), "seeds": seeds}
 
@@ -55,13 +57,14 @@ def _medians(cells: dict, algos) -> dict[str, float | None]:
     return {a: cells[a]["median"] if cells.get(a) else None for a in algos}
 
 
-def table1_markdown(table: dict) -> str:
+def table1_markdown(table: dict, digits: int = 3) -> str:
     """Ours: ``median [q25, q75] (n=k)`` per cell, the best median per row bold."""
     rows = []
     for task in table["tasks"]:
         cells = table["cells"][task]
         best = best_algos(_medians(cells, table["algos"]))
-        rows.append([task] + [_bold(f"{c['median']:.3f}", a in best) + f" [{c['q25']:.2f}, {c['q75']:.2f}] (n={c['n']})"
+        rows.append([task] + [_bold(f"{c['median']:.{digits}f}", a in best)
+                              + f" [{c['q25']:.{digits - 1}f}, {c['q75']:.{digits - 1}f}] (n={c['n']})"
                               if c else NONE for a, c in cells.items()])
     return markdown(["Task"] + [paper.label(a) for a in table["algos"]], rows)
 
