@@ -194,3 +194,16 @@ def test_a_finished_run_of_other_settings_is_not_taken_as_done(swept):
     assert proc.returncode == 2
     assert "finished run of other settings" in proc.stderr and "env_steps=1280" in proc.stderr
     assert summary.read_text() == before
+
+
+def test_a_variant_runs_in_a_directory_of_its_own(swept):
+    tmp, _ = swept
+    fresh_jobs(tmp)
+    # The variant's directory name holds '=': it reaches Hydra quoted.
+    proc = sweep(tmp, "algo=ovmse", "algo.online.mixing_ratio=0.5")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp / "sweep" / "online" / "3m_medium" / "ovmse+algo.online.mixing_ratio=0.5" / "seed0"
+    summary = json.loads((run / "online_summary.json").read_text())
+    assert summary["settings"]["mixing_ratio"] == 0.5
+    (record,) = job_records(tmp)
+    assert statuses(record) == {"dataset": "present", "offline": "done before", "online": "ran"}

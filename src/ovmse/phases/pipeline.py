@@ -34,6 +34,7 @@ from ovmse.sweeps.cells import (
     merge_overrides,
     offline_identity,
     override_key,
+    path_override,
     variant_of,
 )
 from ovmse.sweeps.locks import StageLock
@@ -114,7 +115,7 @@ class Pipeline:
             print(f"[pipeline] {name}: {status} ({stage_dir})", flush=True)
 
     def _run(self, name: str, overrides: list[str], stage_dir: Path, status: str = "ran") -> None:
-        command = train_command(self.root_dir, overrides + [f"hydra.run.dir={stage_dir}"])
+        command = train_command(self.root_dir, overrides + [path_override("hydra.run.dir", stage_dir)])
         wall = run_stage(name, command, stage_dir)
         self._record(name, status, stage_dir, command, wall)
 
@@ -155,7 +156,7 @@ class Pipeline:
             overrides = merge_overrides(
                 _only(self.overrides, _COLLECT_FORWARD),
                 ["phase=collect", "algo=qmix", f"env={cell.map_name}", f"seed={int(pc.seed)}",
-                 f"qualities=[{','.join(missing)}]", f"data_root={self.data_root}", f"env_steps={int(pc.env_steps)}"],
+                 f"qualities=[{','.join(missing)}]", path_override("data_root", self.data_root), f"env_steps={int(pc.env_steps)}"],
                 list(pc.overrides))
             self._run("collect", overrides, stage_dir)
         finally:
@@ -180,7 +181,7 @@ class Pipeline:
             overrides = merge_overrides(
                 _only(self.overrides, _OFFLINE_FORWARD),
                 ["phase=offline", f"seed={cell.offline_seed}", f"dataset={cell.dataset}",
-                 f"data_root={self.data_root}"],
+                 path_override("data_root", self.data_root)],
                 list(self.cfg.pipeline.offline.overrides))
             self._run("offline", overrides, stage_dir)
             return ckpt
@@ -195,15 +196,15 @@ class Pipeline:
         resume = (stage_dir / "checkpoints" / "last.ckpt").is_file()
         if stage_dir.exists() and not resume:
             set_aside(stage_dir)
-        overrides = self.online_overrides(ckpt) + ([f"resume={stage_dir}"] if resume else [])
+        overrides = self.online_overrides(ckpt) + ([path_override("resume", stage_dir)] if resume else [])
         self._run("online", overrides, stage_dir, status="resumed" if resume else "ran")
         write_json(stage_dir / "pipeline.json", self.describe())
 
     def online_overrides(self, ckpt: Path | None) -> list[str]:
         return merge_overrides(
             [o for o in self.overrides if override_key(o) != "resume"],
-            ["phase=online", f"seed={self.cell.seed}", f"data_root={self.data_root}"],
-            [f"ckpt={ckpt}"] if ckpt is not None else [],
+            ["phase=online", f"seed={self.cell.seed}", path_override("data_root", self.data_root)],
+            [path_override("ckpt", ckpt)] if ckpt is not None else [],
             list(self.cfg.pipeline.online.overrides))
 
     def check_done_run(self, ckpt: Path | None) -> None:

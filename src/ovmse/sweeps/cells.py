@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -61,6 +62,15 @@ def variant_of(overrides: Iterable[str]) -> str:
     chosen = [o for o in overrides if override_key(o) not in IDENTITY_KEYS
               and _top(override_key(o)) not in OPERATIONAL_KEYS + PIPELINE_KEYS]
     return ",".join(sorted(o.lstrip("+") for o in chosen))
+
+
+def path_override(key: str, path: str | Path) -> str:
+    """``key=path`` for a Hydra command line, the path quoted when it holds characters Hydra's
+    override grammar gives a meaning (a variant's run directory has ``=`` and ``,``)."""
+    text = str(path)
+    if re.search(r"[^\w/.\-+:@~]", text):
+        text = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={text}"
 
 
 def merge_overrides(*groups: Iterable[str]) -> list[str]:
