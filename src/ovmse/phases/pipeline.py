@@ -156,7 +156,8 @@ class Pipeline:
             overrides = merge_overrides(
                 _only(self.overrides, _COLLECT_FORWARD),
                 ["phase=collect", "algo=qmix", f"env={cell.map_name}", f"seed={int(pc.seed)}",
-                 f"qualities=[{','.join(missing)}]", path_override("data_root", self.data_root), f"env_steps={int(pc.env_steps)}"],
+                 f"qualities=[{','.join(missing)}]", path_override("data_root", self.data_root),
+                 f"env_steps={int(pc.env_steps)}"],
                 list(pc.overrides))
             self._run("collect", overrides, stage_dir)
         finally:
