@@ -182,12 +182,12 @@ def test_claims(sweep, tmp_path):
     assert (claims["a"]["values"]["k"], claims["a"]["values"]["n"], claims["a"]["verdict"]) == (1, 2, "does not hold")
     assert "5 of 6" in claims["a"]["paper"]
     assert claims["b"]["verdict"] == "holds" and list(claims["b"]["values"]) == ["2s3z_medium"]
-    # (c) Early window of a 10k budget: the first 5000 env steps (evaluations at 1k and 2k).
-    # OVMSE: seeds 0 and 1 have a probe, whose Monte-Carlo return 4 is the reference: 4 - 10 and
-    # 4 - 11; seeds 2 and 3 start from their first evaluation: 0 and 0; 6h (8 then 15): 0
-    # -> mean -2.6. Switch-CQL: 8 - 2 = 6 (20k is within 20% of 250k); QMIX: left out.
+    # (c) Early window of a 10k budget: the first 5000 env steps (evaluations at 1k and 2k). No
+    # offline summary at the recorded checkpoint: the first evaluation is the reference.
+    # OVMSE: 11 - 10, 0, 0, 0 (2s3z) and 0 (6h: 8 then 15) -> mean 0.2;
+    # Switch-CQL: 8 - 2 = 6 (20k is within 20% of 250k); QMIX: left out.
     drops = claims["c"]["values"]
-    assert drops["ovmse"]["mean_drop"] == pytest.approx(-2.6) and drops["switch_cql"]["mean_drop"] == 6.0
+    assert drops["ovmse"]["mean_drop"] == pytest.approx(0.2) and drops["switch_cql"]["mean_drop"] == 6.0
     assert "qmix" not in drops and claims["c"]["verdict"] == "holds"
     assert claims["d"]["verdict"] == "holds"  # min(11, 16) >= 11
 
@@ -236,3 +236,20 @@ def test_a_dataset_free_run_counts_for_every_task_of_its_map_once_in_compute(tmp
     assert report["compute"]["online"]["finished"] == 3
     assert report["compute"]["online"]["seconds"] == 600.0 * 2 + 100.0
     assert not any("incomplete" in str(r) for r in report["runs"])
+
+
+def test_the_drop_is_measured_from_the_offline_policys_return(tmp_path):
+    root = tmp_path / "sweep"
+    offline = root / "offline" / "2s3z_medium" / "seed0-abc"
+    offline.mkdir(parents=True)
+    (offline / "offline_summary.json").write_text(json.dumps({"eval/return": 12.0, "wall_seconds": 1.0,
+                                                             "updates": 300}))
+    # The checkpoint path recorded on another machine: found under this root by its name.
+    ckpt = "/elsewhere/offline/2s3z_medium/seed0-abc/checkpoints/last.ckpt"
+    write_run(root, "2s3z_medium", "ovmse", 0, final=0.1, evals=curve((9, 7, 13)), ckpt=ckpt)
+    write_run(root, "2s3z_medium", "switch_cql", 0, final=0.1, evals=curve((9, 3, 13)), ckpt=ckpt)
+    write_report(root, tmp_path / "out")
+    claims = {c["id"]: c for c in json.loads((tmp_path / "out" / "report.json").read_text())["claims"]}
+    assert claims["c"]["values"]["ovmse"]["drops"] == [5.0]  # 12 - 7
+    assert claims["c"]["values"]["switch_cql"]["drops"] == [9.0]  # 12 - 3
+    assert claims["c"]["verdict"] == "holds"

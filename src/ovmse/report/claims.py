@@ -8,6 +8,9 @@ A claim is a dict (written to report.json as it is)::
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from . import paper
@@ -61,12 +64,26 @@ def beats_scratch(table1: dict) -> dict:
             "values": pairs}
 
 
+def offline_return(run: OnlineRun) -> float | None:
+    """``eval/return`` of the offline pretraining a fine-tuning run started from: its
+    ``offline_summary.json`` under this sweep root (``offline/<task>/<name>/``, so a moved
+    root still works), else beside the recorded checkpoint path; None when neither is there."""
+    ckpt = Path(str(run.summary.get("ckpt")))
+    offline_dir = ckpt.parent.parent
+    for directory in (run.path.parents[3] / "offline" / run.task / offline_dir.name, offline_dir):
+        try:
+            return float(json.loads((directory / "offline_summary.json").read_text())["eval/return"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def smallest_drop(runs: list[OnlineRun]) -> dict:
     """(c) After the switch to online, OVMSE's return drops least.
 
-    Drop of a run: the offline policy's greedy return before the first online update (the
-    unlearning probe's Monte-Carlo return; the first evaluation's when the run has no probe)
-    minus the lowest evaluation return in the early window (the first 20% of the budget or the
+    Drop of a run: the offline policy's greedy test return (the last evaluation of the offline
+    pretraining it starts from; its first own evaluation when that cannot be found) minus the
+    lowest evaluation return in the early window (the first 20% of the budget or the
     first 5000 env steps, whichever is longer). Averaged per algorithm over all finished
     variant-free runs (tasks and seeds) that start from an offline checkpoint (``ckpt`` set).
     """
@@ -74,14 +91,13 @@ def smallest_drop(runs: list[OnlineRun]) -> dict:
     for run in runs:
         if run.status == FINISHED and run.variant is None and run.summary.get("ckpt"):
             steps, returns = run.curves["eval/return"]
-            probe = run.curves.get("eval/probe_mc_return")
-            reference = float(probe[1][0]) if probe is not None and len(probe[1]) else None
+            reference = offline_return(run)
             drops.setdefault(run.algo, []).append(initial_drop(steps, returns, run.env_steps, reference,
                                                                DROP_FRACTION))
     means = {a: float(np.mean(d)) for a, d in sorted(drops.items(), key=lambda item: paper.algo_sort_key(item[0]))}
     checks = [means["ovmse"] <= min(means.values())] if "ovmse" in means and len(means) > 1 else []
     return {"id": "c", "claim": "after the switch OVMSE's test return drops least: mean over tasks and seeds of the "
-                                "offline policy's greedy return minus the lowest test return in the first 20% of "
+                                "offline policy's greedy test return minus the lowest test return in the first 20% of "
                                 "the budget (at least the first 5000 env steps)",
             "paper": "paper: OVMSE shows the smallest initial drop",
             "verdict": _verdict(checks),
