@@ -190,6 +190,9 @@ def test_claims(sweep, tmp_path):
     assert drops["ovmse"]["mean_drop"] == pytest.approx(0.2) and drops["switch_cql"]["mean_drop"] == 6.0
     assert "qmix" not in drops and claims["c"]["verdict"] == "holds"
     assert claims["d"]["verdict"] == "holds"  # min(11, 16) >= 11
+    # (e) OVMSE's probes (seeds 0, 1): 5 then 3 -> falls 2 and 2; no other algorithm has one.
+    assert claims["e"]["values"] == {"ovmse": {"mean_fall": 2.0, "falls": [2.0, 2.0]}}
+    assert claims["e"]["verdict"] == "no data"
 
 
 def test_figures_are_png_files_linked_from_the_report(sweep, tmp_path):

@@ -23,7 +23,8 @@ DROP_FRACTION = 0.2
 
 
 def all_claims(table1: dict, table2: dict, runs: list[OnlineRun]) -> list[dict]:
-    return [best_on_tasks(table1), beats_scratch(table1), smallest_drop(runs), mixing_ratio(table2)]
+    return [best_on_tasks(table1), beats_scratch(table1), smallest_drop(runs), mixing_ratio(table2),
+            values_kept(runs)]
 
 
 def _verdict(checks: list[bool]) -> str:
@@ -122,3 +123,25 @@ def mixing_ratio(table2: dict) -> dict:
                         + f" vs 0.3: {t['ratio_0.3']:.2f}: {HOLDS if t['holds'] else FAILS}"
                         for task, t in per_task.items()],
             "values": per_task}
+
+
+def values_kept(runs: list[OnlineRun]) -> dict:
+    """(e) Figure 1: OVMSE's Q_tot on the offline policy's trajectories falls least.
+
+    Fall of a run: its first probe Q_tot minus the lowest later one (0 when it never falls
+    below the first); averaged per algorithm over the finished variant-free runs with a probe.
+    """
+    falls: dict[str, list[float]] = {}
+    for run in runs:
+        probe = run.curves.get("eval/probe_q_tot")
+        if run.status == FINISHED and run.variant is None and probe is not None and len(probe[1]):
+            q = np.asarray(probe[1], dtype=float)
+            falls.setdefault(run.algo, []).append(float(q[0] - q.min()))
+    means = {a: float(np.mean(f)) for a, f in sorted(falls.items(), key=lambda item: paper.algo_sort_key(item[0]))}
+    checks = [means["ovmse"] <= min(means.values())] if "ovmse" in means and len(means) > 1 else []
+    return {"id": "e", "claim": "OVMSE's Q_tot on the offline policy's trajectories falls least (Figure 1): mean "
+                                "over tasks and seeds of the first probe Q_tot minus the lowest one",
+            "paper": "paper: OVM preserves the offline Q-values, which fall without it",
+            "verdict": _verdict(checks),
+            "details": [f"{paper.label(a)}: {m:.2f} (n={len(falls[a])} runs)" for a, m in means.items()],
+            "values": {a: {"mean_fall": m, "falls": falls[a]} for a, m in means.items()}}
