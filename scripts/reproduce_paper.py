@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -36,10 +37,11 @@ def sweep_pass(grids: list[str], budget: str, workers: int, jobs_dir: Path, extr
     for w in range(workers):
         log = jobs_dir / f"worker{w}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        # Quoted for bash: an extra override may hold brackets, quotes or spaces.
         script = " && ".join(
-            " ".join([sys.executable, "train.py", "phase=pipeline", f"grid={g}", f"budget={budget}",
-                      "pipeline.wait_for_shared=false", "pipeline.keep_going=true",
-                      f"hydra.sweep.dir={jobs_dir / f'{g}-w{w}'}", *extra]) for g in grids)
+            shlex.join([sys.executable, "train.py", "phase=pipeline", f"grid={g}", f"budget={budget}",
+                        "pipeline.wait_for_shared=false", "pipeline.keep_going=true",
+                        f"hydra.sweep.dir={jobs_dir / f'{g}-w{w}'}", *extra]) for g in grids)
         procs.append(subprocess.Popen(["bash", "-c", script], cwd=ROOT, stdout=open(log, "w"),
                                       stderr=subprocess.STDOUT))
         time.sleep(20)  # let the first worker claim its first cell before the next one looks

@@ -33,6 +33,7 @@ from ovmse.sweeps.cells import (
     forwarded_overrides,
     merge_overrides,
     offline_identity,
+    override_group,
     override_key,
     path_override,
     variant_of,
@@ -74,7 +75,7 @@ def _task_overrides() -> list[str]:
 
 
 def _only(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
-    return [o for o in overrides if override_key(o).split(".", 1)[0] in keys]
+    return [o for o in overrides if override_group(o) in keys]
 
 
 def make_cell(cfg: DictConfig, overrides: list[str]) -> Cell:
@@ -219,7 +220,7 @@ class Pipeline:
         ignored = _RUN_SETTINGS if self.cell.fine_tuning else _RUN_SETTINGS + ("experiment", "dataset")
 
         def relevant(overrides) -> set[str]:
-            return {str(o) for o in overrides if override_key(str(o)).split(".", 1)[0] not in ignored}
+            return {str(o) for o in overrides if override_group(str(o)) not in ignored}
 
         made, wanted = relevant(OmegaConf.load(recorded)), relevant(self.online_overrides(ckpt))
         if made != wanted:

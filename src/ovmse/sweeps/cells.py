@@ -44,13 +44,15 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def _top(key: str) -> str:
-    return key.split(".", 1)[0].split("@", 1)[0]
+def override_group(override: str) -> str:
+    """The top-level config key or group an override sets: ``algo`` for ``algo.lr=...``,
+    ``algo=ovmse`` and ``+algo@x=...``."""
+    return override_key(override).split(".", 1)[0].split("@", 1)[0]
 
 
 def forwarded_overrides(task_overrides: Iterable[str]) -> list[str]:
     """The sweep job's overrides that its stages get too (without the pipeline's own)."""
-    return [o for o in task_overrides if _top(override_key(o)) not in PIPELINE_KEYS]
+    return [o for o in task_overrides if override_group(o) not in PIPELINE_KEYS]
 
 
 def variant_of(overrides: Iterable[str]) -> str:
@@ -60,7 +62,7 @@ def variant_of(overrides: Iterable[str]) -> str:
     # ``algo=ovmse`` names the cell, ``algo.lr=...`` changes what it learns: identity keys
     # match whole, the others by their top-level group.
     chosen = [o for o in overrides if override_key(o) not in IDENTITY_KEYS
-              and _top(override_key(o)) not in OPERATIONAL_KEYS + PIPELINE_KEYS]
+              and override_group(o) not in OPERATIONAL_KEYS + PIPELINE_KEYS]
     return ",".join(sorted(o.lstrip("+") for o in chosen))
 
 

@@ -79,10 +79,3 @@ class StageLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-    def __enter__(self) -> "StageLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
