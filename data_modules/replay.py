@@ -11,6 +11,10 @@ Row order of a batch: rows ``[0, n_offline)`` are offline episodes, rows
 ``[B, T_max + 1]`` batch dims) marks the offline rows, so losses / metrics can tell them
 apart without relying on the order.
 
+Every batch is cut to its longest filled episode (:func:`~ovmse.datasets.trim_to_filled`,
+PyMARL2's ``max_t_filled``): ``T_max + 1`` below is the episode limit + 1 of the buffers, a
+batch has ``L + 1 <= T_max + 1`` rows, L the longest episode in it.
+
 Sampling is lazy: :meth:`ReplayDataModule.train_dataloader` draws a new batch from the
 buffers each time the iterator is advanced, so episodes added to the buffers (e.g. by a
 collection callback during training) are visible to the very next batch. The loader uses
@@ -27,7 +31,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
 from ovmse.collection.replay import EpisodeReplayBuffer
-from ovmse.datasets import OfflineDataset
+from ovmse.datasets import OfflineDataset, trim_to_filled
 
 FROM_OFFLINE_KEY = "from_offline"
 
@@ -112,8 +116,9 @@ class ReplayDataModule(pl.LightningDataModule):
         return not self._shortfalls()
 
     def sample(self) -> TensorDictBase:
-        """One batch ``[batch_size, T_max + 1]``: ``n_offline`` offline rows then ``n_online``
-        online rows, with bool ``"from_offline"`` ``[B, T_max + 1, 1]``.
+        """One batch ``[batch_size, L + 1]`` cut to its longest filled episode (L <= T_max):
+        ``n_offline`` offline rows then ``n_online`` online rows, with bool ``"from_offline"``
+        ``[B, L + 1, 1]``.
 
         Raises:
             RuntimeError: if :meth:`ready` is False.
@@ -129,14 +134,10 @@ class ReplayDataModule(pl.LightningDataModule):
             parts.append(self._tagged(self.offline.sample(self.n_offline), True))
         if self.n_online > 0:
             parts.append(self._tagged(self.online.sample(self.n_online), False))
-        if len(parts) == 1:
-            return parts[0]
-        a, b = parts
-        if a.shape[1:] != b.shape[1:]:
-            raise RuntimeError(
-                f"offline episodes have length {a.shape[1]} but online episodes {b.shape[1]} (T_max + 1 differs)"
-            )
-        return torch.cat(parts, 0)
+        if len(parts) == 2 and parts[0].shape[1:] != parts[1].shape[1:]:
+            raise RuntimeError(f"offline episodes have length {parts[0].shape[1]} but online episodes "
+                               f"{parts[1].shape[1]} (T_max + 1 differs)")
+        return trim_to_filled(parts[0] if len(parts) == 1 else torch.cat(parts, 0))
 
     @staticmethod
     def _tagged(td: TensorDictBase, offline: bool) -> TensorDictBase:

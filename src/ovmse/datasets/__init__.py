@@ -1,6 +1,6 @@
 """Offline datasets: on-disk format, writing, validation, loading, statistics."""
 
-from .format import QUALITIES, dataset_dir, field_specs, resolve_dataset
+from .format import QUALITIES, dataset_dir, field_specs, resolve_dataset, trim_to_filled
 from .loading import OfflineDataset, load_dataset
 from .stats import dataset_stats, episode_stats
 from .validation import DatasetError
@@ -17,4 +17,5 @@ __all__ = [
     "episode_stats",
     "field_specs",
     "load_dataset",
+    "trim_to_filled",
 ]

@@ -21,7 +21,8 @@
 | ``"filled"`` | bool | ``[E, T+1, 1]`` |
 
 Row ``t < len`` is a transition, row ``len`` the final observation (``filled`` is
-``t <= len``), rows after it are zero padding.
+``t <= len``), rows after it are zero padding. :func:`trim_to_filled` cuts a batch to its
+longest filled episode before it reaches a loss.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from tensordict import TensorDictBase
 
 from ovmse.envs import MapSpec
 
@@ -92,3 +95,24 @@ def resolve_dataset(name: str, data_root: str | Path, map_name: str) -> Path:
             f"{', '.join(present) if present else 'none'}. Make it with python train.py phase=collect "
             f"env={map_name}, import one with python -m ovmse.datasets import-cfcql, or pass a directory")
     return path
+
+
+def trim_to_filled(episodes: TensorDictBase, key: NestedKey = "filled") -> TensorDictBase:
+    """``episodes [B, T_max+1]`` cut to ``[B, L+1]``, L+1 the number of rows the longest episode
+    fills (PyMARL2's ``batch[:, :max_t_filled]`` in ``run.py``); a view, nothing is copied.
+
+    Rows past every episode's final observation are padding, so every loss and statistic of
+    this project is the same on the cut batch: the agent RNN is causal, masks and means count
+    filled rows only, and a time-limit (truncated) episode that now ends in the last column is
+    bootstrapped there by the TD(λ) recursion itself (``ovmse.losses.qmix_td``, "Truncation").
+    The padding is most of the work of an update (episodes of 40-80 steps in rows of 121 on
+    2s3z), hence the cut. At least two rows are kept (one transition column).
+
+    Reading the length is one host sync per batch on a GPU, as in PyMARL2.
+    """
+    filled = episodes.get(key)
+    rows_used = filled.reshape(filled.shape[0], filled.shape[1], -1).any(-1).any(0)  # [T_max+1]
+    index = torch.arange(rows_used.shape[0], device=rows_used.device)
+    last = int(torch.where(rows_used, index, 0).max())
+    rows = min(max(last + 1, 2), episodes.shape[1])
+    return episodes if rows == episodes.shape[1] else episodes[:, :rows]

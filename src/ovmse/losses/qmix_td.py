@@ -19,7 +19,8 @@ Output keys of :meth:`QMixTDLoss.forward` (a :class:`tensordict.TensorDict` with
     "td_error_abs_mean"  detached, mean |Q_tot − y^λ| over valid transitions
     "q_taken_mean"       detached, mean Q_tot(s_t, a_t) over valid transitions
     "target_mean"        detached, mean y^λ over valid transitions
-    "mask_fraction"      detached, valid transitions / (B·T)
+    "mask_fraction"      detached, valid transitions / (B·T) of the batch as given (the training
+                         batches are cut to their longest episode, ``ovmse.datasets.trim_to_filled``)
 
 Conventions (shared with :mod:`ovmse.losses.td_lambda`):
 

@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDictBase
 
 from ovmse.action_masks import masked_greedy
+from ovmse.datasets import trim_to_filled
 from ovmse.losses import q_tot_taken, return_to_go, transition_mask, unroll_agent_q
 
 
@@ -15,7 +16,9 @@ def value_sums(module, episodes: TensorDictBase) -> dict[str, float]:
     """Sums over the valid transitions of ``episodes`` ``[E, T+1]`` of ``q_data`` (Q_tot of the
     actions taken), ``q_greedy`` (Q_tot of the learner's greedy actions) and ``mc_return``
     (discounted return-to-go, γ of the module), and ``n``, the number of those transitions
-    (sums, so that chunks of a large set add up; divide by ``n`` for means)."""
+    (sums, so that chunks of a large set add up; divide by ``n`` for means). The episodes are
+    cut to the longest one first (:func:`~ovmse.datasets.trim_to_filled`)."""
+    episodes = trim_to_filled(episodes)
     agent_q = unroll_agent_q(module.agent, episodes)  # [E, T+1, N, A]
     mask, term = transition_mask(episodes)
     T = mask.shape[1]
