@@ -40,13 +40,18 @@ def get_phase(name: str) -> PhaseFn:
 def run_phase(cfg: DictConfig) -> dict:
     """Run the phase named by ``cfg.task_name`` and return its metrics.
 
-    Applies the settings every phase shares first (``num_threads``).
+    Applies the settings every phase shares first: ``num_threads``, the torch threads of the
+    process (updates; collection and evaluation switch to ``collect_threads`` while they run).
     """
+    from ovmse.training.threads import check_threads
+
     phase = get_phase(cfg.task_name)
-    if cfg.get("num_threads") is not None:
+    threads = check_threads(cfg.get("num_threads"), "num_threads")
+    check_threads(cfg.get("collect_threads", 1), "collect_threads")
+    if threads is not None:
         import torch
 
-        torch.set_num_threads(int(cfg.num_threads))
+        torch.set_num_threads(threads)
     return phase(cfg)
 
 

@@ -23,6 +23,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def collection_threads(cfg: DictConfig) -> int | None:
+    """``collect_threads`` of train.yaml: torch threads of the simulator's side (collection,
+    greedy evaluation); updates run with ``num_threads`` (:mod:`ovmse.training.threads`)."""
+    from ovmse.training.threads import check_threads
+
+    return check_threads(cfg.get("collect_threads", 1), "collect_threads")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy (if present) and torch."""
     random.seed(seed)

@@ -20,6 +20,7 @@ se_only       no          decentralised SE       as ovmse      as ovmse
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from omegaconf import DictConfig
 from ovmse.datasets import OfflineDataset, load_dataset, resolve_dataset
 from ovmse.training import QMixModule
 from ovmse.training.qmix_module import load_qmix_checkpoint
+from ovmse.training.update_ratio import UpdateRatio
 
 from .settings import per_map, per_task
 
@@ -59,6 +61,9 @@ def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict
         "grad_norm_clip": float(per_map(algo.grad_norm_clip, map_name, "algo.grad_norm_clip")),
         "batch_size": int(algo.batch_size),
         "mixing_ratio": 0.0,
+        "update_ratio": asdict(UpdateRatio.from_settings(
+            per_map(algo.get("episodes_per_update"), map_name, "algo.episodes_per_update"),
+            per_map(algo.get("env_steps_per_update"), map_name, "algo.env_steps_per_update"))),
     }
     if not is_fine_tuning(algo):
         return s

@@ -32,7 +32,7 @@ from ovmse.training.callbacks import (
 from ovmse.training.checkpointing import atomic_save_checkpoint
 from ovmse.training.evaluation import GreedyEvaluator
 
-from .common import check_backend, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
+from .common import check_backend, collection_threads, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
 from .common import env_options as env_options_of
 from .settings import per_map
 
@@ -81,7 +81,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     data = ReplayDataModule(online=EpisodeReplayBuffer(1, device=device), offline=dataset,
                             batch_size=settings["batch_size"], offline_fraction=1.0)
     evaluator = GreedyEvaluator(module.agent, spec.name, int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000,
-                                device=device, env_options=env_options_of(cfg.env))
+                                device=device, env_options=env_options_of(cfg.env),
+                                threads=collection_threads(cfg))
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_updates), int(cfg.eval.episodes),
                                        out / "checkpoints")
     train_cb = OfflineTrainingCallback(int(cfg.steps), settings["batch_size"], int(cfg.log_every_updates))

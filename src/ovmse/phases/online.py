@@ -35,10 +35,11 @@ from ovmse.training.callbacks import (
 from ovmse.training.checkpointing import ResumePointCallback
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.guards import NonFiniteGuard
+from ovmse.training.update_ratio import UpdateRatio
 from ovmse.training.unlearning import UnlearningProbeCallback, load_or_record_probe
 from ovmse.training.evaluation import GreedyEvaluator
 
-from .common import check_backend, make_loggers, make_qmix_module
+from .common import check_backend, collection_threads, make_loggers, make_qmix_module
 from .common import env_options as env_options_of
 from .common import continue_metrics_csv, resolve_device, seed_everything, write_json
 from .fine_tuning import (
@@ -104,12 +105,14 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     data = ReplayDataModule(online=replay, offline=offline, batch_size=settings["batch_size"],
                             offline_fraction=settings["mixing_ratio"])
     collection = make_collection(cfg, module, replay, env_seed, device, env_options, settings)
+    collect_threads = collection_threads(cfg)
     evaluator = GreedyEvaluator(
         module.agent, spec.name, int(cfg.eval.num_envs), seed=env_seed + 10_000, device=device,
-        env_options=env_options,
+        env_options=env_options, threads=collect_threads,
     )
     collect_cb = OnlineCollectionCallback(
-        collection, int(cfg.env_steps), warmup_episodes=max(data.n_online, 1), log_every=int(cfg.log_every_env_steps)
+        collection, int(cfg.env_steps), warmup_episodes=max(data.n_online, 1), log_every=int(cfg.log_every_env_steps),
+        ratio=UpdateRatio(**settings["update_ratio"]), threads=collect_threads,
     )
     ckpt_cfg = cfg.get("checkpoint") or {}
     resume_cb = ResumePointCallback(out / "checkpoints", replay, generators=collection_generators(collection),
@@ -239,6 +242,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     result = {"algo": str(cfg.algo.name), "map": str(cfg.env.map_name), "seed": int(cfg.seed),
               "ckpt": cfg.get("ckpt"), "settings": r.settings,
               "env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
+              "env_steps_per_update": module.env_steps / max(module.updates, 1),
               "wall_seconds": time.perf_counter() - start, **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
     if not r.trainer.is_global_zero:  # trainer=ddp: rank 0 speaks for the run
         return result
@@ -264,7 +268,7 @@ def final_evaluation(cfg: DictConfig, module: QMixModule) -> dict[str, float]:
         return {}
     evaluator = GreedyEvaluator(module.agent, cfg.env.map_name, int(final_cfg.get("num_envs", 128)),
                                 seed=int(cfg.seed) + 20_000, device=module.device,
-                                env_options=env_options_of(cfg.env))
+                                env_options=env_options_of(cfg.env), threads=collection_threads(cfg))
     was_training = module.training
     module.eval()
     metrics = GreedyEvaluator.metrics(evaluator.run(episodes))

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Top-level keys a resumed run may change; everything else must equal the stored config.
-CHANGEABLE = ("env_steps", "device", "num_threads", "resume", "paths", "trainer", "logger", "checkpoint",
+CHANGEABLE = ("env_steps", "device", "num_threads", "collect_threads", "resume", "paths", "trainer", "logger", "checkpoint",
               "log_every_env_steps", "eval", "final_eval", "hydra")
 
 

@@ -28,14 +28,15 @@ from typing import Any, Iterable, Mapping
 IDENTITY_KEYS = ("experiment", "algo", "env", "dataset", "seed")
 # Overrides that change how a run is executed or measured, not what it learns: forwarded
 # to the stages, left out of the run's name.
-OPERATIONAL_KEYS = ("device", "num_threads", "trainer", "logger", "paths", "data_root", "collector", "eval",
+OPERATIONAL_KEYS = ("device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root", "collector", "eval",
                     "checkpoint", "log_every_env_steps", "final_eval", "unlearning_probe")
 # Overrides for the pipeline itself, never forwarded.
 PIPELINE_KEYS = ("phase", "grid", "budget", "pipeline", "hydra", "task_name")
 # Algo keys the offline phase does not read: algorithms that differ only in these share one
 # offline pretraining.
 ONLINE_ONLY_ALGO_KEYS = ("name", "online", "exploration", "epsilon_start", "epsilon_end", "epsilon_anneal_steps",
-                         "steps_per_env", "buffer_size", "batch_size", "target_update_interval")
+                         "steps_per_env", "buffer_size", "batch_size", "target_update_interval",
+                         "episodes_per_update", "env_steps_per_update")
 PAPER_DATASETS = ("medium", "medium_replay")
 
 

@@ -3,11 +3,14 @@
 Order of work per training iteration (Lightning prefetches the next batch, so a
 batch may miss the episodes collected right before it, which off-policy
 learning tolerates):
-``training_step`` (one update) -> :class:`OnlineCollectionCallback` collects
-``num_envs x steps_per_env`` env steps -> :class:`TargetUpdateCallback` copies
-the targets every ``interval`` episodes -> :class:`GreedyEvaluationCallback`
-evaluates every ``interval`` env steps and saves ``last.ckpt`` / ``best.ckpt``.
-Every metric is written with the env-step counter as its x-axis.
+``training_step`` (one update) -> :class:`OnlineCollectionCallback` collects batches of
+``num_envs x steps_per_env`` env steps until the data owed to the next update is in
+(:mod:`ovmse.training.update_ratio`; often none, when one batch pays for several updates) ->
+:class:`TargetUpdateCallback` copies the targets every ``interval`` episodes ->
+:class:`GreedyEvaluationCallback` evaluates every ``interval`` env steps and saves
+``last.ckpt`` / ``best.ckpt``. Every metric is written with the env-step counter as its x-axis.
+Collection and evaluation run with ``collect_threads`` torch threads, updates with the
+process's own count (:mod:`ovmse.training.threads`).
 
 Under ``trainer=ddp`` (docs/scaling.md) every rank runs these callbacks on its own
 collector, replay and evaluator; the decisions that must agree across ranks are made
@@ -32,6 +35,8 @@ from .checkpointing import atomic_save_checkpoint
 from .collection_driver import OnlineCollection
 from .evaluation import GreedyEvaluator
 from .qmix_module import QMixModule
+from .threads import torch_threads
+from .update_ratio import UpdateRatio
 
 
 def log_env_metrics(trainer: pl.Trainer, module: QMixModule, metrics: dict[str, float]) -> None:
@@ -49,7 +54,8 @@ def log_env_metrics(trainer: pl.Trainer, module: QMixModule, metrics: dict[str, 
 
 
 class OnlineCollectionCallback(pl.Callback):
-    """Fills the replay buffer before training and after every update; stops at the budget.
+    """Fills the replay buffer before training and between updates at the update-to-data
+    ``ratio``; stops at the budget.
 
     Args:
         collection: the env side.
@@ -57,25 +63,36 @@ class OnlineCollectionCallback(pl.Callback):
         warmup_episodes: complete episodes to collect before the first update
             (at least the batch size, so that the first batch can be drawn).
         log_every: env steps between two ``collect/`` + ``train/`` log rows.
+        ratio: one update per ``ratio.every`` collected episodes or env steps
+            (:class:`~ovmse.training.update_ratio.UpdateRatio`; PyMARL2: 8 episodes).
+        threads: torch threads while collecting (``None``: the process's count).
     """
 
-    def __init__(self, collection: OnlineCollection, env_steps: int, warmup_episodes: int, log_every: int = 2000):
+    def __init__(self, collection: OnlineCollection, env_steps: int, warmup_episodes: int, log_every: int = 2000,
+                 ratio: UpdateRatio = UpdateRatio("episodes", 8), threads: int | None = 1):
         self.collection = collection
         self.budget = env_steps
         self.warmup_episodes = warmup_episodes
         self.log_every = log_every
+        self.ratio = ratio
+        self.threads = threads
+        self._credit = 0  # collected units not yet spent on updates
         self._next_log = 0
         self._start = time.perf_counter()
         self._start_steps = 0
+        self.latest: dict[str, float] = {}
 
     def env_steps_per_second(self, module: QMixModule) -> float:
         """Env steps per wall-clock second of this run so far (collection and updates)."""
         return (module.env_steps - self._start_steps) / max(time.perf_counter() - self._start, 1e-9)
 
     def _collect(self, trainer: pl.Trainer, module: QMixModule) -> dict[str, float]:
-        stats = self.collection.collect(module.env_steps)
-        module.env_steps += int(stats.pop("env_steps"))
-        module.episodes += int(stats.pop("episodes"))
+        with torch_threads(self.threads):
+            stats = self.collection.collect(module.env_steps)
+        steps, episodes = int(stats.pop("env_steps")), int(stats.pop("episodes"))
+        module.env_steps += steps
+        module.episodes += episodes
+        self._credit += steps if self.ratio.unit == "env_steps" else episodes
         return stats
 
     def on_fit_start(self, trainer: pl.Trainer, module: QMixModule) -> None:
@@ -84,28 +101,38 @@ class OnlineCollectionCallback(pl.Callback):
         # env-step counters (budget, evaluation schedule) stay equal.
         while not trainer.strategy.reduce_boolean_decision(
                 len(self.collection.replay) >= self.warmup_episodes, all=True):
-            self._collect(trainer, module)
+            self.latest = self._collect(trainer, module)
+        if module.updates == 0:
+            # As in PyMARL2, the first update comes as soon as a batch can be drawn: the
+            # warm-up data pays for it, and the ratio counts from there.
+            self._credit = self.ratio.every
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
-        stats = self._collect(trainer, module)
-        if module.env_steps >= self._next_log:
-            stats["time/env_steps_per_second"] = self.env_steps_per_second(module)
-            stats["time/updates"] = float(module.updates)
-            log_env_metrics(trainer, module, {**stats, **getattr(module, "latest_train_metrics", {})})
-            self._next_log = module.env_steps + self.log_every
-        self.latest = stats
+        self._credit -= self.ratio.every
+        # DDP: ranks collect while any rank owes data, so every rank makes the same number of
+        # updates (each update is one collective gradient step).
+        while module.env_steps < self.budget and trainer.strategy.reduce_boolean_decision(
+                self._credit < self.ratio.every, all=False):
+            self.latest = self._collect(trainer, module)
+            if module.env_steps >= self._next_log:
+                stats = {**self.latest, "time/env_steps_per_second": self.env_steps_per_second(module),
+                         "time/updates": float(module.updates),
+                         "time/env_steps_per_update": module.env_steps / max(module.updates, 1)}
+                log_env_metrics(trainer, module, {**stats, **getattr(module, "latest_train_metrics", {})})
+                self._next_log = module.env_steps + self.log_every
         if module.env_steps >= self.budget:
             trainer.should_stop = True
 
     def on_fit_end(self, trainer, module) -> None:
         self.collection.close()
 
-    # The next log row's env step travels with checkpoints (resume).
+    # The next log row's env step and the unspent data travel with checkpoints (resume).
     def state_dict(self) -> dict:
-        return {"next_log": self._next_log}
+        return {"next_log": self._next_log, "credit": self._credit}
 
     def load_state_dict(self, state: dict) -> None:
         self._next_log = int(state["next_log"])
+        self._credit = int(state.get("credit", 0))
 
 
 class TargetUpdateCallback(pl.Callback):
