@@ -13,7 +13,7 @@ from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = ["env=3m", "env.num_envs=4", "algo.steps_per_env=32", "algo.batch_size=8", "algo.buffer_size=48",
+TINY = ["env=3m", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=48",
         "algo.target_update_interval=8", "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8",
         "log_every_env_steps=256", "episodes=24", "record.num_envs=8"]
 

@@ -22,7 +22,7 @@ from ovmse.training.ddp import RANK_SEED_STRIDE, expected_global_rank, rank_devi
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [  # tests/test_online_e2e.py's tiny run
-    "env_steps=768", "env.num_envs=4", "algo.steps_per_env=32", "algo.batch_size=8", "algo.buffer_size=64",
+    "env_steps=768", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=64",
     "algo.target_update_interval=8", "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8",
     "log_every_env_steps=128",
 ]

@@ -139,7 +139,7 @@ def test_online_phase_with_distributed_env_workers(tmp_path):
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "train.py", "phase=online", "env=3m", "env_steps=512", "env.num_envs=4",
-         "algo.steps_per_env=32", "algo.batch_size=8", "algo.buffer_size=64", "algo.target_update_interval=8",
+         "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=64", "algo.target_update_interval=8",
          "eval.interval_env_steps=512", "eval.episodes=8", "eval.num_envs=8", "log_every_env_steps=128",
          "collector.num_workers=2", "collector.distributed.enabled=true", f"hydra.run.dir={tmp_path}"],
         cwd=root, capture_output=True, text=True, timeout=300,

@@ -21,7 +21,7 @@ from ovmse.training.qmix_module import load_qmix_checkpoint
 from simtools import random_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_ONLINE = ["env=3m", "env_steps=640", "env.num_envs=4", "algo.steps_per_env=16", "algo.batch_size=8",
+TINY_ONLINE = ["env=3m", "env_steps=640", "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=8",
                "algo.buffer_size=64", "eval.interval_env_steps=320", "eval.episodes=8", "eval.num_envs=8",
                "log_every_env_steps=64", "final_eval.episodes=16", "final_eval.num_envs=16",
                "trainer.progress_refresh_rate=0", "unlearning_probe.episodes=8",

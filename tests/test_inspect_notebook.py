@@ -43,7 +43,7 @@ def artefacts(tmp_path_factory):
         f"paths.output_dir={offline}")
     online = base / "online"
     run("phase=online", "env=3m", "algo=ovmse", f"ckpt={offline / 'checkpoints' / 'last.ckpt'}", "env_steps=256",
-        "env.num_envs=4", "algo.steps_per_env=16", "algo.batch_size=4", "algo.buffer_size=32",
+        "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=4", "algo.buffer_size=32",
         "eval.interval_env_steps=128", "eval.episodes=4", "eval.num_envs=4", "log_every_env_steps=64",
         "final_eval.episodes=4", "final_eval.num_envs=4", "unlearning_probe.episodes=4",
         "unlearning_probe.every_env_steps=64", f"paths.output_dir={online}")

@@ -19,7 +19,7 @@ def _run(args, cwd=ROOT, timeout=300):
 def online_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("online")
     proc = _run([
-        "train.py", "phase=online", "env=3m", "env_steps=768", "env.num_envs=4", "algo.steps_per_env=32",
+        "train.py", "phase=online", "env=3m", "env_steps=768", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128",
         "algo.batch_size=8", "algo.buffer_size=64", "algo.target_update_interval=8",
         "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8", "log_every_env_steps=128",
         f"hydra.run.dir={run_dir}",

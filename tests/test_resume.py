@@ -155,7 +155,7 @@ ANNEAL = 4000  # ε and λ_memory anneal over this many env steps: both still mo
 
 def _command(run_dir, ckpt, *extra):
     return [sys.executable, "train.py", "phase=online", "env=3m", "algo=ovmse", f"ckpt={ckpt}", "env_steps=3000",
-            "env.num_envs=4", "algo.steps_per_env=16", "algo.batch_size=8", "algo.buffer_size=40",
+            "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=8", "algo.buffer_size=40",
             f"algo.epsilon_anneal_steps={ANNEAL}", "algo.online.lambda_memory_end=0.2",
             f"algo.online.lambda_memory_anneal_steps={ANNEAL}", "eval.interval_env_steps=1000", "eval.episodes=4",
             "eval.num_envs=4", "log_every_env_steps=64", "final_eval.episodes=8", "final_eval.num_envs=8",
