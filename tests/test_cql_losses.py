@@ -45,6 +45,29 @@ def test_forward_samples_equals_per_sample_forward():
         mixer.forward_samples(qs, state[:, :3])
 
 
+@pytest.mark.parametrize("block", [1 << 19, 8 * 7 * 3])  # one block; blocks of 3 states with a short last one
+def test_forward_samples_gradients_equal_the_autograd_mix(monkeypatch, block):
+    import ovmse.nets.sample_mixing as sample_mixing
+
+    monkeypatch.setattr(sample_mixing, "CPU_BLOCK_ELEMENTS", block)
+    torch.manual_seed(1)
+    mixer = QMixer(5, 3, embed_dim=8, hypernet_embed=16)
+    qs = torch.randn(2, 4, 7, 3, requires_grad=True)
+    state = torch.randn(2, 4, 5, requires_grad=True)
+    weights = torch.randn(2, 4, 7, 1)
+    results = []
+    for fn in (lambda: mixer.forward_samples(qs, state), lambda: mixer(qs, state.unsqueeze(-2).expand(2, 4, 7, 5))):
+        mixer.zero_grad()
+        qs.grad = state.grad = None
+        out = fn()
+        (out * weights).sum().backward()
+        grads = [qs.grad.clone(), state.grad.clone()] + [p.grad.clone() for p in mixer.parameters()]
+        results.append((out.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for fused, plain in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- return_to_go
 
 

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .sample_mixing import mix_samples
+
 
 class QMixer(nn.Module):
     """Mix per-agent Q-values into Q_tot, monotone in every agent's Q.
@@ -71,8 +73,9 @@ class QMixer(nn.Module):
         """Mix K joint samples per state, computing the hypernetwork weights once per state.
 
         Equal to ``forward(agent_qs, state.unsqueeze(-2).expand(..., K, S))`` but the
-        hypernetworks run on ``[..., S]`` only and the K samples share them through one
-        ``bmm([M, K, N], [M, N, E])`` (used by the CQL regularisers, K = 100 or N·A).
+        hypernetworks run on ``[..., S]`` only and the K samples share them
+        (:func:`~ovmse.nets.sample_mixing.mix_samples`; used by the CQL regularisers,
+        K = 100 or N·A).
 
         Args:
             agent_qs: ``[..., K, N]`` per-agent Q of K joint actions.
@@ -90,4 +93,5 @@ class QMixer(nn.Module):
         lead = agent_qs.shape[:-2]
         qs = agent_qs.reshape(-1, k, self.n_agents)  # [M, K, N]
         s = state.reshape(-1, self.state_dim)  # [M, S]
-        return self._mix(qs, s).view(*lead, k, 1)
+        # The [M, K, E] hidden layer is made block by block in cache (sample_mixing.py).
+        return mix_samples(qs, *self._mixing_params(s)).view(*lead, k, 1)
