@@ -514,9 +514,10 @@ def online_buffer(written, n: int = 40, seed: int = 0) -> EpisodeReplayBuffer:
 
 
 def check_batch(batch, n_off: int, written, all_fields: bool = True):
-    B = batch.shape[0]
+    B, rows = batch.shape
+    written = written[:, :rows]  # batches are cut to their longest episode (trim_to_filled)
     flag = batch["from_offline"]
-    assert flag.shape == (B, T1, 1) and flag.dtype == torch.bool
+    assert flag.shape == (B, rows, 1) and flag.dtype == torch.bool and batch["filled"][:, -1].any()
     assert torch.equal(flag, flag[:, :1].expand_as(flag))  # constant along time
     off = flag[:, 0, 0]
     assert int(off.sum()) == n_off
@@ -540,9 +541,12 @@ def test_offline_only_batches_come_from_the_dataset(big):
     seen = set()
     for _ in range(20):
         b = dm.sample()
-        assert tuple(b.batch_size) == (16, T1) and b["from_offline"].all()
-        seen |= set(match_rows(b, written).tolist())
-        assert_td_equal(b, written[match_rows(b, written)])
+        # Cut to its longest episode (trim_to_filled): the last row is some episode's final row.
+        assert b.shape[0] == 16 and b.shape[1] <= T1 and b["filled"][:, -1].any() and b["from_offline"].all()
+        stored = written[:, : b.shape[1]]
+        seen |= set(match_rows(b, stored).tolist())
+        assert_td_equal(b, stored[match_rows(b, stored)])
+        assert not written[match_rows(b, stored)]["filled"][:, b.shape[1]:].any()  # only padding was cut
     assert len(seen) == len(written)  # uniform draws reach every episode
 
 

@@ -66,8 +66,9 @@ def test_online_settings_follow_the_paper_tables(algo):
         table_algo = "ovmse" if algo in ("ovm_only", "se_only") else algo
         assert s["mixing_ratio"] == MIXING[table_algo][i], (algo, task)
         runs, interval, clip, budget = TABLE3[map_name]
-        assert (cfg.env.num_envs, s["target_update_interval"], s["grad_norm_clip"], cfg.env_steps) == \
-            (runs, interval, clip, budget), (algo, task)
+        assert s["update_ratio"] == {"unit": "episodes", "every": runs}, (algo, task)  # batch_size_run
+        assert (s["target_update_interval"], s["grad_norm_clip"], cfg.env_steps) == \
+            (interval, clip, budget), (algo, task)
         assert (s["epsilon_start"], s["epsilon_end"], s["epsilon_anneal_steps"]) == (1.0, 0.05, 100_000)
         if table_algo == "ovmse":
             assert s["cql_alpha"] == (0.05 if map_name == "2s3z" else 0.0)  # Table 5
@@ -85,6 +86,11 @@ def test_online_settings_follow_the_paper_tables(algo):
 def test_qmix_from_scratch_keeps_pymarl2_settings_but_the_tasks_first_two_rows():
     s = online_settings(cfg_of("phase=online", "experiment=3s5z_medium", "algo=qmix"), "3s5z", None)
     assert (s["target_update_interval"], s["grad_norm_clip"], s["mixing_ratio"]) == (50, 10.0, 0.0)
+    assert s["update_ratio"] == {"unit": "episodes", "every": 2}  # Table 3 batch_size_run
+    plain = online_settings(cfg_of("phase=online", "env=3s5z", "algo=qmix"), "3s5z", None)
+    assert plain["update_ratio"] == {"unit": "episodes", "every": 8}  # PyMARL2
+    steps = online_settings(cfg_of("phase=online", "env=3s5z", "algo=qmix", "algo.env_steps_per_update=256"), "3s5z", None)
+    assert steps["update_ratio"] == {"unit": "env_steps", "every": 256}
     s = online_settings(cfg_of("phase=online", "experiment=6h_vs_8z_medium", "algo=qmix"), "6h_vs_8z", None)
     assert (s["epsilon_anneal_steps"], s["target_update_interval"]) == (500_000, 200)
     assert "ovm" not in s
