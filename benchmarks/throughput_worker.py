@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""One measurement of benchmarks/train_throughput.py, in a fresh process, on whichever code
+``ovmse`` is imported from (PYTHONPATH picks the tree: this checkout or the baseline's git
+worktree). Uses only APIs both trees have, so the same lines time the old and the new path.
+Prints one JSON object as its last line.
+
+    python benchmarks/throughput_worker.py update --episodes F --threads 2 --cql macql
+    python benchmarks/throughput_worker.py collect --map 2s3z --num-envs 8 --steps 32
+    python benchmarks/throughput_worker.py record --map 2s3z --episodes-out F --n 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+
+def _sources() -> dict:
+    import data_modules
+    import ovmse
+
+    return {"ovmse": ovmse.__file__, "data_modules": data_modules.__file__}
+
+
+def record(args) -> dict:
+    """``--n`` random-play episodes of ``--map`` (ε = 1) saved to ``--episodes-out``: the batch source
+    both trees' update measurements read, so they time the very same episodes."""
+    from ovmse.collection import EpisodeReplayBuffer
+    from ovmse.envs import get_map
+    from ovmse.exploration import LinearSchedule
+    from ovmse.nets import RNNAgent
+    from ovmse.training.collection_driver import OnlineCollection
+
+    spec = get_map(args.map)
+    torch.manual_seed(args.seed)
+    agent = RNNAgent(spec.obs_dim + spec.n_actions + spec.n_agents, spec.n_actions, 64)
+    replay = EpisodeReplayBuffer(args.n + 64)
+    coll = OnlineCollection(agent, spec.name, 32, replay, epsilon=LinearSchedule(1.0, 1.0, 1), steps_per_env=8,
+                            seed=args.seed)
+    while len(replay) < args.n:
+        coll.collect(0)
+    coll.close()
+    episodes = replay.sample(args.n)  # with replacement is fine: a batch source
+    torch.save(episodes.to_dict(), args.episodes_out)
+    lengths = episodes["filled"].squeeze(-1).sum(1) - 1
+    return {"episodes": args.n, "rows": int(episodes.shape[1]), "length_min": int(lengths.min()),
+            "length_mean": float(lengths.float().mean()), "length_max": int(lengths.max())}
+
+
+def _module_and_data(args):
+    from tensordict import TensorDict
+
+    from data_modules import ReplayDataModule
+    from ovmse.collection import EpisodeReplayBuffer
+    from ovmse.envs import get_map
+    from ovmse.training.qmix_module import QMixModule
+
+    spec = get_map(args.map)
+    stored = torch.load(args.episodes, weights_only=True)
+    episodes = TensorDict(stored, batch_size=stored["filled"].shape[:2])
+    buf = EpisodeReplayBuffer(episodes.shape[0] + 1, generator=torch.Generator().manual_seed(args.seed))
+    buf.extend(episodes)
+    data = ReplayDataModule(online=buf, batch_size=args.batch_size, generator=torch.Generator().manual_seed(args.seed))
+    torch.manual_seed(args.seed)
+    cql = None if args.cql == "none" else args.cql
+    module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, map_name=spec.name,
+                        cql=cql, cql_alpha=0.05 if cql else 0.0)
+    return module, data
+
+
+def update(args) -> dict:
+    """Median ms of one update (draw the batch, loss, backward, clip, Adam) after warm-up, its FLOPs
+    and, with ``--roofline``, the time of the same matmuls (shapes recorded from one update)
+    replayed on random tensors: what the update would cost if it were only its matmuls."""
+    torch.set_num_threads(args.threads)
+    module, data = _module_and_data(args)
+    opt = module.configure_optimizers()
+
+    def one_update(batch=None):
+        batch = data.sample() if batch is None else batch
+        loss = module.training_step(batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        module.configure_gradient_clipping(opt, 10.0)
+        opt.step()
+        return batch
+
+    for _ in range(args.warmup):
+        one_update()
+    times, rows = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        batch = one_update()
+        times.append(time.perf_counter() - start)
+        rows.append(int(batch.shape[1]))
+    out = {"ms_per_update": 1000 * statistics.median(times), "ms_all": [1000 * t for t in times],
+           "batch_rows": statistics.median(rows), "threads": args.threads, "cql": args.cql}
+    if args.roofline:
+        out.update(roofline(one_update, data.sample(), args.repeats))
+    return out
+
+
+def roofline(one_update, batch, repeats: int) -> dict:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    kinds = {aten.mm.default: "mm", aten.addmm.default: "addmm", aten.bmm.default: "bmm",
+             aten.baddbmm.default: "baddbmm"}
+    recorded = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in kinds:
+                recorded.append((kinds[func], [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]))
+            return func(*args, **(kwargs or {}))
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        one_update(batch)
+    with Record():
+        one_update(batch)
+    ops = []
+    for kind, shapes in recorded:
+        tensors = [torch.randn(s) for s in shapes]
+        ops.append((getattr(torch, kind), tensors))
+    matmul_flops = 0
+    for kind, shapes in recorded:
+        a, b = shapes[-2], shapes[-1]
+        batch_n = a[0] if len(a) == 3 else 1
+        matmul_flops += 2 * batch_n * a[-2] * a[-1] * b[-1]
+
+    def replay():
+        for fn, tensors in ops:
+            fn(*tensors)
+
+    replay()
+    times = []
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        replay()
+        times.append(time.perf_counter() - start)
+    return {"flops": int(counter.get_total_flops()), "matmul_flops": int(matmul_flops), "matmul_ops": len(ops),
+            "roofline_ms": 1000 * statistics.median(times)}
+
+
+def collect(args) -> dict:
+    """Env steps per second of ``OnlineCollection.collect`` (simulator + acting policy + episode
+    assembly), ``--num-envs`` battles x ``--steps`` steps per call, after a warm-up call."""
+    torch.set_num_threads(args.threads)
+    from ovmse.collection import EpisodeReplayBuffer
+    from ovmse.envs import get_map
+    from ovmse.exploration import LinearSchedule
+    from ovmse.nets import RNNAgent
+    from ovmse.training.collection_driver import OnlineCollection
+
+    spec = get_map(args.map)
+    torch.manual_seed(args.seed)
+    agent = RNNAgent(spec.obs_dim + spec.n_actions + spec.n_agents, spec.n_actions, 64)
+    options = {"compile_physics": True} if args.compile else None
+    coll = OnlineCollection(agent, spec.name, args.num_envs, EpisodeReplayBuffer(4096),
+                            epsilon=LinearSchedule(0.5, 0.5, 1), steps_per_env=args.steps, seed=args.seed,
+                            env_options=options)
+    start = time.perf_counter()
+    coll.collect(0)  # warm-up (with --compile: the compilation)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(args.calls):
+        start = time.perf_counter()
+        coll.collect(0)
+        times.append(time.perf_counter() - start)
+    coll.close()
+    per_call = statistics.median(times) / args.steps  # one env.step of all battles, policy included
+    return {"env_steps_per_second": args.num_envs / per_call, "ms_per_step_call": 1000 * per_call,
+            "first_collect_s": first, "num_envs": args.num_envs, "steps": args.steps, "compile": args.compile}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("record", "update", "collect"))
+    p.add_argument("--map", default="2s3z")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", help="episodes file (update)")
+    p.add_argument("--episodes-out", help="where record writes the episodes")
+    p.add_argument("--n", type=int, default=256, help="episodes to record")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cql", choices=("none", "macql", "cfcql"), default="none")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--roofline", action="store_true")
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--calls", type=int, default=6)
+    p.add_argument("--compile", action="store_true", help="collect: compile_physics=True (new code only)")
+    args = p.parse_args(argv)
+    result = {"record": record, "update": update, "collect": collect}[args.what](args)
+    result["sources"] = _sources()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/lightning_overhead.py with tiny settings (numbers are not checked)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("lightning_overhead", ROOT / "benchmarks" / "lightning_overhead.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lightning_overhead_quick(tmp_path):
+    bench = _load_benchmark()
+    threads = torch.get_num_threads()
+    try:
+        rc = bench.main(["--quick", "--map", "3m", "--threads", "1", "--out-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"lightning_overhead.{ext}").stat().st_size > 0
+    result = json.loads((tmp_path / "lightning_overhead.json").read_text())
+    # The plain loop's inline loss is the same math as QMixTDLoss.
+    assert result["update"]["loss_check"]["ok"], result["update"]["loss_check"]
+    for part, field in (("update", "ms_per_update"), ("online", "env_steps_per_second")):
+        for path in ("lightning", "plain"):
+            runs = result[part]["runs"][path]
+            assert len(runs) == 1 and runs[0][field] > 0
+    online = result["online"]["runs"]
+    assert online["lightning"][0]["env_steps"] >= result["args"]["env_steps"]
+    assert online["plain"][0]["env_steps"] >= result["args"]["env_steps"]
+    assert "Lightning/TorchRL overhead:" in result["check"]["text"]
