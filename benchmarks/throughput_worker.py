@@ -162,7 +162,7 @@ def collect(args) -> dict:
     spec = get_map(args.map)
     torch.manual_seed(args.seed)
     agent = RNNAgent(spec.obs_dim + spec.n_actions + spec.n_agents, spec.n_actions, 64)
-    options = {"compile_physics": True} if args.compile else None
+    options = {"compile_step": True} if args.compile else None
     coll = OnlineCollection(agent, spec.name, args.num_envs, EpisodeReplayBuffer(4096),
                             epsilon=LinearSchedule(0.5, 0.5, 1), steps_per_env=args.steps, seed=args.seed,
                             env_options=options)
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--calls", type=int, default=6)
-    p.add_argument("--compile", action="store_true", help="collect: compile_physics=True (new code only)")
+    p.add_argument("--compile", action="store_true", help="collect: compile_step=True (new code only)")
     args = p.parse_args(argv)
     result = {"record": record, "update": update, "collect": collect}[args.what](args)
     result["sources"] = _sources()

@@ -15,7 +15,7 @@ measurement is a fresh process (benchmarks/throughput_worker.py, or ``train.py``
   (+ behaviour cloning), 1 thread: the offline update's cost.
 * ``collect``: env steps per second of collection (simulator + acting policy + episode
   assembly), 8 battles x 32 steps and 32 x 8 per call, 1 thread; the new path also with
-  ``env.compile_physics=true``.
+  ``env.compile_step=true``.
 * ``online``: a whole ``python train.py phase=online env=2s3z algo=qmix`` run (warm-up, updates,
   two greedy evaluations of 32 battles, no final test): old defaults (8 battles x 32 steps, one
   update per 256 env steps, 1 thread), new at the same ratio (``algo.env_steps_per_update=256``,
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed updates per update process")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--online-env-steps", type=int, default=30000)
-    p.add_argument("--no-compile", action="store_true", help="skip the compile_physics collection runs")
+    p.add_argument("--no-compile", action="store_true", help="skip the compile_step collection runs")
     p.add_argument("--quick", action="store_true", help="tiny settings on 3m (a smoke run)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)

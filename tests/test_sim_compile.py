@@ -1,4 +1,4 @@
-"""``compile_physics=True`` (torch.compile of each env step's physics) plays the same battles as eager."""
+"""``compile_step=True`` (torch.compile of each env step's physics and features) plays the same battles as eager."""
 
 import torch
 
@@ -9,7 +9,7 @@ def test_compiled_physics_plays_the_same_battles_as_eager():
     import torch._dynamo
 
     torch._dynamo.reset()
-    envs = [make_env("3m", 3, seed=5, substeps=2, compile_physics=c) for c in (False, True)]
+    envs = [make_env("3m", 3, seed=5, substeps=2, compile_step=c) for c in (False, True)]
     tds = [env.reset() for env in envs]
     g = torch.Generator().manual_seed(0)
     for step in range(6):
@@ -27,5 +27,5 @@ def test_compiled_physics_plays_the_same_battles_as_eager():
                                        outs[0]["next", *((key,) if isinstance(key, str) else key)],
                                        rtol=1e-5, atol=1e-5, msg=f"step {step}: {key}")
         tds = [env.step_mdp(out) for env, out in zip(envs, outs)]
-    # One graph for the one batch size: no recompilation per step.
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    # One graph each for the physics and the features at the one batch size: no recompilation per step.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

@@ -32,14 +32,14 @@ def make_env(
     Both backends give the same keys, dtypes and ``[num_envs, ...]`` shapes.
 
     * ``backend="sim"``: the embedded PyTorch simulator; its options are ``substeps``,
-      ``spawn_jitter``, ``scripted_allies``, ``check_actions`` and ``compile_physics`` (see
+      ``spawn_jitter``, ``scripted_allies``, ``check_actions`` and ``compile_step`` (see
       :class:`SimSMACEnv`).
     * ``backend="starcraft"``: real SMAC, one StarCraft II process per battle (battle ``i``
       seeded ``seed + i``). First checks that oxwhirl's ``smac``, StarCraft II and the map are
       installed (:func:`check_starcraft_available`, raises :class:`StarCraftUnavailableError`).
       Options: ``parallel`` (default True: ``ParallelEnv``; False: ``SerialEnv``),
       ``check_actions``, ``max_restarts``, and ``StarCraft2Env`` keyword arguments. The
-      simulator-only ``substeps`` / ``spawn_jitter`` / ``compile_physics`` of the env configs are ignored;
+      simulator-only ``substeps`` / ``spawn_jitter`` / ``compile_step`` of the env configs are ignored;
       ``scripted_allies=True`` is rejected. See docs/starcraft.md.
     """
     if backend not in BACKENDS:

@@ -40,10 +40,11 @@ class SimSMACEnv(EnvBase):
         spawn_jitter: size of the random spawn displacement (0 = identical battles).
         scripted_allies: allies follow the built-in opponent's rule and ignore actions.
         check_actions: raise on actions the mask forbids (costs one sync per step).
-        compile_physics: run each env step's physics (``substeps`` sub-steps of a few hundred tiny
-            tensor ops) as one ``torch.compile`` graph: on a CPU about 20x faster per step
-            (benchmarks/results/train_throughput.md), after a one-off compilation of about
-            half a minute per batch size (cached on disk by inductor for later runs).
+        compile_step: run each env step's math, the physics (``substeps`` sub-steps of a few
+            hundred tiny tensor ops) and the observation features, as ``torch.compile``
+            graphs: on a CPU several times faster per step (benchmarks/results/
+            train_throughput.md), after a one-off compilation of about half a minute per
+            batch size (cached on disk by inductor for later runs).
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class SimSMACEnv(EnvBase):
         spawn_jitter: float = 1.0,
         scripted_allies: bool = False,
         check_actions: bool = True,
-        compile_physics: bool = False,
+        compile_step: bool = False,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -72,8 +73,9 @@ class SimSMACEnv(EnvBase):
             scripted_allies=scripted_allies, generator=self._generator,
         )
         # (Not named `compile`: TorchRL's EnvBase takes that keyword for itself.)
-        if compile_physics:
-            # dynamic=False: one graph per batch size, the fastest code for it.
+        # dynamic=False: one graph per batch size, the fastest code for it.
+        self._features = torch.compile(compute_features, dynamic=False) if compile_step else compute_features
+        if compile_step:
             self.battle.advance = torch.compile(self.battle.advance, dynamic=False)
         self.tables = FeatureTables(spec, self.battle.units)
         self.rewards = RewardTracker(self.battle)
@@ -109,7 +111,7 @@ class SimSMACEnv(EnvBase):
 
     def _observe(self, won: torch.Tensor, done: dict[str, torch.Tensor]) -> TensorDict:
         B, N = self.num_envs, self.spec.n_agents
-        self._mask, obs, state = compute_features(self.battle, self.tables)
+        self._mask, obs, state = self._features(self.battle, self.tables)
         agents = TensorDict({"observation": obs, "action_mask": self._mask}, batch_size=(B, N), device=self.device)
         out = {"agents": agents, "state": state,
                "info": TensorDict({"battle_won": won[:, None], "episode_lost": torch.zeros_like(won[:, None])},

@@ -17,7 +17,7 @@ from .install import default_game
 # Simulator-only options that env configs carry (configs/env/*.yaml). The starcraft backend drops
 # them: the game's own physics has no sub-steps to choose (SMAC's step_mul=8 game loops is the
 # simulator's substeps=8) and spawns come from the map file.
-SIM_ONLY_OPTIONS = ("substeps", "spawn_jitter", "compile_physics")
+SIM_ONLY_OPTIONS = ("substeps", "spawn_jitter", "compile_step")
 
 
 class _StarCraftBatched:
