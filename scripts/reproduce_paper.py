@@ -33,6 +33,9 @@ BEGIN, END = "<!-- BEGIN paper-reproduction -->", "<!-- END paper-reproduction -
 
 def sweep_pass(grids: list[str], budget: str, workers: int, jobs_dir: Path, extra: list[str]) -> dict[str, int]:
     """One pass of every grid by ``workers`` processes; counts of the cells' outcomes."""
+    if workers > 1 and not any(e.startswith("num_threads=") for e in extra):
+        # Side by side, each process's updates get one core (their default is every core).
+        extra = [*extra, "num_threads=1"]
     procs = []
     for w in range(workers):
         log = jobs_dir / f"worker{w}.log"
