@@ -19,8 +19,9 @@ measurement is a fresh process (benchmarks/throughput_worker.py, or ``train.py``
 * ``online``: a whole ``python train.py phase=online env=2s3z algo=qmix`` run (warm-up, updates,
   two greedy evaluations of 32 battles, no final test): old defaults (8 battles x 32 steps, one
   update per 256 env steps, 1 thread), new at the same ratio (``algo.env_steps_per_update=256``,
-  its defaults: 32 x 8 per call, updates on every core, collection on one thread), and new at
-  its default ratio (PyMARL2: one update per 8 episodes).
+  its defaults: 32 x 8 per call, updates on every core, collection on one thread), new at
+  its default ratio (PyMARL2: one update per 8 episodes), and new at the same ratio with
+  ``env.compile_step=true`` (its compilation inside the timed run).
 
     python benchmarks/train_throughput.py                  # everything (about 15 min on 2 cores)
     python benchmarks/train_throughput.py --parts update,cql
@@ -163,6 +164,9 @@ def main(argv=None) -> int:
                     (ROOT, [f"algo.env_steps_per_update={ratio}"]),
                 "new, default ratio (one update per 8 episodes, PyMARL2)": (ROOT, []),
             }
+            if not args.no_compile:
+                variants["new, same ratio, env.compile_step=true (compilation included)"] = (
+                    ROOT, [f"algo.env_steps_per_update={ratio}", "env.compile_step=true"])
             runs = {name: [] for name in variants}
             for r in range(args.rounds):
                 for i, (name, (tree, extra)) in enumerate(variants.items()):

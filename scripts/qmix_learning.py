@@ -64,6 +64,21 @@ def final_evaluation(out: Path, episodes: int) -> dict | None:
     return result
 
 
+def run_settings(out: Path) -> str:
+    """Collection, update ratio and threads of a run, read from its recorded Hydra config."""
+    from omegaconf import OmegaConf
+
+    path = out / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return "settings not recorded"
+    cfg = OmegaConf.load(path)
+    algo = cfg.algo
+    ratio = (f"one update per {algo.env_steps_per_update} env steps" if algo.get("env_steps_per_update")
+             else f"one update per {algo.get('episodes_per_update', '?')} episodes")
+    return (f"{cfg.env.num_envs} battles x {algo.steps_per_env} steps per collection call, {ratio}, "
+            f"update threads {cfg.get('num_threads')}, collection threads {cfg.get('collect_threads', 1)}")
+
+
 def read_curve(out: Path) -> dict:
     """Greedy win-rate curve and timing of one run from its TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -145,12 +160,12 @@ def report(runs: list[tuple[str, int]], seeds: list[int], out_root: Path, doc: P
         BEGIN,
         "## QMIX from scratch (online phase, embedded simulator)",
         "",
-        f"Command: `{cmd}` (each run is `python train.py phase=online env=<map> env_steps=<budget> seed=<seed>` "
-        "with configs/algo/qmix.yaml: PyMARL2 settings, 8 battles collected in parallel, 256 env steps per update, "
-        "batch 128 episodes, buffer 5000, target update every 200 episodes, ε 1.0 → 0.05 over 100k env steps). "
-        "Greedy evaluation: 32 battles every 10k env steps. "
+        f"Command: `{cmd}` (each run is `python train.py phase=online env=<map> env_steps=<budget> seed=<seed> "
+        "num_threads=<threads>` with configs/algo/qmix.yaml: PyMARL2 settings, batch 128 episodes, buffer 5000, "
+        "target update every 200 episodes, ε 1.0 → 0.05 over 100k env steps; "
+        f"{run_settings(run_dir(out_root, runs[0][0], seeds[0]))}). Greedy evaluation: 32 battles every 10k env steps. "
         f"Report written {info['date']} on {info['cpu_count']} CPU cores ({info['cpu']}), torch {info['torch']}, "
-        f"code at `{info['git']}`; each run used 1 torch thread and two runs shared the machine.",
+        f"code at `{info['git']}`.",
         "",
         "| map | seed | budget (env steps) | reached | last eval win rate (32) | best eval win rate | first eval ≥ 0.9 at "
         f"| final greedy win rate ({final_episodes} battles) | wall-clock (min) | finished |",
