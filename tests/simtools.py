@@ -110,3 +110,15 @@ def random_dataset(path, map_name: str = "3m", episodes: int = 24, seed: int = 3
         record_episodes(w, None, num_envs=8, seed=seed)
         w.close(behaviour={"policy": "random"})
     return path
+
+
+def load_script(relative_path: str):
+    """A script of the repository (``benchmarks/x.py``, ``scripts/y.py``) imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,23 +1,14 @@
 """Smoke test of benchmarks/lightning_overhead.py with tiny settings (numbers are not checked)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("lightning_overhead", ROOT / "benchmarks" / "lightning_overhead.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from simtools import load_script
 
 
 def test_lightning_overhead_quick(tmp_path):
-    bench = _load_benchmark()
+    bench = load_script("benchmarks/lightning_overhead.py")
     threads = torch.get_num_threads()
     try:
         rc = bench.main(["--quick", "--map", "3m", "--threads", "1", "--out-dir", str(tmp_path)])

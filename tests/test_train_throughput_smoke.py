@@ -2,28 +2,22 @@
 tiny settings; the numbers are not checked, the mechanics are: both trees are measured, each
 from its own sources, and the report is written."""
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from simtools import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_train_throughput_quick_old_vs_new(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout: the benchmark's old path is a git worktree")
-    bench = _load_benchmark()
+    bench = load_script("benchmarks/train_throughput.py")
     # HEAD as the "old" path: present in any clone, shallow ones included.
     assert bench.main(["--quick", "--baseline", "HEAD", "--parts", "update,collect", "--out-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "train_throughput.json").read_text())
