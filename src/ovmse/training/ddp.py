@@ -124,7 +124,8 @@ def trainer_kwargs(trainer_cfg: DictConfig, num_threads: int | None = None) -> d
     ``strategy: ddp`` becomes ``DDPStrategy(process_group_backend=...)`` (``gloo`` on CPU,
     ``nccl`` for GPUs). Lightning's launcher would set torch's thread count to
     ``cpu_count // processes`` unless ``OMP_NUM_THREADS`` is set; it is set to
-    ``num_threads`` (train.yaml) so the configured value holds on every rank.
+    ``num_threads`` (train.yaml) so the configured value holds on every rank. With
+    ``num_threads: null`` (the default) Lightning's share of the cores holds.
     """
     kwargs: dict[str, Any] = {
         "accelerator": trainer_cfg.accelerator,
