@@ -1,13 +1,12 @@
 """``compile_step=True`` (torch.compile of each env step's physics and features) plays the same battles as eager."""
 
 import torch
+import torch._dynamo
 
 from ovmse.envs import make_env
 
 
 def test_compiled_physics_plays_the_same_battles_as_eager():
-    import torch._dynamo
-
     torch._dynamo.reset()
     envs = [make_env("3m", 3, seed=5, substeps=2, compile_step=c) for c in (False, True)]
     tds = [env.reset() for env in envs]

@@ -132,7 +132,7 @@ class OnlineCollectionCallback(pl.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self._next_log = int(state["next_log"])
-        self._credit = int(state.get("credit", 0))
+        self._credit = int(state["credit"])
 
 
 class TargetUpdateCallback(pl.Callback):
