@@ -3,7 +3,7 @@
 Every batch holds exactly ``n_offline = round(offline_fraction * batch_size)`` episodes drawn
 from the offline buffer followed by ``batch_size - n_offline`` episodes drawn from the online
 buffer (a fixed split, not a random one per batch). Within each source episodes are drawn
-uniformly with replacement by :meth:`EpisodeReplayBuffer.sample`.
+uniformly, without replacement unless ``replace=True``.
 
 Row order of a batch: rows ``[0, n_offline)`` are offline episodes, rows
 ``[n_offline, batch_size)`` are online episodes. The bool entry ``"from_offline"``
@@ -68,6 +68,8 @@ class ReplayDataModule(pl.LightningDataModule):
         generator: optional ``torch.Generator`` for reproducible sampling; when given it is
             installed as the sampling RNG of both sources (``set_generator``), so it replaces
             whatever generator they had.
+        replace: draw each source's rows with replacement. ``False`` (PyMARL2 and CFCQL:
+            ``np.random.choice(..., replace=False)``) never puts an episode twice in a batch.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class ReplayDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         offline_fraction: float = 0.0,
         generator: torch.Generator | None = None,
+        replace: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
@@ -95,6 +98,7 @@ class ReplayDataModule(pl.LightningDataModule):
         self.n_offline = int(round(offline_fraction * self.batch_size))
         self.n_online = self.batch_size - self.n_offline
         self.generator = generator
+        self.replace = bool(replace)
         if generator is not None:
             for buf in (online, offline):
                 if buf is not None:
@@ -131,9 +135,9 @@ class ReplayDataModule(pl.LightningDataModule):
             )
         parts = []
         if self.n_offline > 0:
-            parts.append(self._tagged(self.offline.sample(self.n_offline), True))
+            parts.append(self._tagged(self.offline.sample(self.n_offline, replace=self.replace), True))
         if self.n_online > 0:
-            parts.append(self._tagged(self.online.sample(self.n_online), False))
+            parts.append(self._tagged(self.online.sample(self.n_online, replace=self.replace), False))
         if len(parts) == 2 and parts[0].shape[1:] != parts[1].shape[1:]:
             raise RuntimeError(f"offline episodes have length {parts[0].shape[1]} but online episodes "
                                f"{parts[1].shape[1]} (T_max + 1 differs)")

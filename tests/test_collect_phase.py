@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["env=3m", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=48",
         "algo.target_update_interval=8", "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8",
-        "log_every_env_steps=256", "episodes=24", "record.num_envs=8"]
+        "level.min_eval_episodes=8", "log_every_env_steps=256", "episodes=24", "record.num_envs=8"]
 
 
 def _collect(data_root, run_dir, *extra):
@@ -64,6 +64,15 @@ def test_behaviour_records_how_the_policy_was_chosen(collected):
     assert Path(medium["checkpoint"]).exists() and Path(expert["checkpoint"]).exists()
     summary = json.loads((run_dir / "collect_summary.json").read_text())
     assert set(summary["datasets"]) == {"medium", "medium_replay", "expert", "mixed"}
+    # Medium holds on two consecutive evaluations (band [0, 1]: the 2nd); every dataset keeps
+    # the whole run's evaluations, including those after its level was taken.
+    history = summary["evaluations"]
+    assert medium["taken_at_env_steps"] == medium["env_steps"] == history[1]["env_steps"]
+    assert medium["consecutive"] == 2 and len(history) >= 3
+    assert history[-1]["env_steps"] >= expert["env_steps"] > medium["env_steps"]
+    for quality in ("medium", "medium_replay", "expert"):
+        meta = load_dataset(root / "3m" / quality, validate="structure").metadata
+        assert meta["behaviour"]["evaluations"] == history
 
 
 def test_medium_replay_is_the_buffer_when_medium_was_reached(collected):
@@ -91,20 +100,20 @@ def test_mixed_needs_medium_and_expert(tmp_path):
 
 # --------------------------------------------------------------------- milestone logic
 class _Eval:
-    def __init__(self):
-        self.evaluations, self.latest = 0, {}
+    def __init__(self, episodes=128):
+        self.evaluations, self.latest, self.episodes = 0, {}, episodes
 
-    def report(self, rate):
+    def report(self, rate, episodes=128):
         self.evaluations += 1
-        self.latest = {"eval/win_rate": rate}
+        self.latest = {"eval/win_rate": rate, "eval/episodes": float(episodes)}
 
 
-def _callback(bands):
+def _callback(bands, consecutive=1, episodes=128):
     fired = []
     ms = [WinRateMilestone(name, lo, hi, lambda t, m, info, name=name: fired.append((name, info["reason"])))
           for name, lo, hi in bands]
-    ev = _Eval()
-    return WinRateMilestoneCallback(ms, evaluation=ev), ev, fired
+    ev = _Eval(episodes)
+    return WinRateMilestoneCallback(ms, evaluation=ev, consecutive=consecutive), ev, fired
 
 
 def _module():
@@ -133,6 +142,48 @@ def test_milestone_overshoot_and_budget_reasons():
     assert fired == [("medium", "overshot")]
     cb.on_train_end(trainer, module)  # budget spent before expert
     assert fired == [("medium", "overshot"), ("expert", "budget")]
+
+
+def test_level_needs_consecutive_in_band_evaluations():
+    """A transient in-band evaluation (the early peak) does not make a level; two in a row do,
+    and the action gets every evaluation so far."""
+    histories = []
+    ms = [WinRateMilestone("medium", 0.1, 0.4, lambda t, m, info: histories.append(info))]
+    ev = _Eval()
+    cb = WinRateMilestoneCallback(ms, evaluation=ev, consecutive=2)
+    trainer, module = SimpleNamespace(should_stop=False), _module()
+    for step, rate in enumerate((0.0, 0.3, 0.05, 0.35, 0.5, 0.2, 0.25)):
+        module.env_steps = 1000 * (step + 1)
+        ev.report(rate)
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert len(histories) == 1 and trainer.should_stop
+    info = histories[0]
+    assert info["reason"] == "band" and info["env_steps"] == 7000 and info["eval/win_rate"] == 0.25
+    assert [h["eval/win_rate"] for h in info["history"]] == [0.0, 0.3, 0.05, 0.35, 0.5, 0.2, 0.25]
+    assert [h["env_steps"] for h in cb.history] == [1000 * k for k in range(1, 8)]
+
+
+def test_overshoot_needs_consecutive_evaluations_above_the_band():
+    cb, ev, fired = _callback([("medium", 0.1, 0.4)], consecutive=2)
+    trainer, module = SimpleNamespace(should_stop=False), _module()
+    for rate in (0.6, 0.3, 0.7):  # above, in, above: neither holds twice
+        ev.report(rate)
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert fired == []
+    ev.report(0.8)
+    cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert fired == [("medium", "overshot")]
+
+
+def test_level_refuses_small_evaluations():
+    cb, ev, _ = _callback([("medium", 0.1, 0.4)], episodes=32)
+    trainer = SimpleNamespace(callbacks=[])
+    with pytest.raises(ValueError, match="at least 128 battles"):
+        cb.on_fit_start(trainer, _module())
+    cb, ev, _ = _callback([("medium", 0.1, 0.4)])
+    ev.report(0.2, episodes=64)
+    with pytest.raises(ValueError, match="this one played 64"):
+        cb.on_train_batch_end(SimpleNamespace(should_stop=False), _module(), None, None, 0)
 
 
 def test_milestone_band_validation():

@@ -174,3 +174,28 @@ def test_dataloader_sees_episodes_added_to_a_growing_buffer():
     for _ in range(10):
         seen |= set(next(it)["state"][:, 0, 0].tolist())
     assert any(v >= 500 for v in seen)
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_sampling_with_and_without_replacement(replace):
+    """Default (PyMARL2, CFCQL): no episode twice in a batch, even one as large as the buffer;
+    replace=True draws with replacement, so a full-size batch repeats episodes."""
+    on = EpisodeReplayBuffer(100, generator=torch.Generator().manual_seed(0))
+    on.extend(episodes(16))
+    dm = ReplayDataModule(on, batch_size=16, replace=replace)
+    repeats = 0
+    for _ in range(20):
+        ids = dm.sample()["state"][:, 0, 0]
+        repeats += int(ids.unique().numel() < 16)
+        if not replace:
+            assert sorted(ids.tolist()) == list(range(16))
+    assert (repeats == 20) if replace else (repeats == 0)
+    assert ReplayDataModule(on, batch_size=4).replace is False
+
+
+def test_sample_indices_are_distinct():
+    from ovmse.collection.replay import sample_indices
+    idx = sample_indices(10, 10, torch.Generator().manual_seed(3))
+    assert sorted(idx.tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="cannot draw 11 distinct episodes from 10"):
+        sample_indices(10, 11)

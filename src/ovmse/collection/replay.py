@@ -6,8 +6,10 @@ One storage element = one padded episode ``[T_max + 1, ...]`` as produced by
 When full, TorchRL's default ``RoundRobinWriter`` writes at ``cursor % capacity`` and
 advances the cursor (TorchRL 0.14 ``RoundRobinWriter.extend``), i.e. the oldest episodes
 are overwritten first (FIFO ring buffer) -- the storage itself never grows past
-``max_size``. Sampling is uniform with replacement (``RandomSampler``); the C++ prioritized
-sampler is not available in this build, so there is no prioritized option.
+``max_size``. Sampling is uniform, within a batch without replacement (PyMARL2's
+``ReplayBuffer.sample``: ``np.random.choice(..., replace=False)``) or with it (TorchRL's
+``RandomSampler``); the C++ prioritized sampler is not available in this build, so there is
+no prioritized option.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class EpisodeReplayBuffer:
         else:
             storage = LazyTensorStorage(self.capacity, device=device)
         self._rb = ReplayBuffer(storage=storage, sampler=RandomSampler(), batch_size=None)
+        self._generator = None
         if generator is not None:
-            self._rb.set_rng(generator)
+            self.set_generator(generator)
         self.episodes_added = 0
 
     @property
@@ -60,6 +63,7 @@ class EpisodeReplayBuffer:
 
     def set_generator(self, generator: torch.Generator) -> None:
         """Sampling RNG, for reproducible batches (``ReplayBuffer.set_rng``)."""
+        self._generator = generator
         self._rb.set_rng(generator)
 
     def can_sample(self, batch_size: int) -> bool:
@@ -91,9 +95,19 @@ class EpisodeReplayBuffer:
         """The stored episodes at ``indices``: ``[len(indices), T_max + 1]``."""
         return self._rb.storage[indices]
 
-    def sample(self, batch_size: int) -> TensorDictBase:
-        """``batch_size`` episodes drawn uniformly with replacement: ``[batch_size, T_max + 1]``."""
+    def sample(self, batch_size: int, replace: bool = True) -> TensorDictBase:
+        """``batch_size`` episodes drawn uniformly: ``[batch_size, T_max + 1]``; with
+        ``replace=False`` no episode twice in the batch (needs ``batch_size <= len(self)``)."""
         if len(self) == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
+        if not replace:
+            return self.get(sample_indices(len(self), batch_size, self._generator))
         out = self._rb.sample(batch_size)
         return out.exclude("index") if "index" in out.keys() else out
+
+
+def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``batch_size`` distinct indices drawn uniformly from ``range(n)`` ``[batch_size]``."""
+    if batch_size > n:
+        raise ValueError(f"cannot draw {batch_size} distinct episodes from {n}")
+    return torch.randperm(n, generator=generator)[:batch_size]

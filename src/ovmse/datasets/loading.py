@@ -10,6 +10,8 @@ from tensordict import TensorDict, TensorDictBase
 
 from ovmse.envs import MapSpec
 
+from ovmse.collection.replay import sample_indices
+
 from .format import EPISODES_DIR
 from .stats import dataset_stats
 from .validation import (
@@ -67,9 +69,13 @@ class OfflineDataset:
         """Sampling RNG (a CPU ``torch.Generator``), for reproducible batches."""
         self.generator = generator
 
-    def sample(self, batch_size: int) -> TensorDictBase:
-        """``batch_size`` episodes drawn uniformly with replacement: ``[batch_size, T_max + 1]``."""
-        idx = torch.randint(len(self), (batch_size,), generator=self.generator)
+    def sample(self, batch_size: int, replace: bool = True) -> TensorDictBase:
+        """``batch_size`` episodes drawn uniformly: ``[batch_size, T_max + 1]``; with
+        ``replace=False`` no episode twice in the batch (CFCQL's offline loop and PyMARL2)."""
+        if replace:
+            idx = torch.randint(len(self), (batch_size,), generator=self.generator)
+        else:
+            idx = sample_indices(len(self), batch_size, self.generator)
         return self.episodes[idx].to(self.device)
 
     def stats(self) -> tuple[dict[str, float], torch.Tensor]:

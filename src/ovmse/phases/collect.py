@@ -1,8 +1,9 @@
 """Phase "collect": generate offline datasets (paper Appendix B).
 
 ``python train.py phase=collect env=2s3z`` trains QMIX from scratch (the online phase's
-machinery) until a greedy evaluation's win rate first enters ``medium.win_rate``; it then
-saves ``checkpoints/medium.ckpt`` and writes
+machinery) until ``level.consecutive`` greedy evaluations in a row (each of at least
+``level.min_eval_episodes`` battles) lie in ``medium.win_rate``; it then saves
+``checkpoints/medium.ckpt`` and writes
 
 * ``medium``: ``episodes`` battles of that policy acting greedily;
 * ``medium_replay``: the run's replay buffer at that moment, oldest episode first;
@@ -11,17 +12,21 @@ and, when ``expert`` / ``mixed`` are among ``qualities``, trains on until
 ``expert.win_rate`` for ``expert`` (greedy episodes of that policy) and ``mixed`` (a seeded
 random half of the medium episodes followed by a random half of the expert ones).
 Each dataset's ``dataset.json`` records the behaviour policy (how it was chosen, its
-evaluation win rate, env steps trained), the resolved config and the code version.
+evaluation win rate, env steps trained, and ``evaluations``: every greedy evaluation of
+the collecting run), the resolved config and the code version.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ovmse.datasets import QUALITIES, EpisodeDatasetWriter, dataset_dir, load_dataset
+from ovmse.datasets.format import METADATA_FILE
 from ovmse.datasets.inspection import format_table8, table8_row
 from ovmse.datasets.recording import record_episodes
 from ovmse.datasets.writer import check_writable_dir
@@ -89,7 +94,7 @@ def run(cfg: DictConfig) -> dict:
 
     def policy_info(level: str, info: dict, ckpt: Path) -> dict:
         return {"policy": f"QMIX trained from scratch to the {level} level, acting greedily",
-                "checkpoint": str(ckpt), **info}
+                "checkpoint": str(ckpt), **_behaviour(info)}
 
     def reached(level: str, trainer, module, info: dict) -> Path:
         """Checkpoint the policy of a level and say so; returns the checkpoint path."""
@@ -111,7 +116,7 @@ def run(cfg: DictConfig) -> dict:
 
             behaviour = {"policy": "replay buffer of the QMIX run (epsilon-greedy exploration) when it reached "
                                    "the medium level", "buffer_size": replay.capacity,
-                         "episodes_collected": replay.episodes_added, "checkpoint": str(ckpt), **info}
+                         "episodes_collected": replay.episodes_added, "checkpoint": str(ckpt), **_behaviour(info)}
             write("medium_replay", len(replay), fill, behaviour)
         if "medium" in qualities:
             write("medium", n, record_greedy(module, 20_000), policy_info("medium", info, ckpt))
@@ -129,17 +134,38 @@ def run(cfg: DictConfig) -> dict:
         milestones.append(WinRateMilestone("medium", *_band(cfg.medium.win_rate, "medium"), at_medium))
     if "expert" in qualities:
         milestones.append(WinRateMilestone("expert", *_band(cfg.expert.win_rate, "expert"), at_expert))
-    milestone_cb = WinRateMilestoneCallback(milestones)
+    milestone_cb = WinRateMilestoneCallback(milestones, consecutive=int(cfg.level.consecutive),
+                                            min_episodes=int(cfg.level.min_eval_episodes))
     run_parts = build_online_run(cfg, extra_callbacks=[milestone_cb], resumable=False)
     run_parts.trainer.fit(run_parts.module, datamodule=run_parts.data)
+    for path in written.values():  # the evaluations after a level was taken, too
+        _set_evaluations(path, milestone_cb.history)
 
     rows = [table8_row(load_dataset(written[q], map_name=spec.name, validate="full", in_memory=False))
             for q in qualities]
     print(format_table8(rows))
     summary = {"datasets": {q: str(p) for q, p in written.items()}, "levels": milestone_cb.done, "table8": rows,
-               "env_steps": run_parts.module.env_steps}
+               "env_steps": run_parts.module.env_steps, "evaluations": milestone_cb.history}
     write_json(out / "collect_summary.json", summary)
     return {f"dataset/{r['dataset']}/return_mean": r["return_mean"] for r in rows}
+
+
+def _behaviour(info: dict) -> dict:
+    """A milestone's info as dataset.json's ``behaviour``: ``taken_at_env_steps`` is the step
+    of the evaluation that completed the level; ``evaluations`` every evaluation so far."""
+    rest = {k: v for k, v in info.items() if k != "history"}
+    return {**rest, "taken_at_env_steps": info["env_steps"], "evaluations": info["history"]}
+
+
+def _set_evaluations(path: Path, history: list[dict]) -> None:
+    """Replace ``behaviour.evaluations`` in a written dataset's dataset.json by the whole run's
+    history (atomic: written beside it, then renamed over it)."""
+    meta_path = Path(path) / METADATA_FILE
+    meta = json.loads(meta_path.read_text())
+    meta.setdefault("behaviour", {})["evaluations"] = history
+    tmp = meta_path.with_name(f"{METADATA_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    os.replace(tmp, meta_path)
 
 
 def _mixed_fill(medium: Path, expert: Path, n: int, seed: int):

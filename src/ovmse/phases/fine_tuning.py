@@ -60,6 +60,7 @@ def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict
         "target_update_interval": int(per_map(algo.target_update_interval, map_name, "algo.target_update_interval")),
         "grad_norm_clip": float(per_map(algo.grad_norm_clip, map_name, "algo.grad_norm_clip")),
         "batch_size": int(algo.batch_size),
+        "sample_with_replacement": bool(algo.sample_with_replacement),
         "mixing_ratio": 0.0,
         "update_ratio": asdict(UpdateRatio.from_settings(
             per_map(algo.get("episodes_per_update"), map_name, "algo.episodes_per_update"),

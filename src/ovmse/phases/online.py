@@ -103,7 +103,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     module.to(device)
     replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
     data = ReplayDataModule(online=replay, offline=offline, batch_size=settings["batch_size"],
-                            offline_fraction=settings["mixing_ratio"])
+                            offline_fraction=settings["mixing_ratio"], replace=settings["sample_with_replacement"])
     collection = make_collection(cfg, module, replay, env_seed, device, env_options, settings)
     collect_threads = collection_threads(cfg)
     evaluator = GreedyEvaluator(

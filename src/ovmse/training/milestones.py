@@ -1,4 +1,4 @@
-"""Act once when the greedy win rate first reaches a level (e.g. "medium", "expert")."""
+"""Act once when the greedy win rate reaches a level (e.g. "medium", "expert") and holds it."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytorch_lightning as pl
 from .callbacks import GreedyEvaluationCallback
 from .qmix_module import QMixModule
 
-# action(trainer, module, info) with info = {"reason", "env_steps", "eval/win_rate", ...}
+# action(trainer, module, info) with info = {"reason", "env_steps", "eval/win_rate", "history", ...}
 MilestoneAction = Callable[[pl.Trainer, QMixModule, dict], None]
 
 
 @dataclass
 class WinRateMilestone:
-    """A level of play: reached when a greedy evaluation's win rate lies in ``[low, high]``."""
+    """A level of play: greedy evaluation win rates in ``[low, high]``."""
 
     name: str
     low: float
@@ -31,50 +31,78 @@ class WinRateMilestone:
 class WinRateMilestoneCallback(pl.Callback):
     """Runs milestone actions in order, each once, after the evaluation that reaches it.
 
+    A level counts as reached when the last ``consecutive`` evaluations all lie in its band.
+    A single in-band evaluation is not enough: on our simulator QMIX's early win rate rises to
+    a transient peak and falls back before it climbs for good (2s3z: about 0.4 near 50k env
+    steps, 0.03-0.13 at 90-130k), and a 32-battle evaluation swings by ±0.08 on its own.
+
     The ``reason`` passed to an action says how its policy was chosen:
 
-    * ``"band"``: the win rate entered ``[low, high]``;
-    * ``"overshot"``: an evaluation scored above ``high`` before any scored inside the band
-      (evaluate more often, or widen the band, to land in it);
+    * ``"band"``: the last ``consecutive`` evaluations were inside ``[low, high]``;
+    * ``"overshot"``: the last ``consecutive`` evaluations were all above ``high`` before the
+      band held (evaluate more often, or widen the band, to land in it);
     * ``"budget"``: training ended (env-step budget) before the milestone was reached; the
       final policy is used.
 
-    Training stops as soon as every milestone is done.
+    Every evaluation seen is kept in :attr:`history` (env steps, episodes, updates and the
+    ``eval/`` metrics); actions get it as ``info["history"]``. Training stops as soon as every
+    milestone is done.
 
     Args:
         milestones: levels in increasing order.
         evaluation: the evaluation to watch (default: the trainer's
             :class:`GreedyEvaluationCallback`, found when fitting starts).
+        consecutive: evaluations in a row that must agree (1 = the first in-band evaluation).
+        min_episodes: battles each counted evaluation must have played; an evaluation with
+            fewer is an error (a level decided on a handful of battles is noise).
     """
 
-    def __init__(self, milestones: list[WinRateMilestone], evaluation: GreedyEvaluationCallback | None = None):
+    def __init__(self, milestones: list[WinRateMilestone], evaluation: GreedyEvaluationCallback | None = None,
+                 consecutive: int = 2, min_episodes: int = 128):
         if not milestones:
             raise ValueError("no milestones given")
+        if consecutive < 1:
+            raise ValueError(f"consecutive evaluations must be >= 1, got {consecutive}")
+        if min_episodes < 1:
+            raise ValueError(f"min_episodes must be >= 1, got {min_episodes}")
         self.evaluation = evaluation
         self.pending = list(milestones)
+        self.consecutive, self.min_episodes = int(consecutive), int(min_episodes)
         self.done: dict[str, dict] = {}
+        self.history: list[dict] = []
         self._seen = 0
 
     def _fire(self, trainer: pl.Trainer, module: QMixModule, reason: str) -> None:
         milestone = self.pending.pop(0)
         info = {"reason": reason, "env_steps": module.env_steps, "episodes": module.episodes,
-                "updates": module.updates, **self.evaluation.latest}
+                "updates": module.updates, **self.evaluation.latest,
+                "consecutive": self.consecutive, "history": [dict(h) for h in self.history]}
         was_training = module.training
         module.eval()
         milestone.action(trainer, module, info)
         module.train(was_training)
-        self.done[milestone.name] = info
+        self.done[milestone.name] = {k: v for k, v in info.items() if k != "history"}
+
+    def _record(self, module: QMixModule) -> None:
+        latest = dict(self.evaluation.latest)
+        played = latest.get("eval/episodes")
+        if played is not None and float(played) < self.min_episodes:
+            raise ValueError(f"a win-rate level is decided on evaluations of at least {self.min_episodes} battles; "
+                             f"this one played {int(played)} (raise eval.episodes or lower level.min_eval_episodes)")
+        self.history.append({"env_steps": int(module.env_steps), "episodes": int(module.episodes),
+                             "updates": int(module.updates), **{k: float(v) for k, v in latest.items()}})
 
     def _check(self, trainer: pl.Trainer, module: QMixModule) -> None:
         if self.evaluation.evaluations == self._seen:
             return
         self._seen = self.evaluation.evaluations
-        rate = self.evaluation.latest["eval/win_rate"]
-        while self.pending:
+        self._record(module)
+        recent = [h["eval/win_rate"] for h in self.history[-self.consecutive:]]
+        while self.pending and len(recent) == self.consecutive:
             m = self.pending[0]
-            if m.low <= rate <= m.high:
+            if all(m.low <= r <= m.high for r in recent):
                 self._fire(trainer, module, "band")
-            elif rate > m.high:
+            elif all(r > m.high for r in recent):
                 self._fire(trainer, module, "overshot")
             else:
                 break
@@ -87,6 +115,9 @@ class WinRateMilestoneCallback(pl.Callback):
             if not found:
                 raise RuntimeError("WinRateMilestoneCallback needs a GreedyEvaluationCallback in the trainer")
             self.evaluation = found[0]
+        if getattr(self.evaluation, "episodes", self.min_episodes) < self.min_episodes:
+            raise ValueError(f"eval.episodes={self.evaluation.episodes}: a win-rate level is decided on evaluations "
+                             f"of at least {self.min_episodes} battles (level.min_eval_episodes)")
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
         self._check(trainer, module)
