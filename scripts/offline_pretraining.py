@@ -1,30 +1,41 @@
 #!/usr/bin/env python
-"""Offline pretraining on our 2s3z datasets, with and without CQL: run (resumable) and report.
+"""Offline pretraining on our 2s3z datasets, 3 seeds per setting: run (resumable) and report.
 
-    python scripts/offline_pretraining.py                 # train the 4 runs (in parallel), evaluate, report
-    python scripts/offline_pretraining.py --report-only   # only rebuild the docs/results.md section
+    python scripts/offline_pretraining.py                    # train what is missing, evaluate, report
+    python scripts/offline_pretraining.py --settings macql   # one setting only
+    python scripts/offline_pretraining.py --report-only      # only rebuild the JSON and the docs table
 
-Runs, each ``python train.py phase=offline env=2s3z algo=ovmse dataset=<d> steps=<n>
-algo.offline.batch_size=<b> [algo.offline.cql=null]`` into
-``outputs/experiments/offline_2s3z_<dataset>_<cql>_seed<s>``:
+Each run is ``python train.py phase=offline env=2s3z algo=ovmse dataset=<d> steps=<n> seed=<s>
+algo.offline.batch_size=128 ...`` into ``<out>/offline_2s3z_<dataset>_<setting>_seed<s>``:
 
-* datasets ``medium`` and ``medium_replay`` (``data/2s3z/``, made by ``phase=collect``);
-* MACQL with the paper's α = 0.05 for 2s3z, and no CQL (plain offline QMIX).
+* datasets ``medium`` and ``medium_replay`` (``<data_root>/2s3z/``, made by ``phase=collect``);
+* settings: ``macql`` = MACQL with the paper's α (Table 3: 0.05 on 2s3z), valid sampled joint
+  actions; ``cfcql`` = CFCQL with the CFCQL README's α and softmax temperature for the set
+  (medium 0.1 / 0.5, medium-replay 5 / 0.1); ``none`` = plain offline QMIX (on request);
+* budget: CFCQL's, which counts dataset timesteps (``t_max`` 10,050,000 of ``filled`` rows):
+  ``ceil(t_max / (batch · mean filled rows per episode))`` updates for the dataset;
+* target refresh every 7 updates (the paper's 50 episodes at CFCQL's 8 per update), batches
+  without replacement: the defaults of ``configs/algo/o2o.yaml``.
 
-A run whose ``offline_summary.json`` exists is skipped. For every finished run the report
+A run whose ``offline_summary.json`` exists is skipped (an interrupted one starts again). For
+every finished run the report
 
 * evaluates ``checkpoints/last.ckpt`` greedily over 640 battles (``evaluate.py``, cached);
 * measures on 1000 dataset episodes (the same for every run of a dataset) the mean
-  ``Q_tot(τ, a_dataset)``, the mean ``Q_tot(τ, a_greedy)`` and the mean Monte-Carlo
-  return-to-go ``G_t`` of the dataset (cached);
+  ``Q_tot(τ, a_dataset)``, ``Q_tot(τ, a_greedy)``, the Monte-Carlo return-to-go ``G_t`` and the
+  share of agent decisions whose greedy action is the dataset's (cached);
 
-and writes the table into ``docs/results.md`` between the OFFLINE markers.
+and writes ``benchmarks/results/offline_2s3z.json`` (one record per dataset, setting and seed)
+and the table into ``docs/results.md`` between the OFFLINE markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -38,31 +49,57 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- OFFLINE-PRETRAINING:BEGIN (written by scripts/offline_pretraining.py) -->"
 END = "<!-- OFFLINE-PRETRAINING:END -->"
 DATASETS = ("medium", "medium_replay")
-VARIANTS = ("macql", "none")
+CFCQL_T_MAX = 10_050_000  # dataset timesteps (CFCQL cql_qmix.yaml t_max)
+# CFCQL README α / softmax temperature per 2s3z dataset.
+CFCQL_README = {"medium": (0.1, 0.5), "medium_replay": (5.0, 0.1)}
+SETTINGS = ("macql", "cfcql", "none")
 
 
-def run_dir(out_root: Path, dataset: str, cql: str, seed: int) -> Path:
-    return out_root / f"offline_2s3z_{dataset}_{cql}_seed{seed}"
+def run_dir(out_root: Path, dataset: str, setting: str, seed: int) -> Path:
+    return out_root / f"offline_2s3z_{dataset}_{setting}_seed{seed}"
 
 
-def command(out: Path, dataset: str, cql: str, seed: int, steps: int, batch: int, eval_every: int) -> list[str]:
-    cmd = [sys.executable, "train.py", "phase=offline", "env=2s3z", "algo=ovmse", f"dataset={dataset}",
-           f"steps={steps}", f"algo.offline.batch_size={batch}", f"seed={seed}", f"eval.interval_updates={eval_every}",
-           "trainer.progress_refresh_rate=100", f"hydra.run.dir={out}"]
-    if cql == "none":
-        cmd.append("algo.offline.cql=null")
-    return cmd
+def cfcql_budget(meta: dict, batch: int) -> int:
+    """Updates that consume CFCQL's t_max dataset timesteps: each episode of ``len`` transitions
+    has ``len + 1`` filled rows (PyMARL's layout)."""
+    rows_per_episode = meta["transitions"] / meta["episodes"] + 1
+    return math.ceil(CFCQL_T_MAX / (batch * rows_per_episode))
+
+
+def setting_overrides(setting: str, dataset: str) -> list[str]:
+    if setting == "macql":
+        return ["algo.offline.cql=macql"]  # α: the paper's, from configs/algo/o2o.yaml
+    if setting == "cfcql":
+        alpha, temperature = CFCQL_README[dataset]
+        return ["algo.offline.cql=cfcql", f"algo.offline.alpha={alpha}", f"algo.offline.cfcql_temperature={temperature}"]
+    if setting == "none":
+        return ["algo.offline.cql=null"]
+    raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
+
+
+def command(args, out: Path, dataset: str, setting: str, seed: int, steps: int) -> list[str]:
+    return [sys.executable, "train.py", "phase=offline", "env=2s3z", "algo=ovmse", f"dataset={dataset}",
+            f"data_root={args.data_root}", f"steps={steps}", f"algo.offline.batch_size={args.batch_size}",
+            f"seed={seed}", f"eval.interval_updates={args.eval_every}", f"eval.episodes={args.eval_episodes}",
+            f"eval.num_envs={args.eval_episodes}", f"num_threads={args.threads}", "trainer.progress_refresh_rate=100",
+            f"hydra.run.dir={out}", *setting_overrides(setting, dataset)]
+
+
+def dataset_meta(args, dataset: str) -> dict:
+    return json.loads((Path(args.data_root) / "2s3z" / dataset / "dataset.json").read_text())
 
 
 def train_all(args, out_root: Path) -> None:
     jobs = []
-    for dataset in DATASETS:
-        for cql in VARIANTS:
-            out = run_dir(out_root, dataset, cql, args.seed)
-            if (out / "offline_summary.json").exists():
-                print(f"skip {out} (finished)")
-                continue
-            jobs.append((command(out, dataset, cql, args.seed, args.steps, args.batch_size, args.eval_every), out))
+    for dataset in args.datasets:
+        steps = args.steps or cfcql_budget(dataset_meta(args, dataset), args.batch_size)
+        for setting in args.settings:
+            for seed in args.seeds:
+                out = run_dir(out_root, dataset, setting, seed)
+                if (out / "offline_summary.json").exists():
+                    print(f"skip {out} (finished)")
+                    continue
+                jobs.append((command(args, out, dataset, setting, seed, steps), out))
     run_queue(jobs, args.parallel)
 
 
@@ -82,10 +119,13 @@ def final_evaluation(out: Path, episodes: int) -> dict | None:
 @torch.no_grad()
 def value_diagnostics(out: Path, dataset_path: Path, episodes: int = 1000, seed: int = 0) -> dict:
     """Mean Q_tot of dataset and greedy actions vs the dataset's Monte-Carlo return-to-go over
-    the valid transitions of ``episodes`` dataset episodes (a fixed, seeded subset)."""
+    the valid transitions of ``episodes`` dataset episodes (a fixed, seeded subset), and the
+    share of agent decisions whose greedy action is the dataset action."""
     cache = out / "value_diagnostics.json"
     if cache.exists():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if "greedy_is_data_action" in cached:
+            return cached
     from ovmse.datasets import load_dataset
     from ovmse.training.qmix_module import load_qmix_checkpoint
     from ovmse.training.value_diagnostics import value_sums
@@ -94,78 +134,124 @@ def value_diagnostics(out: Path, dataset_path: Path, episodes: int = 1000, seed:
     ds = load_dataset(dataset_path, validate="structure", in_memory=False)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(ds), generator=g)[: min(episodes, len(ds))].sort().values
-    sums = {"q_data": 0.0, "q_greedy": 0.0, "mc_return": 0.0, "n": 0.0}
+    sums: dict[str, float] = {}
     for start in range(0, len(pick), 100):
         for key, value in value_sums(module, ds.episodes[pick[start : start + 100]]).items():
-            sums[key] += value
+            sums[key] = sums.get(key, 0.0) + value
     result = {k: sums[k] / sums["n"] for k in ("q_data", "q_greedy", "mc_return")}
+    result["greedy_is_data_action"] = sums["agree"] / max(sums["decisions"], 1.0)
     result["transitions"] = int(sums["n"])
     result["episodes"] = int(len(pick))
     cache.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def training_evals(out_root: Path, dataset: str, cql: str, seed: int) -> str:
-    """``update: win rate`` of the greedy evaluations logged during training."""
-    import csv
+def training_curve(out: Path) -> list[dict]:
+    """The greedy evaluations logged during training: ``[{"updates", "win_rate", "return", "episodes"}]``."""
+    rows = csv.DictReader((out / "metrics.csv").open())
+    return [{"updates": int(float(r["updates"])), "win_rate": float(r["eval/win_rate"]),
+             "return": float(r["eval/return"]), "episodes": int(float(r["eval/episodes"]))}
+            for r in rows if r.get("eval/win_rate")]
 
-    rows = csv.DictReader((run_dir(out_root, dataset, cql, seed) / "metrics.csv").open())
-    return ", ".join(f"{int(float(r['updates']))}: {float(r['eval/win_rate']):.2f}" for r in rows
-                     if r.get("eval/win_rate"))
 
-
-def report(args, out_root: Path) -> str:
-    rows = []
+def records(args, out_root: Path) -> list[dict]:
+    out = []
     for dataset in DATASETS:
-        meta = json.loads((ROOT / "data" / "2s3z" / dataset / "dataset.json").read_text())
-        for cql in VARIANTS:
-            out = run_dir(out_root, dataset, cql, args.seed)
-            ev = final_evaluation(out, 640)
-            if ev is None:
-                continue
-            summary = json.loads((out / "offline_summary.json").read_text())
-            vd = value_diagnostics(out, ROOT / "data" / "2s3z" / dataset)
-            rows.append((dataset, cql, summary, ev, vd, meta))
-    if not rows:
+        meta_path = Path(args.data_root) / "2s3z" / dataset / "dataset.json"
+        if not meta_path.exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        behaviour = meta.get("behaviour", {})
+        for setting in SETTINGS:
+            for seed in range(args.max_seed + 1):
+                run = run_dir(out_root, dataset, setting, seed)
+                ev = final_evaluation(run, 640)
+                if ev is None:
+                    continue
+                summary = json.loads((run / "offline_summary.json").read_text())
+                vd = value_diagnostics(run, meta_path.parent)
+                out.append({
+                    "dataset": f"2s3z/{dataset}", "setting": setting, "cql": summary["cql"],
+                    "cql_alpha": summary["cql_alpha"], "seed": seed, "updates": summary["updates"],
+                    "batch_size": summary.get("settings", {}).get("batch_size"),
+                    "target_update_updates": summary.get("settings", {}).get("target_update_updates"),
+                    "greedy_win_rate_640": ev["win_rate"], "greedy_return_640": ev.get("return"),
+                    "behaviour_win_rate_eval": behaviour.get("eval/win_rate"),
+                    "dataset_win_rate": meta["win_rate"], "dataset_return_mean": meta["return_mean"],
+                    "q_tot_data_actions": vd["q_data"], "q_tot_greedy_actions": vd["q_greedy"],
+                    "mc_return": vd["mc_return"], "greedy_is_data_action": vd["greedy_is_data_action"],
+                    "wall_seconds": summary.get("wall_seconds"), "training_evaluations": training_curve(run),
+                    "run_dir": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+                })
+    return out
+
+
+LABELS = {"macql": "MACQL, paper α", "cfcql": "CFCQL, README α / temperature", "none": "no CQL"}
+
+
+def table(recs: list[dict]) -> str:
+    if not recs:
         return "(no finished runs)"
     lines = [
-        "| dataset | CQL (α) | updates | greedy win rate, 640 battles | dataset behaviour win rate | "
-        "evaluations during training (32 battles each, by update) | "
-        "Q_tot(τ, a_data) | Q_tot(τ, a_greedy) | MC return G_t | Q_data − G_t | wall-clock |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| dataset | setting (α) | seeds | updates | greedy win rate, 640 battles: median (per seed) | "
+        "dataset win rate | Q_tot(τ, a_data) | Q_tot(τ, a_greedy) | MC return G_t | greedy = data action | "
+        "wall-clock per run |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for dataset, cql, summary, ev, vd, meta in rows:
-        label = f"MACQL ({summary['cql_alpha']:g})" if cql == "macql" else "none"
-        minutes = summary.get("wall_seconds")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in recs:
+        groups.setdefault((r["dataset"], r["setting"]), []).append(r)
+    for (dataset, setting), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+
+        def med(key: str) -> float:
+            return statistics.median(r[key] for r in rs)
+
+        per_seed = ", ".join(f"{r['greedy_win_rate_640']:.3f}" for r in rs)
+        minutes = statistics.median(r["wall_seconds"] / 60 for r in rs if r["wall_seconds"])
         lines.append(
-            f"| 2s3z {dataset} | {label} | {summary['updates']} | **{ev['win_rate']:.3f}** | {meta['win_rate']:.3f} | "
-            f"{training_evals(out_root, dataset, cql, args.seed)} | "
-            f"{vd['q_data']:.2f} | {vd['q_greedy']:.2f} | {vd['mc_return']:.2f} | {vd['q_data'] - vd['mc_return']:+.2f} | "
-            f"{'' if minutes is None else f'{minutes / 60:.0f} min'} |")
-    return "\n".join(lines)
+            f"| {dataset} | {LABELS[setting]} ({rs[0]['cql_alpha']:g}) | {len(rs)} | {rs[0]['updates']} | "
+            f"**{med('greedy_win_rate_640'):.3f}** ({per_seed}) | {rs[0]['dataset_win_rate']:.3f} | "
+            f"{med('q_tot_data_actions'):.2f} | {med('q_tot_greedy_actions'):.2f} | {med('mc_return'):.2f} | "
+            f"{med('greedy_is_data_action'):.2f} | {minutes:.0f} min |")
+    curves = ["", "Greedy evaluations during training (128 battles, median over seeds, by update):", ""]
+    for (dataset, setting), rs in groups.items():
+        by_update: dict[int, list[float]] = {}
+        for r in rs:
+            for e in r["training_evaluations"]:
+                by_update.setdefault(e["updates"], []).append(e["win_rate"])
+        points = ", ".join(f"{u}: {statistics.median(v):.2f}" for u, v in sorted(by_update.items()))
+        curves.append(f"- {dataset}, {LABELS[setting]}: {points}")
+    return "\n".join(lines + curves)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parallel", type=int, default=4)
-    p.add_argument("--out", default="outputs/experiments")
+    p.add_argument("--settings", nargs="+", default=["macql", "cfcql"], choices=SETTINGS)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=0, help="updates per run (0: CFCQL's budget for the dataset)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-episodes", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--data-root", default=str(ROOT / "data"))
+    p.add_argument("--out", default=str(ROOT / "outputs" / "experiments"))
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
-    out_root = ROOT / args.out
+    args.max_seed = max(args.seeds)
+    out_root = Path(args.out)
     if not args.report_only:
         train_all(args, out_root)
-    table = report(args, out_root)
-    print(table)
-    args.table = table
-    write_docs(args, table)
-
-
-def write_docs(args, table: str) -> None:
-    replace_section(ROOT / "docs" / "results.md", BEGIN, END, "\n" + table + "\n", "## Offline pretraining (2s3z)")
+    recs = records(args, out_root)
+    results = ROOT / "benchmarks" / "results" / "offline_2s3z.json"
+    results.write_text(json.dumps({"generated_by": "python scripts/offline_pretraining.py", "t_max": CFCQL_T_MAX,
+                                   "records": recs}, indent=2) + "\n")
+    print(f"wrote {results} ({len(recs)} runs)")
+    text = table(recs)
+    print(text)
+    replace_section(ROOT / "docs" / "results.md", BEGIN, END, "\n" + text + "\n", "## Offline pretraining (2s3z)")
 
 
 if __name__ == "__main__":

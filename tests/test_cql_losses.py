@@ -139,10 +139,11 @@ def macql_reference(mixer, agent_q, avail, state, q_taken, mask, samples):
     return torch.stack(gaps).mean(), n_valid_samples, n_trans, n_none
 
 
-def test_macql_matches_reference_and_is_deterministic():
+@pytest.mark.parametrize("sampling", ["available", "all"])
+def test_macql_matches_reference_and_is_deterministic(sampling):
     mixer, agent_q, avail, state, actions, mask = make_case()
     q_taken = q_data(mixer, agent_q, state, actions)
-    loss_fn = MACQLLoss(mixer, n_samples=9, generator=torch.Generator().manual_seed(3))
+    loss_fn = MACQLLoss(mixer, n_samples=9, generator=torch.Generator().manual_seed(3), sampling=sampling)
     out = loss_fn(agent_q, avail, state, q_taken, mask, return_samples=True)
     samples = out["samples"]
     assert samples.shape == (B, T, 9, N) and samples.dtype == torch.int64
@@ -151,13 +152,16 @@ def test_macql_matches_reference_and_is_deterministic():
     torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["gap_mean"], ref.detach(), rtol=1e-5, atol=1e-6)
     assert out["valid_sample_fraction"].item() == pytest.approx(n_valid / (9 * n_trans))
-    assert 0 < out["valid_sample_fraction"].item() < 1  # some samples hit unavailable actions
+    if sampling == "all":
+        assert 0 < out["valid_sample_fraction"].item() < 1  # some samples hit unavailable actions
+    else:  # every sample is a valid joint action
+        assert out["valid_sample_fraction"].item() == 1.0 and n_none == 0
     assert out["no_valid_sample_fraction"].item() == pytest.approx(n_none / n_trans)
     gap = out["logsumexp_mean"] - out["q_data_mean"]
     torch.testing.assert_close(gap, out["gap_mean"], rtol=1e-5, atol=1e-5)
     assert not out["logsumexp_mean"].requires_grad and out["loss"].requires_grad
     # same generator seed, same samples and loss
-    again = MACQLLoss(mixer, n_samples=9, generator=torch.Generator().manual_seed(3))(
+    again = MACQLLoss(mixer, n_samples=9, generator=torch.Generator().manual_seed(3), sampling=sampling)(
         agent_q, avail, state, q_taken, mask, return_samples=True
     )
     assert torch.equal(again["samples"], samples)
@@ -459,3 +463,41 @@ def test_cfcql_calibrated_raises_available_counterfactuals_only():
     cal = CFCQLLoss(SumMixer(), temperature=1.0)(agent_q, avail, state, actions, q_taken, mask, behaviour_probs=beta,
                                                  lower_bound=bound)
     assert cal["kl_mean"].item() == pytest.approx(plain["kl_mean"].item())
+
+
+def test_available_sampling_is_uniform_over_each_agents_available_actions():
+    """Each agent's sample is uniform over its available actions (a dead agent: its only
+    action); padding rows without any available action still give an index in range."""
+    from ovmse.losses.macql import sample_available_joint_actions
+
+    A = 7
+    avail = torch.zeros(1, 3, 3, A, dtype=torch.bool)
+    avail[0, 0, 0, [1, 4, 6]] = True      # 3 of 7
+    avail[0, 0, 1, 0] = True              # dead agent: no-op only
+    avail[0, 0, 2] = True                 # all 7
+    avail[0, 1] = avail[0, 0].flip(-1)
+    # row 2: padding, nothing available
+    K = 20_000
+    s = sample_available_joint_actions(avail, K, torch.Generator().manual_seed(0))  # [1, 3, K, 3]
+    assert s.shape == (1, 3, K, 3) and s.dtype == torch.int64
+    assert int(s.min()) >= 0 and int(s.max()) < A
+    for t in range(2):
+        for i in range(3):
+            counts = torch.bincount(s[0, t, :, i], minlength=A).float()
+            allowed = avail[0, t, i]
+            assert counts[~allowed].sum() == 0
+            expected = K / int(allowed.sum())
+            assert (counts[allowed] - expected).abs().max() < 5 * expected ** 0.5  # ~5 sigma
+
+
+def test_macql_sampling_setting_is_checked_and_old_checkpoints_keep_theirs(tmp_path):
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        MACQLLoss(QMixer(S, N), sampling="valid")
+    from ovmse.training.qmix_module import QMixModule, load_qmix_checkpoint
+
+    m = QMixModule(4, 5, 2, 3, cql="macql", cql_alpha=1.0)
+    assert m.cql_loss.sampling == "available"
+    hparams = dict(m.hparams)
+    del hparams["cql_sampling"]  # as written before the option existed
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    assert load_qmix_checkpoint(str(tmp_path / "old.ckpt")).cql_loss.sampling == "all"

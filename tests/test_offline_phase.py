@@ -106,12 +106,12 @@ def test_per_map_cql_settings_follow_the_paper():
     from ovmse.phases.offline import offline_settings
 
     algo = OmegaConf.load(ROOT / "configs" / "algo" / "o2o.yaml")
-    cfg = OmegaConf.create({"algo": {"name": "ovmse", "offline": algo.offline}})
-    expect = {"2s3z": ("macql", 0.05, 50), "3s5z": ("macql", 0.25, 50), "5m_vs_6m": ("cfcql", 50.0, 200),
-              "6h_vs_8z": ("cfcql", 20.0, 200)}
+    cfg = OmegaConf.create({"algo": {"name": "ovmse", "offline": algo.offline, "sample_with_replacement": False}})
+    expect = {"2s3z": ("macql", 0.05, 7), "3s5z": ("macql", 0.25, 7), "5m_vs_6m": ("cfcql", 50.0, 25),
+              "6h_vs_8z": ("cfcql", 20.0, 25)}
     for map_name, (cql, alpha, interval) in expect.items():
         s = offline_settings(cfg, map_name)
-        assert (s["cql"], s["cql_alpha"], s["target_update_interval"]) == (cql, alpha, interval)
+        assert (s["cql"], s["cql_alpha"], s["target_update_updates"]) == (cql, alpha, interval)
 
 
 def test_training_loss_is_td_plus_alpha_times_cql(dataset):
@@ -131,3 +131,42 @@ def test_training_loss_is_td_plus_alpha_times_cql(dataset):
     assert torch.allclose(metrics["train/td_loss"], td_only.detach())
     with pytest.raises(ValueError, match="cql='bogus'"):
         QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, cql="bogus")
+
+
+@pytest.mark.parametrize("every", [3, 5])
+def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, monkeypatch, every):
+    """The offline target is copied after updates K, 2K, ... and at no other update, whatever
+    the batch size (before issue 16 the counter advanced by the batch size: every update)."""
+    from hydra import compose, initialize_config_dir
+
+    from ovmse.phases import offline
+
+    refreshed, changed = [], []
+    original = QMixModule.update_targets
+
+    def recording(module):
+        before = [p.clone() for p in module.loss.target_agent.parameters()]
+        original(module)
+        refreshed.append(module.updates)
+        after = list(module.loss.target_agent.parameters())
+        changed.append(any(not torch.equal(a, b) for a, b in zip(before, after)))
+
+    monkeypatch.setattr(QMixModule, "update_targets", recording)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["phase=offline", *TINY, "steps=16", "eval.interval_updates=100",
+                                          f"algo.offline.target_update_updates={every}", f"dataset={dataset}",
+                                          f"paths.output_dir={tmp_path}", "logger.tensorboard=false",
+                                          "trainer.progress_refresh_rate=0"])
+    result = offline.run(cfg)
+    assert result["updates"] == 16
+    assert refreshed == list(range(every, 17, every))
+    assert all(changed)  # each refresh copied a network that had moved
+
+
+def test_target_update_interval_and_unit_are_checked():
+    from ovmse.training.callbacks import TargetUpdateCallback
+
+    with pytest.raises(ValueError, match="target update interval must be >= 1 update"):
+        TargetUpdateCallback(0, unit="updates")
+    with pytest.raises(ValueError, match="unit must be one of"):
+        TargetUpdateCallback(5, unit="env_steps")

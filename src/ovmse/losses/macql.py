@@ -9,10 +9,26 @@ Shapes (the T *transitions* of an episode batch, rows ``0..T-1``)::
     mask      [B, T, 1]            > 0 for valid transitions (:func:`ovmse.losses.qmix_td.transition_mask`)
     samples   int64 [B, T, K, N]   optional explicit joint actions (or [K, N], shared by every (b, t))
 
-Per transition, K = ``n_samples`` joint actions ``a^k`` are drawn, every agent's action
-uniform over ALL A actions, independently (as the CFCQL repo does). A sample is a *valid*
-joint action iff every agent's sampled action is available; invalid samples are left out of
-the log-sum-exp (masked with −inf; the gradient stays finite). Every sample is mixed on the
+Per transition, K = ``n_samples`` joint actions ``a^k`` are drawn, every agent independently,
+by ``sampling``:
+
+* ``"available"`` (default): each agent's action uniform over its *available* actions (a dead
+  agent's only action is no-op), so every sample is a valid joint action and all K enter the
+  sum: a uniform draw from the valid joint actions, i.e. the CQL term's ``a ~ μ = Uniform``
+  over the joint actions the environment allows.
+* ``"all"``: each agent's action uniform over ALL A actions, as the CFCQL repo draws them;
+  invalid samples (some agent's action unavailable) are left out of the sum (masked with
+  −inf; the gradient stays finite). On 2s3z only 4-6% of such samples are valid and 46-47%
+  of transitions get none, whose CQL term is then 0: α then weighs a different, much
+  smaller term than the paper's (our behaviour before issue 16).
+
+Why not CFCQL's own rule for invalid samples: its ``raw_cql`` multiplies an invalid sample's
+Q_tot by 0, so each adds ``exp(0)`` to the sum (and it leaves out the dataset action): with
+94% invalid samples the term is then set mostly by where 0 lies on the Q scale, not by the
+values of actions the agents could take. Drawing valid samples measures what CQL means.
+A sample is *valid* iff every agent's action is available; the share is logged
+(``valid_sample_fraction``: 1.0 with ``"available"`` on every transition with an action).
+Every sample is mixed on the
 transition's own state with :meth:`QMixer.forward_samples` (one hypernetwork pass per state).
 The dataset joint action ``a^D`` (always valid) is one more term of the sum, as it is of the
 exact CQL sum over all joint actions::
@@ -22,10 +38,8 @@ exact CQL sum over all joint actions::
 
 Keeping ``a^D`` in the sum bounds the term below by 0. Without it the sampled term is
 unbounded below (the mixer can push every sampled action towards −inf while Q_data stays on
-its TD target), and it diverged on our data. A transition without a valid sample
-contributes 0; its share is reported as ``no_valid_sample_fraction``. With many agents and
-sparse masks the valid share can be small; the CFCQL repo instead multiplies invalid
-samples' Q_tot by 0 (each then adds ``exp(0)`` to the sum), which we do not reproduce.
+its TD target), and it diverged on our data. A transition without a valid sample (possible
+only with ``"all"``) contributes 0; its share is reported as ``no_valid_sample_fraction``.
 
 Output keys of :meth:`MACQLLoss.forward` (a :class:`tensordict.TensorDict`, batch size ``[]``)::
 
@@ -53,7 +67,9 @@ from torch import nn
 from ovmse.losses.returns import calibrate
 from ovmse.nets.mixer import QMixer
 
-__all__ = ["MACQLLoss", "gather_joint"]
+__all__ = ["MACQLLoss", "SAMPLINGS", "gather_joint", "sample_available_joint_actions"]
+
+SAMPLINGS = ("available", "all")
 
 
 def gather_joint(values: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
@@ -70,6 +86,25 @@ def gather_joint(values: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
     return values.reshape(B, T, N * A).gather(-1, flat).view(B, T, K, N)
 
 
+def sample_available_joint_actions(avail: torch.Tensor, n_samples: int,
+                                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """K joint actions per transition, each agent's action uniform over its available ones:
+    ``avail`` bool ``[B, T, N, A]`` -> int64 ``[B, T, K, N]``.
+
+    Draws ``r ~ U{0..c-1}`` (c = the agent's number of available actions) and takes its r-th
+    available action (``searchsorted`` in the running count of available actions): no
+    ``[B, T, K, N, A]`` tensor. Rows without any available action (padding) get action A-1.
+    """
+    B, T, N, A = avail.shape
+    device = generator.device if generator is not None else avail.device
+    count = avail.to(device=device, dtype=torch.int32).cumsum(-1)  # [B, T, N, A]
+    n_avail = count[..., -1:]  # [B, T, N, 1]
+    u = torch.rand((B, T, N, n_samples), generator=generator, device=device)
+    rank = (u * n_avail).floor().to(torch.int32).minimum((n_avail - 1).clamp(min=0)) + 1  # 1..c
+    index = torch.searchsorted(count.contiguous(), rank.contiguous()).clamp(max=A - 1)  # [B, T, N, K]
+    return index.transpose(-1, -2).to(device=avail.device, dtype=torch.long)  # [B, T, K, N]
+
+
 class MACQLLoss(nn.Module):
     """Sampled joint-action CQL term (see the module docstring).
 
@@ -77,20 +112,41 @@ class MACQLLoss(nn.Module):
         mixer: the online mixer (anything with ``forward_samples(agent_qs [..., K, N],
             state [..., S]) -> [..., K, 1]``).
         n_samples: K, joint actions per transition (CFCQL ``raw_sample_actions`` 100).
+        sampling: ``"available"`` (valid joint actions) or ``"all"`` (CFCQL's draw over all
+            actions, invalid ones left out); see the module docstring.
         generator: optional ``torch.Generator`` for the samples (its device is used for
             drawing; the samples are then moved to ``agent_q``'s device).
+
+    Examples:
+        >>> import torch
+        >>> from ovmse.nets.mixer import QMixer
+        >>> mixer = QMixer(n_agents=3, state_dim=8)
+        >>> cql = MACQLLoss(mixer, n_samples=16)
+        >>> B, T, N, A = 2, 5, 3, 6
+        >>> avail = torch.rand(B, T, N, A) < 0.5
+        >>> avail[..., 0] = True
+        >>> q = torch.randn(B, T, N, A, requires_grad=True)
+        >>> q_taken = torch.randn(B, T, 1)
+        >>> out = cql(q, avail, torch.randn(B, T, 8), q_taken, torch.ones(B, T, 1))
+        >>> float(out["valid_sample_fraction"])
+        1.0
+        >>> out["loss"].backward()
     """
 
-    def __init__(self, mixer: QMixer, n_samples: int = 100, generator: torch.Generator | None = None) -> None:
+    def __init__(self, mixer: QMixer, n_samples: int = 100, generator: torch.Generator | None = None,
+                 sampling: str = "available") -> None:
         super().__init__()
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"MACQL sampling must be one of {SAMPLINGS}, got {sampling!r}")
         self.mixer = mixer
         self.n_samples = int(n_samples)
+        self.sampling = sampling
         self.generator = generator
 
     def sample_joint_actions(self, batch_shape, n_agents: int, n_actions: int, device) -> torch.Tensor:
-        """int64 ``[*batch_shape, K, N]``, each entry uniform over ``0..A-1``."""
+        """int64 ``[*batch_shape, K, N]``, each entry uniform over ``0..A-1`` (``sampling="all"``)."""
         gen = self.generator
         draw_device = gen.device if gen is not None else device
         samples = torch.randint(
@@ -111,7 +167,9 @@ class MACQLLoss(nn.Module):
     ) -> TensorDict:
         B, T, N, A = agent_q.shape
         device = agent_q.device
-        if samples is None:
+        if samples is None and self.sampling == "available":
+            samples = sample_available_joint_actions(avail.bool(), self.n_samples, self.generator)
+        elif samples is None:
             samples = self.sample_joint_actions((B, T), N, A, device)
         else:
             samples = samples.to(device=device, dtype=torch.long)

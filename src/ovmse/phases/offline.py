@@ -49,10 +49,12 @@ def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
         "cql": cql,
         "cql_alpha": float(per_map(off.alpha, map_name, "algo.offline.alpha")) if cql else 0.0,
         "cql_samples": int(off.samples),
+        "cql_sampling": str(off.sampling),
         "cfcql_temperature": float(off.cfcql_temperature),
-        "target_update_interval": int(per_map(off.target_update_interval, map_name,
-                                              "algo.offline.target_update_interval")),
+        "target_update_updates": int(per_map(off.target_update_updates, map_name,
+                                             "algo.offline.target_update_updates")),
         "batch_size": int(off.batch_size),
+        "sample_with_replacement": bool(algo.sample_with_replacement),
     }
 
 
@@ -73,13 +75,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 "git_commit": (meta.get("code_version") or {}).get("git_commit")}
 
     module = make_qmix_module(algo, spec, cql=settings["cql"], cql_alpha=settings["cql_alpha"],
-                              cql_samples=settings["cql_samples"], cfcql_temperature=settings["cfcql_temperature"],
+                              cql_samples=settings["cql_samples"], cql_sampling=settings["cql_sampling"],
+                              cfcql_temperature=settings["cfcql_temperature"],
                               dataset=identity)
     module.clock = "updates"
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.to(device)
     data = ReplayDataModule(online=EpisodeReplayBuffer(1, device=device), offline=dataset,
-                            batch_size=settings["batch_size"], offline_fraction=1.0)
+                            batch_size=settings["batch_size"], offline_fraction=1.0,
+                            replace=settings["sample_with_replacement"])
     evaluator = GreedyEvaluator(module.agent, spec.name, int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000,
                                 device=device, env_options=env_options_of(cfg.env),
                                 threads=collection_threads(cfg))
@@ -90,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=1, max_steps=-1,
         gradient_clip_val=float(algo.grad_norm_clip), logger=loggers,
-        callbacks=[train_cb, TargetUpdateCallback(settings["target_update_interval"]), eval_cb,
+        callbacks=[train_cb, TargetUpdateCallback(settings["target_update_updates"], unit="updates"), eval_cb,
                    EnvStepProgressBar(eval_cb, None, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
     )
@@ -101,7 +105,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module.freeze_offline_target()
     atomic_save_checkpoint(trainer, out / "checkpoints" / "last.ckpt")
     result = {"updates": module.updates, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
-              "cql_alpha": settings["cql_alpha"], **eval_cb.latest, "eval/best_win_rate": eval_cb.best,
+              "cql_alpha": settings["cql_alpha"], "settings": settings, **eval_cb.latest, "eval/best_win_rate": eval_cb.best,
               **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}
     write_json(out / "offline_summary.json", result)
     print(f"offline {spec.name} on {dataset.name} ({settings['cql'] or 'no CQL'}, alpha={settings['cql_alpha']}): "

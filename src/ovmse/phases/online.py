@@ -130,7 +130,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         gradient_clip_val=settings["grad_norm_clip"],
         logger=loggers,
         callbacks=[*([resume_cb] if resumable else []), NonFiniteGuard(out / "checkpoints"), collect_cb,
-                   TargetUpdateCallback(settings["target_update_interval"]), eval_cb, *probe_cbs,
+                   TargetUpdateCallback(settings["target_update_interval"], unit="episodes"), eval_cb, *probe_cbs,
                    *extra_callbacks, *debug_callbacks(out),
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False,

@@ -136,15 +136,28 @@ class OnlineCollectionCallback(pl.Callback):
 
 
 class TargetUpdateCallback(pl.Callback):
-    """Hard target update every ``interval`` collected episodes (PyMARL2: 200)."""
+    """Hard target update every ``interval`` units of ``unit``:
 
-    def __init__(self, interval: int):
+    * ``"episodes"`` (online): collected episodes since the last update, as PyMARL2's
+      ``nq_learner`` counts them (200 by default);
+    * ``"updates"`` (offline): after every ``interval``-th gradient step, i.e. exactly at
+      updates ``interval, 2·interval, ...`` (CFCQL's offline loop refreshes every 25 updates).
+    """
+
+    UNITS = ("episodes", "updates")
+
+    def __init__(self, interval: int, unit: str = "episodes"):
+        if unit not in self.UNITS:
+            raise ValueError(f"target update unit must be one of {self.UNITS}, got {unit!r}")
         if interval < 1:
-            raise ValueError(f"target update interval must be >= 1 episode, got {interval}")
-        self.interval = interval
+            raise ValueError(f"target update interval must be >= 1 {unit[:-1]}, got {interval}")
+        self.interval, self.unit = interval, unit
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
-        due = module.episodes - module.last_target_update_episode >= self.interval
+        if self.unit == "updates":
+            due = module.updates % self.interval == 0
+        else:
+            due = module.episodes - module.last_target_update_episode >= self.interval
         # DDP: ranks count their own episodes; update on every rank when any is due.
         if trainer.strategy.reduce_boolean_decision(due, all=False):
             module.update_targets()
@@ -230,8 +243,8 @@ def _mean_over_ranks(trainer: pl.Trainer, metrics: dict[str, float], device) -> 
 
 
 class OfflineTrainingCallback(pl.Callback):
-    """Offline phase: counts the dataset episodes each update consumed (``episodes``, the unit
-    of the target-update interval, as in PyMARL's offline learners), logs ``train/`` rows every
+    """Offline phase: counts the dataset episodes each update consumed (``episodes``, a log
+    column; the offline target interval counts updates), logs ``train/`` rows every
     ``log_every`` updates and stops after ``steps`` updates."""
 
     def __init__(self, steps: int, batch_size: int, log_every: int = 100):

@@ -68,6 +68,8 @@ class QMixModule(pl.LightningModule):
         cql: ``None``, ``"macql"`` or ``"cfcql"``.
         cql_alpha: weight α of the CQL term (paper Table 3: 0.05 on 2s3z, ...).
         cql_samples: joint actions sampled per transition by MACQL (CFCQL repo: 100).
+        cql_sampling: how MACQL draws them: ``"available"`` (valid joint actions) or ``"all"``
+            (uniform over all actions, invalid left out; checkpoints from before this option).
         cfcql_temperature: softmax temperature of CFCQL's agent weights (0 = uniform).
         frozen_offline_target: hold ``frozen_agent`` / ``frozen_mixer``, the offline target
             networks frozen at the end of offline training (set by :meth:`freeze_offline_target`).
@@ -97,6 +99,7 @@ class QMixModule(pl.LightningModule):
         cql: str | None = None,
         cql_alpha: float = 0.0,
         cql_samples: int = 100,
+        cql_sampling: str = "available",
         cfcql_temperature: float = 1.0,
         frozen_offline_target: bool = False,
         dataset: dict | None = None,
@@ -119,7 +122,7 @@ class QMixModule(pl.LightningModule):
         self.cql_loss = None
         self.behaviour = None
         if cql == "macql":
-            self.cql_loss = MACQLLoss(self.mixer, n_samples=cql_samples)
+            self.cql_loss = MACQLLoss(self.mixer, n_samples=cql_samples, sampling=cql_sampling)
         elif cql == "cfcql":
             self.cql_loss = CFCQLLoss(self.mixer, temperature=cfcql_temperature)
             if cfcql_temperature > 0:
@@ -305,7 +308,11 @@ def load_qmix_checkpoint(path: str, map_location: str = "cpu") -> QMixModule:
         raise ValueError(f"{path}: not a loadable torch checkpoint ({type(err).__name__}: {detail})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path}: not a QMIX checkpoint (expected 'state_dict' and 'hyper_parameters' entries)")
-    module = QMixModule(**checkpoint["hyper_parameters"])
+    hparams = dict(checkpoint["hyper_parameters"])
+    # Checkpoints written before MACQL could draw valid joint actions (issue 16) drew them over
+    # all actions: rebuild them as they were trained.
+    hparams.setdefault("cql_sampling", "all")
+    module = QMixModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)
     return module
