@@ -259,3 +259,62 @@ def test_cli_error_is_one_clear_line(tmp_path):
     proc = train("phase=online", "env=3m", "algo=macql", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert "algo=macql fine-tunes an offline checkpoint" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- optimiser at the switch
+
+
+def test_online_phase_restores_the_offline_optimiser_by_default(tmp_path, offline_ckpt):
+    from types import SimpleNamespace
+
+    from ovmse.training.optimizer_restore import RestoreOptimizerCallback
+
+    run = _build(tmp_path / "a", "algo=ovmse", f"ckpt={offline_ckpt}")
+    restore = [cb for cb in run.trainer.callbacks if isinstance(cb, RestoreOptimizerCallback)]
+    assert len(restore) == 1 and restore[0].checkpoint == Path(str(offline_ckpt))
+    assert run.settings["restore_optimizer"] is True
+    off = _build(tmp_path / "b", "algo=ovmse", f"ckpt={offline_ckpt}", "algo.online.restore_optimizer=false")
+    assert not any(isinstance(cb, RestoreOptimizerCallback) for cb in off.trainer.callbacks)
+
+    # What it does when fitting starts: Adam's moments and step counts are the offline run's,
+    # the learning rate the online run's.
+    module = load_qmix_checkpoint(str(offline_ckpt))
+    module.hparams.lr = 5e-4
+    optimizer = module.configure_optimizers()
+    restore[0].on_fit_start(SimpleNamespace(optimizers=[optimizer]), module)
+    saved = torch.load(offline_ckpt, weights_only=True)["optimizer_states"][0]
+    state = optimizer.state_dict()
+    assert state["state"] and set(state["state"]) == set(saved["state"])
+    for k in saved["state"]:
+        torch.testing.assert_close(state["state"][k]["exp_avg"], saved["state"][k]["exp_avg"])
+        assert float(state["state"][k]["step"]) == float(saved["state"][k]["step"]) > 0
+    assert all(g["lr"] == 5e-4 for g in optimizer.param_groups)
+
+
+def test_optimiser_restore_names_a_checkpoint_without_optimiser_state(tmp_path, offline_ckpt):
+    from types import SimpleNamespace
+
+    from ovmse.training.optimizer_restore import RestoreOptimizerCallback
+
+    raw = torch.load(offline_ckpt, weights_only=True)
+    raw.pop("optimizer_states")
+    torch.save(raw, tmp_path / "no_optim.ckpt")
+    module = load_qmix_checkpoint(str(offline_ckpt))
+    with pytest.raises(ValueError, match="no_optim.ckpt: holds 0 optimiser state.*restore_optimizer=false"):
+        RestoreOptimizerCallback(tmp_path / "no_optim.ckpt").on_fit_start(
+            SimpleNamespace(optimizers=[module.configure_optimizers()]), module)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_experiment_presets_evaluate_on_at_least_128_battles(task):
+    cfg = cfg_of("phase=online", f"experiment={task}")
+    assert cfg.eval.episodes >= 128 and cfg.final_eval.episodes == 640
+
+
+def test_short_budget_evaluates_on_at_least_128_battles():
+    from omegaconf import OmegaConf
+
+    budget = OmegaConf.load(ROOT / "configs" / "budget" / "short.yaml").pipeline
+    for stage in ("offline", "online"):
+        episodes = [int(o.split("=", 1)[1]) for o in budget[stage].overrides if o.startswith("eval.episodes=")]
+        assert episodes and min(episodes) >= 128, stage

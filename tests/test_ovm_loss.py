@@ -38,6 +38,50 @@ def test_ovm_target_and_loss_by_hand():
     torch.testing.assert_close(q.grad.flatten(), torch.tensor(expected))
 
 
+def test_ovm_memory_is_compared_with_y_memory_and_the_td_part_keeps_y_td():
+    q = torch.tensor([[[4.0], [0.0]]], requires_grad=True)
+    y_td = torch.tensor([[[3.0], [2.0]]])
+    y_one = torch.tensor([[[6.0], [-1.0]]])
+    q_off = torch.tensor([[[5.0], [1.0]]])
+    mask = torch.ones(1, 2, 1)
+    out = ovm_loss(q, y_td, q_off, mask, 0.5, loss_scale=1.0, y_memory=y_one)
+    # Q_OVM = max(q_off, y_one) = [6, 1]
+    assert out["td_part"].item() == pytest.approx(0.5 * ((4 - 3) ** 2 + (0 - 2) ** 2) / 2)
+    assert out["memory_part"].item() == pytest.approx(0.5 * ((4 - 6) ** 2 + (0 - 1) ** 2) / 2)
+    assert out["active_fraction"].item() == pytest.approx(0.5)  # only t1: memory 1 > y_one -1
+
+
+def test_one_step_target_is_reward_plus_discounted_next_target_value(batch):
+    from ovmse.losses import transition_mask
+    from ovmse.losses.qmix_td import target_values, unroll_agent_q
+
+    module = _module()
+    with torch.no_grad():
+        for p in module.loss.target_agent.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    _, parts = module.loss.compute(batch)
+    mask, term = transition_mask(batch)
+    T = mask.shape[1]
+    q_next = target_values(unroll_agent_q(module.agent, batch), module.loss.target_agent, module.loss.target_mixer,
+                           batch)
+    expected = (batch["reward"][:, :T] + 0.99 * (1 - term) * q_next[:, 1:]) * mask
+    torch.testing.assert_close(parts["y_one_step"], expected)
+    assert not torch.allclose(parts["y_one_step"], parts["y"])  # TD(λ) mixes in later rewards
+
+
+def test_old_checkpoints_keep_the_td_lambda_ovm_target(tmp_path):
+    from ovmse.training.qmix_module import load_qmix_checkpoint
+
+    m = _module(frozen_offline_target=True)
+    hparams = dict(m.hparams)
+    del hparams["ovm_target"]
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    assert load_qmix_checkpoint(str(tmp_path / "old.ckpt")).hparams.ovm_target == "td_lambda"
+    assert m.hparams.ovm_target == "one_step"
+    with pytest.raises(ValueError, match="ovm_target='eq4'"):
+        m.configure_fine_tuning(cql_alpha=0.0, ovm=True, ovm_target="eq4")
+
+
 def test_ovm_with_lambda_one_regresses_on_the_memory_where_it_is_higher():
     q = torch.tensor([[[0.0], [0.0]]], requires_grad=True)
     y = torch.tensor([[[1.0], [3.0]]])
@@ -142,19 +186,25 @@ def test_online_cql_needs_a_cql_checkpoint():
         _module(frozen_offline_target=True).configure_fine_tuning(cql_alpha=0.0, cql_calibrated=True)
 
 
-def test_ovm_loss_in_the_learner_uses_the_frozen_target_on_the_same_batch(batch):
+@pytest.mark.parametrize("ovm_target", ["one_step", "td_lambda"])
+def test_ovm_loss_in_the_learner_uses_the_frozen_target_on_the_same_batch(batch, ovm_target):
     module = _module(frozen_offline_target=True)
-    module.configure_fine_tuning(cql_alpha=0.0, ovm=True, lambda_memory_start=0.5, lambda_memory_end=0.5)
-    with torch.no_grad():  # make the memory differ from the online nets
+    module.configure_fine_tuning(cql_alpha=0.0, ovm=True, lambda_memory_start=0.5, lambda_memory_end=0.5,
+                                 ovm_target=ovm_target)
+    with torch.no_grad():  # make the memory differ from the online nets, on the targets' scale
         for p in module.frozen_mixer.parameters():
-            p.add_(0.3)
+            p.mul_(0.5)
     loss = module.training_step(batch, 0)
     td, parts = module.loss.compute(batch)
     from ovmse.losses import q_tot_taken
 
     q_off = q_tot_taken(module.frozen_agent, module.frozen_mixer, batch)
-    expected = ovm_loss(parts["q_taken"], parts["y"], q_off, parts["mask"], 0.5)
+    y_memory = parts["y_one_step"] if ovm_target == "one_step" else parts["y"]
+    expected = ovm_loss(parts["q_taken"], parts["y"], q_off, parts["mask"], 0.5, y_memory=y_memory)
+    other = ovm_loss(parts["q_taken"], parts["y"], q_off, parts["mask"], 0.5,
+                     y_memory=parts["y"] if ovm_target == "one_step" else parts["y_one_step"])
     assert loss.item() == pytest.approx(expected["loss"].item(), rel=1e-6)
+    assert loss.item() != pytest.approx(other["loss"].item(), rel=1e-6)  # the two targets differ here
     m = module.latest_train_metrics
     assert m["train/ovm_active_fraction"].item() == pytest.approx(expected["active_fraction"].item())
     assert m["train/td_loss"].item() == pytest.approx(td["loss"].item(), rel=1e-6)  # the plain TD loss, logged

@@ -272,11 +272,20 @@ class QMixTDLoss(nn.Module):
         return self._targets(batch, agent_q, mask, term), mask
 
     def _targets(self, batch, agent_q: torch.Tensor, mask: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+        return self._targets_and_one_step(batch, agent_q, mask, term)[0]
+
+    def _targets_and_one_step(self, batch, agent_q: torch.Tensor, mask: torch.Tensor,
+                              term: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y^λ, y^1)``, both ``[B, T, 1]``, detached, 0 where mask is 0; ``y^1 = r_t + γ (1 −
+        terminated_t) Q̄_tot(τ_{t+1}, a*)`` is the one-step target (a time-limit end bootstraps
+        from the final row, as TD(λ) does)."""
         k = self.keys
         T = mask.shape[1]
         q_next = target_values(agent_q, self.target_agent, self.target_mixer, batch, self.double_q, k)
         rewards = batch[k.reward][:, :T].to(q_next.dtype)
         rewards = torch.where(mask > 0, rewards, torch.zeros_like(rewards))
+        one_step = torch.where(mask > 0, rewards + self.gamma * (1.0 - term) * q_next[:, 1:],
+                               torch.zeros_like(rewards)).detach()
         # Non-terminal end before the last column: restore the full γ·Q̄(t+1) bootstrap
         # (see "Truncation" in the module docstring).
         if self.td_lambda > 0.0 and T > 1:
@@ -285,16 +294,17 @@ class QMixTDLoss(nn.Module):
             early_end[:, -1] = 0.0  # the last column is bootstrapped by the recursion itself
             rewards = rewards + early_end * (self.td_lambda * self.gamma) * q_next[:, 1:]
         y = td_lambda_targets(rewards, term, mask, q_next, self.gamma, self.td_lambda)
-        return y.detach()
+        return y.detach(), one_step
 
     def compute(self, batch) -> tuple[TensorDict, dict[str, torch.Tensor]]:
         """The loss output of :meth:`forward` plus the intermediates other losses reuse:
-        ``agent_q [B, T+1, N, A]`` (online, grad), ``q_taken [B, T, 1]`` (grad), ``y [B, T, 1]``,
-        ``mask`` and ``terminated`` ``[B, T, 1]`` (detached, from :func:`transition_mask`)."""
+        ``agent_q [B, T+1, N, A]`` (online, grad), ``q_taken [B, T, 1]`` (grad), ``y [B, T, 1]``
+        (TD(λ)), ``y_one_step [B, T, 1]`` (r + γ Q̄_tot(τ', a*), the paper's Eq. 4 target), ``mask``
+        and ``terminated`` ``[B, T, 1]`` (detached, from :func:`transition_mask`)."""
         agent_q = unroll_agent_q(self.agent, batch, self.keys)  # [B, T+1, N, A]
         q_taken = q_tot_taken(self.agent, self.mixer, batch, agent_q=agent_q, keys=self.keys)  # [B, T, 1]
         mask, term = transition_mask(batch, self.keys)
-        y = self._targets(batch, agent_q, mask, term)
+        y, y_one_step = self._targets_and_one_step(batch, agent_q, mask, term)
         valid = mask > 0
         td = torch.where(valid, q_taken - y, torch.zeros_like(q_taken))
         n_valid = mask.sum().clamp(min=1.0)
@@ -311,7 +321,8 @@ class QMixTDLoss(nn.Module):
                 },
                 batch_size=[],
             )
-        return out, {"agent_q": agent_q, "q_taken": q_taken, "y": y, "mask": mask, "terminated": term}
+        return out, {"agent_q": agent_q, "q_taken": q_taken, "y": y, "y_one_step": y_one_step, "mask": mask,
+                     "terminated": term}
 
     def forward(self, batch) -> TensorDict:
         return self.compute(batch)[0]

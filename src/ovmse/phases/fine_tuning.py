@@ -84,13 +84,15 @@ def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict
         lambda_memory_end=float(look("lambda_memory_end")),
         lambda_memory_anneal_steps=int(look("lambda_memory_anneal_steps")),
         grad_norm_clip=float(look("grad_norm_clip")),
+        ovm_target=str(look("ovm_target")),
+        restore_optimizer=bool(look("restore_optimizer")),
     )
     if not 0.0 <= s["mixing_ratio"] <= 1.0:
         raise ValueError(f"algo.online.mixing_ratio must be in [0, 1], got {s['mixing_ratio']}")
     return s
 
 
-OBJECTIVE_KEYS = ("cql_alpha", "cql_calibrated", "ovm", "lambda_memory_start", "lambda_memory_end",
+OBJECTIVE_KEYS = ("cql_alpha", "cql_calibrated", "ovm", "ovm_target", "lambda_memory_start", "lambda_memory_end",
                   "lambda_memory_anneal_steps")
 
 

@@ -35,6 +35,7 @@ from ovmse.training.callbacks import (
 from ovmse.training.checkpointing import ResumePointCallback
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.guards import NonFiniteGuard
+from ovmse.training.optimizer_restore import RestoreOptimizerCallback
 from ovmse.training.update_ratio import UpdateRatio
 from ovmse.training.unlearning import UnlearningProbeCallback, load_or_record_probe
 from ovmse.training.evaluation import GreedyEvaluator
@@ -120,6 +121,9 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
                                        out / "checkpoints", save_last=resume_cb.save if resumable else None)
     probe_cbs = make_probe_callbacks(cfg, module, fine_tune, out, env_seed, device, env_options)
+    # At the switch (not on resume: a resume point restores its own optimiser).
+    restore_cbs = ([RestoreOptimizerCallback(cfg.ckpt)]
+                   if fine_tune and resume_from is None and settings["restore_optimizer"] else [])
     loggers = make_loggers(cfg, out)
     if resume_from is not None:
         continue_metrics_csv(loggers, out, upto_step=module.progress())
@@ -129,7 +133,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         max_steps=-1,
         gradient_clip_val=settings["grad_norm_clip"],
         logger=loggers,
-        callbacks=[*([resume_cb] if resumable else []), NonFiniteGuard(out / "checkpoints"), collect_cb,
+        callbacks=[*([resume_cb] if resumable else []), *restore_cbs, NonFiniteGuard(out / "checkpoints"), collect_cb,
                    TargetUpdateCallback(settings["target_update_interval"], unit="episodes"), eval_cb, *probe_cbs,
                    *extra_callbacks, *debug_callbacks(out),
                    EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],

@@ -26,6 +26,7 @@ from ovmse.nets import QMixer, RNNAgent
 
 
 CQL_VARIANTS = ("macql", "cfcql")
+OVM_TARGETS = ("one_step", "td_lambda")
 
 
 class QMixModule(pl.LightningModule):
@@ -75,6 +76,9 @@ class QMixModule(pl.LightningModule):
             networks frozen at the end of offline training (set by :meth:`freeze_offline_target`).
         dataset: identity of the offline dataset trained on (name, path, counts, created).
         ovm: train with the OVM loss (needs ``frozen_offline_target``).
+        ovm_target: the target the memory is compared with in ``Q_OVM = max(Q_tot-offline, ·)``:
+            ``"one_step"`` (the paper's Eq. 4, r + γ·Q̄_tot(τ', a*)) or ``"td_lambda"`` (the TD(λ)
+            target of the TD term; our behaviour before issue 16, and old checkpoints').
         lambda_memory_start, lambda_memory_end, lambda_memory_anneal_steps: λ_memory schedule
             over env steps (paper Tables 6-7; start = end is a constant).
         cql_calibrated: Cal-QL bound on the CQL push-down values (MACal-QL).
@@ -109,8 +113,10 @@ class QMixModule(pl.LightningModule):
         lambda_memory_anneal_steps: int = 0,
         cql_calibrated: bool = False,
         offline_progress: dict | None = None,
+        ovm_target: str = "one_step",
     ) -> None:
         super().__init__()
+        self._check_ovm_target(ovm_target)
         if cql is not None and cql not in CQL_VARIANTS:
             raise ValueError(f"cql={cql!r}: choose one of {', '.join(CQL_VARIANTS)} (or null for no CQL)")
         self._check_objective(cql, cql_alpha, cql_calibrated, ovm, frozen_offline_target)
@@ -156,12 +162,18 @@ class QMixModule(pl.LightningModule):
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
         return LinearSchedule(float(start), float(end), int(steps))
 
+    @staticmethod
+    def _check_ovm_target(ovm_target: str) -> None:
+        if ovm_target not in OVM_TARGETS:
+            raise ValueError(f"ovm_target={ovm_target!r}: choose one of {', '.join(OVM_TARGETS)}")
+
     def configure_fine_tuning(
         self,
         *,
         cql_alpha: float,
         cql_calibrated: bool = False,
         ovm: bool = False,
+        ovm_target: str = "one_step",
         lambda_memory_start: float = 1.0,
         lambda_memory_end: float = 1.0,
         lambda_memory_anneal_steps: int = 0,
@@ -175,9 +187,10 @@ class QMixModule(pl.LightningModule):
             raise ValueError(f"online cql_alpha={cql_alpha} needs a CQL loss, but this checkpoint was trained "
                              "without CQL (cql=None); set the online CQL weight to 0")
         self._check_objective(self.hparams.cql, cql_alpha, cql_calibrated, ovm, self.hparams.frozen_offline_target)
+        self._check_ovm_target(ovm_target)
         self.lambda_memory = self._lambda_schedule(lambda_memory_start, lambda_memory_end, lambda_memory_anneal_steps)
         self.hparams.update(
-            cql_alpha=float(cql_alpha), cql_calibrated=bool(cql_calibrated), ovm=bool(ovm),
+            cql_alpha=float(cql_alpha), cql_calibrated=bool(cql_calibrated), ovm=bool(ovm), ovm_target=str(ovm_target),
             lambda_memory_start=float(lambda_memory_start), lambda_memory_end=float(lambda_memory_end),
             lambda_memory_anneal_steps=int(lambda_memory_anneal_steps),
             offline_progress={"updates": self.updates, "episodes": self.episodes},
@@ -209,7 +222,9 @@ class QMixModule(pl.LightningModule):
             lam = self.lambda_memory(self.env_steps)
             with torch.no_grad():
                 q_offline = q_tot_taken(self.frozen_agent, self.frozen_mixer, batch, keys=keys)
-            ovm = ovm_loss(parts["q_taken"], parts["y"], q_offline, mask, lam, loss_scale=self.loss.loss_scale)
+            y_memory = parts["y_one_step"] if self.hparams.ovm_target == "one_step" else parts["y"]
+            ovm = ovm_loss(parts["q_taken"], parts["y"], q_offline, mask, lam, loss_scale=self.loss.loss_scale,
+                           y_memory=y_memory)
             loss = ovm["loss"]  # replaces the TD term (train/td_loss stays the plain TD loss, for comparison)
             metrics["train/lambda_memory"] = ovm["lambda_memory"]
             metrics["train/ovm_active_fraction"] = ovm["active_fraction"]
@@ -312,6 +327,8 @@ def load_qmix_checkpoint(path: str, map_location: str = "cpu") -> QMixModule:
     # Checkpoints written before MACQL could draw valid joint actions (issue 16) drew them over
     # all actions: rebuild them as they were trained.
     hparams.setdefault("cql_sampling", "all")
+    # ... and before the OVM target could be the paper's one-step target, it was TD(λ)'s.
+    hparams.setdefault("ovm_target", "td_lambda")
     module = QMixModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)
