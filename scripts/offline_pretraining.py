@@ -12,6 +12,9 @@ algo.offline.batch_size=128 ...`` into ``<out>/offline_2s3z_<dataset>_<setting>_
 * settings: ``macql`` = MACQL with the paper's α (Table 3: 0.05 on 2s3z), valid sampled joint
   actions; ``cfcql`` = CFCQL with the CFCQL README's α and softmax temperature for the set
   (medium 0.1 / 0.5, medium-replay 5 / 0.1); ``none`` = plain offline QMIX (on request);
+  and two diagnostics that undo one issue-16 fix each: ``macql_refresh1`` (the target copied
+  after every update, as before) and ``macql_sample_all`` (MACQL samples over all actions,
+  invalid ones left out, as before);
 * budget: CFCQL's, which counts dataset timesteps (``t_max`` 10,050,000 of ``filled`` rows):
   ``ceil(t_max / (batch · mean filled rows per episode))`` updates for the dataset;
 * target refresh every 7 updates (the paper's 50 episodes at CFCQL's 8 per update), batches
@@ -52,7 +55,7 @@ DATASETS = ("medium", "medium_replay")
 CFCQL_T_MAX = 10_050_000  # dataset timesteps (CFCQL cql_qmix.yaml t_max)
 # CFCQL README α / softmax temperature per 2s3z dataset.
 CFCQL_README = {"medium": (0.1, 0.5), "medium_replay": (5.0, 0.1)}
-SETTINGS = ("macql", "cfcql", "none")
+SETTINGS = ("macql", "cfcql", "none", "macql_refresh1", "macql_sample_all")
 
 
 def run_dir(out_root: Path, dataset: str, setting: str, seed: int) -> Path:
@@ -74,6 +77,10 @@ def setting_overrides(setting: str, dataset: str) -> list[str]:
         return ["algo.offline.cql=cfcql", f"algo.offline.alpha={alpha}", f"algo.offline.cfcql_temperature={temperature}"]
     if setting == "none":
         return ["algo.offline.cql=null"]
+    if setting == "macql_refresh1":
+        return ["algo.offline.cql=macql", "algo.offline.target_update_updates=1"]
+    if setting == "macql_sample_all":
+        return ["algo.offline.cql=macql", "algo.offline.sampling=all"]
     raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
 
 
@@ -180,13 +187,17 @@ def records(args, out_root: Path) -> list[dict]:
                     "dataset_win_rate": meta["win_rate"], "dataset_return_mean": meta["return_mean"],
                     "q_tot_data_actions": vd["q_data"], "q_tot_greedy_actions": vd["q_greedy"],
                     "mc_return": vd["mc_return"], "greedy_is_data_action": vd["greedy_is_data_action"],
+                    "cql_valid_sample_fraction": summary.get("train/cql_valid_sample_fraction"),
+                    "cql_no_valid_sample_fraction": summary.get("train/cql_no_valid_sample_fraction"),
                     "wall_seconds": summary.get("wall_seconds"), "training_evaluations": training_curve(run),
                     "run_dir": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
                 })
     return out
 
 
-LABELS = {"macql": "MACQL, paper α", "cfcql": "CFCQL, README α / temperature", "none": "no CQL"}
+LABELS = {"macql": "MACQL, paper α", "cfcql": "CFCQL, README α / temperature", "none": "no CQL",
+          "macql_refresh1": "MACQL, paper α, target copied every update (old)",
+          "macql_sample_all": "MACQL, paper α, samples over all actions (old)"}
 
 
 def table(recs: list[dict]) -> str:
@@ -214,7 +225,8 @@ def table(recs: list[dict]) -> str:
             f"**{med('greedy_win_rate_640'):.3f}** ({per_seed}) | {rs[0]['dataset_win_rate']:.3f} | "
             f"{med('q_tot_data_actions'):.2f} | {med('q_tot_greedy_actions'):.2f} | {med('mc_return'):.2f} | "
             f"{med('greedy_is_data_action'):.2f} | {minutes:.0f} min |")
-    curves = ["", "Greedy evaluations during training (128 battles, median over seeds, by update):", ""]
+    curves = ["", "Greedy evaluations during training (median over seeds, by update; battles per evaluation in "
+              "`benchmarks/results/offline_2s3z.json`):", ""]
     for (dataset, setting), rs in groups.items():
         by_update: dict[int, list[float]] = {}
         for r in rs:
