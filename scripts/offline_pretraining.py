@@ -104,10 +104,20 @@ def train_all(args, out_root: Path) -> None:
             for seed in args.seeds:
                 out = run_dir(out_root, dataset, setting, seed)
                 if (out / "offline_summary.json").exists():
+                    check_current(out)
                     print(f"skip {out} (finished)")
                     continue
                 jobs.append((command(args, out, dataset, setting, seed, steps), out))
     run_queue(jobs, args.parallel)
+
+
+def check_current(out: Path) -> None:
+    """A finished run counts only if it was made with this protocol (its summary records the
+    offline settings, which runs from before issue 16 do not)."""
+    summary = json.loads((out / "offline_summary.json").read_text())
+    if "target_update_updates" not in summary.get("settings", {}):
+        raise SystemExit(f"{out}: a run from before issue 16 (no target_update_updates in its offline_summary.json); "
+                         "move it away or pass --out to a fresh directory")
 
 
 def final_evaluation(out: Path, episodes: int) -> dict | None:
@@ -175,6 +185,7 @@ def records(args, out_root: Path) -> list[dict]:
                 ev = final_evaluation(run, 640)
                 if ev is None:
                     continue
+                check_current(run)
                 summary = json.loads((run / "offline_summary.json").read_text())
                 vd = value_diagnostics(run, meta_path.parent)
                 out.append({

@@ -152,21 +152,33 @@ def test_level_needs_consecutive_in_band_evaluations():
     ev = _Eval()
     cb = WinRateMilestoneCallback(ms, evaluation=ev, consecutive=2)
     trainer, module = SimpleNamespace(should_stop=False), _module()
-    for step, rate in enumerate((0.0, 0.3, 0.05, 0.35, 0.5, 0.2, 0.25)):
+    for step, rate in enumerate((0.0, 0.3, 0.05, 0.35, 0.05, 0.2, 0.25)):
         module.env_steps = 1000 * (step + 1)
         ev.report(rate)
         cb.on_train_batch_end(trainer, module, None, None, 0)
     assert len(histories) == 1 and trainer.should_stop
     info = histories[0]
     assert info["reason"] == "band" and info["env_steps"] == 7000 and info["eval/win_rate"] == 0.25
-    assert [h["eval/win_rate"] for h in info["history"]] == [0.0, 0.3, 0.05, 0.35, 0.5, 0.2, 0.25]
+    assert [h["eval/win_rate"] for h in info["history"]] == [0.0, 0.3, 0.05, 0.35, 0.05, 0.2, 0.25]
     assert [h["env_steps"] for h in cb.history] == [1000 * k for k in range(1, 8)]
+
+
+def test_evaluations_swinging_across_the_top_of_the_band_reach_the_level():
+    cb, ev, fired = _callback([("medium", 0.1, 0.4)], consecutive=2)
+    trainer, module = SimpleNamespace(should_stop=False), _module()
+    for rate in (0.05, 0.35, 0.45):  # below, in, above: not yet
+        ev.report(rate)
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert fired == []
+    ev.report(0.38)  # above, in: held at or above the floor, the latest inside
+    cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert fired == [("medium", "band")]
 
 
 def test_overshoot_needs_consecutive_evaluations_above_the_band():
     cb, ev, fired = _callback([("medium", 0.1, 0.4)], consecutive=2)
     trainer, module = SimpleNamespace(should_stop=False), _module()
-    for rate in (0.6, 0.3, 0.7):  # above, in, above: neither holds twice
+    for rate in (0.6, 0.05, 0.7):  # above, below, above: neither holds twice
         ev.report(rate)
         cb.on_train_batch_end(trainer, module, None, None, 0)
     assert fired == []

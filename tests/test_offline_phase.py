@@ -159,8 +159,14 @@ def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, mon
                                           "trainer.progress_refresh_rate=0"])
     result = offline.run(cfg)
     assert result["updates"] == 16
-    assert refreshed == list(range(every, 17, every))
+    # Every K updates, and once more at the end (16 is no multiple of 3 or 5) so that the
+    # frozen offline memory is the final offline Q.
+    assert refreshed == [*range(every, 17, every), 16]
     assert all(changed)  # each refresh copied a network that had moved
+    module = load_qmix_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
+    for frozen, online in ((module.frozen_agent, module.agent), (module.frozen_mixer, module.mixer)):
+        for a, b in zip(frozen.parameters(), online.parameters()):
+            assert torch.equal(a, b)
 
 
 def test_target_update_interval_and_unit_are_checked():

@@ -4,8 +4,8 @@
 ``L_TD + α·L_CQL`` (MACQL or CFCQL, α by map: ``configs/algo/o2o.yaml``) on batches drawn
 from the dataset only, counting gradient steps (``steps``), with a greedy evaluation in the
 simulator every ``eval.interval_updates`` updates (``eval/win_rate`` etc., x-axis = updates).
-At the end the target networks are frozen into the module as the offline target
-``Q_tot-offline`` and ``checkpoints/last.ckpt`` is written with it (``frozen_agent`` /
+At the end the target networks are refreshed (unless the last update just did) and frozen
+into the module as the offline target ``Q_tot-offline`` and ``checkpoints/last.ckpt`` is written with it (``frozen_agent`` /
 ``frozen_mixer``): that is the checkpoint the online phase starts from. ``best.ckpt`` is the
 evaluation with the best win rate, for inspection (no frozen target).
 """
@@ -101,7 +101,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - start
-    # Q_tot-offline: the target networks as offline training left them (paper §4.1).
+    # Q_tot-offline: the offline target network (paper §4.1), refreshed once more so that it is
+    # the final offline Q rather than one up to target_update_updates - 1 updates old. PyMARL2's
+    # and CFCQL's load_models likewise start online with targets equal to the saved networks.
+    if module.updates % settings["target_update_updates"]:
+        module.update_targets()
     module.freeze_offline_target()
     atomic_save_checkpoint(trainer, out / "checkpoints" / "last.ckpt")
     result = {"updates": module.updates, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",

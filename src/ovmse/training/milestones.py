@@ -31,14 +31,19 @@ class WinRateMilestone:
 class WinRateMilestoneCallback(pl.Callback):
     """Runs milestone actions in order, each once, after the evaluation that reaches it.
 
-    A level counts as reached when the last ``consecutive`` evaluations all lie in its band.
-    A single in-band evaluation is not enough: on our simulator QMIX's early win rate rises to
-    a transient peak and falls back before it climbs for good (2s3z: about 0.4 near 50k env
-    steps, 0.03-0.13 at 90-130k), and a 32-battle evaluation swings by ±0.08 on its own.
+    A level counts as reached when the last ``consecutive`` evaluations all lie at or above
+    its floor ``low`` and the latest lies in ``[low, high]``: the policy has held the level,
+    not touched it once. A single in-band evaluation is not enough: on our simulator QMIX's
+    early win rate rises to a transient peak and falls back before it climbs for good (2s3z:
+    about 0.4 near 50k env steps, 0.03-0.13 at 90-130k), and a 32-battle evaluation swings by
+    ±0.08 on its own. (Evaluations that swing across ``high``, e.g. 0.45 then 0.38 for
+    ``[0.1, 0.4]``, count: requiring both inside would leave the level pending until the run
+    settles above it and then take a much stronger policy as "overshot".)
 
     The ``reason`` passed to an action says how its policy was chosen:
 
-    * ``"band"``: the last ``consecutive`` evaluations were inside ``[low, high]``;
+    * ``"band"``: the last ``consecutive`` evaluations were at or above ``low``, the latest
+      inside ``[low, high]``;
     * ``"overshot"``: the last ``consecutive`` evaluations were all above ``high`` before the
       band held (evaluate more often, or widen the band, to land in it);
     * ``"budget"``: training ended (env-step budget) before the milestone was reached; the
@@ -100,7 +105,7 @@ class WinRateMilestoneCallback(pl.Callback):
         recent = [h["eval/win_rate"] for h in self.history[-self.consecutive:]]
         while self.pending and len(recent) == self.consecutive:
             m = self.pending[0]
-            if all(m.low <= r <= m.high for r in recent):
+            if all(r >= m.low for r in recent) and recent[-1] <= m.high:
                 self._fire(trainer, module, "band")
             elif all(r > m.high for r in recent):
                 self._fire(trainer, module, "overshot")
