@@ -193,7 +193,7 @@ def records(args, out_root: Path) -> list[dict]:
                     "cql_alpha": summary["cql_alpha"], "seed": seed, "updates": summary["updates"],
                     "batch_size": summary.get("settings", {}).get("batch_size"),
                     "target_update_updates": summary.get("settings", {}).get("target_update_updates"),
-                    "greedy_win_rate_640": ev["win_rate"], "greedy_return_640": ev.get("return"),
+                    "greedy_win_rate_640": ev["win_rate"], "greedy_return_640": ev["return_mean"],
                     "behaviour_win_rate_eval": behaviour.get("eval/win_rate"),
                     "dataset_win_rate": meta["win_rate"], "dataset_return_mean": meta["return_mean"],
                     "q_tot_data_actions": vd["q_data"], "q_tot_greedy_actions": vd["q_greedy"],
@@ -216,9 +216,9 @@ def table(recs: list[dict]) -> str:
         return "(no finished runs)"
     lines = [
         "| dataset | setting (α) | seeds | updates | greedy win rate, 640 battles: median (per seed) | "
-        "dataset win rate | Q_tot(τ, a_data) | Q_tot(τ, a_greedy) | MC return G_t | greedy = data action | "
-        "wall-clock per run |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "dataset win rate | return: greedy / dataset | Q_tot(τ, a_data) | Q_tot(τ, a_greedy) | MC return G_t | "
+        "greedy = data action | wall-clock per run |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in recs:
@@ -234,6 +234,7 @@ def table(recs: list[dict]) -> str:
         lines.append(
             f"| {dataset} | {LABELS[setting]} ({rs[0]['cql_alpha']:g}) | {len(rs)} | {rs[0]['updates']} | "
             f"**{med('greedy_win_rate_640'):.3f}** ({per_seed}) | {rs[0]['dataset_win_rate']:.3f} | "
+            f"{med('greedy_return_640'):.2f} / {rs[0]['dataset_return_mean']:.2f} | "
             f"{med('q_tot_data_actions'):.2f} | {med('q_tot_greedy_actions'):.2f} | {med('mc_return'):.2f} | "
             f"{med('greedy_is_data_action'):.2f} | {minutes:.0f} min |")
     curves = ["", "Greedy evaluations during training (median over seeds, by update; battles per evaluation in "
