@@ -5,8 +5,9 @@
 from the dataset only, counting gradient steps (``steps``), with a greedy evaluation in the
 simulator every ``eval.interval_updates`` updates (``eval/win_rate`` etc., x-axis = updates).
 At the end the target networks are refreshed (unless the last update just did) and frozen
-into the module as the offline target ``Q_tot-offline`` and ``checkpoints/last.ckpt`` is written with it (``frozen_agent`` /
-``frozen_mixer``): that is the checkpoint the online phase starts from. ``best.ckpt`` is the
+into the module as the offline target ``Q_tot-offline``, and ``checkpoints/last.ckpt`` is
+written with it (``frozen_agent`` / ``frozen_mixer``): that is the checkpoint the online
+phase starts from. ``best.ckpt`` is the
 evaluation with the best win rate, for inspection (no frozen target).
 """
 
