@@ -6,7 +6,8 @@
     python scripts/offline_pretraining.py --report-only      # only rebuild the JSON and the docs table
 
 Each run is ``python train.py phase=offline env=2s3z algo=ovmse dataset=<d> steps=<n> seed=<s>
-algo.offline.batch_size=128 ...`` into ``<out>/offline_2s3z_<dataset>_<setting>_seed<s>``:
+algo.offline.batch_size=128 ...`` into ``<out>/offline_2s3z_<dataset>_<setting>_seed<s>`` (``--out``, default
+``outputs/experiments/offline_2s3z``):
 
 * datasets ``medium`` and ``medium_replay`` (``<data_root>/2s3z/``, made by ``phase=collect``);
 * settings: ``macql`` = MACQL with the paper's α (Table 3: 0.05 on 2s3z), valid sampled joint
@@ -261,7 +262,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--data-root", default=str(ROOT / "data"))
-    p.add_argument("--out", default=str(ROOT / "outputs" / "experiments"))
+    p.add_argument("--out", default=str(ROOT / "outputs" / "experiments" / "offline_2s3z"))
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     args.max_seed = max(args.seeds)
