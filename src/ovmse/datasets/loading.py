@@ -8,9 +8,8 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from ovmse.envs import MapSpec
-
 from ovmse.collection.replay import sample_indices
+from ovmse.envs import MapSpec
 
 from .format import EPISODES_DIR
 from .stats import dataset_stats
