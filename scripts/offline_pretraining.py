@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 import torch
 
 from docs_sections import replace_section
+from ovmse.phases.offline import offline_updates
 from run_queue import run_queue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +64,8 @@ def run_dir(out_root: Path, dataset: str, setting: str, seed: int) -> Path:
 
 
 def cfcql_budget(meta: dict, batch: int) -> int:
-    """Updates that consume CFCQL's t_max dataset timesteps: each episode of ``len`` transitions
-    has ``len + 1`` filled rows (PyMARL's layout)."""
-    rows_per_episode = meta["transitions"] / meta["episodes"] + 1
-    return math.ceil(CFCQL_T_MAX / (batch * rows_per_episode))
+    """Updates that consume CFCQL's t_max dataset timesteps (``phase=offline dataset_timesteps=``)."""
+    return offline_updates(0, CFCQL_T_MAX, batch, meta["episodes"], meta["transitions"])
 
 
 def setting_overrides(setting: str, dataset: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 ``python train.py phase=offline env=2s3z dataset=medium algo=ovmse`` trains
 ``L_TD + α·L_CQL`` (MACQL or CFCQL, α by map: ``configs/algo/o2o.yaml``) on batches drawn
-from the dataset only, counting gradient steps (``steps``), with a greedy evaluation in the
+from the dataset only, counting gradient steps (``steps``, or ``dataset_timesteps`` as CFCQL
+counts them), with a greedy evaluation in the
 simulator every ``eval.interval_updates`` updates (``eval/win_rate`` etc., x-axis = updates).
 At the end the target networks are refreshed (unless the last update just did) and frozen
 into the module as the offline target ``Q_tot-offline``, and ``checkpoints/last.ckpt`` is
@@ -13,6 +14,7 @@ evaluation with the best win rate, for inspection (no frozen target).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,18 @@ def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
     }
 
 
+def offline_updates(steps: int, dataset_timesteps: int | None, batch_size: int, episodes: int, transitions: int) -> int:
+    """The offline phase's length in updates: ``steps``, or, when ``dataset_timesteps`` is set,
+    the updates whose batches hold that many filled rows (CFCQL's ``t_max`` counts each episode
+    of ``len`` transitions as ``len + 1`` rows, PyMARL's layout)."""
+    if dataset_timesteps is None:
+        return int(steps)
+    if int(dataset_timesteps) < 1:
+        raise ValueError(f"dataset_timesteps must be >= 1 (or null to train for `steps` updates), got {dataset_timesteps}")
+    rows_per_episode = transitions / episodes + 1
+    return math.ceil(int(dataset_timesteps) / (batch_size * rows_per_episode))
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     seed_everything(int(cfg.seed))
     check_backend(cfg.env)
@@ -90,7 +104,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                 threads=collection_threads(cfg))
     eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_updates), int(cfg.eval.episodes),
                                        out / "checkpoints")
-    train_cb = OfflineTrainingCallback(int(cfg.steps), settings["batch_size"], int(cfg.log_every_updates))
+    dataset_timesteps = cfg.get("dataset_timesteps")
+    steps = offline_updates(int(cfg.steps), None if dataset_timesteps is None else int(dataset_timesteps),
+                            settings["batch_size"], len(dataset), dataset.n_transitions)
+    if dataset_timesteps is not None:
+        print(f"offline budget: {int(dataset_timesteps):,} dataset timesteps = {steps} updates of "
+              f"{settings['batch_size']} episodes (dataset_timesteps replaces steps={cfg.steps})", flush=True)
+    train_cb = OfflineTrainingCallback(steps, settings["batch_size"], int(cfg.log_every_updates))
     loggers = make_loggers(cfg, out)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=1, max_steps=-1,
@@ -109,7 +129,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         module.update_targets()
     module.freeze_offline_target()
     atomic_save_checkpoint(trainer, out / "checkpoints" / "last.ckpt")
-    result = {"updates": module.updates, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
+    result = {"updates": module.updates, "planned_updates": steps, "dataset_timesteps": dataset_timesteps, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
               "cql_alpha": settings["cql_alpha"], "settings": settings, **eval_cb.latest, "eval/best_win_rate": eval_cb.best,
               **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}
     write_json(out / "offline_summary.json", result)
