@@ -176,3 +176,15 @@ def test_target_update_interval_and_unit_are_checked():
         TargetUpdateCallback(0, unit="updates")
     with pytest.raises(ValueError, match="unit must be one of"):
         TargetUpdateCallback(5, unit="env_steps")
+
+
+def test_dataset_timesteps_replaces_steps(tmp_path, dataset):
+    """``dataset_timesteps`` (CFCQL's budget) sets the number of updates from the dataset's
+    episode lengths: 2.5 batches of filled rows -> 3 updates, whatever ``steps`` says."""
+    meta = json.loads((dataset / "dataset.json").read_text())
+    rows_per_batch = 8 * (meta["transitions"] / meta["episodes"] + 1)
+    proc = _offline(tmp_path, dataset, f"dataset_timesteps={int(2.5 * rows_per_batch)}", "eval.interval_updates=100")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "offline_summary.json").read_text())
+    assert summary["updates"] == summary["planned_updates"] == 3
+    assert "= 3 updates of 8 episodes (dataset_timesteps replaces steps=12)" in proc.stdout

@@ -13,7 +13,7 @@ import pytest
 from ovmse.report import write_report
 from ovmse.report.__main__ import main
 from ovmse.report.curves import align, initial_drop, median_iqr, value_at
-from ovmse.report.runs import split_run_name, split_task
+from ovmse.report.runs import load_online_run, split_run_name, split_task
 
 COLUMNS = ["env_steps", "step", "eval/win_rate", "eval/return", "eval/probe_q_tot", "eval/probe_q_tot_greedy",
            "eval/probe_mc_return", "eval/final_win_rate", "eval/final_return", "train/loss"]
@@ -137,6 +137,9 @@ def test_table1_cells_unfinished_and_unreadable_runs(sweep, tmp_path):
     text = report.read_text()
     assert "- unfinished: `online/2s3z_medium/ovmse/seed4`: no online_summary.json (running or stopped)" in text
     assert "- unreadable: `online/2s3z_medium/ovmse/seed5`:" in text and "not valid JSON" in text
+    # An unfinished run keeps its evaluations so far (a sweep's progress), outside every table.
+    running = load_online_run(sweep / "online" / "2s3z_medium" / "ovmse" / "seed4")
+    assert running.status == "unfinished" and running.curves["eval/win_rate"][0].tolist() == [1_000, 2_000, 10_000]
     assert "| 2s3z_medium | ovmse | 4 | 1 | 1 |" in text
     assert "- collect: 1 h 00 min (1 finished runs)" in text
     assert "- offline: 0 h 30 min (1 finished runs)" in text

@@ -43,8 +43,9 @@ class OnlineRun:
 
     ``curves`` maps a metric name (``EVAL_COLUMNS`` and ``PROBE_COLUMNS``, those logged) to
     ``(steps, values)``: float arrays of shape ``[n_evals]``, steps strictly increasing.
-    ``summary`` is online_summary.json as a dict; ``budget`` the configured ``env_steps``
-    (``.hydra/config.yaml``) or None when unreadable. Both are empty unless finished.
+    ``summary`` is online_summary.json as a dict, empty unless finished; ``budget`` the
+    configured ``env_steps`` (``.hydra/config.yaml``) or None when unreadable or unfinished.
+    An unfinished run has the curves logged so far (empty when it has none yet).
     """
 
     path: Path
@@ -156,6 +157,11 @@ def load_online_run(path: Path) -> OnlineRun:
     if not summary_path.exists():
         run.reason = ("no online_summary.json (running or stopped)" if (path / "metrics.csv").exists()
                       else "no online_summary.json and no metrics.csv (not started)")
+        try:
+            # The evaluations so far, for the progress of a sweep; tables use finished runs only.
+            run.curves = read_curves(path / "metrics.csv")
+        except (OSError, ValueError):
+            pass
         return run
     try:
         run.summary = _read_summary(summary_path, ("env_steps", "eval/final_win_rate"))

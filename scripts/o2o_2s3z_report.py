@@ -1,0 +1,428 @@
+"""Report of issue 17's sweep (``scripts/o2o_2s3z.py report``): 2s3z, 300k env steps, 3 seeds.
+
+Reads ``<root>/online/*/*/seed*`` (finished runs, and the curves of unfinished ones) and
+``<root>/offline/*/*/offline_summary.json``, and writes
+
+* ``benchmarks/results/o2o_2s3z.json``: one record per run (task, algorithm, seed, status, env
+  steps reached, final win rate and return over 640 battles, drop, env steps to a 0.8 win
+  rate, mean win rate over the run, wall-clock, evaluation and probe curves) and the
+  offline policies' levels;
+* ``docs/img/o2o_2s3z_curves.png`` (win rate and return per task, median and interquartile
+  range over seeds, the offline policy dashed), ``docs/img/o2o_2s3z_ablations.png`` (2s3z
+  medium: OVMSE, OVM only, SE only and the mixing ratios) and ``docs/img/o2o_2s3z_unlearning.png``
+  (Figure 1: Q_tot on the offline policy's trajectories);
+* the section of ``docs/results.md`` between the O2O-2S3Z markers: the tables per task and
+  the paper's claims with a verdict each.
+
+Definitions (per run):
+
+* offline level: the greedy win rate / return of the offline pretraining the run starts from
+  (its last evaluation, 128 battles; ``offline_summary.json``);
+* drop: that return minus the lowest evaluation return in the first 50k env steps;
+* env steps to 0.8: the first evaluation with a win rate of at least 0.8 (128 battles);
+* mean win rate: the mean of the evaluation win rates up to the budget (the area under the
+  curve divided by its length, evaluations being evenly spaced).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_sections import replace_section  # noqa: E402
+
+from ovmse.report import paper  # noqa: E402
+from ovmse.report.curves import align, initial_drop, median_iqr, value_at  # noqa: E402
+from ovmse.report.runs import FINISHED, OnlineRun, by_task, load_online_runs  # noqa: E402
+
+BEGIN = "<!-- O2O-2S3Z:BEGIN (written by scripts/o2o_2s3z.py report) -->"
+END = "<!-- O2O-2S3Z:END -->"
+TASKS = ("2s3z_medium", "2s3z_medium_replay")
+MAIN = ("ovmse", "switch_cql", "macql", "macalql", "qmix")
+O2O = ("ovmse", "switch_cql", "macql", "macalql")
+ABLATIONS = ("ovmse", "ovm_only", "se_only", "ovmse+algo.online.mixing_ratio=0.1", "ovmse+algo.online.mixing_ratio=0.3")
+LABELS = {**paper.ALGO_LABELS, "qmix": "QMIX (scratch)",
+          "ovmse+algo.online.mixing_ratio=0.1": "OVMSE, mixing 0.1", "ovmse+algo.online.mixing_ratio=0.3": "OVMSE, mixing 0.3"}
+COLOURS = {"ovmse": "C0", "switch_cql": "C1", "macql": "C2", "macalql": "C3", "qmix": "C4", "ovm_only": "C5",
+           "se_only": "C6", "ovmse+algo.online.mixing_ratio=0.1": "C7", "ovmse+algo.online.mixing_ratio=0.3": "C8"}
+DROP_WINDOW = 50_000
+WIN_TARGET = 0.8
+TABLE2_STEP = paper.TABLE2_STEP
+LEAD = 100_000  # the paper: OVMSE reaches 0.8 more than 100k env steps ahead
+NEAR_ONE = 0.9  # "every method ends near 100%"
+
+
+# ------------------------------------------------------------------------------------ records
+
+def offline_levels(root: Path) -> dict[str, dict]:
+    """``{offline dir name relative to root: {win_rate, return, updates}}`` of finished pretrainings."""
+    levels = {}
+    for summary in sorted((root / "offline").glob("*/*/offline_summary.json")):
+        data = json.loads(summary.read_text())
+        levels[str(summary.parent.relative_to(root))] = {
+            "task": summary.parent.parent.name, "win_rate": float(data["eval/win_rate"]),
+            "return": float(data["eval/return"]), "updates": int(data["updates"]),
+            "wall_seconds": float(data["wall_seconds"])}
+    return levels
+
+
+def offline_of(run: OnlineRun, root: Path, levels: dict) -> dict | None:
+    """The offline pretraining a fine-tuning run started from (its ``ckpt``)."""
+    ckpt = run.summary.get("ckpt") or _configured_ckpt(run)
+    if not ckpt:
+        return None
+    offline_dir = Path(str(ckpt)).parent.parent
+    key = f"offline/{run.task}/{offline_dir.name}"
+    return levels.get(key)
+
+
+def _configured_ckpt(run: OnlineRun) -> str | None:
+    """``ckpt`` of an unfinished run, from its composed config."""
+    import yaml
+
+    try:
+        return yaml.safe_load((run.path / ".hydra" / "config.yaml").read_text()).get("ckpt")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def steps_to(steps: np.ndarray, values: np.ndarray, target: float) -> float | None:
+    reached = np.flatnonzero(values >= target)
+    return float(steps[reached[0]]) if reached.size else None
+
+
+def run_record(run: OnlineRun, root: Path, levels: dict, budget: int) -> dict:
+    record = {"task": run.task, "algorithm": run.run_name, "seed": run.seed, "status": run.status,
+              "path": str(run.path.relative_to(root))}
+    if "eval/win_rate" not in run.curves:
+        return record
+    steps, wins = run.curves["eval/win_rate"]
+    _, returns = run.curves["eval/return"]
+    offline = offline_of(run, root, levels)
+    record.update({
+        "env_steps_reached": int(run.summary["env_steps"]) if run.status == FINISHED else int(steps[-1]),
+        "offline_win_rate": offline["win_rate"] if offline else None,
+        "offline_return": offline["return"] if offline else None,
+        "steps_to_0.8": steps_to(steps, wins, WIN_TARGET),
+        "mean_win_rate": float(np.mean(wins[steps <= budget])),
+        "curve": {"env_steps": steps.tolist(), "win_rate": wins.tolist(), "return": returns.tolist()},
+    })
+    if offline and steps[0] <= DROP_WINDOW:
+        record["drop"] = initial_drop(steps, returns, budget, offline["return"], fraction=0.0, min_steps=DROP_WINDOW)
+    at = value_at(steps, returns, TABLE2_STEP)
+    if at is not None and steps[-1] >= TABLE2_STEP:
+        record["return_at_200k"] = at[1]
+    if "eval/probe_q_tot" in run.curves:
+        ps, pq = run.curves["eval/probe_q_tot"]
+        record["probe"] = {"env_steps": ps.tolist(), "q_tot": pq.tolist()}
+        if "eval/probe_mc_return" in run.curves:
+            record["probe"]["mc_return"] = run.curves["eval/probe_mc_return"][1].tolist()
+    if run.status == FINISHED:
+        record.update({"final_win_rate": float(run.summary["eval/final_win_rate"]),
+                       "final_return": float(run.summary.get("eval/final_return", math.nan)),
+                       "final_battles": int(run.summary.get("eval/final_episodes", 0) or 0),
+                       "wall_seconds": float(run.summary["wall_seconds"]), "resumed": _resumed(run)})
+    return record
+
+
+def _resumed(run: OnlineRun) -> bool:
+    """Whether the run's last process continued an earlier one (its wall_seconds is that process's)."""
+    try:
+        stages = json.loads((run.path / "pipeline.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(s.get("stage") == "online" and s.get("status") == "resumed" for s in stages)
+
+
+# ------------------------------------------------------------------------------------ tables
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _steps(value: float | None) -> str:
+    return "not reached" if value is None else f"{value / 1000:.0f}k"
+
+
+def _median_steps(values: list[float | None], budget: int) -> float | None:
+    """Median of the seeds' steps to 0.8, a seed that never got there counting as beyond the
+    budget (the median is None when it falls on such a seed)."""
+    if not values:
+        return None
+    filled = sorted(math.inf if v is None else v for v in values)
+    median = statistics.median(filled)
+    return None if math.isinf(median) else median
+
+
+def task_table(records: list[dict], task: str, algos: tuple[str, ...], budget: int) -> str:
+    header = ["algorithm", "seeds done", "final win rate, 640 battles: median (per seed)",
+              "final return: median", "drop after the switch: median (per seed)",
+              "env steps to 0.8 (per seed)", "mean win rate over the run: median (per seed)", "wall-clock per run"]
+    rows = []
+    for algo in algos:
+        mine = sorted((r for r in records if r["task"] == task and r["algorithm"] == algo), key=lambda r: r["seed"])
+        done = [r for r in mine if r["status"] == FINISHED]
+        if not mine:
+            continue
+        finals = [r["final_win_rate"] for r in done]
+        drops = [r["drop"] for r in done if "drop" in r]
+        means = [r["mean_win_rate"] for r in done]
+        walls = [r["wall_seconds"] / 60 for r in done]
+        rows.append([
+            LABELS.get(algo, algo), f"{len(done)} of 3" + (f" (+{len(mine) - len(done)} running)" if len(mine) > len(done) else ""),
+            f"**{_fmt(_median(finals))}** ({', '.join(_fmt(v) for v in finals)})" if finals else "—",
+            _fmt(_median([r["final_return"] for r in done]), 2),
+            f"{_fmt(_median(drops), 2)} ({', '.join(_fmt(v, 2) for v in drops)})" if drops else "—",
+            ", ".join(_steps(r["steps_to_0.8"]) for r in done) or "—",
+            f"{_fmt(_median(means))} ({', '.join(_fmt(v) for v in means)})" if means else "—",
+            f"{_median(walls):.0f} min" if walls else "—"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ claims
+
+def _done(records, task, algo):
+    return [r for r in records if r["task"] == task and r["algorithm"] == algo and r["status"] == FINISHED]
+
+
+def _complete(records, task, algos) -> bool:
+    return all(len(_done(records, task, a)) >= 3 for a in algos)
+
+
+def _least(values: dict[str, float | None]) -> str:
+    """The verdict of "OVMSE's value is the smallest" over the algorithms that have one."""
+    known = {a: v for a, v in values.items() if v is not None}
+    if "ovmse" not in known or len(known) < 2:
+        return "**not measured** (no value for OVMSE or for every other algorithm)"
+    return "**agrees**" if known["ovmse"] <= min(known.values()) else "**does not agree**"
+
+
+def claims(records: list[dict], budget: int) -> list[str]:
+    out = []
+    pending = "**pending** (not every run of the comparison has finished)"
+    for task in TASKS:
+        # (1) smallest drop after the switch.
+        drops = {a: _median([r["drop"] for r in _done(records, task, a) if "drop" in r]) for a in O2O}
+        verdict = _least(drops) if _complete(records, task, O2O) else pending
+        out.append(f"- {task}: *OVMSE drops least right after the switch* (median over seeds of the offline "
+                   f"policy's return minus the lowest evaluation return in the first 50k env steps): {verdict}. "
+                   + ", ".join(f"{LABELS[a]} {_fmt(v, 2)}" for a, v in drops.items()) + ".")
+        # (2) 0.8 at least 100k env steps before MACQL, MACal-QL and QMIX.
+        to80 = {a: _median_steps([r["steps_to_0.8"] for r in _done(records, task, a)], budget)
+                for a in ("ovmse", "macql", "macalql", "qmix")}
+        if _complete(records, task, ("ovmse", "macql", "macalql", "qmix")):
+            ovmse = to80["ovmse"]
+            holds = ovmse is not None and all(
+                (v is None and ovmse + LEAD <= budget) or (v is not None and v - ovmse >= LEAD)
+                for a, v in to80.items() if a != "ovmse")
+            verdict = "**agrees**" if holds else "**does not agree**"
+        else:
+            verdict = pending
+        out.append(f"- {task}: *OVMSE reaches a 0.8 win rate more than 100k env steps before MACQL, MACal-QL and "
+                   f"QMIX* (median env steps to 0.8 over seeds; a seed that never reaches it counts as beyond "
+                   f"{budget // 1000}k): {verdict}. "
+                   + ", ".join(f"{LABELS[a]} {_steps(v)}" for a, v in to80.items()) + ".")
+        # (3) every method ends near 100%.
+        finals = {a: _median([r["final_win_rate"] for r in _done(records, task, a)]) for a in MAIN}
+        if _complete(records, task, MAIN):
+            holds = all(v >= NEAR_ONE for v in finals.values())
+            verdict = "**agrees**" if holds else "**does not agree**"
+        else:
+            verdict = pending
+        out.append(f"- {task}: *every method ends near a 100% win rate* (median final win rate ≥ {NEAR_ONE}; the "
+                   f"paper at 1M env steps, ours at {budget // 1000}k): {verdict}. "
+                   + ", ".join(f"{LABELS[a]} {_fmt(v)}" for a, v in finals.items()) + ".")
+    # (4) Table 2.
+    ratios = {"0.0": "ovmse", "0.1": "ovmse+algo.online.mixing_ratio=0.1", "0.3": "ovmse+algo.online.mixing_ratio=0.3"}
+    at200 = {r: [x["return_at_200k"] for x in _done(records, "2s3z_medium", a) if "return_at_200k" in x]
+             for r, a in ratios.items()}
+    means = {r: (statistics.mean(v) if v else None) for r, v in at200.items()}
+    if _complete(records, "2s3z_medium", tuple(ratios.values())):
+        holds = min(means["0.0"], means["0.1"]) >= means["0.3"]
+        verdict = "**agrees**" if holds else "**does not agree**"
+    else:
+        verdict = pending
+    out.append(f"- 2s3z_medium: *Table 2, mixing ratios 0.0 and 0.1 are at least as good as 0.3* (OVMSE's mean "
+               f"evaluation return at 200k env steps; the paper: "
+               + ", ".join(f"{r}: {v:.2f}" for r, v in paper.TABLE2.items()) + f"): {verdict}. Ours: "
+               + ", ".join(f"{r}: {_fmt(v, 2)} (" + ", ".join(_fmt(x, 2) for x in at200[r]) + ")"
+                           for r, v in means.items()) + ".")
+    # (5) Figure 4(a).
+    abl = {a: _median([r["mean_win_rate"] for r in _done(records, "2s3z_medium", a)]) for a in ("ovmse", "ovm_only", "se_only")}
+    if _complete(records, "2s3z_medium", ("ovmse", "ovm_only", "se_only")):
+        holds = abl["ovmse"] >= max(abl["ovm_only"], abl["se_only"])
+        verdict = "**agrees**" if holds else "**does not agree**"
+    else:
+        verdict = pending
+    out.append("- 2s3z_medium: *Figure 4(a), OVMSE learns faster than OVM only and SE only* (median over seeds of "
+               f"the mean evaluation win rate over the run): {verdict}. "
+               + ", ".join(f"{LABELS[a]} {_fmt(v)}" for a, v in abl.items()) + ".")
+    # (6) Figure 1.
+    falls = {}
+    for a in ("ovmse", "switch_cql", "macql"):
+        values = [r["probe"]["q_tot"][0] - min(r["probe"]["q_tot"]) for r in _done(records, "2s3z_medium", a)
+                  if r.get("probe")]
+        falls[a] = _median(values)
+    verdict = _least(falls) if _complete(records, "2s3z_medium", ("ovmse", "switch_cql", "macql")) else pending
+    out.append("- 2s3z_medium: *Figure 1, OVMSE's Q_tot on the offline policy's trajectories falls least* (median "
+               f"over seeds of the first probe Q_tot minus the lowest later one): {verdict}. "
+               + ", ".join(f"{LABELS[a]} {_fmt(v, 2)}" for a, v in falls.items()) + ".")
+    return out
+
+
+# ------------------------------------------------------------------------------------ figures
+
+def _new_figure(nrows: int, ncols: int, width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(nrows, ncols, squeeze=False)
+
+
+def _band(ax, records: list[dict], key: str, colour: str, label: str, curve: str = "curve") -> None:
+    curves = [(np.asarray(r[curve]["env_steps"]), np.asarray(r[curve][key])) for r in records if r.get(curve)]
+    if not curves:
+        return
+    grid, values = align(curves)
+    if grid.size == 0:
+        return
+    middle, low, high = median_iqr(values)
+    ax.plot(grid, middle, color=colour, marker=".", markersize=3, label=f"{label} (n={len(curves)})")
+    ax.fill_between(grid, low, high, color=colour, alpha=0.18, linewidth=0)
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _offline_line(ax, levels: dict, task: str, key: str) -> None:
+    values = [v[key] for v in levels.values() if v["task"] == task]
+    if values:
+        ax.axhline(statistics.median(values), color="black", linestyle="--", linewidth=1,
+                   label=f"offline policy (median of {len(values)})")
+
+
+def draw_curves(records: list[dict], levels: dict, path: Path) -> None:
+    figure, axes = _new_figure(2, 2, 12, 7.5)
+    for col, task in enumerate(TASKS):
+        for row, (key, ylabel) in enumerate((("win_rate", "evaluation win rate (128 battles)"),
+                                             ("return", "evaluation return"))):
+            ax = axes[row][col]
+            for algo in MAIN:
+                _band(ax, [r for r in records if r["task"] == task and r["algorithm"] == algo], key, COLOURS[algo],
+                      LABELS[algo])
+            _offline_line(ax, levels, task, key)
+            ax.set_title(task.replace("2s3z_", "2s3z "))
+            ax.set_xlabel("online env steps")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            _legend(ax)
+    figure.suptitle("2s3z, 300k env steps: median over seeds, interquartile range shaded")
+    figure.savefig(path, dpi=100)
+
+
+def draw_ablations(records: list[dict], levels: dict, path: Path) -> None:
+    figure, axes = _new_figure(1, 2, 12, 4)
+    for ax, (key, ylabel) in zip(axes[0], (("win_rate", "evaluation win rate"), ("return", "evaluation return"))):
+        for algo in ABLATIONS:
+            _band(ax, [r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == algo], key,
+                  COLOURS[algo], LABELS[algo])
+        _offline_line(ax, levels, "2s3z_medium", key)
+        ax.set_xlabel("online env steps")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    figure.suptitle("2s3z medium: ablations (Figure 4(a)) and mixing ratios (Table 2)")
+    figure.savefig(path, dpi=100)
+
+
+def draw_unlearning(records: list[dict], path: Path) -> None:
+    figure, axes = _new_figure(1, 1, 7, 4)
+    ax = axes[0][0]
+    mine = [r for r in records if r["task"] == "2s3z_medium" and r.get("probe")]
+    for algo in ("ovmse", "switch_cql", "macql"):
+        _band(ax, [r for r in mine if r["algorithm"] == algo], "q_tot", COLOURS[algo], LABELS[algo], curve="probe")
+    mc = [r for r in mine if "mc_return" in r["probe"]]
+    if mc:
+        _band(ax, mc, "mc_return", "black", "Monte-Carlo return of the probe battles", curve="probe")
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel("Q_tot on the offline policy's trajectories")
+    ax.set_title("2s3z medium: unlearning probe (Figure 1)")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    figure.savefig(path, dpi=100)
+
+
+# ------------------------------------------------------------------------------------ report
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "results.md",
+           out_json: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json") -> list[dict]:
+    """Write the JSON, the figures (beside ``doc``, under ``img/``) and ``doc``'s section;
+    returns the run records."""
+    levels = offline_levels(root)
+    runs = by_task(load_online_runs(root))
+    records = [run_record(r, root, levels, budget) for r in runs if r.task in TASKS]
+    out_json.write_text(json.dumps({
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),
+        "budget_env_steps": budget, "offline": levels, "runs": records}, indent=1) + "\n")
+    print(f"wrote {out_json}")
+    img = doc.parent / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    draw_curves(records, levels, img / "o2o_2s3z_curves.png")
+    draw_ablations(records, levels, img / "o2o_2s3z_ablations.png")
+    draw_unlearning(records, img / "o2o_2s3z_unlearning.png")
+
+    finished = len({r["path"] for r in records if r["status"] == FINISHED})
+    offline_rows = "\n".join(
+        f"| {v['task']} | {k.split('/')[-1]} | {v['updates']} | {_fmt(v['win_rate'])} | {_fmt(v['return'], 2)} | "
+        f"{v['wall_seconds'] / 60:.0f} min |" for k, v in levels.items())
+    body = [
+        f"Report written {time.strftime('%Y-%m-%dT%H:%M:%S')} from `{_shown(root)}` "
+        f"(code at `{_git_commit()}`): {finished} finished runs. Runs that are still going show in the curves "
+        "(their evaluations so far) and in the `seeds done` column, not in the medians.",
+        "",
+        "Offline pretrainings (MACQL, α 0.05, 10.05M dataset timesteps; the last greedy evaluation, 128 battles):",
+        "",
+        "| task | run | updates | win rate | return | wall-clock |",
+        "|---|---|---:|---:|---:|---:|",
+        offline_rows or "| — | — | — | — | — | — |",
+        "",
+    ]
+    for task in TASKS:
+        body += [f"**{task}**", "", task_table(records, task, MAIN + (ABLATIONS[1:] if task == "2s3z_medium" else ()),
+                                               budget), ""]
+    body += ["The paper's claims for 2s3z against these runs:", "", *claims(records, budget), "",
+             "![2s3z curves](img/o2o_2s3z_curves.png)", "", "![2s3z ablations](img/o2o_2s3z_ablations.png)", "",
+             "![2s3z unlearning probe](img/o2o_2s3z_unlearning.png)", ""]
+    replace_section(doc, BEGIN, END, "\n".join(body))
+    return records

@@ -1,0 +1,151 @@
+"""Issue 17's experiment: the sweep's cells are the grids' cells, the offline budget in dataset
+timesteps, and the report's numbers and verdicts on a hand-written sweep root."""
+
+import csv
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from ovmse.phases.offline import offline_updates
+from ovmse.phases.pipeline import make_cell
+from ovmse.sweeps import forwarded_overrides, variant_of
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import o2o_2s3z  # noqa: E402
+import o2o_2s3z_report as report_script  # noqa: E402
+
+
+def test_the_sweeps_cells_are_the_grids_cells(tmp_path):
+    """scripts/o2o_2s3z.py decides when the sweep is done from CELLS: they must be the run
+    directories the pipeline makes for the three grids."""
+    made = set()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for grid in o2o_2s3z.GRIDS:
+            params = yaml.safe_load((ROOT / "configs" / "grid" / f"{grid}.yaml").read_text())["hydra"]["sweeper"]["params"]
+            keys = list(params)
+            for values in itertools.product(*(str(params[k]).split(",") for k in keys)):
+                overrides = ["phase=pipeline", f"budget={o2o_2s3z.BUDGET}", f"pipeline.root={tmp_path}",
+                             *(f"{k}={v}" for k, v in zip(keys, values))]
+                cell = make_cell(compose("train", overrides=overrides), variant_and := forwarded_overrides(overrides))
+                assert variant_of(variant_and) == cell.variant
+                made.add(str(cell.online_dir.relative_to(tmp_path / "online")))
+    assert made == {f"{task}/{name}/seed{s}" for task, name in o2o_2s3z.CELLS for s in o2o_2s3z.SEEDS}
+    assert set(o2o_2s3z.missing_cells(tmp_path)) == made
+    done = tmp_path / "online" / "2s3z" / "qmix" / "seed1"
+    done.mkdir(parents=True)
+    (done / "online_summary.json").write_text("{}")
+    assert set(o2o_2s3z.missing_cells(tmp_path)) == made - {"2s3z/qmix/seed1"}
+
+
+def test_offline_budget_in_dataset_timesteps():
+    # Our 2s3z medium set: 5000 episodes, mean length 58.0 -> 59 filled rows each (CFCQL counts
+    # the last observation's row too): ceil(10.05M / (128 * 59.0)) = 1331.
+    assert offline_updates(10_000, 10_050_000, 128, 5000, 5000 * 58) == 1331
+    assert offline_updates(10_000, None, 128, 5000, 290_000) == 10_000
+    assert offline_updates(10_000, 128 * 59, 128, 5000, 5000 * 58) == 1  # exactly one batch of rows
+    assert offline_updates(10_000, 128 * 59 + 1, 128, 5000, 5000 * 58) == 2
+    with pytest.raises(ValueError, match="dataset_timesteps must be >= 1"):
+        offline_updates(10_000, 0, 128, 5000, 290_000)
+
+
+# ------------------------------------------------------------------------------- the report
+
+def _write_run(root, task, name, seed, evals, *, final=None, ckpt=None, probes=()):
+    run = root / "online" / task / name / f"seed{seed}"
+    run.mkdir(parents=True)
+    columns = ["env_steps", "eval/win_rate", "eval/return", "eval/probe_q_tot", "eval/probe_mc_return",
+               "eval/final_win_rate"]
+    with open(run / "metrics.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, columns)
+        writer.writeheader()
+        writer.writerows({"env_steps": s, "eval/win_rate": w, "eval/return": r} for s, w, r in evals)
+        writer.writerows({"env_steps": s, "eval/probe_q_tot": q, "eval/probe_mc_return": 5.0} for s, q in probes)
+        if final is not None:  # the final test never enters a curve
+            writer.writerow({"env_steps": evals[-1][0], "eval/win_rate": 0.0, "eval/return": 0.0,
+                             "eval/final_win_rate": final})
+    if final is not None:
+        (run / "online_summary.json").write_text(json.dumps({
+            "env_steps": evals[-1][0], "ckpt": ckpt, "wall_seconds": 1200.0, "eval/final_win_rate": final,
+            "eval/final_return": 20.0 * final, "eval/final_episodes": 640}))
+
+
+OVMSE = [(8_000, 0.5, 15.0), (30_000, 0.4, 12.0), (60_000, 0.85, 18.0), (210_000, 1.0, 19.0), (300_000, 1.0, 20.0)]
+MACQL = [(8_000, 0.5, 15.0), (30_000, 0.0, 5.0), (200_000, 0.8, 18.0), (300_000, 0.9, 19.0)]
+MACALQL = [(8_000, 0.5, 15.0), (40_000, 0.1, 9.0), (300_000, 0.7, 17.0)]
+QMIX = [(8_000, 0.0, 3.0), (100_000, 0.2, 8.0), (300_000, 0.85, 19.0)]
+
+
+@pytest.fixture
+def swept(tmp_path):
+    root = tmp_path / "sweep"
+    offline = root / "offline" / "2s3z_medium" / "seed0-abc"
+    offline.mkdir(parents=True)
+    (offline / "offline_summary.json").write_text(json.dumps(
+        {"eval/win_rate": 0.5, "eval/return": 15.0, "updates": 1355, "wall_seconds": 1500.0}))
+    ckpt = f"/elsewhere/offline/2s3z_medium/{offline.name}/checkpoints/last.ckpt"  # a moved root still matches
+    for seed in range(3):
+        _write_run(root, "2s3z_medium", "ovmse", seed, OVMSE, final=0.95 + 0.01 * seed, ckpt=ckpt,
+                   probes=[(8_000, 6.0), (100_000, 7.0)])
+        _write_run(root, "2s3z_medium", "macql", seed, MACQL, final=0.9, ckpt=ckpt, probes=[(8_000, 6.0), (100_000, 4.0)])
+        _write_run(root, "2s3z_medium", "macalql", seed, MACALQL, final=0.6, ckpt=ckpt)
+        _write_run(root, "2s3z", "qmix", seed, QMIX, final=0.92)
+    for seed in range(2):
+        _write_run(root, "2s3z_medium", "switch_cql", seed, MACQL, final=0.9, ckpt=ckpt)
+    _write_run(root, "2s3z_medium", "switch_cql", 2, MACQL[:2])  # still running: no summary
+    return root
+
+
+def test_report_records_tables_and_verdicts(swept, tmp_path):
+    doc, out_json = tmp_path / "docs" / "results.md", tmp_path / "o2o.json"
+    records = report_script.report(swept, doc=doc, out_json=out_json)
+    by = {(r["task"], r["algorithm"], r["seed"]): r for r in json.loads(out_json.read_text())["runs"]}
+    assert len(by) == len(records) == 3 * 3 + 3 + 3  # QMIX from scratch under the tasks that have runs
+    ovmse = by[("2s3z_medium", "ovmse", 1)]
+    assert ovmse["status"] == "finished" and ovmse["final_win_rate"] == pytest.approx(0.96)
+    assert ovmse["drop"] == pytest.approx(15.0 - 12.0)  # the 60k evaluation is past the 50k window
+    assert ovmse["steps_to_0.8"] == 60_000 and ovmse["return_at_200k"] == pytest.approx(18.0)
+    assert ovmse["mean_win_rate"] == pytest.approx((0.5 + 0.4 + 0.85 + 1.0 + 1.0) / 5)
+    assert ovmse["offline_return"] == 15.0 and ovmse["probe"]["q_tot"] == [6.0, 7.0]
+    assert by[("2s3z_medium", "macalql", 0)]["steps_to_0.8"] is None
+    assert "drop" not in by[("2s3z_medium", "qmix", 0)]  # from scratch: no offline policy to drop from
+    running = by[("2s3z_medium", "switch_cql", 2)]
+    assert running["status"] == "unfinished" and running["env_steps_reached"] == 30_000
+    assert "final_win_rate" not in running
+    text = doc.read_text()
+    assert report_script.BEGIN in text and report_script.END in text
+    assert "| OVMSE | 3 of 3 | **0.960** (0.950, 0.960, 0.970) |" in text
+    assert "| Switch-CQL | 2 of 3 (+1 running) |" in text
+    # Claim 2 holds: OVMSE 60k; MACQL 200k (140k later), MACal-QL never, QMIX 300k.
+    assert ("*OVMSE reaches a 0.8 win rate more than 100k env steps before MACQL, MACal-QL and QMIX* (median env "
+            "steps to 0.8 over seeds; a seed that never reaches it counts as beyond 300k): **agrees**") in text
+    # Claims that need Switch-CQL's third seed wait for it.
+    assert "*OVMSE drops least right after the switch* (median over seeds of the offline policy's return minus the " \
+           "lowest evaluation return in the first 50k env steps): **pending**" in text
+    assert "*Figure 1, OVMSE's Q_tot on the offline policy's trajectories falls least* (median over seeds of the " \
+           "first probe Q_tot minus the lowest later one): **pending**" in text
+    for name in ("o2o_2s3z_curves.png", "o2o_2s3z_ablations.png", "o2o_2s3z_unlearning.png"):
+        assert (doc.parent / "img" / name).stat().st_size > 1000
+
+
+def test_claims_turn_on_the_numbers(swept, tmp_path):
+    records = report_script.report(swept, doc=tmp_path / "r.md", out_json=tmp_path / "o.json")
+    for r in records:  # MACQL now reaches 0.8 at 100k: 40k behind OVMSE, not 100k
+        if r["algorithm"] == "macql":
+            r["steps_to_0.8"] = 100_000
+    text = "\n".join(report_script.claims(records, 300_000))
+    assert "QMIX* (median env steps to 0.8 over seeds; a seed that never reaches it counts as beyond 300k): " \
+           "**does not agree**" in text
+    # With Switch-CQL's third seed finished, the drop claim is decided: OVMSE 3.0 vs 10.0 (MACQL, Switch-CQL) and
+    # MACal-QL's 15 - 9 = 6.0.
+    records.append({**next(r for r in records if r["algorithm"] == "switch_cql" and r["status"] == "finished"),
+                    "seed": 2})
+    text = "\n".join(report_script.claims(records, 300_000))
+    assert "lowest evaluation return in the first 50k env steps): **agrees**. OVMSE 3.00, Switch-CQL 10.00, " \
+           "MACQL 10.00, MACal-QL 6.00." in text
+    assert "first probe Q_tot minus the lowest later one): **agrees**. OVMSE 0.00, Switch-CQL —, MACQL 2.00." in text
