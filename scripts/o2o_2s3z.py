@@ -5,13 +5,14 @@
     python scripts/o2o_2s3z.py report             # JSON, figures and the docs/results.md section
 
 ``run`` starts ``--workers`` processes (one torch thread each; two fill a 2-core machine).
-Each goes through the sweep's grids in order, each grid a Hydra multirun of ``phase=pipeline``
-with ``budget=300k`` (``configs/budget/300k.yaml``):
+Each goes through the sweep's stages in order, each a Hydra multirun of ``phase=pipeline``
+with ``budget=300k`` (``configs/budget/300k.yaml``), so that 2s3z medium is complete first:
 
-1. ``grid=o2o_2s3z``: 2s3z medium and medium-replay x OVMSE, QMIX (scratch), MACQL,
-   Switch-CQL, MACal-QL x seeds 0-2;
+1. ``grid=o2o_2s3z`` on 2s3z medium: OVMSE, QMIX (scratch), MACQL, Switch-CQL, MACal-QL x
+   seeds 0-2 (seeds outermost);
 2. ``grid=o2o_2s3z_ablations``: OVM only, SE only on 2s3z medium, seeds 0-2;
-3. ``grid=table2``: OVMSE on 2s3z medium with mixing ratios 0.1 and 0.3, seeds 0-2.
+3. ``grid=table2``: OVMSE on 2s3z medium with mixing ratios 0.1 and 0.3, seeds 0-2;
+4. ``grid=o2o_2s3z`` on 2s3z medium-replay.
 
 The workers share the cells through the pipeline's locks (``pipeline.wait_for_shared=false``:
 a cell whose offline pretraining another worker is making is passed over and taken on the
@@ -33,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BUDGET = "300k"
-GRIDS = ("o2o_2s3z", "o2o_2s3z_ablations", "table2")
+# (grid, overrides): the multiruns a worker runs, in order.
+STAGES = (("o2o_2s3z", ("hydra.sweeper.params.experiment=2s3z_medium",)), ("o2o_2s3z_ablations", ()), ("table2", ()),
+          ("o2o_2s3z", ("hydra.sweeper.params.experiment=2s3z_medium_replay",)))
+GRIDS = tuple(dict.fromkeys(grid for grid, _ in STAGES))
 SEEDS = (0, 1, 2)
 MAIN_ALGOS = ("ovmse", "qmix", "macql", "switch_cql", "macalql")
 # Cells of each grid as (task, run name) under <root>/online/; QMIX from scratch serves both tasks.
@@ -55,8 +59,8 @@ def missing_cells(root: Path) -> list[str]:
             if not (root / "online" / task / name / f"seed{s}" / "online_summary.json").is_file()]
 
 
-def grid_command(args, grid: str, root: Path) -> list[str]:
-    return [sys.executable, "train.py", "-m", "phase=pipeline", f"grid={grid}", f"budget={BUDGET}",
+def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> list[str]:
+    return [sys.executable, "train.py", "-m", "phase=pipeline", f"grid={grid}", *overrides, f"budget={BUDGET}",
             f"num_threads={args.threads}", f"device={args.device}", f"data_root={args.data_root}",
             f"pipeline.root={root}", "pipeline.wait_for_shared=false",
             f"hydra.sweep.dir={root}/multiruns/{grid}/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{args.worker}"]
@@ -68,8 +72,8 @@ def worker(args) -> None:
     while missing := missing_cells(root):
         print(f"[worker {args.worker}] {time.strftime('%H:%M:%S')} pass: {len(missing)} cells missing", flush=True)
         start = time.monotonic()
-        for grid in GRIDS:
-            cmd = grid_command(args, grid, root)
+        for grid, overrides in STAGES:
+            cmd = grid_command(args, grid, overrides, root)
             print("[worker] run:", " ".join(cmd[1:]), flush=True)
             if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                 raise SystemExit(f"[worker {args.worker}] grid={grid} failed: the error is above; fix it and run "

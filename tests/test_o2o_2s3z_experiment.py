@@ -26,8 +26,11 @@ def test_the_sweeps_cells_are_the_grids_cells(tmp_path):
     directories the pipeline makes for the three grids."""
     made = set()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for grid in o2o_2s3z.GRIDS:
+        for grid, stage_overrides in o2o_2s3z.STAGES:
             params = yaml.safe_load((ROOT / "configs" / "grid" / f"{grid}.yaml").read_text())["hydra"]["sweeper"]["params"]
+            for override in stage_overrides:  # hydra.sweeper.params.<key>=<values>
+                key, _, values = override.removeprefix("hydra.sweeper.params.").partition("=")
+                params[key] = values
             keys = list(params)
             for values in itertools.product(*(str(params[k]).split(",") for k in keys)):
                 overrides = ["phase=pipeline", f"budget={o2o_2s3z.BUDGET}", f"pipeline.root={tmp_path}",
