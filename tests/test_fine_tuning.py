@@ -318,3 +318,44 @@ def test_short_budget_evaluates_on_at_least_128_battles():
     for stage in ("offline", "online"):
         episodes = [int(o.split("=", 1)[1]) for o in budget[stage].overrides if o.startswith("eval.episodes=")]
         assert episodes and min(episodes) >= 128, stage
+
+
+# ----------------------------------------------------------------------------- an online QMIX policy as the start
+
+
+def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
+    """The issue-17 diagnosis fine-tunes a policy QMIX learnt online: o2o_start_checkpoint adds
+    the frozen target (= its target networks), MACQL and the dataset, and every O2O algorithm
+    then trains from it."""
+    from ovmse.training.o2o_start import o2o_start_checkpoint
+
+    # A QMIX checkpoint as phase=online algo=qmix writes it: no CQL, no frozen target, no dataset.
+    raw = torch.load(offline_ckpt.parent / "best.ckpt", weights_only=True)
+    raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.startswith("cql_loss.")}
+    raw["hyper_parameters"].update(cql=None, cql_alpha=0.0, dataset=None)
+    for k, v in raw["state_dict"].items():  # targets that differ from the online networks
+        if k.startswith("loss.target_"):
+            raw["state_dict"][k] = v + 0.5
+    qmix = tmp_path / "qmix.ckpt"
+    torch.save(raw, qmix)
+    with pytest.raises(ValueError, match="frozen offline target"):
+        _build(tmp_path / "refused", "algo=ovmse", f"ckpt={qmix}")
+
+    dataset = Path(load_qmix_checkpoint(str(offline_ckpt)).hparams.dataset["path"])
+    start = o2o_start_checkpoint(qmix, tmp_path / "start.ckpt", dataset)
+    module = load_qmix_checkpoint(str(start))
+    assert module.hparams.frozen_offline_target and module.hparams.cql == "macql"
+    assert module.hparams.cql_alpha == pytest.approx(0.05) and module.hparams.dataset["name"] == "3m/medium"
+    for frozen, target in ((module.frozen_agent, module.loss.target_agent), (module.frozen_mixer, module.loss.target_mixer)):
+        for p, q in zip(frozen.parameters(), target.parameters()):
+            assert torch.equal(p, q)
+    assert not torch.equal(next(module.frozen_agent.parameters()), next(module.agent.parameters()))
+    with pytest.raises(ValueError, match="already holds a frozen offline target"):
+        o2o_start_checkpoint(start, tmp_path / "again.ckpt", dataset)
+
+    run_dir = tmp_path / "ovmse"
+    proc = train("phase=online", "algo=macql", f"ckpt={start}", *TINY_ONLINE, "final_eval.episodes=0",
+                 f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    assert summary["settings"]["cql_alpha"] == pytest.approx(0.05) and summary["settings"]["mixing_ratio"] == 0.3

@@ -207,3 +207,14 @@ def test_a_variant_runs_in_a_directory_of_its_own(swept):
     assert summary["settings"]["mixing_ratio"] == 0.5
     (record,) = job_records(tmp)
     assert statuses(record) == {"dataset": "present", "offline": "done before", "online": "ran"}
+
+
+def test_a_cells_own_budget_wins_over_the_budget_configs(swept):
+    tmp, _ = swept
+    fresh_jobs(tmp)
+    # budget=smoke trains 640 env steps online; this cell asks for 320: a variant of its own.
+    proc = sweep(tmp, "algo=qmix", "++env_steps=320")  # ++: phase=pipeline has no env_steps of its own
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp / "sweep" / "online" / "3m" / "qmix+env_steps=320" / "seed0"
+    summary = json.loads((run / "online_summary.json").read_text())
+    assert 320 <= summary["env_steps"] < 640

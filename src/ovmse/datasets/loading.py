@@ -58,6 +58,15 @@ class OfflineDataset:
     def n_transitions(self) -> int:
         return int(self.metadata["transitions"])
 
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records about the dataset it was trained on (``hparams.dataset``):
+        the online phase finds the dataset to mix in, and the per-task settings, from it."""
+        meta = self.metadata
+        return {"name": self.name, "path": str(self.path.resolve()), "episodes": len(self),
+                "transitions": self.n_transitions, "created": meta.get("created"),
+                "return_mean": meta.get("return_mean"), "win_rate": meta.get("win_rate"),
+                "git_commit": (meta.get("code_version") or {}).get("git_commit")}
+
     def __len__(self) -> int:
         return int(self.episodes.shape[0])
 

@@ -83,16 +83,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     in_memory = cfg.in_memory if cfg.in_memory == "auto" else bool(cfg.in_memory)
     dataset = load_dataset(resolve_dataset(str(cfg.dataset), cfg.data_root, spec.name), map_name=spec.name, validate="full",
                            in_memory=in_memory, device=device)
-    meta = dataset.metadata
-    identity = {"name": dataset.name, "path": str(dataset.path.resolve()), "episodes": len(dataset),
-                "transitions": dataset.n_transitions, "created": meta.get("created"),
-                "return_mean": meta.get("return_mean"), "win_rate": meta.get("win_rate"),
-                "git_commit": (meta.get("code_version") or {}).get("git_commit")}
-
     module = make_qmix_module(algo, spec, cql=settings["cql"], cql_alpha=settings["cql_alpha"],
                               cql_samples=settings["cql_samples"], cql_sampling=settings["cql_sampling"],
                               cfcql_temperature=settings["cfcql_temperature"],
-                              dataset=identity)
+                              dataset=dataset.identity())
     module.clock = "updates"
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.to(device)

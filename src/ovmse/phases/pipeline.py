@@ -203,11 +203,14 @@ class Pipeline:
         write_json(stage_dir / "pipeline.json", self.describe())
 
     def online_overrides(self, ckpt: Path | None) -> list[str]:
+        """The online stage's command: the budget's overrides, then the cell's own, which win
+        (a grid may give one cell a shorter ``env_steps``: a variant of its own), then what
+        the pipeline sets."""
         return merge_overrides(
+            list(self.cfg.pipeline.online.overrides),
             [o for o in self.overrides if override_key(o) != "resume"],
             ["phase=online", f"seed={self.cell.seed}", path_override("data_root", self.data_root)],
-            [path_override("ckpt", ckpt)] if ckpt is not None else [],
-            list(self.cfg.pipeline.online.overrides))
+            [path_override("ckpt", ckpt)] if ckpt is not None else [])
 
     def check_done_run(self, ckpt: Path | None) -> None:
         """A finished run counts as this cell's only if it was made with this cell's command
