@@ -3,6 +3,7 @@
 
     python scripts/o2o_2s3z.py run                # run or continue the whole sweep, two workers
     python scripts/o2o_2s3z.py report             # JSON, figures and the docs/results.md section
+    python scripts/o2o_2s3z.py diagnose           # the diagnosis runs (after the main sweep), two workers
 
 ``run`` starts ``--workers`` processes (one torch thread each; two fill a 2-core machine).
 Each goes through the sweep's stages in order, each a Hydra multirun of ``phase=pipeline``
@@ -20,6 +21,18 @@ next pass), so each worker passes over the grids until every cell is finished. A
 sweep resumes with the same command: finished stages are skipped, a killed online run
 continues from its last resume point. Everything lives under ``outputs/sweeps/300k``
 (``--root``); each worker logs to ``<root>/worker<k>.log``.
+
+``diagnose`` runs the experiments that tell apart why fine-tuning falls short of the paper,
+the same way (``<root>/diagnosis-worker<k>.log``):
+
+1. ``grid=o2o_2s3z_exploration``: OVMSE and OVM only with ε starting at 0.2 and 0.05, 100k
+   env steps (does restarting exploration at ε = 1 cause the drop?);
+2. ``grid=o2o_2s3z_lambda``: OVMSE with λ_memory annealed 1.0 -> 0.05 over 100k env steps
+   (does the offline memory hold the policy back?);
+3. each O2O method fine-tuning, for 50k env steps, the policy QMIX from scratch learnt
+   online (its best evaluation, win rate >= 0.9), made an O2O start by
+   ``ovmse.training.o2o_start`` with the medium dataset (do the methods unlearn a good
+   policy that no offline pretraining made?): ``<root>/diagnosis/qmix_start/<algo>/seed<k>``.
 """
 
 from __future__ import annotations
@@ -46,6 +59,17 @@ CELLS = (
     + [("2s3z_medium", a) for a in ("ovm_only", "se_only")]
     + [("2s3z_medium", f"ovmse+algo.online.mixing_ratio={r}") for r in ("0.1", "0.3")]
 )
+DIAGNOSIS_STAGES = (("o2o_2s3z_exploration", ()), ("o2o_2s3z_lambda", ()))
+DIAGNOSIS_CELLS = (
+    [("2s3z_medium", f"{a}+algo.epsilon_start={e},env_steps=100000") for a in ("ovmse", "ovm_only") for e in ("0.2", "0.05")]
+    + [("2s3z_medium", "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05")]
+)
+QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql")
+QMIX_START_MIN_WIN_RATE = 0.9
+QMIX_START_OVERRIDES = ("experiment=2s3z_medium", "env_steps=50000", "eval.interval_env_steps=5000", "eval.episodes=128",
+                        "eval.num_envs=128", "final_eval.episodes=640", "final_eval.num_envs=128",
+                        "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=5000",
+                        "checkpoint.every_env_steps=25000", "trainer.progress_refresh_rate=0")
 IDLE_PASS_SECONDS = 60  # a pass shorter than this ran nothing: wait before the next one
 IDLE_WAIT_SECONDS = 120
 
@@ -54,9 +78,66 @@ def sweep_root(args) -> Path:
     return Path(args.root).resolve() if args.root else ROOT / "outputs" / "sweeps" / BUDGET
 
 
-def missing_cells(root: Path) -> list[str]:
-    return [f"{task}/{name}/seed{s}" for task, name in CELLS for s in SEEDS
+def missing_cells(root: Path, cells=CELLS) -> list[str]:
+    return [f"{task}/{name}/seed{s}" for task, name in cells for s in SEEDS
             if not (root / "online" / task / name / f"seed{s}" / "online_summary.json").is_file()]
+
+
+def qmix_start_dir(root: Path, algo: str, seed: int) -> Path:
+    return root / "diagnosis" / "qmix_start" / algo / f"seed{seed}"
+
+
+def missing_qmix_start(root: Path) -> list[str]:
+    return [f"diagnosis/qmix_start/{a}/seed{s}" for a in QMIX_START_ALGOS for s in SEEDS
+            if not (qmix_start_dir(root, a, s) / "online_summary.json").is_file()]
+
+
+def qmix_start_checkpoint(args, root: Path, seed: int) -> Path | None:
+    """The O2O start made from QMIX (scratch) seed ``seed``'s best evaluation; None while that
+    run is unfinished. Exits when its best win rate is below 0.9 (no policy past the dip)."""
+    import json
+
+    from ovmse.training.o2o_start import o2o_start_checkpoint
+
+    qmix = root / "online" / "2s3z" / "qmix" / f"seed{seed}"
+    if not (qmix / "online_summary.json").is_file():
+        return None
+    best = float(json.loads((qmix / "online_summary.json").read_text())["eval/best_win_rate"])
+    if best < QMIX_START_MIN_WIN_RATE:
+        raise SystemExit(f"{qmix}: best evaluation win rate {best:.3f} < {QMIX_START_MIN_WIN_RATE}: no QMIX policy past "
+                         "its dip to fine-tune")
+    start = root / "diagnosis" / "qmix_start" / "start" / f"seed{seed}.ckpt"
+    if not start.is_file():
+        o2o_start_checkpoint(qmix / "checkpoints" / "best.ckpt", start, Path(args.data_root) / "2s3z" / "medium")
+    return start
+
+
+def run_qmix_start(args, root: Path) -> None:
+    """The qmix-start fine-tuning runs this worker can take now (others are skipped)."""
+    from ovmse.sweeps import StageLock, run_stage
+    from ovmse.sweeps.cells import path_override
+    from ovmse.sweeps.stages import set_aside, train_command
+
+    for seed in SEEDS:
+        start = qmix_start_checkpoint(args, root, seed)
+        if start is None:
+            continue
+        for algo in QMIX_START_ALGOS:
+            run = qmix_start_dir(root, algo, seed)
+            lock = StageLock(run.parent / f".{run.name}.lock")
+            if (run / "online_summary.json").is_file() or not lock.try_acquire():
+                continue
+            try:
+                resume = (run / "checkpoints" / "last.ckpt").is_file()
+                if run.exists() and not resume:
+                    set_aside(run)
+                overrides = ["phase=online", f"algo={algo}", f"seed={seed}", path_override("ckpt", start),
+                             f"num_threads={args.threads}", f"device={args.device}",
+                             path_override("data_root", args.data_root), *QMIX_START_OVERRIDES,
+                             path_override("hydra.run.dir", run)] + ([path_override("resume", run)] if resume else [])
+                run_stage(f"qmix_start {algo} seed {seed}", train_command(ROOT, overrides), run)
+            finally:
+                lock.release()
 
 
 def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> list[str]:
@@ -69,30 +150,39 @@ def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> lis
 def worker(args) -> None:
     """One worker: passes over the grids until no cell is missing."""
     root = sweep_root(args)
-    while missing := missing_cells(root):
-        print(f"[worker {args.worker}] {time.strftime('%H:%M:%S')} pass: {len(missing)} cells missing", flush=True)
+    diagnosis = args.part == "diagnosis"
+    stages, cells = (DIAGNOSIS_STAGES, DIAGNOSIS_CELLS) if diagnosis else (STAGES, CELLS)
+
+    def missing() -> list[str]:
+        return missing_cells(root, cells) + (missing_qmix_start(root) if diagnosis else [])
+
+    while todo := missing():
+        print(f"[worker {args.worker}] {time.strftime('%H:%M:%S')} pass: {len(todo)} runs missing", flush=True)
         start = time.monotonic()
-        for grid, overrides in STAGES:
+        if diagnosis:
+            run_qmix_start(args, root)
+        for grid, overrides in stages:
             cmd = grid_command(args, grid, overrides, root)
             print("[worker] run:", " ".join(cmd[1:]), flush=True)
             if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                 raise SystemExit(f"[worker {args.worker}] grid={grid} failed: the error is above; fix it and run "
                                  "the same command again (finished stages are kept)")
-        if time.monotonic() - start < IDLE_PASS_SECONDS and missing_cells(root):
+        if time.monotonic() - start < IDLE_PASS_SECONDS and missing():
             # Every missing cell is held by the other worker.
             time.sleep(IDLE_WAIT_SECONDS)
-    print(f"[worker {args.worker}] every cell is finished", flush=True)
+    print(f"[worker {args.worker}] every run is finished", flush=True)
 
 
-def run(args) -> None:
+def run(args, part: str = "main") -> None:
     root = sweep_root(args)
     root.mkdir(parents=True, exist_ok=True)
     procs = []
     for k in range(args.workers):
-        log = open(root / f"worker{k}.log", "a")
-        cmd = [sys.executable, __file__, "worker", f"--worker={k}", f"--threads={args.threads}", f"--device={args.device}",
-               f"--data-root={args.data_root}", f"--root={root}"]
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), root / f"worker{k}.log"))
+        name = f"worker{k}.log" if part == "main" else f"diagnosis-worker{k}.log"
+        log = open(root / name, "a")
+        cmd = [sys.executable, __file__, "worker", f"--worker={k}", f"--part={part}", f"--threads={args.threads}",
+               f"--device={args.device}", f"--data-root={args.data_root}", f"--root={root}"]
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), root / name))
         print(f"worker {k}: pid {procs[-1][0].pid}, log {procs[-1][1]}", flush=True)
         time.sleep(20)  # the first worker claims its first cell before the second looks
     failed = [str(log) for proc, log in procs if proc.wait() != 0]
@@ -103,7 +193,8 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "worker", "report", "status"))
+    parser.add_argument("command", choices=("run", "diagnose", "worker", "report", "status"))
+    parser.add_argument("--part", choices=("main", "diagnosis"), default="main", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help="sweep root (default outputs/sweeps/300k)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
@@ -113,12 +204,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args)
+    elif args.command == "diagnose":
+        run(args, "diagnosis")
     elif args.command == "worker":
         worker(args)
     elif args.command == "status":
-        missing = missing_cells(sweep_root(args))
-        print(f"{len(CELLS) * len(SEEDS) - len(missing)} of {len(CELLS) * len(SEEDS)} cells finished; missing:")
-        print("\n".join(f"  {m}" for m in missing))
+        root = sweep_root(args)
+        for title, cells, missing in (("main sweep", CELLS, missing_cells(root)),
+                                      ("diagnosis", DIAGNOSIS_CELLS + [None] * len(QMIX_START_ALGOS),
+                                       missing_cells(root, DIAGNOSIS_CELLS) + missing_qmix_start(root))):
+            total = len(cells) * len(SEEDS)
+            print(f"{title}: {total - len(missing)} of {total} runs finished; missing:")
+            print("\n".join(f"  {m}" for m in missing))
     else:
         from o2o_2s3z_report import report  # noqa: PLC0415  (matplotlib only when reporting)
 

@@ -257,8 +257,8 @@ def claims(records: list[dict], budget: int) -> list[str]:
         verdict = "**agrees**" if holds else "**does not agree**"
     else:
         verdict = pending
-    out.append(f"- 2s3z_medium: *Table 2, mixing ratios 0.0 and 0.1 are at least as good as 0.3* (OVMSE's mean "
-               f"evaluation return at 200k env steps; the paper: "
+    out.append("- 2s3z_medium: *Table 2, mixing ratios 0.0 and 0.1 are at least as good as 0.3* (OVMSE's mean "
+               "evaluation return at 200k env steps; the paper: "
                + ", ".join(f"{r}: {v:.2f}" for r, v in paper.TABLE2.items()) + f"): {verdict}. Ours: "
                + ", ".join(f"{r}: {_fmt(v, 2)} (" + ", ".join(_fmt(x, 2) for x in at200[r]) + ")"
                            for r, v in means.items()) + ".")
@@ -283,6 +283,102 @@ def claims(records: list[dict], budget: int) -> list[str]:
                f"over seeds of the first probe Q_tot minus the lowest later one): {verdict}. "
                + ", ".join(f"{LABELS[a]} {_fmt(v, 2)}" for a, v in falls.items()) + ".")
     return out
+
+
+# ------------------------------------------------------------------------------------ diagnosis
+
+EXPLORATION = {("ovmse", "1.0"): "ovmse", ("ovm_only", "1.0"): "ovm_only",
+               **{(a, e): f"{a}+algo.epsilon_start={e},env_steps=100000" for a in ("ovmse", "ovm_only")
+                  for e in ("0.2", "0.05")}}
+LAMBDA_ANNEALED = "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05"
+EXPLORATION_STEPS = 100_000
+
+
+def _win_at(record: dict, step: float) -> float | None:
+    curve = record.get("curve")
+    if not curve:
+        return None
+    at = value_at(np.asarray(curve["env_steps"]), np.asarray(curve["win_rate"]), step)
+    return None if at is None else at[1]
+
+
+def _early_mean(record: dict, limit: float) -> float | None:
+    curve = record.get("curve")
+    if not curve:
+        return None
+    steps, wins = np.asarray(curve["env_steps"]), np.asarray(curve["win_rate"])
+    return float(np.mean(wins[steps <= limit])) if (steps <= limit).any() else None
+
+
+def _per_seed(values: list[float | None], digits: int = 3) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "—"
+    return f"{_fmt(statistics.median(known), digits)} ({', '.join(_fmt(v, digits) for v in values)})"
+
+
+def exploration_table(records: list[dict]) -> str:
+    """ε_start x exploration from the medium pretrainings, read over the first 100k env steps
+    (the ε = 1.0 rows are the main grid's and the ablation's 300k runs, cut there)."""
+    lines = ["| exploration | ε start | seeds | drop in the first 50k: median (per seed) | "
+             "evaluation win rate at 100k: median (per seed) | mean win rate over the first 100k: median (per seed) |",
+             "|---|---:|---:|---|---|---|"]
+    for (algo, eps), name in EXPLORATION.items():
+        mine = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
+                       and r.get("env_steps_reached", 0) >= EXPLORATION_STEPS), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        label = "decentralised SE (OVMSE)" if algo == "ovmse" else "ε-greedy (OVM only)"
+        lines.append(f"| {label} | {eps} | {len(mine)} | {_per_seed([r.get('drop') for r in mine], 2)} | "
+                     f"{_per_seed([_win_at(r, EXPLORATION_STEPS) for r in mine])} | "
+                     f"{_per_seed([_early_mean(r, EXPLORATION_STEPS) for r in mine])} |")
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
+
+
+def lambda_table(records: list[dict]) -> str:
+    lines = ["| λ_memory | seeds done | final win rate: median (per seed) | env steps to 0.8 (per seed) | "
+             "mean win rate over the run: median (per seed) |", "|---|---:|---|---|---|"]
+    for name, label in (("ovmse", "1.0 (constant, the paper's 2s3z setting)"),
+                        (LAMBDA_ANNEALED, "1.0 -> 0.05 over 100k env steps")):
+        done = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
+                       and r["status"] == FINISHED), key=lambda r: r["seed"])
+        if done:
+            lines.append(f"| {label} | {len(done)} | {_per_seed([r['final_win_rate'] for r in done])} | "
+                         f"{', '.join(_steps(r['steps_to_0.8']) for r in done)} | "
+                         f"{_per_seed([r['mean_win_rate'] for r in done])} |")
+    return "\n".join(lines) if len(lines) > 3 else "Not run yet."
+
+
+def qmix_start_records(root: Path, budget: int) -> list[dict]:
+    """The fine-tuning runs of QMIX's own online policy (``<root>/diagnosis/qmix_start``)."""
+    from ovmse.report.runs import load_online_run
+
+    records = []
+    for path in sorted((root / "diagnosis" / "qmix_start").glob("*/seed*")):
+        if path.parent.name == "start" or ".incomplete-" in path.name:
+            continue
+        run = load_online_run(path)
+        record = run_record(run, root, {}, budget)
+        record.update(task="2s3z_medium", algorithm=path.parent.name, diagnosis="qmix_start")
+        curve = record.get("curve")
+        if curve:
+            record["start_win_rate"] = curve["win_rate"][0]  # before the first update
+            record["lowest_win_rate"] = min(curve["win_rate"])
+        records.append(record)
+    return records
+
+
+def qmix_start_table(records: list[dict]) -> str:
+    lines = ["| method | seeds done | win rate before the first update (per seed) | lowest evaluation win rate "
+             "(per seed) | final win rate, 640 battles (per seed) |", "|---|---:|---|---|---|"]
+    for algo in O2O:
+        done = sorted((r for r in records if r["algorithm"] == algo and r["status"] == FINISHED),
+                      key=lambda r: r["seed"])
+        if done:
+            lines.append(f"| {LABELS[algo]} | {len(done)} | {_per_seed([r.get('start_win_rate') for r in done])} | "
+                         f"{_per_seed([r.get('lowest_win_rate') for r in done])} | "
+                         f"{_per_seed([r['final_win_rate'] for r in done])} |")
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -392,9 +488,11 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     levels = offline_levels(root)
     runs = by_task(load_online_runs(root))
     records = [run_record(r, root, levels, budget) for r in runs if r.task in TASKS]
+    diagnosis = qmix_start_records(root, budget)
     out_json.write_text(json.dumps({
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),
-        "budget_env_steps": budget, "offline": levels, "runs": records}, indent=1) + "\n")
+        "budget_env_steps": budget, "offline": levels, "runs": records,
+        "diagnosis_qmix_start": diagnosis}, indent=1) + "\n")
     print(f"wrote {out_json}")
     img = doc.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -422,6 +520,13 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
         body += [f"**{task}**", "", task_table(records, task, MAIN + (ABLATIONS[1:] if task == "2s3z_medium" else ()),
                                                budget), ""]
     body += ["The paper's claims for 2s3z against these runs:", "", *claims(records, budget), "",
+             "**Diagnosis** (`python scripts/o2o_2s3z.py diagnose`): what the results above would need to be explained.",
+             "", "*Exploration at the switch* (2s3z medium, from the same pretrainings; ε = 1.0 rows: the 300k runs "
+             "above, read at 100k):", "", exploration_table(records), "",
+             "*The offline memory* (OVMSE on 2s3z medium, λ_memory constant or annealed):", "", lambda_table(records), "",
+             "*A good policy that no offline phase made* (each O2O method fine-tuning QMIX's own online policy, its "
+             "best evaluation of the run from scratch, for 50k env steps; evaluations every 5k):", "",
+             qmix_start_table(diagnosis), "",
              "![2s3z curves](img/o2o_2s3z_curves.png)", "", "![2s3z ablations](img/o2o_2s3z_ablations.png)", "",
              "![2s3z unlearning probe](img/o2o_2s3z_unlearning.png)", ""]
     replace_section(doc, BEGIN, END, "\n".join(body))

@@ -26,7 +26,7 @@ def test_the_sweeps_cells_are_the_grids_cells(tmp_path):
     directories the pipeline makes for the three grids."""
     made = set()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for grid, stage_overrides in o2o_2s3z.STAGES:
+        for grid, stage_overrides in o2o_2s3z.STAGES + o2o_2s3z.DIAGNOSIS_STAGES:
             params = yaml.safe_load((ROOT / "configs" / "grid" / f"{grid}.yaml").read_text())["hydra"]["sweeper"]["params"]
             for override in stage_overrides:  # hydra.sweeper.params.<key>=<values>
                 key, _, values = override.removeprefix("hydra.sweeper.params.").partition("=")
@@ -38,12 +38,13 @@ def test_the_sweeps_cells_are_the_grids_cells(tmp_path):
                 cell = make_cell(compose("train", overrides=overrides), variant_and := forwarded_overrides(overrides))
                 assert variant_of(variant_and) == cell.variant
                 made.add(str(cell.online_dir.relative_to(tmp_path / "online")))
-    assert made == {f"{task}/{name}/seed{s}" for task, name in o2o_2s3z.CELLS for s in o2o_2s3z.SEEDS}
-    assert set(o2o_2s3z.missing_cells(tmp_path)) == made
+    cells = o2o_2s3z.CELLS + o2o_2s3z.DIAGNOSIS_CELLS
+    assert made == {f"{task}/{name}/seed{s}" for task, name in cells for s in o2o_2s3z.SEEDS}
+    assert set(o2o_2s3z.missing_cells(tmp_path, cells)) == made
     done = tmp_path / "online" / "2s3z" / "qmix" / "seed1"
     done.mkdir(parents=True)
     (done / "online_summary.json").write_text("{}")
-    assert set(o2o_2s3z.missing_cells(tmp_path)) == made - {"2s3z/qmix/seed1"}
+    assert set(o2o_2s3z.missing_cells(tmp_path, cells)) == made - {"2s3z/qmix/seed1"}
 
 
 def test_offline_budget_in_dataset_timesteps():
@@ -101,6 +102,15 @@ def swept(tmp_path):
     for seed in range(2):
         _write_run(root, "2s3z_medium", "switch_cql", seed, MACQL, final=0.9, ckpt=ckpt)
     _write_run(root, "2s3z_medium", "switch_cql", 2, MACQL[:2])  # still running: no summary
+    # Diagnosis: ε starting at 0.2 (100k env steps), and MACQL fine-tuning QMIX's own policy.
+    for seed, low in enumerate((14.0, 10.0)):
+        _write_run(root, "2s3z_medium", "ovmse+algo.epsilon_start=0.2,env_steps=100000", seed,
+                   [(8_000, 0.5, 15.0), (40_000, 0.6, low), (100_000, 0.9, 19.0)], final=0.9, ckpt=ckpt)
+    qmix_start = root / "diagnosis" / "qmix_start"
+    _write_run(qmix_start, "x", "macql", 0, [(8_000, 0.95, 20.0), (30_000, 0.2, 12.0), (50_000, 0.5, 16.0)], final=0.55,
+               ckpt="start.ckpt")
+    for path in (qmix_start / "online" / "x").iterdir():
+        path.rename(qmix_start / path.name)
     return root
 
 
@@ -108,7 +118,7 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     doc, out_json = tmp_path / "docs" / "results.md", tmp_path / "o2o.json"
     records = report_script.report(swept, doc=doc, out_json=out_json)
     by = {(r["task"], r["algorithm"], r["seed"]): r for r in json.loads(out_json.read_text())["runs"]}
-    assert len(by) == len(records) == 3 * 3 + 3 + 3  # QMIX from scratch under the tasks that have runs
+    assert len(by) == len(records) == 3 * 3 + 3 + 3 + 2  # QMIX under the tasks that have runs; 2 diagnosis runs
     ovmse = by[("2s3z_medium", "ovmse", 1)]
     assert ovmse["status"] == "finished" and ovmse["final_win_rate"] == pytest.approx(0.96)
     assert ovmse["drop"] == pytest.approx(15.0 - 12.0)  # the 60k evaluation is past the 50k window
@@ -132,6 +142,10 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
            "lowest evaluation return in the first 50k env steps): **pending**" in text
     assert "*Figure 1, OVMSE's Q_tot on the offline policy's trajectories falls least* (median over seeds of the " \
            "first probe Q_tot minus the lowest later one): **pending**" in text
+    # Diagnosis tables: the ε = 1.0 row is OVMSE's 300k runs read at 100k (no evaluation at 100k: the one before).
+    assert "| decentralised SE (OVMSE) | 1.0 | 3 | 3.00 (3.00, 3.00, 3.00) | 0.850 (0.850, 0.850, 0.850) |" in text
+    assert "| decentralised SE (OVMSE) | 0.2 | 2 | 3.00 (1.00, 5.00) | 0.900 (0.900, 0.900) |" in text
+    assert "| MACQL | 1 | 0.950 (0.950) | 0.200 (0.200) | 0.550 (0.550) |" in text
     for name in ("o2o_2s3z_curves.png", "o2o_2s3z_ablations.png", "o2o_2s3z_unlearning.png"):
         assert (doc.parent / "img" / name).stat().st_size > 1000
 
