@@ -69,7 +69,8 @@ QMIX_START_MIN_WIN_RATE = 0.9
 QMIX_START_OVERRIDES = ("experiment=2s3z_medium", "env_steps=50000", "eval.interval_env_steps=5000", "eval.episodes=128",
                         "eval.num_envs=128", "final_eval.episodes=640", "final_eval.num_envs=128",
                         "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=5000",
-                        "checkpoint.every_env_steps=25000", "trainer.progress_refresh_rate=0")
+                        "checkpoint.every_env_steps=25000", "checkpoint.keep_replay=false",
+                        "trainer.progress_refresh_rate=0")
 IDLE_PASS_SECONDS = 60  # a pass shorter than this ran nothing: wait before the next one
 IDLE_WAIT_SECONDS = 120
 

@@ -355,7 +355,10 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
 
     run_dir = tmp_path / "ovmse"
     proc = train("phase=online", "algo=macql", f"ckpt={start}", *TINY_ONLINE, "final_eval.episodes=0",
-                 f"hydra.run.dir={run_dir}")
+                 "checkpoint.keep_replay=false", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "online_summary.json").read_text())
     assert summary["settings"]["cql_alpha"] == pytest.approx(0.05) and summary["settings"]["mixing_ratio"] == 0.3
+    # checkpoint.keep_replay=false: the finished run's resume buffer is gone, its checkpoints stay.
+    assert summary["replay_removed_bytes"] > 0 and not (run_dir / "checkpoints" / "replay").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

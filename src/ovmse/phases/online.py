@@ -32,7 +32,7 @@ from ovmse.training.callbacks import (
     TargetUpdateCallback,
     log_env_metrics,
 )
-from ovmse.training.checkpointing import ResumePointCallback
+from ovmse.training.checkpointing import ResumePointCallback, remove_replay_chunks
 from ovmse.training.collection_driver import OnlineCollection
 from ovmse.training.guards import NonFiniteGuard
 from ovmse.training.optimizer_restore import RestoreOptimizerCallback
@@ -255,6 +255,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log_env_metrics(r.trainer, module, final)
         result.update(final)
     write_json(out / "online_summary.json", result)
+    if not bool((cfg.get("checkpoint") or {}).get("keep_replay", True)):
+        # After the summary: a kill in between leaves a finished run, never an unresumable unfinished one.
+        result["replay_removed_bytes"] = remove_replay_chunks(out / "checkpoints")
+        write_json(out / "online_summary.json", result)
     final_text = (f"; final test {final['eval/final_win_rate']:.3f} over {int(final['eval/final_episodes'])} battles"
                   if final else "")
     print(f"online {cfg.env.map_name} ({cfg.algo.name}): {module.env_steps} env steps, {module.updates} updates, "

@@ -48,7 +48,8 @@ _COLLECT_FORWARD = ("experiment", "env", "device", "num_threads", "collect_threa
                     "collector")
 _OFFLINE_FORWARD = _COLLECT_FORWARD + ("algo", "dataset")
 # Overrides that may differ between a finished run and the sweep that finds it.
-_RUN_SETTINGS = ("resume", "hydra", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root")
+_RUN_SETTINGS = ("resume", "hydra", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root",
+                 "checkpoint")
 
 
 class _Busy(Exception):

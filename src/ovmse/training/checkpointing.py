@@ -192,6 +192,17 @@ class ReplayChunks:
         return sorted(out, key=lambda c: c[1])
 
 
+def remove_replay_chunks(checkpoint_dir: str | Path) -> int:
+    """Delete ``<checkpoint_dir>/replay`` (a finished run's resume buffer); returns the bytes freed.
+    ``last.ckpt`` stays, for inspection and fine-tuning, but can no longer be resumed."""
+    replay = Path(checkpoint_dir) / "replay"
+    if not replay.is_dir():
+        return 0
+    size = sum(f.stat().st_size for f in replay.rglob("*") if f.is_file())
+    shutil.rmtree(replay)
+    return size
+
+
 def _parse_chunk(name: str) -> tuple[str, int, int]:
     a, b = name[len(CHUNK_PREFIX):].split("-")
     return name, int(a), int(b)
