@@ -349,6 +349,41 @@ def lambda_table(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 3 else "Not run yet."
 
 
+SWITCH_COLUMNS = ("train/q_taken_mean", "train/target_mean", "train/mc_return_mean")
+
+
+def switch_values(run_dir: Path, limit: float = DROP_WINDOW) -> dict | None:
+    """Training-batch values around the switch, from ``metrics.csv``: at the first logged
+    update, the mean Q_tot of the batch's actions, its target and the Monte-Carlo return;
+    over the first ``limit`` env steps, the largest Q_tot minus Monte-Carlo return."""
+    import csv
+
+    try:
+        with open(run_dir / "metrics.csv", newline="") as file:
+            rows = [r for r in csv.DictReader(file) if all(r.get(c) for c in SWITCH_COLUMNS)]
+    except OSError:
+        return None
+    if not rows:
+        return None
+    first = rows[0]
+    early = [float(r["train/q_taken_mean"]) - float(r["train/mc_return_mean"]) for r in rows
+             if float(r["env_steps"]) <= limit]
+    return {"q": float(first["train/q_taken_mean"]), "target": float(first["train/target_mean"]),
+            "mc": float(first["train/mc_return_mean"]), "max_q_minus_mc_50k": max(early) if early else None}
+
+
+def switch_table(records: list[dict], root: Path) -> str:
+    lines = ["| algorithm | runs | first update: Q_tot of the batch's actions | their TD(λ) target | their Monte-Carlo return | "
+             "largest Q_tot minus Monte-Carlo return in the first 50k |", "|---|---:|---|---|---|---|"]
+    for algo in MAIN:
+        values = [v for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == algo
+                  for v in [switch_values(root / r["path"])] if v]
+        if values:
+            lines.append(f"| {LABELS[algo]} | {len(values)} | " + " | ".join(
+                _per_seed([v[k] for v in values], 2) for k in ("q", "target", "mc", "max_q_minus_mc_50k")) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
+
+
 def qmix_start_records(root: Path, budget: int) -> list[dict]:
     """The fine-tuning runs of QMIX's own online policy (``<root>/diagnosis/qmix_start``)."""
     from ovmse.report.runs import load_online_run
@@ -521,7 +556,9 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
                                                budget), ""]
     body += ["The paper's claims for 2s3z against these runs:", "", *claims(records, budget), "",
              "**Diagnosis** (`python scripts/o2o_2s3z.py diagnose`): what the results above would need to be explained.",
-             "", "*Exploration at the switch* (2s3z medium, from the same pretrainings; ε = 1.0 rows: the 300k runs "
+             "", "*Values at the switch* (2s3z medium, training batches, medians over runs with per-run values; "
+             "QMIX from scratch for comparison):", "", switch_table(records, root), "",
+             "*Exploration at the switch* (2s3z medium, from the same pretrainings; ε = 1.0 rows: the 300k runs "
              "above, read at 100k):", "", exploration_table(records), "",
              "*The offline memory* (OVMSE on 2s3z medium, λ_memory constant or annealed):", "", lambda_table(records), "",
              "*A good policy that no offline phase made* (each O2O method fine-tuning QMIX's own online policy, its "
