@@ -65,7 +65,7 @@ CELLS = (
 DIAGNOSIS_STAGES = (("o2o_2s3z_switch", ()), ("o2o_2s3z_exploration", ()), ("o2o_2s3z_lambda", ()))
 DIAGNOSIS_CELLS = (
     [("2s3z_medium", f"ovmse+algo.epsilon_start={e},algo.online.restore_optimizer={r},env_steps=16000")
-     for r in ("true", "false") for e in ("1.0", "0.05")]
+     for r in ("True", "False") for e in ("1.0", "0.05")]  # as Hydra's sweeper spells booleans
     + [("2s3z_medium", f"{a}+algo.epsilon_start={e},env_steps=100000") for a in ("ovmse", "ovm_only") for e in ("0.2", "0.05")]
     + [("2s3z_medium", "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05")]
 )

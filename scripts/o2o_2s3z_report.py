@@ -317,6 +317,25 @@ def _per_seed(values: list[float | None], digits: int = 3) -> str:
     return f"{_fmt(statistics.median(known), digits)} ({', '.join(_fmt(v, digits) for v in values)})"
 
 
+SWITCH_RUNS = {(r, e): f"ovmse+algo.epsilon_start={e},algo.online.restore_optimizer={r},env_steps=16000"
+               for r in ("True", "False") for e in ("1.0", "0.05")}
+
+
+def switch_diagnosis_table(records: list[dict]) -> str:
+    """OVMSE's first 16k env steps: Adam state restored or fresh x ε start."""
+    lines = ["| offline Adam state | ε start | seeds done | win rate before the first update (per seed) | "
+             "lowest evaluation win rate (per seed) | win rate at 16k (per seed) |", "|---|---:|---:|---|---|---|"]
+    for (restore, eps), name in SWITCH_RUNS.items():
+        done = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
+                       and r["status"] == FINISHED), key=lambda r: r["seed"])
+        if done:
+            wins = [r["curve"]["win_rate"] for r in done]
+            lines.append(f"| {'restored' if restore == 'True' else 'fresh'} | {eps} | {len(done)} | "
+                         f"{_per_seed([w[0] for w in wins])} | {_per_seed([min(w) for w in wins])} | "
+                         f"{_per_seed([w[-1] for w in wins])} |")
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
+
+
 def exploration_table(records: list[dict]) -> str:
     """ε_start x exploration from the medium pretrainings, read over the first 100k env steps
     (the ε = 1.0 rows are the main grid's and the ablation's 300k runs, cut there)."""
@@ -558,6 +577,8 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "**Diagnosis** (`python scripts/o2o_2s3z.py diagnose`): what the results above would need to be explained.",
              "", "*Values at the switch* (2s3z medium, training batches, medians over runs with per-run values; "
              "QMIX from scratch for comparison):", "", switch_table(records, root), "",
+             "*The first 16k env steps* (OVMSE on 2s3z medium, evaluations every 2k env steps):", "",
+             switch_diagnosis_table(records), "",
              "*Exploration at the switch* (2s3z medium, from the same pretrainings; ε = 1.0 rows: the 300k runs "
              "above, read at 100k):", "", exploration_table(records), "",
              "*The offline memory* (OVMSE on 2s3z medium, λ_memory constant or annealed):", "", lambda_table(records), "",

@@ -2,7 +2,6 @@
 timesteps, and the report's numbers and verdicts on a hand-written sweep root."""
 
 import csv
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ovmse.phases.offline import offline_updates
 from ovmse.phases.pipeline import make_cell
@@ -31,10 +32,10 @@ def test_the_sweeps_cells_are_the_grids_cells(tmp_path):
             for override in stage_overrides:  # hydra.sweeper.params.<key>=<values>
                 key, _, values = override.removeprefix("hydra.sweeper.params.").partition("=")
                 params[key] = values
-            keys = list(params)
-            for values in itertools.product(*(str(params[k]).split(",") for k in keys)):
-                overrides = ["phase=pipeline", f"budget={o2o_2s3z.BUDGET}", f"pipeline.root={tmp_path}",
-                             *(f"{k}={v}" for k, v in zip(keys, values))]
+            # The job overrides as Hydra's basic sweeper spells them (true -> True).
+            parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+            for (job,) in BasicSweeper.split_arguments(parsed, 1):
+                overrides = ["phase=pipeline", f"budget={o2o_2s3z.BUDGET}", f"pipeline.root={tmp_path}", *job]
                 cell = make_cell(compose("train", overrides=overrides), variant_and := forwarded_overrides(overrides))
                 assert variant_of(variant_and) == cell.variant
                 made.add(str(cell.online_dir.relative_to(tmp_path / "online")))
