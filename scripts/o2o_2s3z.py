@@ -76,7 +76,6 @@ QMIX_START_OVERRIDES = ("experiment=2s3z_medium", "env_steps=50000", "eval.inter
                         "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=5000",
                         "checkpoint.every_env_steps=25000", "checkpoint.keep_replay=false",
                         "trainer.progress_refresh_rate=0")
-IDLE_PASS_SECONDS = 60  # a pass shorter than this ran nothing: wait before the next one
 IDLE_WAIT_SECONDS = 120
 
 
@@ -93,25 +92,35 @@ def qmix_start_dir(root: Path, algo: str, seed: int) -> Path:
     return root / "diagnosis" / "qmix_start" / algo / f"seed{seed}"
 
 
+def qmix_best_win_rate(root: Path, seed: int) -> float | None:
+    """Best evaluation win rate of QMIX (scratch) seed ``seed``; None while that run is unfinished."""
+    import json
+
+    summary = root / "online" / "2s3z" / "qmix" / f"seed{seed}" / "online_summary.json"
+    return float(json.loads(summary.read_text())["eval/best_win_rate"]) if summary.is_file() else None
+
+
 def missing_qmix_start(root: Path) -> list[str]:
-    return [f"diagnosis/qmix_start/{a}/seed{s}" for a in QMIX_START_ALGOS for s in SEEDS
-            if not (qmix_start_dir(root, a, s) / "online_summary.json").is_file()]
+    """The qmix-start runs still to do; a QMIX seed that never passed 0.9 has none to do."""
+    return [f"diagnosis/qmix_start/{a}/seed{s}" for s in SEEDS for a in QMIX_START_ALGOS
+            if not (qmix_start_dir(root, a, s) / "online_summary.json").is_file()
+            and (qmix_best_win_rate(root, s) or 1.0) >= QMIX_START_MIN_WIN_RATE]
 
 
 def qmix_start_checkpoint(args, root: Path, seed: int) -> Path | None:
     """The O2O start made from QMIX (scratch) seed ``seed``'s best evaluation; None while that
-    run is unfinished. Exits when its best win rate is below 0.9 (no policy past the dip)."""
-    import json
-
+    run is unfinished or when its best win rate is below 0.9 (no policy past the dip)."""
     from ovmse.training.o2o_start import o2o_start_checkpoint
 
     qmix = root / "online" / "2s3z" / "qmix" / f"seed{seed}"
-    if not (qmix / "online_summary.json").is_file():
+    best = qmix_best_win_rate(root, seed)
+    if best is None:
+        print(f"[qmix_start] seed {seed}: waiting for {qmix} to finish", flush=True)
         return None
-    best = float(json.loads((qmix / "online_summary.json").read_text())["eval/best_win_rate"])
     if best < QMIX_START_MIN_WIN_RATE:
-        raise SystemExit(f"{qmix}: best evaluation win rate {best:.3f} < {QMIX_START_MIN_WIN_RATE}: no QMIX policy past "
-                         "its dip to fine-tune")
+        print(f"[qmix_start] seed {seed}: QMIX's best evaluation win rate {best:.3f} < {QMIX_START_MIN_WIN_RATE}: no "
+              "policy past its dip to fine-tune; seed left out", flush=True)
+        return None
     start = root / "diagnosis" / "qmix_start" / "start" / f"seed{seed}.ckpt"
     if not start.is_file():
         o2o_start_checkpoint(qmix / "checkpoints" / "best.ckpt", start, Path(args.data_root) / "2s3z" / "medium")
@@ -164,7 +173,6 @@ def worker(args) -> None:
 
     while todo := missing():
         print(f"[worker {args.worker}] {time.strftime('%H:%M:%S')} pass: {len(todo)} runs missing", flush=True)
-        start = time.monotonic()
         if diagnosis:
             run_qmix_start(args, root)
         for grid, overrides in stages:
@@ -173,8 +181,10 @@ def worker(args) -> None:
             if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                 raise SystemExit(f"[worker {args.worker}] grid={grid} failed: the error is above; fix it and run "
                                  "the same command again (finished stages are kept)")
-        if time.monotonic() - start < IDLE_PASS_SECONDS and missing():
-            # Every missing cell is held by the other worker.
+        if missing() == todo:
+            # Nothing finished in this pass: every missing run is held by the other worker (or
+            # waits for a run it needs).
+            print(f"[worker {args.worker}] nothing to take now; next pass in {IDLE_WAIT_SECONDS} s", flush=True)
             time.sleep(IDLE_WAIT_SECONDS)
     print(f"[worker {args.worker}] every run is finished", flush=True)
 

@@ -346,10 +346,11 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
     module = load_qmix_checkpoint(str(start))
     assert module.hparams.frozen_offline_target and module.hparams.cql == "macql"
     assert module.hparams.cql_alpha == pytest.approx(0.05) and module.hparams.dataset["name"] == "3m/medium"
-    for frozen, target in ((module.frozen_agent, module.loss.target_agent), (module.frozen_mixer, module.loss.target_mixer)):
-        for p, q in zip(frozen.parameters(), target.parameters()):
-            assert torch.equal(p, q)
-    assert not torch.equal(next(module.frozen_agent.parameters()), next(module.agent.parameters()))
+    # The memory and the targets are the evaluated networks, not the checkpoint's older targets.
+    for online, frozen, target in ((module.agent, module.frozen_agent, module.loss.target_agent),
+                                   (module.mixer, module.frozen_mixer, module.loss.target_mixer)):
+        for p, f, t in zip(online.parameters(), frozen.parameters(), target.parameters()):
+            assert torch.equal(p, f) and torch.equal(p, t)
     with pytest.raises(ValueError, match="already holds a frozen offline target"):
         o2o_start_checkpoint(start, tmp_path / "again.ckpt", dataset)
 

@@ -80,7 +80,9 @@ def _write_run(root, task, name, seed, evals, *, final=None, ckpt=None, probes=(
             "eval/final_return": 20.0 * final, "eval/final_episodes": 640}))
 
 
-OVMSE = [(8_000, 0.5, 15.0), (30_000, 0.4, 12.0), (60_000, 0.85, 18.0), (210_000, 1.0, 19.0), (300_000, 1.0, 20.0)]
+# Evaluations fire just past their marks, as in real runs (50,176 belongs to "50k", 300,032 to the end).
+OVMSE = [(8_704, 0.5, 15.0), (30_208, 0.4, 12.0), (50_176, 0.6, 11.0), (60_160, 0.85, 18.0), (200_192, 1.0, 19.0),
+         (300_032, 1.0, 20.0)]
 MACQL = [(8_000, 0.5, 15.0), (30_000, 0.0, 5.0), (200_000, 0.8, 18.0), (300_000, 0.9, 19.0)]
 MACALQL = [(8_000, 0.5, 15.0), (40_000, 0.1, 9.0), (300_000, 0.7, 17.0)]
 QMIX = [(8_000, 0.0, 3.0), (100_000, 0.2, 8.0), (300_000, 0.85, 19.0)]
@@ -122,9 +124,9 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     assert len(by) == len(records) == 3 * 3 + 3 + 3 + 2  # QMIX under the tasks that have runs; 2 diagnosis runs
     ovmse = by[("2s3z_medium", "ovmse", 1)]
     assert ovmse["status"] == "finished" and ovmse["final_win_rate"] == pytest.approx(0.96)
-    assert ovmse["drop"] == pytest.approx(15.0 - 12.0)  # the 60k evaluation is past the 50k window
-    assert ovmse["steps_to_0.8"] == 60_000 and ovmse["return_at_200k"] == pytest.approx(18.0)
-    assert ovmse["mean_win_rate"] == pytest.approx((0.5 + 0.4 + 0.85 + 1.0 + 1.0) / 5)
+    assert ovmse["drop"] == pytest.approx(15.0 - 11.0)  # the 50,176 evaluation is in, the 60k one is not
+    assert ovmse["steps_to_0.8"] == 60_160 and ovmse["return_at_200k"] == pytest.approx(19.0)
+    assert ovmse["mean_win_rate"] == pytest.approx((0.5 + 0.4 + 0.6 + 0.85 + 1.0 + 1.0) / 6)
     assert ovmse["offline_return"] == 15.0 and ovmse["probe"]["q_tot"] == [6.0, 7.0]
     assert by[("2s3z_medium", "macalql", 0)]["steps_to_0.8"] is None
     assert "drop" not in by[("2s3z_medium", "qmix", 0)]  # from scratch: no offline policy to drop from
@@ -136,7 +138,7 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     assert "| OVMSE | 3 of 3 | **0.960** (0.950, 0.960, 0.970) |" in text
     assert "| Switch-CQL | 2 of 3 (+1 running) |" in text
     # Claim 2 holds: OVMSE 60k; MACQL 200k (140k later), MACal-QL never, QMIX 300k.
-    assert ("*OVMSE reaches a 0.8 win rate more than 100k env steps before MACQL, MACal-QL and QMIX* (median env "
+    assert ("*OVMSE reaches a 0.8 win rate at least 100k env steps before MACQL, MACal-QL and QMIX* (median env "
             "steps to 0.8 over seeds; a seed that never reaches it counts as beyond 300k): **agrees**") in text
     # Claims that need Switch-CQL's third seed wait for it.
     assert "*OVMSE drops least right after the switch* (median over seeds of the offline policy's return minus the " \
@@ -144,7 +146,7 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     assert "*Figure 1, OVMSE's Q_tot on the offline policy's trajectories falls least* (median over seeds of the " \
            "first probe Q_tot minus the lowest later one): **pending**" in text
     # Diagnosis tables: the ε = 1.0 row is OVMSE's 300k runs read at 100k (no evaluation at 100k: the one before).
-    assert "| decentralised SE (OVMSE) | 1.0 | 3 | 3.00 (3.00, 3.00, 3.00) | 0.850 (0.850, 0.850, 0.850) |" in text
+    assert "| decentralised SE (OVMSE) | 1.0 | 3 | 4.00 (4.00, 4.00, 4.00) | 0.850 (0.850, 0.850, 0.850) |" in text
     assert "| decentralised SE (OVMSE) | 0.2 | 2 | 3.00 (1.00, 5.00) | 0.900 (0.900, 0.900) |" in text
     assert "| MACQL | 1 | 0.950 (0.950) | 0.200 (0.200) | 0.550 (0.550) |" in text
     for name in ("o2o_2s3z_curves.png", "o2o_2s3z_ablations.png", "o2o_2s3z_unlearning.png"):
@@ -159,11 +161,24 @@ def test_claims_turn_on_the_numbers(swept, tmp_path):
     text = "\n".join(report_script.claims(records, 300_000))
     assert "QMIX* (median env steps to 0.8 over seeds; a seed that never reaches it counts as beyond 300k): " \
            "**does not agree**" in text
-    # With Switch-CQL's third seed finished, the drop claim is decided: OVMSE 3.0 vs 10.0 (MACQL, Switch-CQL) and
+    # With Switch-CQL's third seed finished, the drop claim is decided: OVMSE 4.0 vs 10.0 (MACQL, Switch-CQL) and
     # MACal-QL's 15 - 9 = 6.0.
     records.append({**next(r for r in records if r["algorithm"] == "switch_cql" and r["status"] == "finished"),
                     "seed": 2})
     text = "\n".join(report_script.claims(records, 300_000))
-    assert "lowest evaluation return in the first 50k env steps): **agrees**. OVMSE 3.00, Switch-CQL 10.00, " \
+    assert "lowest evaluation return in the first 50k env steps): **agrees**. OVMSE 4.00, Switch-CQL 10.00, " \
            "MACQL 10.00, MACal-QL 6.00." in text
     assert "first probe Q_tot minus the lowest later one): **agrees**. OVMSE 0.00, Switch-CQL —, MACQL 2.00." in text
+
+
+def test_qmix_start_runs_wait_for_qmix_and_leave_out_a_seed_that_never_passed_09(tmp_path):
+    for seed, best in ((1, 0.5), (2, 0.95)):
+        run = tmp_path / "online" / "2s3z" / "qmix" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "online_summary.json").write_text(json.dumps({"eval/best_win_rate": best}))
+    args = type("Args", (), {"data_root": str(tmp_path / "data")})()
+    missing = o2o_2s3z.missing_qmix_start(tmp_path)
+    # Seed 0 waits for its QMIX run, seed 1 has no policy past the dip, seed 2 is ready.
+    assert {m.rsplit("/", 1)[1] for m in missing} == {"seed0", "seed2"} and len(missing) == 8
+    assert o2o_2s3z.qmix_start_checkpoint(args, tmp_path, 0) is None
+    assert o2o_2s3z.qmix_start_checkpoint(args, tmp_path, 1) is None

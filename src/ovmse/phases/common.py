@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any, Mapping
@@ -75,9 +76,13 @@ def env_options(env_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename: a kill leaves
+    the old file or the new one, never a truncated one (summaries mark a stage as done)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
 
 

@@ -6,8 +6,9 @@ online phase, not in the offline pretraining. ``o2o_start_checkpoint(src, dst, d
 writes a copy of ``src`` that ``phase=online ckpt=<dst> algo=<any O2O algorithm>`` takes
 as it takes the offline phase's ``last.ckpt``:
 
-- Q_tot-offline (``frozen_agent`` / ``frozen_mixer``) is the checkpoint's *target* agent and
-  mixer, as :meth:`QMixModule.freeze_offline_target` takes them at the end of the offline phase;
+- the target networks and Q_tot-offline (``frozen_agent`` / ``frozen_mixer``) are the
+  checkpoint's agent and mixer, the policy that was evaluated: the offline phase likewise
+  refreshes its target once more at the end before freezing it;
 - the CQL loss the O2O algorithms keep online (``cql``, ``cql_alpha``: MACQL with α 0.05, the
   paper's 2s3z setting, unless told otherwise); it has no parameters of its own;
 - the identity of ``dataset``, which the online phase mixes into batches and whose task
@@ -29,7 +30,8 @@ import torch
 from ovmse.datasets import load_dataset
 
 # (prefix in the new state dict, prefix it is copied from)
-_COPIES = (("frozen_agent.", "loss.target_agent."), ("frozen_mixer.", "loss.target_mixer."), ("cql_loss.mixer.", "mixer."))
+_COPIES = (("loss.target_agent.", "agent."), ("loss.target_mixer.", "mixer."), ("frozen_agent.", "agent."),
+           ("frozen_mixer.", "mixer."), ("cql_loss.mixer.", "mixer."))
 
 
 def o2o_start_checkpoint(src: str | Path, dst: str | Path, dataset: str | Path, *, cql: str = "macql",
