@@ -482,36 +482,35 @@ def _offline_line(ax, levels: dict, task: str, key: str) -> None:
                    label=f"offline policy (median of {len(values)})")
 
 
+def _panel(ax, records: list[dict], levels: dict, task: str, algos, key: str, ylabel: str) -> None:
+    """One task's curves of ``key`` for ``algos``, the offline policy dashed."""
+    for algo in algos:
+        _band(ax, [r for r in records if r["task"] == task and r["algorithm"] == algo], key, COLOURS[algo],
+              LABELS[algo])
+    _offline_line(ax, levels, task, key)
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+
+
+METRICS = (("win_rate", "evaluation win rate (128 battles)"), ("return", "evaluation return"))
+
+
 def draw_curves(records: list[dict], levels: dict, path: Path) -> None:
     figure, axes = _new_figure(2, 2, 12, 7.5)
     for col, task in enumerate(TASKS):
-        for row, (key, ylabel) in enumerate((("win_rate", "evaluation win rate (128 battles)"),
-                                             ("return", "evaluation return"))):
-            ax = axes[row][col]
-            for algo in MAIN:
-                _band(ax, [r for r in records if r["task"] == task and r["algorithm"] == algo], key, COLOURS[algo],
-                      LABELS[algo])
-            _offline_line(ax, levels, task, key)
-            ax.set_title(task.replace("2s3z_", "2s3z "))
-            ax.set_xlabel("online env steps")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            _legend(ax)
+        for row, (key, ylabel) in enumerate(METRICS):
+            _panel(axes[row][col], records, levels, task, MAIN, key, ylabel)
+            axes[row][col].set_title(task.replace("2s3z_", "2s3z "))
     figure.suptitle("2s3z, 300k env steps: median over seeds, interquartile range shaded")
     figure.savefig(path, dpi=100)
 
 
 def draw_ablations(records: list[dict], levels: dict, path: Path) -> None:
     figure, axes = _new_figure(1, 2, 12, 4)
-    for ax, (key, ylabel) in zip(axes[0], (("win_rate", "evaluation win rate"), ("return", "evaluation return"))):
-        for algo in ABLATIONS:
-            _band(ax, [r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == algo], key,
-                  COLOURS[algo], LABELS[algo])
-        _offline_line(ax, levels, "2s3z_medium", key)
-        ax.set_xlabel("online env steps")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        _legend(ax)
+    for ax, (key, ylabel) in zip(axes[0], METRICS):
+        _panel(ax, records, levels, "2s3z_medium", ABLATIONS, key, ylabel)
     figure.suptitle("2s3z medium: ablations (Figure 4(a)) and mixing ratios (Table 2)")
     figure.savefig(path, dpi=100)
 
