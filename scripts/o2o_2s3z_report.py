@@ -454,10 +454,10 @@ def _new_figure(nrows: int, ncols: int, width: float, height: float):
 def _band(ax, records: list[dict], key: str, colour: str, label: str, curve: str = "curve") -> None:
     """Median and interquartile range of the finished runs; a run still going as a thin line
     (a band over seeds would stop where the shortest one is)."""
-    for r in records:
-        if r["status"] != FINISHED and r.get(curve):
-            ax.plot(r[curve]["env_steps"], r[curve][key], color=colour, linewidth=0.7, alpha=0.6,
-                    label=f"{label}, running")
+    running = [r for r in records if r["status"] != FINISHED and r.get(curve)]
+    for i, r in enumerate(running):
+        ax.plot(r[curve]["env_steps"], r[curve][key], color=colour, linewidth=0.7, alpha=0.6,
+                label=f"{label}, running (n={len(running)})" if i == 0 else None)
     curves = [(np.asarray(r[curve]["env_steps"]), np.asarray(r[curve][key])) for r in records
               if r.get(curve) and r["status"] == FINISHED]
     if not curves:
