@@ -184,7 +184,9 @@ def task_table(records: list[dict], task: str, algos: tuple[str, ...], budget: i
         finals = [r["final_win_rate"] for r in done]
         drops = [r["drop"] for r in done if "drop" in r]
         means = [r["mean_win_rate"] for r in done]
-        walls = [r["wall_seconds"] / 60 for r in done]
+        # A resumed run's summary times its last process only: left out of the median.
+        walls = [r["wall_seconds"] / 60 for r in done if not r["resumed"]]
+        resumed = sum(r["resumed"] for r in done)
         rows.append([
             LABELS.get(algo, algo), f"{len(done)} of 3" + (f" (+{len(mine) - len(done)} running)" if len(mine) > len(done) else ""),
             f"**{_fmt(_median(finals))}** ({', '.join(_fmt(v) for v in finals)})" if finals else "—",
@@ -192,7 +194,7 @@ def task_table(records: list[dict], task: str, algos: tuple[str, ...], budget: i
             f"{_fmt(_median(drops), 2)} ({', '.join(_fmt(v, 2) for v in drops)})" if drops else "—",
             ", ".join(_steps(r["steps_to_0.8"]) for r in done) or "—",
             f"{_fmt(_median(means))} ({', '.join(_fmt(v) for v in means)})" if means else "—",
-            f"{_median(walls):.0f} min" if walls else "—"])
+            (f"{_median(walls):.0f} min" if walls else "—") + (f" ({resumed} resumed left out)" if resumed else "")])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

@@ -105,6 +105,9 @@ def swept(tmp_path):
     for seed in range(2):
         _write_run(root, "2s3z_medium", "switch_cql", seed, MACQL, final=0.9, ckpt=ckpt)
     _write_run(root, "2s3z_medium", "switch_cql", 2, MACQL[:2])  # still running: no summary
+    # A run the pipeline resumed: its summary's wall-clock is its last process's only.
+    (root / "online" / "2s3z_medium" / "macalql" / "seed2" / "pipeline.json").write_text(
+        json.dumps({"stages": [{"stage": "online", "status": "resumed"}]}))
     # Diagnosis: ε starting at 0.2 (100k env steps), and MACQL fine-tuning QMIX's own policy.
     for seed, low in enumerate((14.0, 10.0)):
         _write_run(root, "2s3z_medium", "ovmse+algo.epsilon_start=0.2,env_steps=100000", seed,
@@ -137,6 +140,7 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     assert report_script.BEGIN in text and report_script.END in text
     assert "| OVMSE | 3 of 3 | **0.960** (0.950, 0.960, 0.970) |" in text
     assert "| Switch-CQL | 2 of 3 (+1 running) |" in text
+    assert "| 20 min (1 resumed left out) |" in next(line for line in text.splitlines() if line.startswith("| MACal-QL"))
     # Claim 2 holds: OVMSE 60k; MACQL 200k (140k later), MACal-QL never, QMIX 300k.
     assert ("*OVMSE reaches a 0.8 win rate at least 100k env steps before MACQL, MACal-QL and QMIX* (median env "
             "steps to 0.8 over seeds; a seed that never reaches it counts as beyond 300k): **agrees**") in text
