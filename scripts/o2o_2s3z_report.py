@@ -188,7 +188,7 @@ def task_table(records: list[dict], task: str, algos: tuple[str, ...], budget: i
         walls = [r["wall_seconds"] / 60 for r in done if not r["resumed"]]
         resumed = sum(r["resumed"] for r in done)
         rows.append([
-            LABELS.get(algo, algo), f"{len(done)} of 3" + (f" (+{len(mine) - len(done)} running)" if len(mine) > len(done) else ""),
+            LABELS.get(algo, algo), f"{len(done)} of 3" + (f" (+{len(mine) - len(done)} unfinished)" if len(mine) > len(done) else ""),
             f"**{_fmt(_median(finals))}** ({', '.join(_fmt(v) for v in finals)})" if finals else "—",
             _fmt(_median([r["final_return"] for r in done]), 2),
             f"{_fmt(_median(drops), 2)} ({', '.join(_fmt(v, 2) for v in drops)})" if drops else "—",
@@ -459,7 +459,7 @@ def _band(ax, records: list[dict], key: str, colour: str, label: str, curve: str
     running = [r for r in records if r["status"] != FINISHED and r.get(curve)]
     for i, r in enumerate(running):
         ax.plot(r[curve]["env_steps"], r[curve][key], color=colour, linewidth=0.7, alpha=0.6,
-                label=f"{label}, running (n={len(running)})" if i == 0 else None)
+                label=f"{label}, unfinished (n={len(running)})" if i == 0 else None)
     curves = [(np.asarray(r[curve]["env_steps"]), np.asarray(r[curve][key])) for r in records
               if r.get(curve) and r["status"] == FINISHED]
     if not curves:
@@ -573,7 +573,7 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
         f"{v['wall_seconds'] / 60:.0f} min |" for k, v in levels.items())
     body = [
         f"Report written {time.strftime('%Y-%m-%dT%H:%M:%S')} from `{_shown(root)}` "
-        f"(code at `{_git_commit()}`): {finished} finished runs. Runs that are still going show in the curves "
+        f"(code at `{_git_commit()}`): {finished} finished runs. Unfinished runs (running, or stopped to be resumed) show in the curves "
         "(their evaluations so far) and in the `seeds done` column, not in the medians.",
         "",
         "Offline pretrainings (MACQL, α 0.05, 10.05M dataset timesteps; the last greedy evaluation, 128 battles):",

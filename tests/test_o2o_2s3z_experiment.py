@@ -139,7 +139,7 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     text = doc.read_text()
     assert report_script.BEGIN in text and report_script.END in text
     assert "| OVMSE | 3 of 3 | **0.960** (0.950, 0.960, 0.970) |" in text
-    assert "| Switch-CQL | 2 of 3 (+1 running) |" in text
+    assert "| Switch-CQL | 2 of 3 (+1 unfinished) |" in text
     assert "| 20 min (1 resumed left out) |" in next(line for line in text.splitlines() if line.startswith("| MACal-QL"))
     # Claim 2 holds: OVMSE 60k; MACQL 200k (140k later), MACal-QL never, QMIX 300k.
     assert ("*OVMSE reaches a 0.8 win rate at least 100k env steps before MACQL, MACal-QL and QMIX* (median env "
