@@ -42,7 +42,7 @@ from docs_sections import replace_section  # noqa: E402
 
 from ovmse.report import paper  # noqa: E402
 from ovmse.report.curves import align, initial_drop, median_iqr, value_at  # noqa: E402
-from ovmse.report.runs import FINISHED, OnlineRun, by_task, load_online_runs  # noqa: E402
+from ovmse.report.runs import FINISHED, OnlineRun, by_task, configured, load_online_runs  # noqa: E402
 
 BEGIN = "<!-- O2O-2S3Z:BEGIN (written by scripts/o2o_2s3z.py report) -->"
 END = "<!-- O2O-2S3Z:END -->"
@@ -80,22 +80,12 @@ def offline_levels(root: Path) -> dict[str, dict]:
 
 def offline_of(run: OnlineRun, root: Path, levels: dict) -> dict | None:
     """The offline pretraining a fine-tuning run started from (its ``ckpt``)."""
-    ckpt = run.summary.get("ckpt") or _configured_ckpt(run)
+    ckpt = run.summary.get("ckpt") or configured(run.path, "ckpt")  # an unfinished run has no summary yet
     if not ckpt:
         return None
     offline_dir = Path(str(ckpt)).parent.parent
     key = f"offline/{run.task}/{offline_dir.name}"
     return levels.get(key)
-
-
-def _configured_ckpt(run: OnlineRun) -> str | None:
-    """``ckpt`` of an unfinished run, from its composed config."""
-    import yaml
-
-    try:
-        return yaml.safe_load((run.path / ".hydra" / "config.yaml").read_text()).get("ckpt")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
 
 
 def steps_to(steps: np.ndarray, values: np.ndarray, target: float) -> float | None:

@@ -248,11 +248,18 @@ def _number(row: dict, column: str, path: Path) -> float:
         raise ValueError(f"{path}: {column} is {row.get(column)!r}, not a number") from None
 
 
-def _configured(path: Path, key: str) -> int | None:
+def configured(path: Path, key: str):
     """Top-level ``key`` of the run's composed Hydra config, None when absent or unreadable
     (it only annotates the report: the summary holds what the run did)."""
     try:
-        value = yaml.safe_load((path / ".hydra" / "config.yaml").read_text()).get(key)
-        return int(value)
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return yaml.safe_load((path / ".hydra" / "config.yaml").read_text()).get(key)
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def _configured(path: Path, key: str) -> int | None:
+    """:func:`configured` as an int, None when it is not one."""
+    try:
+        return int(configured(path, key))
+    except (TypeError, ValueError):
         return None
