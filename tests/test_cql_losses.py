@@ -353,8 +353,12 @@ def test_cfcql_qmixer_counterfactuals_and_gradients():
         agent_q, avail, state, actions, q_taken, mask, behaviour_probs=beta, return_details=True
     )
     cf = out["cf_q"]
+    valid = mask[..., 0] > 0
     for b in range(B):
         for t in range(T):
+            if not valid[b, t]:  # padding rows are left out of the term and reported as 0
+                assert not cf[b, t].any() and not out["agent_weights"][b, t].any()
+                continue
             for i in range(N):
                 for j in range(A):
                     a = actions[b, t].clone()
@@ -365,7 +369,7 @@ def test_cfcql_qmixer_counterfactuals_and_gradients():
                 # the dataset action reproduces Q_tot(s, a^D)
                 assert cf[b, t, i, actions[b, t, i]].item() == pytest.approx(q_taken[b, t, 0].item(), abs=1e-5)
     lam = out["agent_weights"]
-    torch.testing.assert_close(lam.sum(-1), torch.ones(B, T))
+    torch.testing.assert_close(lam.sum(-1)[valid], torch.ones(int(valid.sum())))
     expected = ((lam * out["agent_lse"]).sum(-1, keepdim=True) - q_taken.detach())[mask > 0].mean()
     torch.testing.assert_close(out["loss"].detach(), expected, rtol=1e-5, atol=1e-6)
     out["loss"].backward()
@@ -488,6 +492,57 @@ def test_available_sampling_is_uniform_over_each_agents_available_actions():
             assert counts[~allowed].sum() == 0
             expected = K / int(allowed.sum())
             assert (counts[allowed] - expected).abs().max() < 5 * expected ** 0.5  # ~5 sigma
+
+
+def test_available_rank_never_reaches_the_count():
+    """floor(u · c) < c for the largest float32 u that torch.rand makes (the sampler has no clamp)."""
+    from ovmse.losses.macql import available_ranks
+
+    u_max = torch.tensor(1.0 - 2.0 ** -24)
+    for c in range(1, 4097):
+        assert int((u_max * c).long()) == c - 1
+    avail = torch.ones(2, 4, 3, 9, dtype=torch.bool)
+    avail[..., ::2] = False
+    ranked, rank = available_ranks(avail, 50, torch.Generator().manual_seed(0))
+    assert ranked.shape == (2, 4, 3, 9) and rank.shape == (2, 4, 50, 3)
+    assert int(rank.max()) <= 3 and torch.equal(ranked[0, 0, 0, :4], torch.tensor([1, 3, 5, 7]))
+
+
+@pytest.mark.parametrize("cql", ["macql", "cfcql"])
+def test_cql_terms_ignore_padding_rows_entirely(cql):
+    """Padding rows are left out of the term: NaN there changes neither the loss nor any gradient."""
+    mixer, agent_q, avail, state, actions, mask = make_case(6)
+    q_taken = q_data(mixer, agent_q, state, actions)
+    samples = torch.randint(0, A, (B, T, 7, N), generator=torch.Generator().manual_seed(1))
+    samples = torch.where(gather_avail(avail, samples), samples, torch.zeros_like(samples))
+
+    def run(q, s, qt, av):
+        mixer.zero_grad()
+        q = q.detach().requires_grad_(True)
+        if cql == "macql":
+            out = MACQLLoss(mixer)(q, av, s, qt, mask, samples=samples)
+        else:
+            out = CFCQLLoss(mixer, temperature=0.0)(q, av, s, actions, qt, mask)
+        out["loss"].backward()
+        return out["loss"].detach(), q.grad, [p.grad.clone() for p in mixer.parameters()]
+
+    clean = run(agent_q, state, q_taken.detach(), avail)
+    pad = mask[..., 0] == 0
+    dirty_q, dirty_s, dirty_qt, dirty_av = agent_q.detach().clone(), state.clone(), q_taken.detach().clone(), avail.clone()
+    dirty_q[pad], dirty_s[pad], dirty_qt[pad], dirty_av[pad] = float("nan"), float("nan"), float("nan"), False
+    dirty = run(dirty_q, dirty_s, dirty_qt, dirty_av)
+    torch.testing.assert_close(dirty[0], clean[0])
+    torch.testing.assert_close(dirty[1], clean[1])
+    assert dirty[1][pad].abs().sum() == 0
+    for g_dirty, g_clean in zip(dirty[2], clean[2]):
+        torch.testing.assert_close(g_dirty, g_clean)
+
+
+def gather_avail(avail, samples):
+    """True where every agent's sampled action is available: ``[B, T, K, N]``, broadcast back."""
+    from ovmse.losses.macql import gather_joint
+
+    return gather_joint(avail, samples).all(-1, keepdim=True).expand_as(samples)
 
 
 def test_macql_sampling_setting_is_checked_and_old_checkpoints_keep_theirs(tmp_path):

@@ -40,7 +40,7 @@ Output keys of :meth:`CFCQLLoss.forward` (a :class:`tensordict.TensorDict`, batc
     "agent_weight_max_mean"  detached, mean max_i λ_i over valid transitions (1/N: uniform)
     "kl_mean"                detached, mean over valid transitions and agents of KL_i
                              (0.0 when behaviour_probs is None)
-    with return_details=True also (all detached):
+    with return_details=True also (all detached; padding rows hold 0):
     "cf_q"           [B, T, N, A]  counterfactual Q_tot (unavailable: −1e10)
     "agent_lse"      [B, T, N]     c_i
     "agent_weights"  [B, T, N]     λ_i
@@ -62,6 +62,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from ovmse.losses.returns import calibrate
+from ovmse.losses.rows import put_rows, take_rows, valid_rows
 from ovmse.nets.mixer import QMixer
 
 __all__ = ["CFCQLLoss", "UNAVAILABLE_Q", "KL_EPS"]
@@ -114,25 +115,25 @@ class CFCQLLoss(nn.Module):
         if self.temperature > 0.0 and behaviour_probs is None:
             raise ValueError("CFCQLLoss with temperature > 0 needs behaviour_probs [B, T, N, A]")
         B, T, N, A = agent_q.shape
-        device = agent_q.device
-        trans = mask > 0  # [B, T, 1]
-        # Padding rows may hold any action value; they are excluded, but gather must not fail.
-        acts = torch.where(trans, actions, torch.zeros_like(actions)).clamp(0, A - 1)
-        avail = avail.bool()
+        # The term runs on the M valid transitions only, as [M, 1, ...] (ovmse/losses/rows.py):
+        # padding costs no mixing and, since it may hold any action or value, stays out of the graph.
+        rows = valid_rows(mask)
+        q, av, s, acts, q_data = (take_rows(x, rows) for x in (agent_q, avail.bool(), state, actions, q_taken))
+        bound = None if lower_bound is None else take_rows(lower_bound, rows)
 
-        cf_q = self.counterfactual_q(agent_q, state, acts)
-        cf_raw = cf_q.detach().masked_fill(~avail, UNAVAILABLE_Q)  # the agent weights' input
-        cf_q, raised = calibrate(cf_q, lower_bound)  # Cal-QL: see the module docstring
-        calibrated = None if raised is None else raised & avail & trans.unsqueeze(-1)
-        cf_q = cf_q.masked_fill(~avail, UNAVAILABLE_Q)
-        agent_lse = cf_q.logsumexp(-1)  # [B, T, N]
+        cf_q = self.counterfactual_q(q, s, acts)  # [M, 1, N, A]
+        cf_raw = cf_q.detach().masked_fill(~av, UNAVAILABLE_Q)  # the agent weights' input
+        cf_q, raised = calibrate(cf_q, bound)  # Cal-QL: see the module docstring
+        calibrated = None if raised is None else raised & av
+        cf_q = cf_q.masked_fill(~av, UNAVAILABLE_Q)
+        agent_lse = cf_q.logsumexp(-1)  # [M, 1, N]
 
         with torch.no_grad():
             if behaviour_probs is not None:
                 mu = torch.softmax(cf_raw, dim=-1)
-                beta = behaviour_probs.detach().to(mu.dtype)
+                beta = take_rows(behaviour_probs.detach(), rows).to(mu.dtype)
                 terms = mu * (mu.clamp_min(KL_EPS).log() - beta.clamp_min(KL_EPS).log())
-                kl = torch.where(avail, terms, torch.zeros_like(terms)).sum(-1)  # [B, T, N]
+                kl = torch.where(av, terms, torch.zeros_like(terms)).sum(-1)  # [M, 1, N]
             else:
                 kl = torch.zeros_like(agent_lse)
             if self.temperature == 0.0:
@@ -142,25 +143,22 @@ class CFCQLLoss(nn.Module):
             else:
                 weights = torch.softmax(self.temperature * kl, dim=-1)
 
-        lse = (weights * agent_lse).sum(-1, keepdim=True)  # [B, T, 1]
-        n = trans.sum().clamp(min=1).to(agent_q.dtype)
-        zero = torch.zeros((), dtype=lse.dtype, device=device)
-        loss = torch.where(trans, lse - q_taken, zero).sum() / n
+        lse = (weights * agent_lse).sum(-1, keepdim=True)  # [M, 1, 1]
+        n = torch.tensor(max(rows.numel(), 1), dtype=agent_q.dtype, device=agent_q.device)
+        loss = (lse - q_data).sum() / n
 
         with torch.no_grad():
             out = {
                 "loss": loss,
                 "gap_mean": loss.detach(),
-                "lse_mean": torch.where(trans, lse, zero).sum().detach() / n,
-                "q_data_mean": torch.where(trans, q_taken, zero).sum().detach() / n,
-                "agent_weight_max_mean": torch.where(trans, weights.amax(-1, keepdim=True), zero).sum() / n,
-                "kl_mean": torch.where(trans, kl.mean(-1, keepdim=True), zero).sum() / n,
+                "lse_mean": lse.sum().detach() / n,
+                "q_data_mean": q_data.sum().detach() / n,
+                "agent_weight_max_mean": weights.amax(-1).sum() / n,
+                "kl_mean": kl.mean(-1).sum() / n,
             }
             if calibrated is not None:
-                n_avail = (avail & trans.unsqueeze(-1)).sum().clamp(min=1).to(agent_q.dtype)
-                out["calibrated_fraction"] = calibrated.sum().to(agent_q.dtype) / n_avail
-            if return_details:
-                out.update(
-                    cf_q=cf_q.detach(), agent_lse=agent_lse.detach(), agent_weights=weights, kl=kl
-                )
+                out["calibrated_fraction"] = calibrated.sum().to(agent_q.dtype) / av.sum().clamp(min=1).to(agent_q.dtype)
+            if return_details:  # back to [B, T, ...]; padding rows hold 0
+                out.update({k: put_rows(v.detach(), rows, (B, T)) for k, v in
+                            (("cf_q", cf_q), ("agent_lse", agent_lse), ("agent_weights", weights), ("kl", kl))})
         return TensorDict(out, batch_size=[])

@@ -65,44 +65,57 @@ from tensordict import TensorDict
 from torch import nn
 
 from ovmse.losses.returns import calibrate
+from ovmse.losses.rows import put_rows, take_rows, valid_rows
 from ovmse.nets.mixer import QMixer
 
-__all__ = ["MACQLLoss", "SAMPLINGS", "gather_joint", "sample_available_joint_actions"]
+__all__ = ["MACQLLoss", "SAMPLINGS", "available_ranks", "gather_joint", "sample_available_joint_actions"]
 
 SAMPLINGS = ("available", "all")
 
 
 def gather_joint(values: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
-    """Per-agent entries of K joint actions: ``values [B, T, N, A]``, ``joint`` int64
-    ``[B, T, K, N]`` -> ``[B, T, K, N]`` with ``out[b, t, k, i] = values[b, t, i, joint[b, t, k, i]]``.
+    """Per-agent entries of K joint actions: ``values [..., N, A]``, ``joint`` int64
+    ``[..., K, N]`` -> ``[..., K, N]`` with ``out[..., k, i] = values[..., i, joint[..., k, i]]``.
 
-    One ``gather`` on the flattened ``[B, T, N·A]`` view, so the backward is a scatter-add into
-    ``[B, T, N·A]`` (no ``[B, T, K, N, A]`` expansion is materialised).
+    One ``gather`` on the flattened ``[..., N·A]`` view, so the backward is a scatter-add into
+    ``[..., N·A]`` (no ``[..., K, N, A]`` expansion is materialised).
     """
-    B, T, N, A = values.shape
-    K = joint.shape[2]
+    *lead, N, A = values.shape
+    K = joint.shape[-2]
     offsets = torch.arange(N, device=joint.device, dtype=joint.dtype) * A
-    flat = (joint + offsets).reshape(B, T, K * N)
-    return values.reshape(B, T, N * A).gather(-1, flat).view(B, T, K, N)
+    flat = (joint + offsets).reshape(*lead, K * N)
+    return values.reshape(*lead, N * A).gather(-1, flat).view(*lead, K, N)
+
+
+def available_ranks(avail: torch.Tensor, n_samples: int,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """K draws per agent, uniform over the agent's available actions, as ranks into a table of
+    them: ``avail`` bool ``[..., N, A]`` -> ``(ranked [..., N, A], rank [..., K, N])``, both int64.
+
+    ``ranked[..., i, :c_i]`` are agent i's c_i available actions (in index order) and
+    ``rank[..., k, i]`` is uniform on ``0..c_i-1``, so agent i's k-th action is
+    ``ranked[..., i, rank[..., k, i]]`` (:func:`gather_joint`). ``floor(u · c)`` with
+    ``u ~ U[0, 1)`` in float32 is always below c (u <= 1 - 2^-24, and c·2^-24 is more than half
+    a float spacing below c), so no clamp is needed. A row without an available action
+    (padding) gets rank 0, i.e. action 0, which is unavailable there.
+    """
+    *lead, N, A = avail.shape
+    device = generator.device if generator is not None else avail.device
+    av = avail.to(device=device, dtype=torch.bool)
+    index = torch.arange(A, device=device)
+    ranked = torch.where(av, index, index + A).argsort(-1)  # available actions first  [..., N, A]
+    n_avail = av.sum(-1).unsqueeze(-2)  # [..., 1, N]
+    u = torch.rand((*lead, n_samples, N), generator=generator, device=device)
+    rank = u.mul_(n_avail).long()  # [..., K, N]
+    return ranked.to(avail.device), rank.to(avail.device)
 
 
 def sample_available_joint_actions(avail: torch.Tensor, n_samples: int,
                                    generator: torch.Generator | None = None) -> torch.Tensor:
     """K joint actions per transition, each agent's action uniform over its available ones:
-    ``avail`` bool ``[B, T, N, A]`` -> int64 ``[B, T, K, N]``.
-
-    Draws ``r ~ U{0..c-1}`` (c = the agent's number of available actions) and takes its r-th
-    available action (``searchsorted`` in the running count of available actions): no
-    ``[B, T, K, N, A]`` tensor. Rows without any available action (padding) get action A-1.
-    """
-    B, T, N, A = avail.shape
-    device = generator.device if generator is not None else avail.device
-    count = avail.to(device=device, dtype=torch.int32).cumsum(-1)  # [B, T, N, A]
-    n_avail = count[..., -1:]  # [B, T, N, 1]
-    u = torch.rand((B, T, N, n_samples), generator=generator, device=device)
-    rank = (u * n_avail).floor().to(torch.int32).minimum((n_avail - 1).clamp(min=0)) + 1  # 1..c
-    index = torch.searchsorted(count.contiguous(), rank.contiguous()).clamp(max=A - 1)  # [B, T, N, K]
-    return index.transpose(-1, -2).to(device=avail.device, dtype=torch.long)  # [B, T, K, N]
+    ``avail`` bool ``[..., N, A]`` -> int64 ``[..., K, N]`` (see :func:`available_ranks`)."""
+    ranked, rank = available_ranks(avail, n_samples, generator)
+    return gather_joint(ranked, rank)
 
 
 class MACQLLoss(nn.Module):
@@ -167,11 +180,7 @@ class MACQLLoss(nn.Module):
     ) -> TensorDict:
         B, T, N, A = agent_q.shape
         device = agent_q.device
-        if samples is None and self.sampling == "available":
-            samples = sample_available_joint_actions(avail.bool(), self.n_samples, self.generator)
-        elif samples is None:
-            samples = self.sample_joint_actions((B, T), N, A, device)
-        else:
+        if samples is not None:
             samples = samples.to(device=device, dtype=torch.long)
             if samples.dim() == 2:
                 samples = samples.expand(B, T, *samples.shape)
@@ -179,45 +188,53 @@ class MACQLLoss(nn.Module):
                 raise ValueError(f"samples must be [B, T, K, N] or [K, N], got {tuple(samples.shape)}")
             if samples.numel() and (int(samples.min()) < 0 or int(samples.max()) >= A):
                 raise ValueError(f"samples must lie in [0, {A}), got range [{int(samples.min())}, {int(samples.max())}]")
-        K = samples.shape[2]
 
-        q_samples = gather_joint(agent_q, samples)  # [B, T, K, N]
-        sample_ok = gather_joint(avail.bool(), samples).all(-1)  # [B, T, K]
-        q_tot = self.mixer.forward_samples(q_samples, state).squeeze(-1)  # [B, T, K]
+        # The term runs on the M valid transitions only, as [M, 1, ...] (ovmse/losses/rows.py):
+        # padding costs no samples or mixing and, since it may hold anything, stays out of the graph.
+        rows = valid_rows(mask)
+        q, av, s, q_data = (take_rows(x, rows) for x in (agent_q, avail.bool(), state, q_taken))
+        bound = None if lower_bound is None else take_rows(lower_bound, rows)
+        if samples is not None:
+            samples = take_rows(samples, rows)  # [M, 1, K, N]
+            q_samples = gather_joint(q, samples)
+            sample_ok = gather_joint(av, samples).all(-1)  # [M, 1, K]
+        elif self.sampling == "available":
+            ranked, rank = available_ranks(av, self.n_samples, self.generator)
+            q_samples = gather_joint(q.gather(-1, ranked), rank)  # [M, 1, K, N]
+            # Every draw is available unless some agent has no available action at all.
+            sample_ok = av.any(-1).all(-1, keepdim=True).expand(*rank.shape[:-1])
+            if return_samples:
+                samples = gather_joint(ranked, rank)
+        else:
+            samples = self.sample_joint_actions(q.shape[:2], N, A, device)
+            q_samples = gather_joint(q, samples)
+            sample_ok = gather_joint(av, samples).all(-1)
+        K = q_samples.shape[2]
+        q_tot = self.mixer.forward_samples(q_samples, s).squeeze(-1)  # [M, 1, K]
+        q_tot, calibrated = calibrate(q_tot, bound)  # Cal-QL (module docstring)
 
-        q_tot, calibrated = calibrate(q_tot, lower_bound)  # Cal-QL (module docstring); [B, T, K]
-
-        has_valid = sample_ok.any(-1, keepdim=True)  # [B, T, 1]
         # The dataset joint action is always a valid joint action, and the exact CQL sum over
         # all joint actions contains it: putting it into the log-sum-exp keeps lse >= Q_data
         # (L_CQL >= 0). Without it the sampled term is unbounded below -- the mixer can push
         # every sampled action towards −inf while Q_data stays on its TD target -- and on our
         # 2s3z medium set Q_tot diverged to ~2.6e4 within 2000 updates (docs/results.md).
-        trans = mask > 0
-        # Padding rows may hold anything (even NaN): keep them out of the graph entirely.
-        q_data = torch.where(trans, q_taken, torch.zeros_like(q_taken))
-        sample_ok = sample_ok & trans
-        candidates = torch.cat([q_data, q_tot.masked_fill(~sample_ok, float("-inf"))], dim=-1)  # [B, T, 1+K]
-        lse = candidates.logsumexp(-1, keepdim=True)  # [B, T, 1], finite: q_data is finite
-
-        used = trans
-        n_used = used.sum().clamp(min=1).to(agent_q.dtype)
-        zero = torch.zeros((), dtype=lse.dtype, device=device)
-        loss = torch.where(used, lse - q_data, zero).sum() / n_used
+        candidates = torch.cat([q_data, q_tot.masked_fill(~sample_ok, float("-inf"))], dim=-1)  # [M, 1, 1+K]
+        lse = candidates.logsumexp(-1, keepdim=True)  # [M, 1, 1], finite: q_data is finite
+        n_used = torch.tensor(max(rows.numel(), 1), dtype=agent_q.dtype, device=device)
+        loss = (lse - q_data).sum() / n_used
 
         with torch.no_grad():
-            n_trans = trans.sum().to(agent_q.dtype)
             out = {
                 "loss": loss,
-                "logsumexp_mean": torch.where(used, lse, zero).sum().detach() / n_used,
-                "q_data_mean": torch.where(used, q_data, zero).sum().detach() / n_used,
+                "logsumexp_mean": lse.sum().detach() / n_used,
+                "q_data_mean": q_data.sum().detach() / n_used,
                 "gap_mean": loss.detach(),
-                "valid_sample_fraction": (sample_ok & trans).sum().to(agent_q.dtype) / (n_trans * K).clamp(min=1),
-                "no_valid_sample_fraction": (trans & ~has_valid).sum().to(agent_q.dtype) / n_trans.clamp(min=1),
+                "valid_sample_fraction": sample_ok.sum().to(agent_q.dtype) / (n_used * K),
+                "no_valid_sample_fraction": (~sample_ok.any(-1)).sum().to(agent_q.dtype) / n_used,
             }
             if calibrated is not None:
                 out["calibrated_fraction"] = ((calibrated & sample_ok).sum().to(agent_q.dtype)
                                               / sample_ok.sum().clamp(min=1).to(agent_q.dtype))
         if return_samples:
-            out["samples"] = samples
+            out["samples"] = put_rows(samples, rows, (B, T), fill=0)  # padding rows: action 0
         return TensorDict(out, batch_size=[])
