@@ -30,6 +30,7 @@ def test_ovm_target_and_loss_by_hand():
     assert out["loss"].item() == pytest.approx(0.5 * (0.75 * td_sq + 0.25 * ovm_sq))
     assert out["active_fraction"].item() == pytest.approx(1 / 3)
     assert out["offline_q_mean"].item() == pytest.approx((5 + 1 + 7) / 3)
+    assert out["ovm_target_mean"].item() == pytest.approx((5 + 2 + 7) / 3)
     assert out["lambda_memory"].item() == pytest.approx(0.25)
     out["loss"].backward()
     # d/dQ = 0.5 * (2 (1-λ)(Q - y) + 2 λ (Q - Q_OVM)) / 3

@@ -30,6 +30,7 @@ Output keys of :func:`ovm_loss` (a :class:`tensordict.TensorDict`, batch size ``
     "active_fraction"  detached, share of valid transitions with Q_tot-offline > y_memory
                        (where the memory, not the TD target, sets Q_OVM)
     "offline_q_mean"   detached, mean Q_tot-offline over valid transitions
+    "ovm_target_mean"  detached, mean Q_OVM over valid transitions (with λ = 1, the only target)
     "lambda_memory"    λ as used
 """
 
@@ -79,6 +80,7 @@ def ovm_loss(
             "memory_part": memory_part.detach(),
             "active_fraction": (valid & (memory > y_memory)).sum().to(q_taken.dtype) / n,
             "offline_q_mean": torch.where(valid, memory, zero).sum() / n,
+            "ovm_target_mean": torch.where(valid, q_ovm, zero).sum() / n,
             "lambda_memory": torch.tensor(lam, dtype=q_taken.dtype, device=q_taken.device),
         }
     return TensorDict(out, batch_size=[])

@@ -232,6 +232,7 @@ class QMixModule(pl.LightningModule):
             metrics["train/ovm_memory_part"] = ovm["memory_part"]
             metrics["train/ovm_loss"] = ovm["loss"].detach()
             metrics["train/offline_q_mean"] = ovm["offline_q_mean"]
+            metrics["train/ovm_target_mean"] = ovm["ovm_target_mean"]
         if self.cql_loss is not None and self.hparams.cql_alpha > 0:
             bound = mc if self.hparams.cql_calibrated else None
             avail = batch[keys.action_mask][:, :T].bool()
