@@ -26,14 +26,24 @@ os.environ.setdefault("OVMSE_ROOT", str(Path(__file__).resolve().parent))
 
 
 def _run_dir(resume, default: str) -> str:
-    """``hydra.run.dir``: the resumed run's own directory with ``resume=...``, else ``default``."""
+    """``hydra.run.dir``: the resumed run's own directory with ``resume=...``, else ``default``.
+    A ``resume`` that does not exist is refused here, before Hydra would create it."""
     if not resume:
         return default
     path = Path(str(resume))
+    if not path.exists():
+        raise ValueError(f"resume={str(resume)!r}: no such run directory or checkpoint")
     return str(path.parents[1] if path.is_file() else path)
 
 
+def _hydra_subdir(resume, now: str) -> str:
+    """``hydra.output_subdir``: ``.hydra`` for a new run, ``.hydra-resume/<time>`` for a resume
+    (which must not overwrite the run's own record, least of all when it is refused)."""
+    return ".hydra" if not resume else f".hydra-resume/{now}"
+
+
 OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir, replace=True)
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
@@ -44,15 +54,16 @@ def main(cfg: DictConfig) -> None:
     # save the values this run actually used next to it.
     from ovmse.datasets import DatasetError
     from ovmse.sweeps import StageError
+    from ovmse.training.checkpointing import NonFiniteWeightsError
     from ovmse.training.guards import NonFiniteLossError
 
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = "config_resolved.yaml" if not cfg.get("resume") else "config_resolved.resume.yaml"
-    (out / resolved).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
+        if not cfg.get("resume"):  # a resume's config is written once it is accepted (phases/online.py)
+            (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         run_phase(cfg)
-    except (ValueError, OSError, DatasetError, NonFiniteLossError, StageError) as err:
+    except (ValueError, OSError, DatasetError, NonFiniteLossError, NonFiniteWeightsError, StageError) as err:
         # Bad input (config, checkpoint, dataset, paths), a full disk and diverged training: one clear
         # paragraph and a non-zero exit; OVMSE_TRACEBACK=1 shows where it came from.
         if os.environ.get("OVMSE_TRACEBACK"):

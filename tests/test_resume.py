@@ -232,3 +232,38 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
     assert float(first["train/epsilon"]) < 1.0 and float(first["train/lambda_memory"]) < 1.0
     summary = json.loads((run_dir / "online_summary.json").read_text())
     assert summary["env_steps"] >= 3000 and summary["updates"] > saved["progress"]["updates"]
+
+    # Issue 19 B/C: resuming the finished run is refused and changes nothing in it.
+    record = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+              if p.is_file() and p.suffix in (".json", ".csv", ".yaml", ".jsonl")}
+    again = subprocess.run(_command(run_dir, offline_ckpt, f"resume={run_dir}"), cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 2 and "the run is finished" in again.stderr and "larger env_steps" in again.stderr
+    after_refusal = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+                     if p.is_file() and p.suffix in (".json", ".csv", ".yaml", ".jsonl")}
+    changed = {str(k) for k in set(record) | set(after_refusal) if record.get(k) != after_refusal.get(k)}
+    assert all(k.startswith(".hydra-resume/") for k in changed), changed  # the refused command's own record
+    assert (run_dir / ".hydra" / "overrides.yaml").read_bytes() == record[Path(".hydra/overrides.yaml")]
+
+
+def test_resume_of_a_missing_directory_creates_nothing(tmp_path):
+    missing = tmp_path / "no_such_run"
+    proc = subprocess.run([sys.executable, "train.py", "phase=online", "env=3m", f"resume={missing}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "no such run directory" in proc.stderr
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["phase=offline", "env=3m", "algo=ovmse"], "phase=offline cannot resume"),
+    (["phase=online", "env=3m", "env_steps=-1"], "env_steps must be >= 1"),
+])
+def test_refused_before_anything_runs(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    extra = [f"+resume={run_dir}"] if overrides[0] == "phase=offline" else [f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([sys.executable, "train.py", *overrides, *extra], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not (run_dir / "checkpoints").exists()

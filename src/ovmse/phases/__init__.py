@@ -46,6 +46,9 @@ def run_phase(cfg: DictConfig) -> dict:
     from ovmse.training.threads import check_threads
 
     phase = get_phase(cfg.task_name)
+    if cfg.get("resume") and cfg.task_name != "online":
+        raise ValueError(f"resume= continues phase=online runs; phase={cfg.task_name} cannot resume (run its command "
+                         "again without resume, into a new directory)")
     threads = check_threads(cfg.get("num_threads"), "num_threads")
     check_threads(cfg.get("collect_threads", 1), "collect_threads")
     if threads is not None:

@@ -114,6 +114,7 @@ def load_checkpoint_for_map(path: str, spec) -> QMixModule:
         raise FileNotFoundError(f"ckpt={str(path)!r}: no such file (phase=offline writes "
                                 "<run dir>/checkpoints/last.ckpt)")
     module = load_qmix_checkpoint(str(p))
+    check_offline_run_finished(module, str(path))
     hp = module.hparams
     found = {k: hp.get(k) for k in ("map_name", "obs_dim", "state_dim", "n_agents", "n_actions")}
     expected = {"map_name": map_name, "obs_dim": spec.obs_dim, "state_dim": spec.state_dim,
@@ -123,6 +124,24 @@ def load_checkpoint_for_map(path: str, spec) -> QMixModule:
         raise ValueError(f"ckpt={str(path)!r} does not fit env={map_name} ({diff}); fine-tune on the map the "
                          "checkpoint was trained on, or pass that map's checkpoint")
     return module
+
+
+def check_offline_run_finished(module: QMixModule, path: str) -> None:
+    """Refuse a checkpoint that an offline run wrote before it finished (at an evaluation, or
+    one that was killed). Checkpoints from before this record: an offline run's checkpoint
+    without the frozen offline target, which only the end of the run adds, is unfinished."""
+    record = module.offline_run
+    if record is not None:
+        finished, updates, planned = bool(record.get("finished")), record.get("updates"), record.get("planned_updates")
+    else:
+        phase = (module.run_config or {}).get("task_name")  # the phase that wrote it
+        finished = phase != "offline" or bool(module.hparams.get("frozen_offline_target"))
+        updates, planned = module.updates, None
+    if not finished:
+        got = f"{updates} of {planned} updates" if planned is not None else f"{updates} updates, no frozen offline target"
+        raise ValueError(f"ckpt={path!r} is from an offline run that did not finish ({got}): it was written at an "
+                         "evaluation or the run was stopped. Finish the offline run (run its phase=offline command "
+                         "again) and fine-tune from the checkpoint it writes at the end")
 
 
 def checkpoint_dataset(module: QMixModule) -> dict:

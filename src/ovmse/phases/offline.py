@@ -34,6 +34,7 @@ from ovmse.training.callbacks import (
 )
 from ovmse.training.checkpointing import atomic_save_checkpoint
 from ovmse.training.evaluation import GreedyEvaluator
+from ovmse.training.guards import NonFiniteGuard
 
 from .common import check_backend, collection_threads, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
 from .common import env_options as env_options_of
@@ -105,11 +106,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print(f"offline budget: {int(dataset_timesteps):,} dataset timesteps = {steps} updates of "
               f"{settings['batch_size']} episodes (dataset_timesteps replaces steps={cfg.steps})", flush=True)
     train_cb = OfflineTrainingCallback(steps, settings["batch_size"], int(cfg.log_every_updates))
+    # Every checkpoint says how far the offline run got; only the final one says it finished.
+    module.offline_run = {"planned_updates": steps, "finished": False}
     loggers = make_loggers(cfg, out)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=1, max_steps=-1,
         gradient_clip_val=float(algo.grad_norm_clip), logger=loggers,
-        callbacks=[train_cb, TargetUpdateCallback(settings["target_update_updates"], unit="updates"), eval_cb,
+        callbacks=[NonFiniteGuard(out / "checkpoints"), train_cb,
+                   TargetUpdateCallback(settings["target_update_updates"], unit="updates"), eval_cb,
                    EnvStepProgressBar(eval_cb, None, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
     )
@@ -122,6 +126,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if module.updates % settings["target_update_updates"]:
         module.update_targets()
     module.freeze_offline_target()
+    module.offline_run.update(finished=module.updates >= steps, updates=module.updates)
     atomic_save_checkpoint(trainer, out / "checkpoints" / "last.ckpt")
     result = {"updates": module.updates, "planned_updates": steps, "dataset_timesteps": dataset_timesteps, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
               "cql_alpha": settings["cql_alpha"], "settings": settings, **eval_cb.latest, "eval/best_win_rate": eval_cb.best,

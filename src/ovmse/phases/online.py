@@ -52,7 +52,7 @@ from .fine_tuning import (
     online_settings,
     resolve_fine_tuning_dataset,
 )
-from .resume import check_resume_config, resume_checkpoint
+from .resume import check_not_finished, check_resume_config, resume_checkpoint
 
 
 @dataclass
@@ -81,6 +81,8 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     ``resumable``: ``last.ckpt`` is a resume point with the replay buffer beside it
     (:mod:`ovmse.training.checkpointing`); ``False`` (phase=collect) saves plain checkpoints.
     """
+    if int(cfg.env_steps) < 1:
+        raise ValueError(f"env_steps must be >= 1 (the online budget in env steps), got {cfg.env_steps}")
     seed_everything(int(cfg.seed))
     check_backend(cfg.env)
     algo, out = cfg.algo, Path(cfg.paths.output_dir)
@@ -101,6 +103,9 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     module, settings, offline = make_learner(cfg, spec, fine_tune, resume_from, device)
     if resume_from is None:
         module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    else:  # accepted: only now does the resume write into the run's directory
+        check_not_finished(module, cfg, out)
+        (out / "config_resolved.resume.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     module.to(device)
     replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
     data = ReplayDataModule(online=replay, offline=offline, batch_size=settings["batch_size"],

@@ -66,3 +66,12 @@ def check_resume_config(stored: dict | None, cfg: DictConfig) -> None:
             f"resume: the command differs from the run's own settings ({shown}). Resume with the run's "
             "command plus resume=<run dir>; only env_steps, device, threads, logging, eval and checkpoint "
             "settings may change")
+
+
+def check_not_finished(module, cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to resume a run that has finished (its ``online_summary.json`` written at
+    ``env_steps`` or more): resuming it would make one more update and overwrite its final test."""
+    reached, budget = int(module.env_steps), int(cfg.env_steps)
+    if (Path(run_dir) / "online_summary.json").is_file() and reached >= budget:
+        raise ValueError(f"resume={str(cfg.resume)!r}: the run is finished ({reached:,} env steps, env_steps={budget:,}) "
+                         "and nothing in it was changed; pass a larger env_steps to extend it")

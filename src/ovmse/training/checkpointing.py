@@ -42,10 +42,42 @@ from ovmse.collection import EpisodeReplayBuffer
 CHUNK_PREFIX = "chunk-"
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """The weights hold NaN or infinity: they are never written as a checkpoint."""
+
+
+def count_nonfinite(tensors) -> tuple[int, int]:
+    """``(non-finite values, tensors holding any)`` over the floating-point tensors of ``tensors``
+    (a state dict's values, or module parameters); a tensor that a state dict lists under two
+    names (a shared module) counts once."""
+    values = tensors_with = 0
+    seen = set()
+    for t in tensors:
+        if torch.is_tensor(t) and t.is_floating_point():
+            key = (t.data_ptr(), t.shape, t.stride())
+            if key in seen:
+                continue
+            seen.add(key)
+            bad = int((~torch.isfinite(t)).sum())
+            values += bad
+            tensors_with += bad > 0
+    return values, tensors_with
+
+
 def atomic_save_checkpoint(trainer: pl.Trainer, path: str | Path) -> Path:
     """``trainer.save_checkpoint`` (with the optimiser) into ``path`` via a temporary file and an
-    atomic rename, so ``path`` is always either the old or the new complete checkpoint."""
+    atomic rename, so ``path`` is always either the old or the new complete checkpoint.
+
+    Weights with NaN or infinity are refused (:class:`NonFiniteWeightsError`, ``path`` is left as
+    it was): a diverged run must not leave a checkpoint that loads and looks normal."""
     path = Path(path)
+    module = getattr(trainer, "lightning_module", None)
+    bad, tensors = count_nonfinite(p.detach() for p in module.parameters()) if module is not None else (0, 0)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"not writing {path}: {bad} weight values in {tensors} tensors are NaN or infinite at update "
+            f"{getattr(module, 'updates', '?')} (training diverged; common causes: a learning rate or CQL weight "
+            "too large, or corrupt data)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
     trainer.save_checkpoint(tmp, weights_only=False)

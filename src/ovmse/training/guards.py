@@ -7,18 +7,19 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from .checkpointing import atomic_save_checkpoint
+from .checkpointing import NonFiniteWeightsError, atomic_save_checkpoint
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss or gradient became NaN or infinite; the message says where and what was saved."""
+    """A loss, gradient or weight became NaN or infinite; the message says where and what was saved."""
 
 
 class NonFiniteGuard(pl.Callback):
     """Before every optimiser step, checks the loss and the gradients. At the first NaN or
     infinity it saves the weights as they are (not yet touched by this step) to
-    ``<checkpoint_dir>/last_good.ckpt`` and raises :class:`NonFiniteLossError` naming the update
-    and env step."""
+    ``<checkpoint_dir>/last_good.ckpt``, if they are finite themselves (a huge but finite step
+    can make them infinite one update before the loss is), and raises
+    :class:`NonFiniteLossError` naming the update and env step."""
 
     def __init__(self, checkpoint_dir: str | Path) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -33,9 +34,13 @@ class NonFiniteGuard(pl.Callback):
             return
         bad = [k for k, v in metrics.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
         what = ", ".join(bad) if bad else "a gradient"
-        path = atomic_save_checkpoint(trainer, self.checkpoint_dir / "last_good.ckpt")
+        try:
+            saved = f"The last good weights are in {atomic_save_checkpoint(trainer, self.checkpoint_dir / 'last_good.ckpt')}."
+        except NonFiniteWeightsError:
+            saved = ("The weights are already non-finite, so no last_good.ckpt was written: use the run's last "
+                     "evaluation checkpoint, or restart with other settings.")
         raise NonFiniteLossError(
             f"non-finite training values ({what}) at update {module.updates}, env step "
-            f"{getattr(module, 'env_steps', 0)}: training stopped before this update was applied. The last good "
-            f"weights are in {path}. Common causes: a learning rate or CQL weight too large, or corrupt data "
-            "(validate the dataset with python -m ovmse.datasets validate).")
+            f"{getattr(module, 'env_steps', 0)}: training stopped before this update was applied. {saved} Common "
+            "causes: a learning rate or CQL weight too large, or corrupt data (validate the dataset with "
+            "python -m ovmse.datasets validate).")

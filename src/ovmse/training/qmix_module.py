@@ -23,6 +23,7 @@ from ovmse.losses import (
 )
 from ovmse.exploration.schedules import LinearSchedule
 from ovmse.nets import QMixer, RNNAgent
+from ovmse.training.checkpointing import count_nonfinite
 
 
 CQL_VARIANTS = ("macql", "cfcql")
@@ -141,6 +142,9 @@ class QMixModule(pl.LightningModule):
         self.updates = 0
         self.clock = "env_steps"
         self.run_config: dict | None = None  # resolved config, stored in checkpoints
+        # The offline phase's plan, stored in its checkpoints: {"planned_updates": n, "finished": bool}
+        # (fine-tuning refuses a checkpoint of an unfinished offline run).
+        self.offline_run: dict | None = None
 
     @staticmethod
     def _check_objective(cql: str | None, cql_alpha: float, cql_calibrated: bool, ovm: bool,
@@ -299,6 +303,10 @@ class QMixModule(pl.LightningModule):
         }
         if self.run_config is not None:
             checkpoint["config"] = self.run_config
+        if self.offline_run is not None:
+            # An offline run's checkpoints hold its update count so far; once it has finished the
+            # record keeps the count it finished with (online checkpoints carry it on unchanged).
+            checkpoint["offline_run"] = {"updates": self.updates, **self.offline_run}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         progress = checkpoint.get("progress", {})
@@ -307,6 +315,7 @@ class QMixModule(pl.LightningModule):
         self.updates = int(progress.get("updates", 0))
         self.last_target_update_episode = int(progress.get("last_target_update_episode", 0))
         self.run_config = checkpoint.get("config")
+        self.offline_run = checkpoint.get("offline_run")
 
 
 def load_qmix_checkpoint(path: str, map_location: str = "cpu") -> QMixModule:
@@ -324,6 +333,10 @@ def load_qmix_checkpoint(path: str, map_location: str = "cpu") -> QMixModule:
         raise ValueError(f"{path}: not a loadable torch checkpoint ({type(err).__name__}: {detail})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path}: not a QMIX checkpoint (expected 'state_dict' and 'hyper_parameters' entries)")
+    bad, tensors = count_nonfinite(checkpoint["state_dict"].values())
+    if bad:
+        raise ValueError(f"{path}: {bad} weight values in {tensors} tensors are NaN or infinite: the run that wrote "
+                         "it diverged; use an earlier checkpoint of that run")
     hparams = dict(checkpoint["hyper_parameters"])
     # Checkpoints written before MACQL could draw valid joint actions (issue 16) drew them over
     # all actions: rebuild them as they were trained.
