@@ -43,6 +43,7 @@ def _hydra_subdir(resume, now: str) -> str:
 
 
 OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir, replace=True)
 
 
@@ -55,10 +56,20 @@ def main(cfg: DictConfig) -> None:
     from ovmse.datasets import DatasetError
     from ovmse.sweeps import StageError
     from ovmse.training.checkpointing import NonFiniteWeightsError
+    from ovmse.sweeps.locks import StageLock
     from ovmse.training.guards import NonFiniteLossError
 
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # One run per directory at a time: a second one (same hydra.run.dir, or resume= of a run
+    # that is still going) would mix its files into the first's. A killed holder's lock is stale.
+    # DDP ranks > 0 are relaunched into the same directory by Lightning: rank 0 holds it for all.
+    rank = max(int(os.environ.get(k, 0) or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    lock = StageLock(out / ".run.lock")
+    if rank == 0 and not lock.try_acquire():
+        print(f"error: the run directory {out} is in use by another run ({lock.holder()}, host and pid): wait for it "
+              "to end, or pass another hydra.run.dir", file=sys.stderr)
+        sys.exit(2)
     try:
         if not cfg.get("resume"):  # a resume's config is written once it is accepted (phases/online.py)
             (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -70,6 +81,8 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -199,3 +199,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, mo
     assert saved.updates == 3
     for a, b in zip(saved.agent.parameters(), run.module.agent.parameters()):
         assert torch.isfinite(a).all() and torch.equal(a, b)  # the bad update was never applied
+
+
+def test_a_base_config_cannot_be_chosen_as_the_algorithm():
+    """Issue 19 F: configs/algo/o2o.yaml is shared by the O2O algorithms, not one of them."""
+    proc = train("phase=online", "env=3m", "algo=o2o", "env_steps=64")
+    assert proc.returncode == 2
+    assert "not an algorithm" in proc.stderr
+    for name in ("qmix", "ovmse", "macql", "macalql", "switch_cql", "ovm_only", "se_only"):
+        assert name in proc.stderr
+    assert "o2o," not in proc.stderr

@@ -87,3 +87,38 @@ def test_ci_runs_the_readme_test_command():
     ci_cmd = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in ln]
     assert len(ci_cmd) == 1
     assert ci_cmd[0].strip() in (ROOT / "README.md").read_text()
+
+
+def test_run_directory_in_use_is_refused_with_the_holders_pid(tmp_path):
+    """Issue 19 E: a second run into a directory that a live run holds is refused."""
+    import socket
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".run.lock").write_text(f"{socket.gethostname()} {holder.pid}")
+        proc = subprocess.run([sys.executable, "train.py", "phase=rollout", "env=3m", "n_battles=2",
+                               f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and f"in use by another run ({socket.gethostname()} {holder.pid}" in proc.stderr
+        assert not (run_dir / "config_resolved.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and taken over; the run releases it at the end
+    proc = subprocess.run([sys.executable, "train.py", "phase=rollout", "env=3m", "n_battles=2",
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (run_dir / ".run.lock").exists()
+
+
+def test_default_run_directories_of_one_second_do_not_collide(tmp_path):
+    """Two runs started together get their own default directories (time and pid)."""
+    cmd = [sys.executable, "train.py", "phase=rollout", "env=3m", "n_battles=2", f"paths.log_dir={tmp_path}"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    runs = sorted((tmp_path / "rollout" / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "config_resolved.yaml").is_file() for r in runs)

@@ -46,6 +46,10 @@ def run_phase(cfg: DictConfig) -> dict:
     from ovmse.training.threads import check_threads
 
     phase = get_phase(cfg.task_name)
+    algo = cfg.get("algo")
+    if algo is not None and not algo.get("name"):
+        raise ValueError("this algo config has no name: it is a base the algorithms share (configs/algo/o2o.yaml), "
+                         f"not an algorithm; choose one of algo={', '.join(algorithm_names())}")
     if cfg.get("resume") and cfg.task_name != "online":
         raise ValueError(f"resume= continues phase=online runs; phase={cfg.task_name} cannot resume (run its command "
                          "again without resume, into a new directory)")
@@ -58,4 +62,14 @@ def run_phase(cfg: DictConfig) -> dict:
     return phase(cfg)
 
 
-__all__ = ["PHASES", "get_phase", "run_phase"]
+def algorithm_names() -> list[str]:
+    """The algorithms of ``configs/algo/``: its files that set a ``name`` (bases set none)."""
+    import re
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[3] / "configs" / "algo"
+    return sorted(f.stem for f in folder.glob("*.yaml")
+                  if re.search(r"^name:\s*(?!null\s*$)\S", f.read_text(), re.MULTILINE))
+
+
+__all__ = ["PHASES", "algorithm_names", "get_phase", "run_phase"]
