@@ -16,14 +16,25 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from ovmse.phases.checks import check_settings
     from ovmse.training.evaluation import GreedyEvaluator
     from ovmse.training.qmix_module import load_qmix_checkpoint
+    from ovmse.training.threads import check_threads
 
-    if cfg.num_threads is not None:
-        torch.set_num_threads(int(cfg.num_threads))
     try:
+        if OmegaConf.is_missing(cfg, "ckpt"):
+            raise ValueError("pass the checkpoint to evaluate: python evaluate.py ckpt=<run dir>/checkpoints/last.ckpt")
+        for key in ("episodes", "num_envs"):
+            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {cfg[key]!r}")
+        check_settings(cfg)  # seed, device
+        threads = check_threads(cfg.num_threads, "num_threads")
+        if threads is not None:
+            torch.set_num_threads(threads)
         module = load_qmix_checkpoint(str(cfg.ckpt), map_location=str(cfg.device))
-    except (ValueError, OSError) as err:  # not a checkpoint, a tampered one, a missing file
+    except (ValueError, OSError) as err:  # bad settings, not a checkpoint, a tampered one, a missing file
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     module.eval().to(cfg.device)

@@ -209,3 +209,41 @@ def test_a_base_config_cannot_be_chosen_as_the_algorithm():
     for name in ("qmix", "ovmse", "macql", "macalql", "switch_cql", "ovm_only", "se_only"):
         assert name in proc.stderr
     assert "o2o," not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- settings (issue 19 G)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("device=tpu", "device='tpu' is not a torch device"),
+    ("seed=abc", "seed must be an integer, got 'abc'"),
+    ("eval.interval_env_steps=0", "eval.interval_env_steps must be an integer >= 1"),
+    ("eval.episodes=-5", "eval.episodes must be an integer >= 1"),
+    ("log_every_env_steps=1.5", "log_every_env_steps must be an integer >= 1"),
+    ("checkpoint.every_env_steps=-1", "checkpoint.every_env_steps must be an integer >= 0"),
+])
+def test_wrong_settings_are_refused_up_front_naming_the_key(tmp_path, override, message):
+    proc = train("phase=online", *TINY, override, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+def test_cuda_on_a_machine_without_it_is_one_line():
+    from ovmse.phases.checks import check_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="sees no CUDA GPU: use device=cpu or device=auto"):
+        check_device("cuda")
+    assert check_device("auto").type == "cpu" and check_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "pass the checkpoint to evaluate"),
+    (["ckpt=x.ckpt", "episodes=0"], "episodes must be an integer >= 1, got 0"),
+    (["ckpt=x.ckpt", "num_threads=0"], "num_threads must be null"),
+])
+def test_evaluate_settings_are_one_line_errors(args, message):
+    proc = subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

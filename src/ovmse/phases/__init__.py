@@ -45,7 +45,10 @@ def run_phase(cfg: DictConfig) -> dict:
     """
     from ovmse.training.threads import check_threads
 
+    from .checks import check_settings
+
     phase = get_phase(cfg.task_name)
+    check_settings(cfg)
     algo = cfg.get("algo")
     if algo is not None and not algo.get("name"):
         raise ValueError("this algo config has no name: it is a base the algorithms share (configs/algo/o2o.yaml), "

@@ -18,10 +18,11 @@ _ENV_KEYS = ("map_name", "num_envs", "device")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``"auto"`` -> cuda when available, else cpu; anything else as given, if this machine has it
+    (:func:`ovmse.phases.checks.check_device`)."""
+    from .checks import check_device
+
+    return check_device(name)
 
 
 def collection_threads(cfg: DictConfig) -> int | None:
