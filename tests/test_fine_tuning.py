@@ -333,6 +333,8 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
     raw = torch.load(offline_ckpt.parent / "best.ckpt", weights_only=True)
     raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.startswith("cql_loss.")}
     raw["hyper_parameters"].update(cql=None, cql_alpha=0.0, dataset=None)
+    raw.pop("offline_run")  # an online run's checkpoint has no offline-run record
+    raw["config"]["task_name"] = "online"
     for k, v in raw["state_dict"].items():  # targets that differ from the online networks
         if k.startswith("loss.target_"):
             raw["state_dict"][k] = v + 0.5

@@ -61,19 +61,24 @@ def test_fine_tuning_refuses_an_unfinished_offline_checkpoint(tmp_path, dataset)
     assert proc.returncode == 0, proc.stderr[-2000:]
     done = load_checkpoint_for_map(str(tmp_path / "checkpoints" / "last.ckpt"), spec)
     assert done.offline_run == {"planned_updates": 12, "finished": True, "updates": 12}
-    # best.ckpt is written at an evaluation, before the run finished
+    # best.ckpt was written at an evaluation; its run finished (last.ckpt beside it says so): fine
+    best = load_checkpoint_for_map(str(tmp_path / "checkpoints" / "best.ckpt"), spec)
+    assert best.offline_run["finished"] is False
+    # the same snapshot on its own (a killed run leaves no finished last.ckpt) is refused
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "best.ckpt").write_bytes((tmp_path / "checkpoints" / "best.ckpt").read_bytes())
     with pytest.raises(ValueError, match=r"did not finish \(\d+ of 12 updates\)"):
-        load_checkpoint_for_map(str(tmp_path / "checkpoints" / "best.ckpt"), spec)
+        load_checkpoint_for_map(str(tmp_path / "alone" / "best.ckpt"), spec)
     # a checkpoint from before the record: an offline run's checkpoint without the frozen target
     raw = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
     raw.pop("offline_run")
-    torch.save(raw, tmp_path / "old.ckpt")
+    torch.save(raw, tmp_path / "alone" / "old.ckpt")
     with pytest.raises(ValueError, match="no frozen offline target"):
-        load_checkpoint_for_map(str(tmp_path / "old.ckpt"), spec)
+        load_checkpoint_for_map(str(tmp_path / "alone" / "old.ckpt"), spec)
     raw = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     raw.pop("offline_run")
-    torch.save(raw, tmp_path / "old_finished.ckpt")
-    assert load_checkpoint_for_map(str(tmp_path / "old_finished.ckpt"), spec).offline_run is None
+    torch.save(raw, tmp_path / "alone" / "old_finished.ckpt")
+    assert load_checkpoint_for_map(str(tmp_path / "alone" / "old_finished.ckpt"), spec).offline_run is None
 
 
 def test_killed_offline_run_cannot_be_fine_tuned(tmp_path, dataset):
@@ -81,7 +86,7 @@ def test_killed_offline_run_cannot_be_fine_tuned(tmp_path, dataset):
     proc = offline(tmp_path / "off", dataset)
     assert proc.returncode == 0, proc.stderr[-2000:]
     raw = torch.load(tmp_path / "off" / "checkpoints" / "best.ckpt", weights_only=True)
-    torch.save(raw, tmp_path / "killed.ckpt")
+    torch.save(raw, tmp_path / "killed.ckpt")  # as a killed run leaves it: no finished last.ckpt beside it
     online = subprocess.run([sys.executable, "train.py", "phase=online", "env=3m", "algo=macql",
                              f"ckpt={tmp_path / 'killed.ckpt'}", f"hydra.run.dir={tmp_path / 'on'}", "env_steps=64"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)

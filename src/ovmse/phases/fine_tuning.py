@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from ovmse.datasets import OfflineDataset, load_dataset, resolve_dataset
@@ -127,21 +128,33 @@ def load_checkpoint_for_map(path: str, spec) -> QMixModule:
 
 
 def check_offline_run_finished(module: QMixModule, path: str) -> None:
-    """Refuse a checkpoint that an offline run wrote before it finished (at an evaluation, or
-    one that was killed). Checkpoints from before this record: an offline run's checkpoint
-    without the frozen offline target, which only the end of the run adds, is unfinished."""
-    record = module.offline_run
-    if record is not None:
-        finished, updates, planned = bool(record.get("finished")), record.get("updates"), record.get("planned_updates")
-    else:
-        phase = (module.run_config or {}).get("task_name")  # the phase that wrote it
-        finished = phase != "offline" or bool(module.hparams.get("frozen_offline_target"))
-        updates, planned = module.updates, None
-    if not finished:
-        got = f"{updates} of {planned} updates" if planned is not None else f"{updates} updates, no frozen offline target"
-        raise ValueError(f"ckpt={path!r} is from an offline run that did not finish ({got}): it was written at an "
-                         "evaluation or the run was stopped. Finish the offline run (run its phase=offline command "
-                         "again) and fine-tune from the checkpoint it writes at the end")
+    """Refuse a checkpoint of an offline run that did not finish: a killed run leaves the
+    snapshots it wrote at its evaluations (``last.ckpt``, ``best.ckpt``). A snapshot whose run
+    did finish (the ``last.ckpt`` beside it says so; e.g. its ``best.ckpt``) is accepted.
+    Checkpoints from before this record: an offline run's checkpoint without the frozen
+    offline target, which only the end of the run adds, is unfinished."""
+    if offline_run_finished(module):
+        return
+    final = Path(path).with_name("last.ckpt")
+    if final.is_file() and final.resolve() != Path(path).resolve():
+        raw = torch.load(final, map_location="cpu", weights_only=True)
+        if (raw.get("offline_run") or {}).get("finished"):
+            return
+    record = module.offline_run or {}
+    updates, planned = record.get("updates", module.updates), record.get("planned_updates")
+    got = f"{updates} of {planned} updates" if planned is not None else f"{updates} updates, no frozen offline target"
+    raise ValueError(f"ckpt={path!r} is from an offline run that did not finish ({got}): it was written at an "
+                     "evaluation of a run that was stopped. Finish the offline run (run its phase=offline command "
+                     "again) and fine-tune from the checkpoint it writes at the end")
+
+
+def offline_run_finished(module: QMixModule) -> bool:
+    """Whether the run that wrote ``module``'s checkpoint had finished when it wrote it (always
+    true of checkpoints that no offline run wrote)."""
+    if module.offline_run is not None:
+        return bool(module.offline_run.get("finished"))
+    phase = (module.run_config or {}).get("task_name")  # the phase that wrote it
+    return phase != "offline" or bool(module.hparams.get("frozen_offline_target"))
 
 
 def checkpoint_dataset(module: QMixModule) -> dict:
