@@ -97,6 +97,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip the compile_step collection runs")
     p.add_argument("--quick", action="store_true", help="tiny settings on 3m (a smoke run)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the parts not measured now from the existing results in --out-dir (each part "
+                        "keeps the date, code and load of the run that measured it)")
     args = p.parse_args(argv)
     parts = [x for x in args.parts.split(",") if x]
     unknown = set(parts) - set(PARTS)
@@ -175,12 +178,44 @@ def main(argv=None) -> int:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, capture_output=True)
     results["seconds"] = time.perf_counter() - started
+    results["provenance"] = {part: {"date": info["date"], "git": info["git"], "seconds": results["seconds"],
+                                    "load_average_1min_at_start": info.get("load_average_1min_at_start")}
+                             for part in parts}
+    if args.merge:
+        results = merged(args.out_dir / "train_throughput.json", results, parts)
     text = report(results)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "train_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out_dir / "train_throughput.md").write_text(text)
     print(text)
     return 0
+
+
+def merged(path: Path, new: dict, parts: list[str]) -> dict:
+    """``new`` plus the parts of the results at ``path`` that ``new`` did not measure; both must
+    compare the same baseline on the same map and batch (else the parts would not be comparable)."""
+    if not path.is_file():
+        raise SystemExit(f"--merge: {path} does not exist; run every part once without --merge")
+    old = json.loads(path.read_text())
+    same = ("baseline", "map")
+    settings = ("batch_size", "rounds", "repeats", "quick")
+    if any(old.get(k) != new.get(k) for k in same) or any(old["args"][k] != new["args"][k] for k in settings):
+        def described(res: dict) -> str:
+            return ", ".join([*(f"{k}={res.get(k)}" for k in same), *(f"{k}={res['args'][k]}" for k in settings)])
+
+        raise SystemExit(f"--merge: {path} was measured with {described(old)}; this run with {described(new)}: "
+                         "not comparable")
+    out = dict(old)
+    provenance = dict(old.get("provenance") or {k: {"date": old["machine"]["date"], "git": old["machine"]["git"],
+                                                     "load_average_1min_at_start":
+                                                         old["machine"].get("load_average_1min_at_start")}
+                                                 for k in PARTS if k in old})
+    for part in parts:
+        out[part] = new[part]
+        provenance[part] = new["provenance"][part]
+    out["provenance"] = provenance
+    out["machine"], out["args"] = new["machine"], {**old["args"], "merged_parts": parts}
+    return out
 
 
 def _fmt(x: float, digits: int = 1) -> str:
@@ -203,6 +238,11 @@ def report(res: dict) -> str:
         f"{ep['rows']} padded). Total {res['seconds'] / 60:.1f} min.",
         "",
     ]
+    runs = {(v["date"], v["git"]) for v in (res.get("provenance") or {}).values()}
+    if len(runs) > 1:  # --merge: say which run measured which part
+        lines += ["Parts measured in different runs (`--merge`): " + "; ".join(
+            f"`{part}` on {v['date']} at `{v['git']}` (load {v.get('load_average_1min_at_start')})"
+            for part, v in res["provenance"].items()) + ".", ""]
     if "update" in res:
         u = res["update"]
         lines += ["## One QMIX update (no CQL)", "",

@@ -256,7 +256,7 @@ def test_resume_of_a_missing_directory_creates_nothing(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["phase=offline", "env=3m", "algo=ovmse"], "phase=offline cannot resume"),
-    (["phase=online", "env=3m", "env_steps=-1"], "env_steps must be >= 1"),
+    (["phase=online", "env=3m", "env_steps=-1"], "env_steps must be an integer >= 1"),
 ])
 def test_refused_before_anything_runs(tmp_path, overrides, message):
     run_dir = tmp_path / "run"

@@ -30,3 +30,13 @@ def test_train_throughput_quick_old_vs_new(tmp_path):
     assert "## One QMIX update" in (tmp_path / "train_throughput.md").read_text()
     listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "throughput-" not in listed  # the worktree is removed
+    # --merge: a later run of one part keeps the others and says which run measured which
+    before = result["update"]
+    assert bench.main(["--quick", "--baseline", "HEAD", "--parts", "cql", "--merge", "--out-dir", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "train_throughput.json").read_text())
+    assert merged["update"] == before and "cql" in merged and set(merged["provenance"]) == {"update", "collect", "cql"}
+    text = (tmp_path / "train_throughput.md").read_text()
+    assert "## One QMIX update" in text and "## One update with the CQL terms" in text
+    other = {**merged, "args": {**merged["args"], "batch_size": 16}}
+    with pytest.raises(SystemExit, match="not comparable"):
+        bench.merged(tmp_path / "train_throughput.json", other, ["cql"])

@@ -81,8 +81,6 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     ``resumable``: ``last.ckpt`` is a resume point with the replay buffer beside it
     (:mod:`ovmse.training.checkpointing`); ``False`` (phase=collect) saves plain checkpoints.
     """
-    if int(cfg.env_steps) < 1:
-        raise ValueError(f"env_steps must be >= 1 (the online budget in env steps), got {cfg.env_steps}")
     seed_everything(int(cfg.seed))
     check_backend(cfg.env)
     algo, out = cfg.algo, Path(cfg.paths.output_dir)
