@@ -319,8 +319,40 @@ def test_dataset_appearing_while_writing_is_kept_apart(tmp_path, written):
             w.close()
     assert sorted(p.name for p in path.iterdir()) == ["theirs"]
     kept = Path(str(e.value).rsplit("kept the new one at ", 1)[1])
-    assert kept.is_dir() and ".partial-" in kept.name
+    assert kept.is_dir() and ".finished-" in kept.name  # not a partial: no later writer removes it
     assert_td_equal(load_dataset(kept, map_name=MAP).episodes, written[:2])
+
+
+def test_partial_datasets_of_killed_processes_are_removed(tmp_path, written):
+    """Issue 19: a killed phase=collect leaves <name>.partial-<pid>/ (preallocated, GBs at paper
+    size); the next writer of that dataset removes it, and leaves a live process's alone."""
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "ds"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"ds.partial-{dead.pid}"  # from before the owner file: the pid in the name
+    stale.mkdir()
+    (stale / "big.memmap").write_bytes(b"0" * 1024)
+    stale_owned = tmp_path / "ds.partial-77"
+    stale_owned.mkdir()
+    (stale_owned / ".owner").write_text(f"{socket.gethostname()} {dead.pid}")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f"ds.partial-{alive.pid}"
+        live.mkdir()
+        (live / ".owner").write_text(f"{socket.gethostname()} {alive.pid}")
+        with EpisodeDatasetWriter(path, SPEC, 2, quality="medium") as w:
+            w.append(written[:2])
+            w.close()
+        assert not stale.exists() and not stale_owned.exists() and live.is_dir()
+        assert not (path / ".owner").exists()
+        assert_td_equal(load_dataset(path, map_name=MAP).episodes, written[:2])
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 # --------------------------------------------------------------------------- validation

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,25 @@ from .format import (
 from .stats import dataset_stats
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bool: "bool", torch.int64: "int64"}
+OWNER_FILE = ".owner"  # "host pid" of the process assembling a partial dataset
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Delete the ``<path>.partial-<pid>/`` directories that killed processes left on this host
+    (a preallocated dataset can take GBs); a live process's, or another host's, stay. Returns
+    what was removed (each is also printed)."""
+    from ovmse.sweeps.locks import lock_is_stale
+
+    removed = []
+    for partial in sorted(Path(path).parent.glob(f"{Path(path).name}.partial-*")):
+        owner = partial / OWNER_FILE
+        pid = partial.name.rpartition("-")[2]
+        holder = owner.read_text() if owner.is_file() else f"{socket.gethostname()} {pid}"  # before the owner file
+        if partial.is_dir() and lock_is_stale(holder):
+            shutil.rmtree(partial, ignore_errors=True)
+            print(f"removed {partial}: a partial dataset that a killed process ({holder}) left behind")
+            removed.append(partial)
+    return removed
 
 
 class EpisodeDatasetWriter:
@@ -63,10 +83,12 @@ class EpisodeDatasetWriter:
                 f"Dataset directory {self.path} already exists; pass overwrite=true to replace it "
                 "(or choose another data root)."
             )
+        remove_stale_partials(self.path)
         self.tmp = self.path.with_name(f"{self.path.name}.partial-{os.getpid()}")
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
+        (self.tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
         T1 = spec.episode_limit + 1
         template = TensorDict(
             {key: torch.zeros((1, T1, *shape), dtype=dtype).expand(self.n_episodes, T1, *shape)
@@ -164,12 +186,15 @@ class EpisodeDatasetWriter:
         }
         (self.tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         del self.episodes  # release the memmaps before renaming
+        (self.tmp / OWNER_FILE).unlink(missing_ok=True)  # complete: no longer a partial dataset
         old = None
         if self.path.exists():
             if not self.overwrite:
                 self.closed = True  # keep the finished files, as the message says (no abort on exit)
+                kept = self.path.with_name(f"{self.path.name}.finished-{os.getpid()}")
+                self.tmp.rename(kept)
                 raise FileExistsError(f"Dataset directory {self.path} appeared while writing; kept "
-                                      f"the new one at {self.tmp}")
+                                      f"the new one at {kept}")
             old = self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}")
             self.path.rename(old)
         self.tmp.rename(self.path)

@@ -19,7 +19,7 @@ def _holder() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
 
 
-def _is_stale(text: str) -> bool:
+def lock_is_stale(text: str) -> bool:
     """True when the lock was written on this host by a process that no longer runs."""
     host, _, pid = text.strip().partition(" ")
     if host != socket.gethostname() or not pid.isdigit():
@@ -50,7 +50,7 @@ class StageLock:
                     text = self.path.read_text()
                 except FileNotFoundError:
                     continue  # released between our open and read: try again
-                if not _is_stale(text):
+                if not lock_is_stale(text):
                     return False
                 self.path.unlink(missing_ok=True)
                 continue
