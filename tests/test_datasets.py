@@ -628,3 +628,16 @@ def test_reward_on_the_final_observation_row_is_rejected(copy):
     edit_contents(path, put)
     with pytest.raises(DatasetError, match=r"field reward: expected 0 from the final-observation row on .*0\.25 at episode \d+, step \d+"):
         load_dataset(path)
+
+
+def test_absurd_finite_reward_is_rejected(copy):
+    """Issue 19 A: a finite reward of 3e38 passed validation and trained to NaN; it is refused."""
+    path = copy
+
+    def put(td, L):
+        td["reward"][0, 0] = 3e38
+
+    edit_contents(path, put)
+    with pytest.raises(DatasetError, match=r"field reward: expected values within ±1e\+06 .*found 3e\+38 at episode 0, "
+                                           r"step 0.*rescale the rewards"):
+        load_dataset(path)

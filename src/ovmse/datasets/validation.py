@@ -27,6 +27,11 @@ class DatasetError(ValueError):
     """A dataset that does not match what it claims or what the environment needs."""
 
 
+
+# A reward beyond this magnitude is refused: its square (in the TD loss) overflows float32
+# long before training could notice, and no SMAC reward comes near it.
+MAX_ABS_REWARD = 1e6
+
 def _fail(path: Path, what: str) -> DatasetError:
     return DatasetError(f"dataset {path}: {what}")
 
@@ -157,6 +162,12 @@ def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: i
                 e, step, j = bad.nonzero()[0].tolist()
                 raise _fail(path, f"field {key_name(key)}: expected finite values, found {flat[e, step, j].item()} "
                                   f"at episode {offset + start + e}, step {step}")
+        reward = td.get("reward").squeeze(-1)
+        huge = reward.abs() > MAX_ABS_REWARD
+        if bool(huge.any()):
+            raise _fail(path, f"field reward: expected values within ±{MAX_ABS_REWARD:g} (SMAC's are scaled so that a "
+                              f"return is at most 20), found {reward[huge][0].item():g} at {where(huge)}: squared TD "
+                              "errors of such values overflow float32; rescale the rewards")
         action = td.get(("agents", "action"))  # [e, T+1, N]
         out_of_range = ((action < 0) | (action >= A)).any(-1) & trans
         if bool(out_of_range.any()):
