@@ -133,6 +133,12 @@ def test_resume_of_a_run_without_checkpoint_says_why(tmp_path):
     cfg = SimpleNamespace(get=lambda k, d=None: str(tmp_path / "nope") if k == "resume" else d)
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         resume_checkpoint(cfg)
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    best.parent.mkdir()
+    best.write_bytes(b"x")
+    cfg = SimpleNamespace(get=lambda k, d=None: str(best) if k == "resume" else d)
+    with pytest.raises(ValueError, match="best.ckpt is not one"):
+        resume_checkpoint(cfg)
 
 
 # ----------------------------------------------------------------------------- a real kill

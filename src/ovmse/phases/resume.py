@@ -31,6 +31,9 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
         raise ValueError("resume= continues single-process runs; a trainer=ddp run or distributed env workers keep "
                          "one replay buffer per process, which resume does not restore")
     path = Path(str(resume))
+    if path.is_file() and path.name != "last.ckpt":
+        raise ValueError(f"resume={str(resume)!r}: resume takes a run directory or its checkpoints/last.ckpt (the "
+                         f"resume point); {path.name} is not one (fine-tune from it with ckpt= instead)")
     ckpt = path if path.is_file() else path / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         if not path.exists():
