@@ -85,5 +85,22 @@ def main(cfg: DictConfig) -> None:
         lock.release()
 
 
+def _check_paths_before_hydra(argv: list[str]) -> None:
+    """Hydra makes the run directory before ``main`` runs, so a bad ``resume=`` or
+    ``hydra.run.dir=`` would end in its traceback (or create a directory): refuse them here,
+    in one line with exit 2."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "resume" and value not in ("", "null") and not Path(value).exists():
+            sys.exit(print(f"error: resume={value!r}: no such run directory or checkpoint", file=sys.stderr) or 2)
+        if key == "hydra.run.dir" and value and "-m" not in argv and "--multirun" not in argv:
+            try:
+                Path(value).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                sys.exit(print(f"error: hydra.run.dir={value!r} cannot be created ({err.strerror}); pass a run "
+                               "directory you can write to", file=sys.stderr) or 2)
+
+
 if __name__ == "__main__":
+    _check_paths_before_hydra(sys.argv[1:])
     main()

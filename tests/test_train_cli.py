@@ -122,3 +122,15 @@ def test_default_run_directories_of_one_second_do_not_collide(tmp_path):
         assert p.returncode == 0, err[-2000:]
     runs = sorted((tmp_path / "rollout" / "runs").iterdir())
     assert len(runs) == 2 and all((r / "config_resolved.yaml").is_file() for r in runs)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.run.dir=/proc/ovmse_cannot_be_here", "cannot be created"),
+    ("resume=/nonexistent/ovmse_run", "no such run directory or checkpoint"),
+])
+def test_bad_run_paths_are_one_line_before_hydra(override, message):
+    """Issue 19: Hydra makes the run directory before main(); bad paths are refused before it."""
+    proc = subprocess.run([sys.executable, "train.py", "phase=online", "env=3m", override], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not Path("/nonexistent/ovmse_run").exists()
