@@ -251,6 +251,19 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
     assert all(k.startswith(".hydra-resume/") for k in changed), changed  # the refused command's own record
     assert (run_dir / ".hydra" / "overrides.yaml").read_bytes() == record[Path(".hydra/overrides.yaml")]
 
+    # Killed after its budget but before its final test (no summary yet): the resume makes no
+    # further update and runs the final test.
+    final = json.loads((run_dir / "online_summary.json").read_text())
+    (run_dir / "online_summary.json").unlink()
+    at_budget = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["progress"]
+    assert at_budget["env_steps"] >= 3000
+    proc = subprocess.run(_command(run_dir, offline_ckpt, f"resume={run_dir}"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    redone = json.loads((run_dir / "online_summary.json").read_text())
+    assert redone["updates"] == at_budget["updates"] == final["updates"]
+    assert redone["env_steps"] == at_budget["env_steps"] and "eval/final_win_rate" in redone
+
 
 def test_resume_of_a_missing_directory_creates_nothing(tmp_path):
     missing = tmp_path / "no_such_run"

@@ -106,6 +106,10 @@ class OnlineCollectionCallback(pl.Callback):
             # As in PyMARL2, the first update comes as soon as a batch can be drawn: the
             # warm-up data pays for it, and the ratio counts from there.
             self._credit = self.ratio.every
+        if module.env_steps >= self.budget:
+            # A resumed run that had reached its budget (killed before its final test): no
+            # further update; the phase goes straight on to the final test.
+            trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, module: QMixModule, outputs, batch, batch_idx) -> None:
         self._credit -= self.ratio.every
