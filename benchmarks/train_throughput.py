@@ -215,6 +215,7 @@ def merged(path: Path, new: dict, parts: list[str]) -> dict:
         provenance[part] = new["provenance"][part]
     out["provenance"] = provenance
     out["machine"], out["args"] = new["machine"], {**old["args"], "merged_parts": parts}
+    out["seconds"], out["episodes"] = new["seconds"], new["episodes"]  # the header describes this run
     return out
 
 
