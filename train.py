@@ -31,9 +31,13 @@ def _run_dir(resume, default: str) -> str:
     if not resume:
         return default
     path = Path(str(resume))
-    if not path.exists():
-        raise ValueError(f"resume={str(resume)!r}: no such run directory or checkpoint")
+    if not path.exists():  # resume= set in a config file; the command line is checked before Hydra
+        raise ValueError(_missing_resume(str(resume)))
     return str(path.parents[1] if path.is_file() else path)
+
+
+def _missing_resume(value: str) -> str:
+    return f"resume={value!r}: no such run directory or checkpoint"
 
 
 def _hydra_subdir(resume, now: str) -> str:
@@ -55,8 +59,8 @@ def main(cfg: DictConfig) -> None:
     # save the values this run actually used next to it.
     from ovmse.datasets import DatasetError
     from ovmse.sweeps import StageError
-    from ovmse.training.checkpointing import NonFiniteWeightsError
     from ovmse.sweeps.locks import StageLock
+    from ovmse.training.checkpointing import NonFiniteWeightsError
     from ovmse.training.guards import NonFiniteLossError
 
     out = Path(cfg.paths.output_dir)
@@ -89,16 +93,20 @@ def _check_paths_before_hydra(argv: list[str]) -> None:
     """Hydra makes the run directory before ``main`` runs, so a bad ``resume=`` or
     ``hydra.run.dir=`` would end in its traceback (or create a directory): refuse them here,
     in one line with exit 2."""
+    problem = None
     for arg in argv:
         key, _, value = arg.lstrip("+").partition("=")
         if key == "resume" and value not in ("", "null") and not Path(value).exists():
-            sys.exit(print(f"error: resume={value!r}: no such run directory or checkpoint", file=sys.stderr) or 2)
+            problem = _missing_resume(value)
         if key == "hydra.run.dir" and value and "-m" not in argv and "--multirun" not in argv:
             try:
                 Path(value).mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                sys.exit(print(f"error: hydra.run.dir={value!r} cannot be created ({err.strerror}); pass a run "
-                               "directory you can write to", file=sys.stderr) or 2)
+                problem = (f"hydra.run.dir={value!r} cannot be created ({err.strerror}); pass a run directory you can "
+                           "write to")
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":
