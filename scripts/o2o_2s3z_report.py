@@ -409,6 +409,44 @@ def switch_table(records: list[dict], root: Path) -> str:
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
+RUN_COLUMNS = {"q_minus_mc": "train/q_minus_mc_return", "ovm_active": "train/ovm_active_fraction",
+               "explored": "collect/explored_fraction"}
+
+
+def run_values(run_dir: Path, after: float = DROP_WINDOW) -> dict | None:
+    """Medians over a run's metric rows after ``after`` env steps (``metrics.csv``): Q_tot of
+    the batch's actions minus their Monte-Carlo return, the share of transitions where OVM's
+    memory sets the target, and the share of exploratory agent actions."""
+    import csv
+
+    try:
+        with open(run_dir / "metrics.csv", newline="") as file:
+            rows = [r for r in csv.DictReader(file) if float(r["env_steps"]) > after]
+    except OSError:
+        return None
+    out = {}
+    for name, column in RUN_COLUMNS.items():
+        values = [float(r[column]) for r in rows if r.get(column)]
+        out[name] = statistics.median(values) if values else None
+    return out if out["q_minus_mc"] is not None else None
+
+
+def run_values_table(records: list[dict], root: Path) -> str:
+    names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA)
+    lines = ["| run | runs | Q_tot minus Monte-Carlo return (per run) | OVM memory sets the target (per run) | "
+             "exploratory agent actions (per run) |", "|---|---:|---|---|---|"]
+    for name in names:
+        values = [v for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
+                  for v in [run_values(root / r["path"])] if v]
+        if not values:
+            continue
+        label = LABELS.get(name, "OVMSE, memory vs TD(λ) target" if name == MEMORY_TD_LAMBDA else name)
+        lines.append(f"| {label} | {len(values)} | " + " | ".join(
+            _per_seed([v[k] for v in values if v[k] is not None], 3 if k != "q_minus_mc" else 2)
+            for k in RUN_COLUMNS) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
+
+
 def qmix_start_records(root: Path, budget: int) -> list[dict]:
     """The fine-tuning runs of QMIX's own online policy (``<root>/diagnosis/qmix_start``)."""
     from ovmse.report.runs import load_online_run
@@ -589,6 +627,8 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "**Diagnosis** (`python scripts/o2o_2s3z.py diagnose`): what the results above would need to be explained.",
              "", "*Values at the switch* (2s3z medium, training batches, medians over runs with per-run values; "
              "QMIX from scratch for comparison):", "", switch_table(records, root), "",
+             "*Values over the run* (2s3z medium, medians over each run's logged rows after the first 50k env "
+             "steps; QMIX's row is the run from scratch):", "", run_values_table(records, root), "",
              "*The first 16k env steps* (OVMSE on 2s3z medium, evaluations every 2k env steps):", "",
              switch_diagnosis_table(records), "",
              "*Exploration at the switch* (2s3z medium, from the same pretrainings; ε = 1.0 rows: the 300k runs "
