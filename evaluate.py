@@ -26,10 +26,7 @@ def main(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "ckpt"):
             raise ValueError("pass the checkpoint to evaluate: python evaluate.py ckpt=<run dir>/checkpoints/last.ckpt")
-        for key in ("episodes", "num_envs"):
-            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {cfg[key]!r}")
-        check_settings(cfg)  # seed, device
+        check_settings(cfg)  # seed, device, episodes, num_envs
         threads = check_threads(cfg.num_threads, "num_threads")
         if threads is not None:
             torch.set_num_threads(threads)

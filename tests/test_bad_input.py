@@ -241,7 +241,7 @@ def test_cuda_on_a_machine_without_it_is_one_line():
 
 @pytest.mark.parametrize("args, message", [
     ([], "pass the checkpoint to evaluate"),
-    (["ckpt=x.ckpt", "episodes=0"], "episodes must be an integer >= 1, got 0"),
+    (["ckpt=x.ckpt", "episodes=0"], "episodes must be an integer >= 1 (episodes to play or record), got 0"),
     (["ckpt=x.ckpt", "num_threads=0"], "num_threads must be null"),
 ])
 def test_evaluate_settings_are_one_line_errors(args, message):

@@ -25,6 +25,8 @@ COUNTS = (
     ("unlearning_probe.every_env_steps", 1, "env steps between probe measurements"),
     ("env.num_envs", 1, "battles collected side by side"),
     ("n_battles", 1, "battles to play"),
+    ("episodes", 1, "episodes to play or record"),  # evaluate.py, phase=collect
+    ("num_envs", 1, "battles side by side"),  # evaluate.py
 )
 
 
