@@ -28,17 +28,22 @@ the same way (``<root>/diagnosis-worker<k>.log``):
 1. ``grid=o2o_2s3z_switch``: OVMSE's first 16k env steps, evaluated every 2k, with the
    offline Adam state restored or fresh and ε starting at 1.0 or 0.05 (what makes the
    greedy policy fall right after the switch?);
-2. ``grid=o2o_2s3z_memory_target``: OVMSE with the memory compared with the TD(λ) target
+2. ``grid=o2o_2s3z_lambda``: OVMSE with λ_memory annealed 1.0 -> 0.05 over 100k env steps
+   (does the offline memory hold the policy back?);
+3. ``grid=o2o_2s3z_one_step``: QMIX from scratch with one-step targets (TD(λ = 0)), the
+   targets OVMSE learns from on 2s3z (do they alone overestimate on our simulator?);
+4. ``grid=o2o_2s3z_memory_target``: OVMSE with the memory compared with the TD(λ) target
    instead of the one-step one (with λ_memory = 1 Eq. 5 keeps no TD(λ) term: does learning
    from one-step targets hold OVMSE back?);
-3. ``grid=o2o_2s3z_lambda``: OVMSE with λ_memory annealed 1.0 -> 0.05 over 100k env steps
-   (does the offline memory hold the policy back?);
-4. ``grid=o2o_2s3z_exploration``: OVMSE and OVM only with ε starting at 0.2 and 0.05, 100k
+5. ``grid=o2o_2s3z_exploration``: OVMSE and OVM only with ε starting at 0.2 and 0.05, 100k
    env steps (does restarting exploration at ε = 1 cause the drop?);
-5. each O2O method fine-tuning, for 50k env steps, the policy QMIX from scratch learnt
+6. each O2O method fine-tuning, for 50k env steps, the policy QMIX from scratch learnt
    online (its best evaluation, win rate >= 0.9), made an O2O start by
    ``ovmse.training.o2o_start`` with the medium dataset (do the methods unlearn a good
    policy that no offline pretraining made?): ``<root>/diagnosis/qmix_start/<algo>/seed<k>``.
+
+Stages 2-5 run seed 0 of each grid first, then the other seeds, so that a session cut
+short has one seed of every cause.
 """
 
 from __future__ import annotations
@@ -65,15 +70,18 @@ CELLS = (
     + [("2s3z_medium", a) for a in ("ovm_only", "se_only")]
     + [("2s3z_medium", f"ovmse+algo.online.mixing_ratio={r}") for r in ("0.1", "0.3")]
 )
-# The memory's target and λ first: they test the causes the main grid points to (docs/results.md).
-DIAGNOSIS_STAGES = (("o2o_2s3z_switch", ()), ("o2o_2s3z_memory_target", ()), ("o2o_2s3z_lambda", ()),
-                    ("o2o_2s3z_exploration", ()))
+# Seed 0 of every cause first, then seeds 1-2: one seed of each tells the causes apart sooner
+# than three seeds of the first (docs/results.md).
+DIAGNOSIS_GRIDS = ("o2o_2s3z_lambda", "o2o_2s3z_one_step", "o2o_2s3z_memory_target", "o2o_2s3z_exploration")
+DIAGNOSIS_STAGES = (("o2o_2s3z_switch", ()), *((g, ("hydra.sweeper.params.seed=0",)) for g in DIAGNOSIS_GRIDS),
+                    *((g, ()) for g in DIAGNOSIS_GRIDS))
 DIAGNOSIS_CELLS = (
     [("2s3z_medium", f"ovmse+algo.epsilon_start={e},algo.online.restore_optimizer={r},env_steps=16000")
      for r in ("True", "False") for e in ("1.0", "0.05")]  # as Hydra's sweeper spells booleans
     + [("2s3z_medium", f"{a}+algo.epsilon_start={e},env_steps=100000") for a in ("ovmse", "ovm_only") for e in ("0.2", "0.05")]
     + [("2s3z_medium", "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05")]
     + [("2s3z_medium", "ovmse+algo.online.ovm_target=td_lambda")]
+    + [("2s3z", "qmix+algo.td_lambda=0.0")]
 )
 QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql")
 QMIX_START_MIN_WIN_RATE = 0.9
