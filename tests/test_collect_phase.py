@@ -207,3 +207,71 @@ def test_collect_refuses_ddp(tmp_path):
     proc = _collect(tmp_path / "data", tmp_path / "run", "trainer=ddp")
     assert proc.returncode != 0 and "writes datasets from one process" in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+# ------------------------------------------------------------- a rerun after a kill (issue 19)
+def _partial_copy(collected, tmp_path, *remove):
+    """The collected datasets as a killed run would have left them: ``remove`` not written."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(collected[0], root)
+    for quality in remove:
+        shutil.rmtree(root / "3m" / quality)
+    return root
+
+
+ALL = "qualities=[medium,medium_replay,expert,mixed]"
+
+
+def test_rerun_keeps_written_qualities_and_trains_only_to_the_missing_level(collected, tmp_path):
+    root = _partial_copy(collected, tmp_path, "expert", "mixed")
+    before = {q: (root / "3m" / q / "dataset.json").read_text() for q in ("medium", "medium_replay")}
+    proc = _collect(root, tmp_path / "rerun", ALL, "medium.win_rate=[0.0,1.0]", "expert.win_rate=[1.0,1.0]",
+                    "env_steps=768")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"kept {root / '3m' / 'medium'}" in proc.stdout
+    assert {q: (root / "3m" / q / "dataset.json").read_text() for q in before} == before  # untouched
+    summary = json.loads((tmp_path / "rerun" / "collect_summary.json").read_text())
+    assert set(summary["kept"]) == {"medium", "medium_replay"} and set(summary["levels"]) == {"expert"}
+    assert not (tmp_path / "rerun" / "checkpoints" / "medium.ckpt").exists()  # no medium level this time
+    expert = load_dataset(root / "3m" / "expert", map_name="3m").metadata
+    assert expert["behaviour"]["evaluations"] == summary["evaluations"]
+    mixed = load_dataset(root / "3m" / "mixed", map_name="3m")
+    assert len(mixed) == 24 and str(root / "3m" / "medium") in mixed.metadata["behaviour"]["policy"]
+
+
+def test_rerun_records_a_missing_medium_from_the_kept_replays_policy(collected, tmp_path):
+    root = _partial_copy(collected, tmp_path, "medium")
+    proc = _collect(root, tmp_path / "rerun")  # qualities: medium, medium_replay
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "rerun" / "metrics.csv").exists()  # recorded, not trained
+    replay = load_dataset(root / "3m" / "medium_replay", validate="structure").metadata["behaviour"]
+    medium = load_dataset(root / "3m" / "medium", map_name="3m").metadata["behaviour"]
+    assert medium["checkpoint"] == replay["checkpoint"]
+    assert medium["env_steps"] == replay["env_steps"] and medium["evaluations"] == replay["evaluations"]
+    # The same policy, seed and battles as the first run's medium: the same episodes.
+    first = load_dataset(collected[0] / "3m" / "medium", validate="structure")
+    again = load_dataset(root / "3m" / "medium", validate="structure")
+    assert first.stats()[0] == again.stats()[0]
+
+
+def test_rerun_refuses_to_remake_medium_replay_apart_from_medium(collected, tmp_path):
+    root = _partial_copy(collected, tmp_path, "medium_replay")
+    before = (root / "3m" / "medium" / "dataset.json").read_text()
+    proc = _collect(root, tmp_path / "rerun")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "medium_replay is the replay buffer of the run that made medium" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (root / "3m" / "medium" / "dataset.json").read_text() == before
+    assert not (root / "3m" / "medium_replay").exists()
+
+
+def test_rerun_makes_a_missing_mixed_from_the_datasets_on_disk(collected, tmp_path):
+    root = _partial_copy(collected, tmp_path, "mixed")
+    proc = _collect(root, tmp_path / "rerun", ALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "rerun" / "metrics.csv").exists()  # nothing trained
+    first = load_dataset(collected[0] / "3m" / "mixed", validate="structure")
+    again = load_dataset(root / "3m" / "mixed", map_name="3m")
+    assert first.stats()[0] == again.stats()[0]  # same seed, same sources: the same draw
