@@ -36,6 +36,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     module.eval().to(cfg.device)
     hp = module.hparams
+    from ovmse.phases.fine_tuning import check_offline_run_finished
+
+    try:
+        check_offline_run_finished(module, str(cfg.ckpt))
+        finished = True
+    except ValueError:  # an evaluation snapshot of a killed offline run: not the policy the run would end with
+        finished = False
+        record = module.offline_run or {}
+        print(f"note: {cfg.ckpt} is from an offline run that did not finish ({record.get('updates', module.updates)} "
+              f"of {record.get('planned_updates', '?')} updates)", file=sys.stderr)
     num_envs = min(int(cfg.num_envs), int(cfg.episodes))
     evaluator = GreedyEvaluator(module.agent, hp.map_name, num_envs, seed=int(cfg.seed), device=cfg.device)
     stats = evaluator.run(int(cfg.episodes))
@@ -43,6 +53,7 @@ def main(cfg: DictConfig) -> None:
         "map": hp.map_name,
         "ckpt": str(cfg.ckpt),
         "env_steps_trained": module.env_steps,
+        "offline_run_finished": finished,
         "episodes": stats.battles,
         "win_rate": stats.win_rate,
         "return_mean": stats.mean_return,

@@ -57,6 +57,8 @@ def main(cfg: DictConfig) -> None:
 
     # Hydra keeps the config as composed (with ${...}) in .hydra/config.yaml;
     # save the values this run actually used next to it.
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from ovmse.datasets import DatasetError
     from ovmse.sweeps import StageError
     from ovmse.sweeps.locks import StageLock
@@ -85,8 +87,38 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        # Lightning stops training at a SIGTERM by raising a SystemExit without a code: exit 0,
+        # which a sweep would take for a finished run. Say so and exit as a killed process does.
+        print(f"error: stopped by SIGTERM before the run finished ({out}); an online run continues with "
+              f"resume={out}, other phases start again", file=sys.stderr)
+        sys.exit(128 + 15)
     finally:
         lock.release()
+
+
+def _run_dir_problem(value: str, resuming: bool) -> str | None:
+    """Why ``hydra.run.dir=value`` cannot take a new run (None: it can), found before Hydra
+    writes its record there: a live run holds it, or it holds a run already (which Hydra's
+    record of the new one would replace, and whose checkpoints, replay chunks and metrics the
+    new one would mix with its own), or it cannot be created."""
+    from ovmse.sweeps.locks import lock_is_stale
+
+    lock = Path(value) / ".run.lock"
+    holder = lock.read_text().strip() if lock.is_file() else ""
+    if holder and not lock_is_stale(holder):
+        return (f"the run directory {value} is in use by another run ({holder}, host and pid): wait for it to end, "
+                "or pass another hydra.run.dir")
+    record = next((p for p in (Path(value) / ".hydra" / "config.yaml", Path(value) / "config_resolved.yaml")
+                   if p.is_file()), None)
+    if record is not None and not resuming:
+        return (f"hydra.run.dir={value!r} holds a run already ({record.relative_to(value)}): continue an online run "
+                f"with resume={value}, or pass a new directory (move the old one away to start it again)")
+    try:
+        Path(value).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"hydra.run.dir={value!r} cannot be created ({err.strerror}); pass a run directory you can write to"
+    return None
 
 
 def _check_paths_before_hydra(argv: list[str]) -> None:
@@ -94,16 +126,16 @@ def _check_paths_before_hydra(argv: list[str]) -> None:
     ``hydra.run.dir=`` would end in its traceback (or create a directory): refuse them here,
     in one line with exit 2."""
     problem = None
+    resuming = any(a.lstrip("+").partition("=")[0] == "resume" and a.partition("=")[2] not in ("", "null")
+                   for a in argv)
+    # DDP ranks > 0 are started by Lightning into the run directory rank 0 made.
+    relaunched = any(int(os.environ.get(k, 0) or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
     for arg in argv:
         key, _, value = arg.lstrip("+").partition("=")
         if key == "resume" and value not in ("", "null") and not Path(value).exists():
             problem = _missing_resume(value)
-        if key == "hydra.run.dir" and value and "-m" not in argv and "--multirun" not in argv:
-            try:
-                Path(value).mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                problem = (f"hydra.run.dir={value!r} cannot be created ({err.strerror}); pass a run directory you can "
-                           "write to")
+        if key == "hydra.run.dir" and value and "-m" not in argv and "--multirun" not in argv and not relaunched:
+            problem = _run_dir_problem(value, resuming)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)

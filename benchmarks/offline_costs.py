@@ -49,6 +49,7 @@ def main() -> None:
 
     from ovmse.datasets import load_dataset
     from ovmse.provenance import machine_info
+    from ovmse.losses.objective import CQLSettings, ObjectiveSettings
     from ovmse.training.qmix_module import QMixModule
 
     rows: list[tuple[str, float]] = []
@@ -68,7 +69,8 @@ def main() -> None:
     for cql in (None, "macql", "cfcql"):
         for batch_size in (32, 128):
             torch.manual_seed(0)
-            module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, cql=cql, cql_alpha=0.05)
+            module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions,
+                                objective=ObjectiveSettings(cql=CQLSettings(cql, alpha=0.05) if cql else None))
             opt = module.configure_optimizers()
 
             def update(module=module, opt=opt, batch_size=batch_size):

@@ -58,6 +58,7 @@ def _module_and_data(args):
     from data_modules import ReplayDataModule
     from ovmse.collection import EpisodeReplayBuffer
     from ovmse.envs import get_map
+    from ovmse.losses.objective import CQLSettings, ObjectiveSettings
     from ovmse.training.qmix_module import QMixModule
 
     spec = get_map(args.map)
@@ -69,7 +70,7 @@ def _module_and_data(args):
     torch.manual_seed(args.seed)
     cql = None if args.cql == "none" else args.cql
     module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, map_name=spec.name,
-                        cql=cql, cql_alpha=0.05 if cql else 0.0)
+                        objective=ObjectiveSettings(cql=CQLSettings(cql, alpha=0.05) if cql else None))
     return module, data
 
 

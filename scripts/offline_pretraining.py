@@ -106,6 +106,10 @@ def train_all(args, out_root: Path) -> None:
                     check_current(out)
                     print(f"skip {out} (finished)")
                     continue
+                if out.exists():  # killed: offline runs start again, the old directory kept beside
+                    from ovmse.sweeps.stages import set_aside
+
+                    set_aside(out)
                 jobs.append((command(args, out, dataset, setting, seed, steps), out))
     run_queue(jobs, args.parallel)
 

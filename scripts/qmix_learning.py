@@ -43,8 +43,16 @@ def train(map_name: str, env_steps: int, seed: int, out_root: Path, threads: int
     if (out / "online_summary.json").exists():
         print(f"skip {out} (finished)")
         return
+    # A killed run continues from its resume point; one killed before it had any starts again,
+    # its directory kept beside (train.py refuses a new run in a directory that holds one).
+    resume = (out / "checkpoints" / "last.ckpt").is_file()
+    if out.exists() and not resume:
+        from ovmse.sweeps.stages import set_aside
+
+        set_aside(out)
     cmd = [sys.executable, "train.py", "phase=online", f"env={map_name}", f"env_steps={env_steps}", f"seed={seed}",
-           f"num_threads={threads}", "trainer.progress_refresh_rate=200", f"hydra.run.dir={out}"]
+           f"num_threads={threads}", "trainer.progress_refresh_rate=200", f"hydra.run.dir={out}",
+           *([f"resume={out}"] if resume else [])]
     print("run:", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
 

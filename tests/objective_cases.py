@@ -66,18 +66,25 @@ def digest(t: torch.Tensor) -> torch.Tensor:
 
 
 def make_module(kwargs: dict, online: dict | None):
+    """The case's module; its settings are written in the flat form the module took before
+    issue 18 (``cql``, ``cql_alpha``, ...), read through :func:`legacy_objective`."""
     from ovmse.envs import get_map
+    from ovmse.phases.objective import online_objective
     from ovmse.training import QMixModule
+    from ovmse.training.checkpoint_compat import legacy_objective
 
     torch.manual_seed(0)
     spec = get_map("3m")
     m = QMixModule(obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents, n_actions=spec.n_actions,
-                   map_name="3m", hidden_dim=8, mixing_embed_dim=4, hypernet_embed=8, cql_samples=5, **kwargs)
+                   map_name="3m", hidden_dim=8, mixing_embed_dim=4, hypernet_embed=8,
+                   objective=legacy_objective({"cql_samples": 5, "cql_sampling": "available", **kwargs}))
     with torch.no_grad():  # distinct online, target and frozen nets: a swapped one would show
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
     if online is not None:
-        m.configure_fine_tuning(**online)
+        settings = {"cql_calibrated": False, "ovm": False, "ovm_target": "one_step", "lambda_memory_start": 1.0,
+                    "lambda_memory_end": 1.0, "lambda_memory_anneal_steps": 0, **online}
+        m.configure_fine_tuning(online_objective(settings, m.settings))
         m.env_steps = ENV_STEPS
     return m
 

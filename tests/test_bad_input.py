@@ -5,6 +5,7 @@ executing code; NaN losses stop training with the last good state saved."""
 import errno
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,12 +222,34 @@ def test_a_base_config_cannot_be_chosen_as_the_algorithm():
     ("eval.episodes=-5", "eval.episodes must be an integer >= 1"),
     ("log_every_env_steps=1.5", "log_every_env_steps must be an integer >= 1"),
     ("checkpoint.every_env_steps=-1", "checkpoint.every_env_steps must be an integer >= 0"),
+    ("algo.hidden_dim=0", "algo.hidden_dim must be an integer >= 1"),
 ])
 def test_wrong_settings_are_refused_up_front_naming_the_key(tmp_path, override, message):
     proc = train("phase=online", *TINY, override, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=qmix", "algo.steps_per_env=0"], "algo.steps_per_env must be an integer >= 1"),
+    (["algo=qmix", "algo.batch_size=0"], "algo.batch_size must be an integer >= 1"),
+    (["algo=qmix", "algo.gamma=1.5"], "algo.gamma must be a number in [0.0, 1.0], got 1.5"),
+    (["algo=ovmse", "algo.target_update_interval.default=0"], "algo.target_update_interval.default must be an integer"),
+    (["algo=ovmse", "algo.offline.samples=0"], "algo.offline.samples must be an integer >= 1"),
+])
+def test_algorithm_settings_are_checked_up_front_naming_the_key(overrides, message):
+    """Issue 19 G: the algorithm's counts and ranges too (steps_per_env=0 was a torchrl traceback)."""
+    from hydra import compose, initialize_config_dir
+
+    from ovmse.phases.checks import check_settings
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["phase=online", *overrides])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_settings(cfg)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        check_settings(compose("train", overrides=["phase=online", overrides[0]]))  # the defaults pass
 
 
 def test_cuda_on_a_machine_without_it_is_one_line():

@@ -11,6 +11,7 @@ from ovmse.collection import EpisodeReplayBuffer
 from ovmse.datasets import load_dataset, trim_to_filled
 from ovmse.envs import get_map
 from ovmse.training import QMixModule
+from objectives import settings
 from simtools import random_dataset
 
 K = 6  # MACQL samples per transition
@@ -36,26 +37,26 @@ def module(**kwargs) -> QMixModule:
     spec = get_map("3m")
     m = QMixModule(obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents,
                    n_actions=spec.n_actions, map_name="3m", hidden_dim=16, mixing_embed_dim=8,
-                   hypernet_embed=16, cql_samples=K, **kwargs)
+                   hypernet_embed=16, objective=settings(cql_samples=K, **kwargs))
     # Distinct targets so that a wrong bootstrap (online vs target net) would show.
     with torch.no_grad():
-        for p in m.loss.target_agent.parameters():
+        for p in m.objective.td.target_agent.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return m
 
 
 def fixed_samples(m: QMixModule, rows: int) -> None:
     """MACQL draws [B, T, K, N] samples; fix them per (b, t) so both batch lengths see the same."""
-    if m.cql_loss is None or m.hparams.cql != "macql":
+    if m.settings.cql is None or m.settings.cql.variant != "macql":
         return
     table = torch.randint(0, m.hparams.n_actions, (64, rows, K, m.hparams.n_agents),
                           generator=torch.Generator().manual_seed(3))
-    draw = m.cql_loss.forward  # the draw is not under test: pass the table as explicit samples
+    draw = m.objective.cql.forward  # the draw is not under test: pass the table as explicit samples
 
     def forward_with_table(agent_q, *args, **kwargs):
         return draw(agent_q, *args, samples=table[: agent_q.shape[0], : agent_q.shape[1]], **kwargs)
 
-    m.cql_loss.forward = forward_with_table
+    m.objective.cql.forward = forward_with_table
 
 
 def loss_and_grads(m: QMixModule, batch):

@@ -550,9 +550,14 @@ def test_macql_sampling_setting_is_checked_and_old_checkpoints_keep_theirs(tmp_p
         MACQLLoss(QMixer(S, N), sampling="valid")
     from ovmse.training.qmix_module import QMixModule, load_qmix_checkpoint
 
-    m = QMixModule(4, 5, 2, 3, cql="macql", cql_alpha=1.0)
-    assert m.cql_loss.sampling == "available"
-    hparams = dict(m.hparams)
-    del hparams["cql_sampling"]  # as written before the option existed
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": hparams}, tmp_path / "old.ckpt")
-    assert load_qmix_checkpoint(str(tmp_path / "old.ckpt")).cql_loss.sampling == "all"
+    from objectives import settings
+
+    m = QMixModule(4, 5, 2, 3, objective=settings(cql="macql", cql_alpha=1.0))
+    assert m.objective.cql.sampling == "available"
+    # As written before the option existed (and before issue 18): flat hparams without it.
+    hparams = {k: v for k, v in m.hparams.items() if k != "objective"}
+    hparams.update(cql="macql", cql_alpha=1.0)
+    state = {k.replace("objective.td.", "loss.").replace("objective.cql.", "cql_loss."): v
+             for k, v in m.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    assert load_qmix_checkpoint(str(tmp_path / "old.ckpt")).objective.cql.sampling == "all"

@@ -349,6 +349,15 @@ def test_partial_datasets_of_killed_processes_are_removed(tmp_path, written):
             w.close()
         assert not stale.exists() and not stale_owned.exists() and live.is_dir()
         assert not (path / ".owner").exists()
+        # overwrite=true killed after moving the old dataset aside: removed by the next writer
+        replaced = tmp_path / f"ds.replaced-{dead.pid}"
+        replaced.mkdir()
+        live_replaced = tmp_path / f"ds.replaced-{alive.pid}"
+        live_replaced.mkdir()
+        with EpisodeDatasetWriter(path, SPEC, 2, quality="medium", overwrite=True) as w:
+            w.append(written[:2])
+            w.close()
+        assert not replaced.exists() and live_replaced.is_dir()
         assert_td_equal(load_dataset(path, map_name=MAP).episodes, written[:2])
     finally:
         alive.kill()

@@ -122,13 +122,13 @@ def test_ovmse_run_keeps_the_offline_memory_bit_identical(ovmse_run, offline_ckp
     offline = load_qmix_checkpoint(str(offline_ckpt))
     online = load_qmix_checkpoint(str(ovmse_run / "checkpoints" / "last.ckpt"))
     assert online.updates >= 3 and online.env_steps >= 640
-    for a, b in ((offline.frozen_agent, online.frozen_agent), (offline.frozen_mixer, online.frozen_mixer)):
+    for a, b in ((offline.objective.frozen_agent, online.objective.frozen_agent), (offline.objective.frozen_mixer, online.objective.frozen_mixer)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(p, q) for p, q in zip(offline.agent.parameters(), online.agent.parameters()))
-    hp = online.hparams
-    assert hp.ovm and hp.cql_alpha == 0.0 and hp.lambda_memory_end == 1.0  # 3m: the tables' defaults
-    assert hp.offline_progress == {"updates": 6, "episodes": 48}
+    s = online.settings
+    assert s.ovm is not None and s.cql.alpha == 0.0 and s.ovm.lambda_end == 1.0  # 3m: the tables' defaults
+    assert online.hparams.offline_progress == {"updates": 6, "episodes": 48}
 
 
 def test_ovmse_run_logs_the_online_metrics(ovmse_run):
@@ -252,7 +252,7 @@ def test_ovm_from_a_checkpoint_without_frozen_target_is_refused(tmp_path, offlin
     with pytest.raises(ValueError, match="frozen offline target"):
         _build(tmp_path, "algo=ovmse", f"ckpt={best}")
     run = _build(tmp_path, "algo=switch_cql", f"ckpt={best}")  # no OVM: fine
-    assert not run.module.hparams.ovm
+    assert run.module.settings.ovm is None
 
 
 def test_cli_error_is_one_clear_line(tmp_path):
@@ -331,12 +331,13 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
 
     # A QMIX checkpoint as phase=online algo=qmix writes it: no CQL, no frozen target, no dataset.
     raw = torch.load(offline_ckpt.parent / "best.ckpt", weights_only=True)
-    raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.startswith("cql_loss.")}
-    raw["hyper_parameters"].update(cql=None, cql_alpha=0.0, dataset=None)
+    raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.startswith("objective.cql.")}
+    raw["hyper_parameters"]["objective"]["cql"] = None
+    raw["hyper_parameters"]["dataset"] = None
     raw.pop("offline_run")  # an online run's checkpoint has no offline-run record
     raw["config"]["task_name"] = "online"
     for k, v in raw["state_dict"].items():  # targets that differ from the online networks
-        if k.startswith("loss.target_"):
+        if k.startswith("objective.td.target_"):
             raw["state_dict"][k] = v + 0.5
     qmix = tmp_path / "qmix.ckpt"
     torch.save(raw, qmix)
@@ -346,11 +347,11 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
     dataset = Path(load_qmix_checkpoint(str(offline_ckpt)).hparams.dataset["path"])
     start = o2o_start_checkpoint(qmix, tmp_path / "start.ckpt", dataset)
     module = load_qmix_checkpoint(str(start))
-    assert module.hparams.frozen_offline_target and module.hparams.cql == "macql"
-    assert module.hparams.cql_alpha == pytest.approx(0.05) and module.hparams.dataset["name"] == "3m/medium"
+    assert module.settings.keeps_offline_target and module.settings.cql.variant == "macql"
+    assert module.settings.cql.alpha == pytest.approx(0.05) and module.hparams.dataset["name"] == "3m/medium"
     # The memory and the targets are the evaluated networks, not the checkpoint's older targets.
-    for online, frozen, target in ((module.agent, module.frozen_agent, module.loss.target_agent),
-                                   (module.mixer, module.frozen_mixer, module.loss.target_mixer)):
+    for online, frozen, target in ((module.agent, module.objective.frozen_agent, module.objective.td.target_agent),
+                                   (module.mixer, module.objective.frozen_mixer, module.objective.td.target_mixer)):
         for p, f, t in zip(online.parameters(), frozen.parameters(), target.parameters()):
             assert torch.equal(p, f) and torch.equal(p, t)
     with pytest.raises(ValueError, match="already holds a frozen offline target"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from objectives import settings
 from ovmse.envs import get_map
 from ovmse.phases.fine_tuning import load_checkpoint_for_map
 from ovmse.training.checkpointing import count_nonfinite
@@ -42,10 +43,10 @@ def macql_run(tmp_path_factory, dataset):
 
 def test_checkpoint_carries_frozen_offline_target_and_identity(macql_run, dataset):
     module = load_qmix_checkpoint(str(macql_run / "checkpoints" / "last.ckpt"))
-    assert module.hparams.cql == "macql" and module.hparams.cql_alpha == pytest.approx(1.0)  # 3m: default
-    assert module.updates == 12 and module.hparams.frozen_offline_target
-    for frozen, target in ((module.frozen_agent, module.loss.target_agent),
-                           (module.frozen_mixer, module.loss.target_mixer)):
+    assert module.settings.cql.variant == "macql" and module.settings.cql.alpha == pytest.approx(1.0)  # 3m: default
+    assert module.updates == 12 and module.settings.keeps_offline_target
+    for frozen, target in ((module.objective.frozen_agent, module.objective.td.target_agent),
+                           (module.objective.frozen_mixer, module.objective.td.target_mixer)):
         for (n1, p1), (n2, p2) in zip(frozen.state_dict().items(), target.state_dict().items()):
             assert n1 == n2 and torch.equal(p1, p2)
         assert not any(p.requires_grad for p in frozen.parameters())
@@ -58,13 +59,13 @@ def test_checkpoint_carries_frozen_offline_target_and_identity(macql_run, datase
 
 def test_frozen_target_is_independent_of_later_updates(macql_run):
     module = load_qmix_checkpoint(str(macql_run / "checkpoints" / "last.ckpt"))
-    before = [p.clone() for p in module.frozen_agent.parameters()]
+    before = [p.clone() for p in module.objective.frozen_agent.parameters()]
     module.update_targets()
     with torch.no_grad():
         for p in module.agent.parameters():
             p.add_(1.0)
     module.update_targets()
-    assert all(torch.equal(a, b) for a, b in zip(before, module.frozen_agent.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, module.objective.frozen_agent.parameters()))
 
 
 def test_metrics_use_updates_and_log_diagnostics(macql_run):
@@ -85,13 +86,13 @@ def test_cfcql_and_no_cql_variants_run(tmp_path, dataset):
     proc = _offline(tmp_path / "cf", dataset, "algo.offline.cql=cfcql", "algo.offline.alpha=2.0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     module = load_qmix_checkpoint(str(tmp_path / "cf" / "checkpoints" / "last.ckpt"))
-    assert module.hparams.cql == "cfcql" and module.behaviour is not None
+    assert module.settings.cql.variant == "cfcql" and module.objective.behaviour is not None
     rows = [r for r in csv.DictReader((tmp_path / "cf" / "metrics.csv").open()) if r.get("train/bc_loss")]
     assert rows and 0.0 <= float(rows[-1]["train/bc_accuracy"]) <= 1.0
     proc = _offline(tmp_path / "none", dataset, "algo.offline.cql=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     module = load_qmix_checkpoint(str(tmp_path / "none" / "checkpoints" / "last.ckpt"))
-    assert module.hparams.cql is None and module.hparams.cql_alpha == 0.0
+    assert module.settings.cql is None
 
 
 def test_offline_needs_an_o2o_algo_and_a_valid_dataset(tmp_path, dataset):
@@ -122,17 +123,17 @@ def test_training_loss_is_td_plus_alpha_times_cql(dataset):
     batch = load_dataset(dataset).sample(6)
     spec = get_map("3m")
     torch.manual_seed(0)
-    m = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, cql="macql", cql_alpha=0.7,
-                   cql_samples=16)
+    m = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions,
+                   objective=settings(cql="macql", cql_alpha=0.7, cql_samples=16))
     loss = m.training_step(batch, 0)
     metrics = m.latest_train_metrics
     expected = metrics["train/td_loss"] + 0.7 * metrics["train/cql_loss"]
     assert torch.allclose(loss.detach(), expected)
     assert float(metrics["train/cql_loss"]) != 0.0
-    td_only = m.loss(batch)["loss"]
+    td_only = m.objective.td(batch)["loss"]
     assert torch.allclose(metrics["train/td_loss"], td_only.detach())
     with pytest.raises(ValueError, match="cql='bogus'"):
-        QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, cql="bogus")
+        QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, objective=settings(cql="bogus"))
 
 
 @pytest.mark.parametrize("every", [3, 5])
@@ -147,10 +148,10 @@ def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, mon
     original = QMixModule.update_targets
 
     def recording(module):
-        before = [p.clone() for p in module.loss.target_agent.parameters()]
+        before = [p.clone() for p in module.objective.td.target_agent.parameters()]
         original(module)
         refreshed.append(module.updates)
-        after = list(module.loss.target_agent.parameters())
+        after = list(module.objective.td.target_agent.parameters())
         changed.append(any(not torch.equal(a, b) for a, b in zip(before, after)))
 
     monkeypatch.setattr(QMixModule, "update_targets", recording)
@@ -166,7 +167,7 @@ def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, mon
     assert refreshed == [*range(every, 17, every), 16]
     assert all(changed)  # each refresh copied a network that had moved
     module = load_qmix_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
-    for frozen, online in ((module.frozen_agent, module.agent), (module.frozen_mixer, module.mixer)):
+    for frozen, online in ((module.objective.frozen_agent, module.agent), (module.objective.frozen_mixer, module.mixer)):
         for a, b in zip(frozen.parameters(), online.parameters()):
             assert torch.equal(a, b)
 
@@ -260,3 +261,9 @@ def test_killed_offline_run_cannot_be_fine_tuned(tmp_path, dataset):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert online.returncode == 2, online.stderr[-2000:]
     assert "did not finish" in online.stderr
+    # evaluate.py still evaluates it, and says what it is
+    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={tmp_path / 'killed.ckpt'}", "episodes=2", "num_envs=2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "is from an offline run that did not finish" in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["offline_run_finished"] is False

@@ -8,6 +8,7 @@ from ovmse.datasets import load_dataset
 from ovmse.envs import get_map
 from ovmse.losses import QMixTDLoss, ovm_loss
 from ovmse.training import QMixModule
+from objectives import fine_tune, settings
 from simtools import random_dataset
 
 
@@ -58,12 +59,12 @@ def test_one_step_target_is_reward_plus_discounted_next_target_value(batch):
 
     module = _module()
     with torch.no_grad():
-        for p in module.loss.target_agent.parameters():
+        for p in module.objective.td.target_agent.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    _, parts = module.loss.compute(batch)
+    _, parts = module.objective.td.compute(batch)
     mask, term = transition_mask(batch)
     T = mask.shape[1]
-    q_next = target_values(unroll_agent_q(module.agent, batch), module.loss.target_agent, module.loss.target_mixer,
+    q_next = target_values(unroll_agent_q(module.agent, batch), module.objective.td.target_agent, module.objective.td.target_mixer,
                            batch)
     expected = (batch["reward"][:, :T] + 0.99 * (1 - term) * q_next[:, 1:]) * mask
     torch.testing.assert_close(parts["y_one_step"], expected)
@@ -74,13 +75,17 @@ def test_old_checkpoints_keep_the_td_lambda_ovm_target(tmp_path):
     from ovmse.training.qmix_module import load_qmix_checkpoint
 
     m = _module(frozen_offline_target=True)
-    hparams = dict(m.hparams)
-    del hparams["ovm_target"]
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": hparams}, tmp_path / "old.ckpt")
-    assert load_qmix_checkpoint(str(tmp_path / "old.ckpt")).hparams.ovm_target == "td_lambda"
-    assert m.hparams.ovm_target == "one_step"
+    fine_tune(m, cql_alpha=0.0, ovm=True)
+    assert m.settings.ovm.target == "one_step"
+    # A checkpoint as written before the option existed: flat hparams, no ovm_target.
+    hparams = {k: v for k, v in m.hparams.items() if k != "objective"}
+    hparams.update(frozen_offline_target=True, ovm=True, cql_alpha=0.0)
+    state = {k.replace("objective.td.", "loss.").replace("objective.frozen_", "frozen_"): v
+             for k, v in m.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    assert load_qmix_checkpoint(str(tmp_path / "old.ckpt")).settings.ovm.target == "td_lambda"
     with pytest.raises(ValueError, match="ovm_target='eq4'"):
-        m.configure_fine_tuning(cql_alpha=0.0, ovm=True, ovm_target="eq4")
+        fine_tune(m, cql_alpha=0.0, ovm=True, ovm_target="eq4")
 
 
 def test_ovm_with_lambda_one_regresses_on_the_memory_where_it_is_higher():
@@ -125,7 +130,7 @@ def _module(**kwargs) -> QMixModule:
     spec = get_map("3m")
     return QMixModule(obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents,
                       n_actions=spec.n_actions, map_name="3m", hidden_dim=16, mixing_embed_dim=8,
-                      hypernet_embed=16, **kwargs)
+                      hypernet_embed=16, objective=settings(**kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +143,7 @@ def batch(tmp_path_factory):
 
 def test_lambda_memory_constant_when_start_equals_end(batch):
     module = _module(cql="macql", cql_alpha=0.05, cql_samples=4, frozen_offline_target=True)
-    module.configure_fine_tuning(cql_alpha=0.0, ovm=True, lambda_memory_start=1.0, lambda_memory_end=1.0,
+    fine_tune(module, cql_alpha=0.0, ovm=True, lambda_memory_start=1.0, lambda_memory_end=1.0,
                                  lambda_memory_anneal_steps=200_000)
     for t in (0, 1, 50_000, 200_000, 10_000_000):
         module.env_steps = t
@@ -148,7 +153,7 @@ def test_lambda_memory_constant_when_start_equals_end(batch):
 
 def test_lambda_memory_anneals_linearly_and_stops_at_its_end_value(batch):
     module = _module(frozen_offline_target=True)
-    module.configure_fine_tuning(cql_alpha=0.0, ovm=True, lambda_memory_start=1.0, lambda_memory_end=0.1,
+    fine_tune(module, cql_alpha=0.0, ovm=True, lambda_memory_start=1.0, lambda_memory_end=0.1,
                                  lambda_memory_anneal_steps=200_000)
     seen = {}
     for t in (0, 50_000, 100_000, 200_000, 300_000, 5_000_000):
@@ -166,40 +171,41 @@ def test_configure_fine_tuning_restarts_the_clock_and_records_offline_progress()
     module = _module(frozen_offline_target=True)
     module.updates, module.episodes, module.env_steps, module.last_target_update_episode = 2000, 64000, 0, 64000
     module.clock = "updates"
-    module.configure_fine_tuning(cql_alpha=0.0, ovm=True)
+    fine_tune(module, cql_alpha=0.0, ovm=True)
     assert (module.updates, module.episodes, module.env_steps, module.last_target_update_episode) == (0, 0, 0, 0)
     assert module.clock == "env_steps"
     assert module.hparams.offline_progress == {"updates": 2000, "episodes": 64000}
-    assert module.hparams.ovm is True and module.hparams.cql_alpha == 0.0
+    assert module.settings.ovm is not None and module.settings.cql is None
+    assert module.hparams.objective == module.settings.to_dict()
 
 
 def test_ovm_needs_the_frozen_offline_target():
     with pytest.raises(ValueError, match="frozen offline target"):
-        _module().configure_fine_tuning(cql_alpha=0.0, ovm=True)
+        fine_tune(_module(), cql_alpha=0.0, ovm=True)
     with pytest.raises(ValueError, match="frozen_offline_target"):
-        _module(ovm=True)
+        _module(ovm=True, cql_alpha=0.0)
 
 
 def test_online_cql_needs_a_cql_checkpoint():
     with pytest.raises(ValueError, match="without CQL"):
-        _module(frozen_offline_target=True).configure_fine_tuning(cql_alpha=0.05)
+        fine_tune(_module(frozen_offline_target=True), cql_alpha=0.05)
     with pytest.raises(ValueError, match="Cal-QL"):
-        _module(frozen_offline_target=True).configure_fine_tuning(cql_alpha=0.0, cql_calibrated=True)
+        fine_tune(_module(frozen_offline_target=True), cql_alpha=0.0, cql_calibrated=True)
 
 
 @pytest.mark.parametrize("ovm_target", ["one_step", "td_lambda"])
 def test_ovm_loss_in_the_learner_uses_the_frozen_target_on_the_same_batch(batch, ovm_target):
     module = _module(frozen_offline_target=True)
-    module.configure_fine_tuning(cql_alpha=0.0, ovm=True, lambda_memory_start=0.5, lambda_memory_end=0.5,
+    fine_tune(module, cql_alpha=0.0, ovm=True, lambda_memory_start=0.5, lambda_memory_end=0.5,
                                  ovm_target=ovm_target)
     with torch.no_grad():  # make the memory differ from the online nets, on the targets' scale
-        for p in module.frozen_mixer.parameters():
+        for p in module.objective.frozen_mixer.parameters():
             p.mul_(0.5)
     loss = module.training_step(batch, 0)
-    td, parts = module.loss.compute(batch)
+    td, parts = module.objective.td.compute(batch)
     from ovmse.losses import q_tot_taken
 
-    q_off = q_tot_taken(module.frozen_agent, module.frozen_mixer, batch)
+    q_off = q_tot_taken(module.objective.frozen_agent, module.objective.frozen_mixer, batch)
     y_memory = parts["y_one_step"] if ovm_target == "one_step" else parts["y"]
     expected = ovm_loss(parts["q_taken"], parts["y"], q_off, parts["mask"], 0.5, y_memory=y_memory)
     other = ovm_loss(parts["q_taken"], parts["y"], q_off, parts["mask"], 0.5,
@@ -220,9 +226,9 @@ def test_ovm_loss_in_the_learner_uses_the_frozen_target_on_the_same_batch(batch,
 
 def test_frozen_offline_target_is_bit_identical_after_many_online_updates(batch):
     module = _module(cql="macql", cql_alpha=0.05, cql_samples=4, frozen_offline_target=True)
-    module.configure_fine_tuning(cql_alpha=0.05, ovm=True)
-    frozen_before = {k: v.clone() for k, v in {**module.frozen_agent.state_dict(),
-                                                **{f"m.{k}": v for k, v in module.frozen_mixer.state_dict().items()}}.items()}
+    fine_tune(module, cql_alpha=0.05, ovm=True)
+    frozen_before = {k: v.clone() for k, v in {**module.objective.frozen_agent.state_dict(),
+                                                **{f"m.{k}": v for k, v in module.objective.frozen_mixer.state_dict().items()}}.items()}
     online_before = [p.clone() for p in module.q_parameters()]
     opt = module.configure_optimizers()
     for step in range(40):
@@ -231,12 +237,12 @@ def test_frozen_offline_target_is_bit_identical_after_many_online_updates(batch)
         opt.step()
         if step % 10 == 9:
             module.update_targets()
-    frozen_after = {**module.frozen_agent.state_dict(), **{f"m.{k}": v for k, v in module.frozen_mixer.state_dict().items()}}
+    frozen_after = {**module.objective.frozen_agent.state_dict(), **{f"m.{k}": v for k, v in module.objective.frozen_mixer.state_dict().items()}}
     assert frozen_after.keys() == frozen_before.keys()
     assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)
-    assert not any(p.requires_grad for p in module.frozen_agent.parameters())
+    assert not any(p.requires_grad for p in module.objective.frozen_agent.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(online_before, module.q_parameters()))  # training did happen
-    assert not any(p is q for p in module.frozen_agent.parameters() for q in opt.param_groups[0]["params"])
+    assert not any(p is q for p in module.objective.frozen_agent.parameters() for q in opt.param_groups[0]["params"])
 
 
 def test_calql_bound_is_the_return_to_go_of_the_batch(batch, monkeypatch):
@@ -244,27 +250,27 @@ def test_calql_bound_is_the_return_to_go_of_the_batch(batch, monkeypatch):
 
     module = _module(cql="macql", cql_alpha=0.05, cql_samples=4, frozen_offline_target=True)
     seen = {}
-    original = module.cql_loss.forward
+    original = module.objective.cql.forward
 
     def spy(*args, **kwargs):
         seen["lower_bound"] = kwargs.get("lower_bound")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(module.cql_loss, "forward", spy)
-    module.configure_fine_tuning(cql_alpha=0.05, cql_calibrated=True)
+    monkeypatch.setattr(module.objective.cql, "forward", spy)
+    fine_tune(module, cql_alpha=0.05, cql_calibrated=True)
     module.training_step(batch, 0)
     mask, term = transition_mask(batch)
     T = mask.shape[1]
-    expected = return_to_go(batch["reward"][:, :T].float(), term, mask, module.hparams.gamma)
+    expected = return_to_go(batch["reward"][:, :T].float(), term, mask, module.settings.td.gamma)
     assert seen["lower_bound"] is not None and torch.equal(seen["lower_bound"], expected)
     assert expected.abs().sum() > 0  # the random battles do score
     assert "train/cql_calibrated_fraction" in module.latest_train_metrics
     # plain MACQL: no bound; CQL off: no CQL term at all
-    module.configure_fine_tuning(cql_alpha=0.05, cql_calibrated=False)
+    fine_tune(module, cql_alpha=0.05, cql_calibrated=False)
     module.training_step(batch, 0)
     assert seen["lower_bound"] is None
     seen.clear()
-    module.configure_fine_tuning(cql_alpha=0.0)
+    fine_tune(module, cql_alpha=0.0)
     module.training_step(batch, 0)
     assert seen == {} and "train/cql_loss" not in module.latest_train_metrics
 
@@ -272,7 +278,7 @@ def test_calql_bound_is_the_return_to_go_of_the_batch(batch, monkeypatch):
 def test_td_loss_parts_are_unchanged_by_fine_tuning_settings(batch):
     """Switch-CQL's objective is exactly the QMIX TD loss."""
     module = _module(cql="macql", cql_alpha=0.05, cql_samples=4, frozen_offline_target=True)
-    module.configure_fine_tuning(cql_alpha=0.0)
+    fine_tune(module, cql_alpha=0.0)
     loss = module.training_step(batch, 0)
-    td = QMixTDLoss.forward(module.loss, batch)["loss"]
+    td = QMixTDLoss.forward(module.objective.td, batch)["loss"]
     assert loss.item() == pytest.approx(td.item(), rel=1e-6)

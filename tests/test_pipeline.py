@@ -218,3 +218,21 @@ def test_a_cells_own_budget_wins_over_the_budget_configs(swept):
     run = tmp / "sweep" / "online" / "3m" / "qmix+env_steps=320" / "seed0"
     summary = json.loads((run / "online_summary.json").read_text())
     assert 320 <= summary["env_steps"] < 640
+
+
+def test_a_killed_collection_is_completed_from_its_own_policy(swept, tmp_path):
+    """A collection killed between writing medium_replay and medium: the next sweep keeps
+    medium_replay and records medium with the policy that made it, not a new one."""
+    import shutil
+
+    tmp, _ = swept
+    shutil.copytree(tmp / "data", tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "3m" / "medium")
+    proc = sweep(tmp_path, "algo=macql")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    replay = json.loads((tmp_path / "data" / "3m" / "medium_replay" / "dataset.json").read_text())
+    medium = json.loads((tmp_path / "data" / "3m" / "medium" / "dataset.json").read_text())
+    assert replay == json.loads((tmp / "data" / "3m" / "medium_replay" / "dataset.json").read_text())  # kept
+    assert medium["behaviour"]["checkpoint"] == replay["behaviour"]["checkpoint"]
+    (record,) = job_records(tmp_path)
+    assert statuses(record)["collect"] == "ran"

@@ -184,6 +184,32 @@ def _wait_for_checkpoint(run_dir: Path, proc, min_env_steps: int, timeout: float
     raise AssertionError("no checkpoint in time")
 
 
+def test_sigterm_is_a_failed_run_not_a_finished_one(tmp_path, offline_ckpt):
+    """Lightning stops at a SIGTERM by raising a SystemExit without a code (exit 0): a sweep
+    would take the run for finished. train.py exits 143 and says how to continue."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_command(run_dir, offline_ckpt), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(run_dir, proc, min_env_steps=512)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err and f"resume={run_dir}" in err
+    assert not (run_dir / "online_summary.json").exists()
+
+
+def test_a_stage_that_exits_0_without_its_summary_failed(tmp_path):
+    from ovmse.sweeps import StageError
+    from ovmse.sweeps.stages import run_stage
+
+    with pytest.raises(StageError, match="did not write .*online_summary.json: it was stopped"):
+        run_stage("online", [sys.executable, "-c", "pass"], tmp_path, leaves=tmp_path / "online_summary.json")
+    (tmp_path / "online_summary.json").write_text("{}")
+    assert run_stage("online", [sys.executable, "-c", "pass"], tmp_path, leaves=tmp_path / "online_summary.json") >= 0
+
+
 def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(_command(run_dir, offline_ckpt), cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -286,3 +312,36 @@ def test_refused_before_anything_runs(tmp_path, overrides, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_extending_a_finished_run_sets_its_old_summary_aside(tmp_path):
+    """resume= with a larger env_steps makes a finished run unfinished again: a kill during the
+    extension must not leave the old final test as the run's summary (issue 19)."""
+    from types import SimpleNamespace
+
+    from ovmse.phases.resume import set_aside_summary
+
+    (tmp_path / "online_summary.json").write_text('{"eval/final_win_rate": 0.5}')
+    kept = set_aside_summary(SimpleNamespace(env_steps=3072), tmp_path)
+    assert kept == tmp_path / "online_summary.at-3072.json" and kept.read_text() == '{"eval/final_win_rate": 0.5}'
+    assert not (tmp_path / "online_summary.json").exists()
+    assert set_aside_summary(SimpleNamespace(env_steps=3072), tmp_path) is None  # nothing to move
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_anything_is_written(tmp_path):
+    """Issue 19 C: no resume point, or its replay chunks gone (keep_replay=false deletes them when
+    a run finishes): refused by the check before the run directory is touched, not at fit start."""
+    from ovmse.phases.resume import check_resume_point
+
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, ckpt)
+    with pytest.raises(ValueError, match="is not a resume point"):
+        check_resume_point(ckpt)
+    manifest = {"chunks": ["chunk-0-8", "chunk-8-16"], "first": 0, "total": 16}
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "resume": {"replay": manifest}}, ckpt)
+    (ckpt.parent / "replay" / "chunk-0-8").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="1 of the 2 replay chunks it names are missing"):
+        check_resume_point(ckpt)
+    (ckpt.parent / "replay" / "chunk-8-16").mkdir()
+    check_resume_point(ckpt)

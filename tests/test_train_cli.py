@@ -112,6 +112,17 @@ def test_run_directory_in_use_is_refused_with_the_holders_pid(tmp_path):
     assert not (run_dir / ".run.lock").exists()
 
 
+def test_a_new_run_into_a_directory_that_holds_one_is_refused_before_hydra(rollout_run):
+    """Issue 19: a second run (not resume=) into a run's directory would replace its .hydra record
+    and mix its files (checkpoints, replay chunks, probe) with the first run's."""
+    run_dir, _ = rollout_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = train("phase=rollout", "env=3m", "n_battles=2", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2 and "holds a run already (.hydra/config.yaml)" in proc.stderr
+    assert "Traceback" not in proc.stderr and f"resume={run_dir}" in proc.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def test_default_run_directories_of_one_second_do_not_collide(tmp_path):
     """Two runs started together get their own default directories (time and pid)."""
     cmd = [sys.executable, "train.py", "phase=rollout", "env=3m", "n_battles=2", f"paths.log_dir={tmp_path}"]

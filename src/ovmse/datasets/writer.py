@@ -38,8 +38,9 @@ OWNER_FILE = ".owner"  # "host pid" of the process assembling a partial dataset
 
 def remove_stale_partials(path: Path) -> list[Path]:
     """Delete the ``<path>.partial-<pid>/`` directories that killed processes left on this host
-    (a preallocated dataset can take GBs); a live process's, or another host's, stay. Returns
-    what was removed (each is also printed)."""
+    (a preallocated dataset can take GBs), and their ``<path>.replaced-<pid>/`` (the dataset an
+    ``overwrite=true`` run replaced) once ``path`` holds the new one; a live process's, or another
+    host's, stay. Returns what was removed (each is also printed)."""
     from ovmse.sweeps.locks import lock_is_stale
 
     removed = []
@@ -51,6 +52,14 @@ def remove_stale_partials(path: Path) -> list[Path]:
             shutil.rmtree(partial, ignore_errors=True)
             print(f"removed {partial}: a partial dataset that a killed process ({holder}) left behind")
             removed.append(partial)
+    # A writer killed between moving the replaced dataset aside and deleting it (overwrite=true)
+    # leaves the whole old dataset as <path>.replaced-<pid>: removed once the new one is in place.
+    for replaced in sorted(Path(path).parent.glob(f"{Path(path).name}.replaced-*")):
+        pid = replaced.name.rpartition("-")[2]
+        if replaced.is_dir() and Path(path).is_dir() and lock_is_stale(f"{socket.gethostname()} {pid}"):
+            shutil.rmtree(replaced, ignore_errors=True)
+            print(f"removed {replaced}: a replaced dataset that a killed process left behind")
+            removed.append(replaced)
     return removed
 
 

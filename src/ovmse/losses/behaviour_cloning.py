@@ -18,6 +18,15 @@ An entry (b, t, i) counts iff ``mask[b, t] > 0``, agent i has at least one avail
 and its dataset action is available (an unavailable dataset action would give an infinite
 loss; SMAC data never has one). Rows with an all-False ``avail`` (padding) are computed on
 unmasked logits so nothing is NaN, and are excluded.
+
+Examples:
+    >>> import torch
+    >>> logits = torch.tensor([[[[2.0, 0.0, 5.0]]]], requires_grad=True)   # [B=1, T=1, N=1, A=3]
+    >>> avail = torch.tensor([[[[True, True, False]]]])                   # action 2 is unavailable
+    >>> loss, accuracy = behaviour_cloning_loss(logits, avail, torch.tensor([[[0]]]), torch.ones(1, 1, 1))
+    >>> float(accuracy), behaviour_probs(logits.detach(), avail)[0, 0, 0, 2].item()
+    (1.0, 0.0)
+    >>> loss.backward()
 """
 
 from __future__ import annotations

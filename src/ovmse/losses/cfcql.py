@@ -51,6 +51,20 @@ Output keys of :meth:`CFCQLLoss.forward` (a :class:`tensordict.TensorDict`, batc
 Cal-QL (MACal-QL): with ``lower_bound`` ``[B, T, 1]`` (the Monte-Carlo return-to-go G_t), every
 available counterfactual value in the log-sum-exp becomes ``max(cf_q[i, j], G_t)``; the data
 term and the agent weights (computed from the unclamped values) are unchanged.
+
+Examples:
+    >>> import torch
+    >>> from ovmse.nets import QMixer
+    >>> B, T, N, A, S = 2, 4, 3, 5, 8
+    >>> cql = CFCQLLoss(QMixer(S, N), temperature=0.0)        # uniform agent weights: no β needed
+    >>> agent_q = torch.randn(B, T, N, A, requires_grad=True)
+    >>> avail = torch.ones(B, T, N, A, dtype=torch.bool)
+    >>> actions = torch.randint(A, (B, T, N))
+    >>> q_taken = cql.mixer(agent_q.gather(-1, actions.unsqueeze(-1)).squeeze(-1), torch.zeros(B, T, S))
+    >>> out = cql(agent_q, avail, torch.zeros(B, T, S), actions, q_taken, torch.ones(B, T, 1))
+    >>> bool(out["loss"] >= 0)                                # logsumexp over A actions >= the data's value
+    True
+    >>> out["loss"].backward()
 """
 
 from __future__ import annotations

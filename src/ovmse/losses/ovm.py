@@ -32,6 +32,16 @@ Output keys of :func:`ovm_loss` (a :class:`tensordict.TensorDict`, batch size ``
     "offline_q_mean"   detached, mean Q_tot-offline over valid transitions
     "ovm_target_mean"  detached, mean Q_OVM over valid transitions (with λ = 1, the only target)
     "lambda_memory"    λ as used
+
+Examples:
+    >>> import torch
+    >>> q = torch.zeros(1, 2, 1, requires_grad=True)         # Q_tot of two transitions
+    >>> y = torch.tensor([[[1.0], [3.0]]])                    # their TD targets
+    >>> memory = torch.tensor([[[2.0], [-5.0]]])              # Q_tot-offline: above y at t = 0 only
+    >>> out = ovm_loss(q, y, memory, torch.ones(1, 2, 1), lambda_memory=1.0)
+    >>> float(out["active_fraction"]), float(out["ovm_target_mean"])   # targets max(2, 1), max(-5, 3)
+    (0.5, 2.5)
+    >>> out["loss"].backward()
 """
 
 from __future__ import annotations

@@ -47,6 +47,24 @@ Conventions (shared with :mod:`ovmse.losses.td_lambda`):
   makes y^λ_t = r_t + γ·Q̄_tot(t+1) there, as in the last-column case. (λ = 0: no change.)
 * Loss: PyMARL2 uses ``0.5 · (masked td²).sum() / mask.sum()``; ``loss_scale`` defaults
   to that 0.5 (it matters for gradient-norm clipping, not for Adam's step direction).
+
+Examples:
+    >>> import torch
+    >>> from tensordict import TensorDict
+    >>> from ovmse.nets import QMixer, RNNAgent
+    >>> B, T, N, A, O, S = 4, 6, 3, 9, 30, 48                # 4 episodes of 6 transitions, 3m's sizes
+    >>> batch = TensorDict({
+    ...     "agents": {"observation": torch.randn(B, T + 1, N, O), "action": torch.randint(A, (B, T + 1, N)),
+    ...                "action_mask": torch.ones(B, T + 1, N, A, dtype=torch.bool)},
+    ...     "state": torch.randn(B, T + 1, S), "reward": torch.rand(B, T + 1, 1),
+    ...     "terminated": torch.zeros(B, T + 1, 1, dtype=torch.bool),
+    ...     "filled": torch.ones(B, T + 1, 1, dtype=torch.bool)}, batch_size=[B, T + 1])
+    >>> loss = QMixTDLoss.from_online(RNNAgent(O + A + N, A, 16), QMixer(S, N, 8, 16))
+    >>> out = loss(batch)
+    >>> float(out["mask_fraction"])                           # every transition is valid here
+    1.0
+    >>> out["loss"].backward()
+    >>> loss.hard_update_targets()                            # the caller's job, every K episodes
 """
 
 from __future__ import annotations

@@ -19,6 +19,14 @@ bootstrap, i.e. the Monte-Carlo return of the observed rewards only.
 
 Used for diagnostics (Q_tot against the Monte-Carlo return) and by Cal-QL, which clamps the
 CQL push-down values from below by ``G_t``.
+
+Examples:
+    >>> import torch
+    >>> reward = torch.tensor([[[1.0], [0.0], [2.0], [7.0]]])   # the last row is padding
+    >>> terminated = torch.tensor([[[0.0], [0.0], [1.0], [0.0]]])
+    >>> mask = torch.tensor([[[1.0], [1.0], [1.0], [0.0]]])
+    >>> return_to_go(reward, terminated, mask, gamma=0.5).squeeze(-1)
+    tensor([[1.5000, 1.0000, 2.0000, 0.0000]])
 """
 
 from __future__ import annotations

@@ -6,6 +6,16 @@ mixer evaluations per row, so they run on the valid rows only: ``take_rows`` giv
 shape ``[M, 1, ...]`` (M valid transitions as a batch of one-step episodes), so code written
 for ``[B, T, ...]`` runs on them unchanged, and padding (which may hold anything, even NaN)
 never enters the graph.
+
+Examples:
+    >>> import torch
+    >>> mask = torch.tensor([[[1.0], [1.0], [0.0]], [[1.0], [0.0], [0.0]]])   # [B=2, T=3, 1]
+    >>> x = torch.arange(6.0).view(2, 3, 1)
+    >>> rows = valid_rows(mask)
+    >>> take_rows(x, rows).flatten().tolist()                 # [M=3, 1, 1]
+    [0.0, 1.0, 3.0]
+    >>> put_rows(take_rows(x, rows), rows, (2, 3), fill=-1.0).flatten().tolist()
+    [0.0, 1.0, -1.0, 3.0, -1.0, -1.0]
 """
 
 from __future__ import annotations

@@ -29,6 +29,17 @@ the time-limit state is worth 0. Note PyMARL2's SMAC runner stores
 
 Caveat inherited from PyMARL2: ``ret[:, T]`` uses the sum of ``terminated`` over the row as
 "episode ended"; rows are assumed to contain at most one terminal step.
+
+Examples:
+    >>> import torch
+    >>> rewards = torch.tensor([[1.0, 0.0, 2.0]])             # one episode, 3 transitions
+    >>> terminated = torch.tensor([[0.0, 0.0, 1.0]])          # the game ends at t = 2
+    >>> mask = torch.ones(1, 3)
+    >>> target_qs = torch.tensor([[5.0, 4.0, 3.0, 9.0]])      # Q̄ of the states at t = 0..3
+    >>> td_lambda_targets(rewards, terminated, mask, target_qs, gamma=1.0, td_lambda=0.0)  # one step
+    tensor([[5., 3., 2.]])
+    >>> td_lambda_targets(rewards, terminated, mask, target_qs, gamma=1.0, td_lambda=1.0)  # Monte Carlo
+    tensor([[3., 2., 2.]])
 """
 
 from __future__ import annotations

@@ -27,6 +27,28 @@ COUNTS = (
     ("n_battles", 1, "battles to play"),
     ("episodes", 1, "episodes to play or record"),  # evaluate.py, phase=collect
     ("num_envs", 1, "battles side by side"),  # evaluate.py
+    ("algo.steps_per_env", 1, "env steps per battle in one collection call"),
+    ("algo.batch_size", 1, "episodes per update"),
+    ("algo.buffer_size", 1, "episodes in the online replay buffer"),
+    ("algo.hidden_dim", 1, "width of the agent's GRU"),
+    ("algo.mixing_embed_dim", 1, "width of the mixer"),
+    ("algo.hypernet_embed", 1, "width of the mixer's hypernetworks"),
+    ("algo.target_update_interval", 1, "episodes between target refreshes"),
+    ("algo.episodes_per_update", 1, "completed episodes per update"),
+    ("algo.env_steps_per_update", 1, "env steps per update (null: episodes_per_update decides)"),
+    ("algo.epsilon_anneal_steps", 0, "env steps over which ε falls"),
+    ("algo.offline.batch_size", 1, "episodes per offline update"),
+    ("algo.offline.samples", 1, "joint actions MACQL samples per transition"),
+    ("algo.offline.target_update_updates", 1, "offline updates between target refreshes"),
+)
+# (key, low, high): real numbers that must lie in [low, high] (None: unbounded).
+RANGES = (
+    ("algo.lr", 0.0, None),
+    ("algo.gamma", 0.0, 1.0),
+    ("algo.td_lambda", 0.0, 1.0),
+    ("algo.grad_norm_clip", 0.0, None),
+    ("algo.epsilon_start", 0.0, 1.0),
+    ("algo.epsilon_end", 0.0, 1.0),
 )
 
 
@@ -57,8 +79,23 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.get("device") is not None:
         check_device(str(cfg.device))
     for key, least, meaning in COUNTS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{key} must be an integer >= {least} ({meaning}), got {value!r}")
+        for where, value in _values(cfg, key):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{where} must be an integer >= {least} ({meaning}), got {value!r}")
+    for key, low, high in RANGES:
+        for where, value in _values(cfg, key):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    value >= low and (high is None or value <= high)):
+                bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(f"{where} must be a number {bounds}, got {value!r}")
+
+
+def _values(cfg: DictConfig, key: str) -> list[tuple[str, object]]:
+    """``key``'s value, or each value of a per-map table (``{2s3z: 50, default: 200}``), with
+    the key that names it; nothing when the key is absent or null."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return []
+    if OmegaConf.is_dict(value):
+        return [(f"{key}.{k}", v) for k, v in value.items() if v is not None]
+    return [(key, value)]

@@ -118,16 +118,19 @@ def make_loggers(cfg: DictConfig, out: str | Path) -> list:
     return loggers
 
 
-def make_qmix_module(algo: DictConfig, spec, **kwargs):
-    """The :class:`~ovmse.training.QMixModule` of an ``algo`` config for map ``spec`` (networks
-    and TD settings from the config; ``kwargs`` add CQL settings, the dataset identity, ...)."""
+def make_qmix_module(algo: DictConfig, spec, objective=None, **kwargs):
+    """The :class:`~ovmse.training.QMixModule` of an ``algo`` config for map ``spec``: networks
+    from the config, ``objective`` (:func:`~ovmse.phases.objective.resolve_objective`; default:
+    the config's TD(λ) alone); ``kwargs`` add the dataset identity."""
     from ovmse.training import QMixModule
+
+    from .objective import ObjectiveSettings, td_settings
 
     return QMixModule(
         obs_dim=spec.obs_dim, state_dim=spec.state_dim, n_agents=spec.n_agents, n_actions=spec.n_actions,
         map_name=spec.name, hidden_dim=algo.hidden_dim, mixing_embed_dim=algo.mixing_embed_dim,
-        hypernet_embed=algo.hypernet_embed, lr=algo.lr, gamma=algo.gamma, td_lambda=algo.td_lambda,
-        double_q=algo.double_q, **kwargs,
+        hypernet_embed=algo.hypernet_embed, lr=algo.lr,
+        objective=objective if objective is not None else ObjectiveSettings(td=td_settings(algo)), **kwargs,
     )
 
 

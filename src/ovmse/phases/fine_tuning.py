@@ -93,19 +93,6 @@ def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict
     return s
 
 
-OBJECTIVE_KEYS = ("cql_alpha", "cql_calibrated", "ovm", "ovm_target", "lambda_memory_start", "lambda_memory_end",
-                  "lambda_memory_anneal_steps")
-
-
-def online_objective(settings: dict[str, Any], module: QMixModule) -> dict[str, Any]:
-    """The :meth:`QMixModule.configure_fine_tuning` arguments of ``settings``, with
-    ``cql_alpha: offline`` resolved to the weight ``module`` was pretrained with."""
-    objective = {k: settings[k] for k in OBJECTIVE_KEYS}
-    if objective["cql_alpha"] == "offline":
-        objective["cql_alpha"] = float(module.hparams.cql_alpha)
-    return objective
-
-
 def load_checkpoint_for_map(path: str, spec) -> QMixModule:
     """The checkpoint ``path`` as a module, checked against the map ``spec`` it will be trained
     on (map and every network dimension)."""
@@ -154,7 +141,7 @@ def offline_run_finished(module: QMixModule) -> bool:
     if module.offline_run is not None:
         return bool(module.offline_run.get("finished"))
     phase = (module.run_config or {}).get("task_name")  # the phase that wrote it
-    return phase != "offline" or bool(module.hparams.get("frozen_offline_target"))
+    return phase != "offline" or module.settings.keeps_offline_target
 
 
 def checkpoint_dataset(module: QMixModule) -> dict:

@@ -38,6 +38,7 @@ from ovmse.training.guards import NonFiniteGuard
 
 from .common import check_backend, collection_threads, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
 from .common import env_options as env_options_of
+from .objective import resolve_objective
 from .settings import per_map
 
 
@@ -84,10 +85,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     in_memory = cfg.in_memory if cfg.in_memory == "auto" else bool(cfg.in_memory)
     dataset = load_dataset(resolve_dataset(str(cfg.dataset), cfg.data_root, spec.name), map_name=spec.name, validate="full",
                            in_memory=in_memory, device=device)
-    module = make_qmix_module(algo, spec, cql=settings["cql"], cql_alpha=settings["cql_alpha"],
-                              cql_samples=settings["cql_samples"], cql_sampling=settings["cql_sampling"],
-                              cfcql_temperature=settings["cfcql_temperature"],
-                              dataset=dataset.identity())
+    module = make_qmix_module(algo, spec, objective=resolve_objective(cfg, spec.name), dataset=dataset.identity())
     module.clock = "updates"
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.to(device)

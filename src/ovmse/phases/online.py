@@ -41,6 +41,7 @@ from ovmse.training.unlearning import UnlearningProbeCallback, load_or_record_pr
 from ovmse.training.evaluation import GreedyEvaluator
 
 from .common import check_backend, collection_threads, make_loggers, make_qmix_module
+from .objective import resolve_objective
 from .common import env_options as env_options_of
 from .common import continue_metrics_csv, resolve_device, seed_everything, write_json
 from .fine_tuning import (
@@ -48,11 +49,10 @@ from .fine_tuning import (
     is_fine_tuning,
     load_mixing_dataset,
     load_checkpoint_for_map,
-    online_objective,
     online_settings,
     resolve_fine_tuning_dataset,
 )
-from .resume import check_not_finished, check_resume_config, resume_checkpoint
+from .resume import check_not_finished, check_resume_config, resume_checkpoint, set_aside_summary
 
 
 @dataclass
@@ -103,6 +103,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         module.run_config = OmegaConf.to_container(cfg, resolve=True)
     else:  # accepted: only now does the resume write into the run's directory
         check_not_finished(module, cfg, out)
+        set_aside_summary(module, out)
         (out / "config_resolved.resume.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     module.to(device)
     replay = EpisodeReplayBuffer(capacity=int(algo.buffer_size), device=device)
@@ -164,10 +165,12 @@ def make_learner(cfg: DictConfig, spec, fine_tune: bool, resume_from: Path | Non
         return module, online_settings(cfg, spec.name, None), None
     quality, source = resolve_fine_tuning_dataset(cfg, module, spec.name)
     settings = online_settings(cfg, spec.name, quality)
-    objective = online_objective(settings, module)
+    objective = resolve_objective(cfg, spec.name, quality, pretrained=module.settings)
     if resume_from is None:
-        module.configure_fine_tuning(**objective)
-    settings.update(objective, dataset=quality)
+        module.configure_fine_tuning(objective)
+    # The record says which weight "offline" meant, and the objective as the module has it.
+    settings.update(cql_alpha=objective.cql.alpha if objective.cql else 0.0, objective=objective.to_dict(),
+                    dataset=quality)
     offline = load_mixing_dataset(cfg, source, spec.name, device) if settings["mixing_ratio"] > 0 else None
     return module, settings, offline
 

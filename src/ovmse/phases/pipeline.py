@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +59,11 @@ class _Busy(Exception):
     def __init__(self, stage: str, holder: str | None, where: Path):
         super().__init__(stage)
         self.stage, self.holder, self.where = stage, holder, where
+
+
+# The file each stage writes last: without it the stage did not finish, whatever its exit status.
+STAGE_SUMMARIES = {"collect": "collect_summary.json", "offline": "offline_summary.json",
+                   "online": "online_summary.json"}
 
 
 def _final_metrics(summary: Path) -> dict:
@@ -118,7 +124,7 @@ class Pipeline:
 
     def _run(self, name: str, overrides: list[str], stage_dir: Path, status: str = "ran") -> None:
         command = train_command(self.root_dir, overrides + [path_override("hydra.run.dir", stage_dir)])
-        wall = run_stage(name, command, stage_dir)
+        wall = run_stage(name, command, stage_dir, leaves=stage_dir / STAGE_SUMMARIES[name])
         self._record(name, status, stage_dir, command, wall)
 
     def _shared_lock(self, stage: str, path: Path, where: Path) -> StageLock:
@@ -154,11 +160,16 @@ class Pipeline:
             pc = self.cfg.pipeline.collect
             stage_dir = cell.collect_dir(int(pc.seed))
             if stage_dir.exists():
-                set_aside(stage_dir)
+                if len(missing) < len(PAPER_DATASETS):
+                    # A killed collection wrote some datasets: the next one keeps them and makes the
+                    # rest, medium from the checkpoint in this directory that medium_replay names.
+                    stage_dir = stage_dir.with_name(f"{stage_dir.name}.rerun-{datetime.now():%Y%m%d-%H%M%S}")
+                else:
+                    set_aside(stage_dir)
             overrides = merge_overrides(
                 _only(self.overrides, _COLLECT_FORWARD),
                 ["phase=collect", "algo=qmix", f"env={cell.map_name}", f"seed={int(pc.seed)}",
-                 f"qualities=[{','.join(missing)}]", path_override("data_root", self.data_root),
+                 f"qualities=[{','.join(PAPER_DATASETS)}]", path_override("data_root", self.data_root),
                  f"env_steps={int(pc.env_steps)}"],
                 list(pc.overrides))
             self._run("collect", overrides, stage_dir)

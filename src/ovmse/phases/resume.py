@@ -9,6 +9,7 @@ device and threads, logging, evaluation and checkpoint frequency.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,27 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
             f"resume={str(resume)!r}: {ckpt} does not exist; the run was stopped before its first resume point "
             "(written every checkpoint.every_env_steps env steps and after every evaluation): start it again "
             "without resume")
+    check_resume_point(ckpt)
     return ckpt
+
+
+def check_resume_point(ckpt: Path) -> None:
+    """Refuse, before anything is written, a ``last.ckpt`` that cannot be resumed: one that is no
+    resume point (an offline run's, or from before resume points existed) or whose replay
+    chunks are gone (``checkpoint.keep_replay=false`` deletes them when a run finishes)."""
+    import torch
+
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    resume = raw.get("resume") if isinstance(raw, dict) else None
+    if resume is None:
+        raise ValueError(f"{ckpt} is not a resume point (no replay manifest): resume= continues an online run from "
+                         "its own last.ckpt; fine-tune from an offline checkpoint with ckpt= instead")
+    missing = [name for name in resume["replay"]["chunks"] if not (ckpt.parent / "replay" / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"{ckpt}: {len(missing)} of the {len(resume['replay']['chunks'])} replay chunks it names are missing from "
+            f"{ckpt.parent / 'replay'} (e.g. {missing[0]}); a finished run with checkpoint.keep_replay=false keeps "
+            "none, so it cannot be extended; nothing in the run was changed")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -78,3 +99,16 @@ def check_not_finished(module, cfg: DictConfig, run_dir: Path) -> None:
     if (Path(run_dir) / "online_summary.json").is_file() and reached >= budget:
         raise ValueError(f"resume={str(cfg.resume)!r}: the run is finished ({reached:,} env steps, env_steps={budget:,}) "
                          "and nothing in it was changed; pass a larger env_steps to extend it")
+
+
+def set_aside_summary(module, run_dir: Path) -> Path | None:
+    """A finished run being extended (resumed with a larger ``env_steps``) is unfinished again:
+    its ``online_summary.json`` moves to ``online_summary.at-<env steps>.json`` (kept), so that
+    a kill during the extension cannot leave the old final test looking like the new one's."""
+    summary = Path(run_dir) / "online_summary.json"
+    if not summary.is_file():
+        return None
+    kept = summary.with_name(f"online_summary.at-{int(module.env_steps)}.json")
+    os.replace(summary, kept)
+    print(f"extending a finished run: its summary moved to {kept.name}", flush=True)
+    return kept

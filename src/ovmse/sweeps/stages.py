@@ -24,10 +24,12 @@ def train_command(root_dir: str | Path, overrides: list[str]) -> list[str]:
     return [sys.executable, str(Path(root_dir) / "train.py"), *overrides]
 
 
-def run_stage(name: str, command: list[str], stage_dir: Path) -> float:
+def run_stage(name: str, command: list[str], stage_dir: Path, leaves: Path | None = None) -> float:
     """Run ``command`` with its output in ``stage_dir/stage.log``; return its wall seconds.
 
-    Raises :class:`StageError` naming the stage, the command and the log on failure.
+    Raises :class:`StageError` naming the stage, the command and the log on failure, and when
+    the command exits 0 without leaving the file ``leaves`` (its summary: a stage stopped from
+    outside may still exit 0).
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
     log = stage_dir / "stage.log"
@@ -43,6 +45,9 @@ def run_stage(name: str, command: list[str], stage_dir: Path) -> float:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise StageError(f"pipeline stage {name} failed (exit status {status}) after {wall:.0f} s: {shown}\n"
                          f"log: {log}\n" + "\n".join(tail))
+    if leaves is not None and not leaves.is_file():
+        raise StageError(f"pipeline stage {name} exited 0 after {wall:.0f} s but did not write {leaves}: it was "
+                         f"stopped before it finished; run the sweep again to redo or resume it. log: {log}")
     return wall
 
 

@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ovmse.datasets import load_dataset
+from ovmse.losses.objective import CQLSettings, ObjectiveSettings
+from ovmse.training.checkpoint_compat import upgrade_checkpoint
 
 # (prefix in the new state dict, prefix it is copied from)
-_COPIES = (("loss.target_agent.", "agent."), ("loss.target_mixer.", "mixer."), ("frozen_agent.", "agent."),
-           ("frozen_mixer.", "mixer."), ("cql_loss.mixer.", "mixer."))
+_COPIES = (("objective.td.target_agent.", "agent."), ("objective.td.target_mixer.", "mixer."),
+           ("objective.frozen_agent.", "agent."), ("objective.frozen_mixer.", "mixer."), ("objective.cql.mixer.", "mixer."))
 
 
 def o2o_start_checkpoint(src: str | Path, dst: str | Path, dataset: str | Path, *, cql: str = "macql",
@@ -42,8 +45,10 @@ def o2o_start_checkpoint(src: str | Path, dst: str | Path, dataset: str | Path, 
     raw = torch.load(src, map_location="cpu", weights_only=True)
     if not isinstance(raw, dict) or "state_dict" not in raw or "hyper_parameters" not in raw:
         raise ValueError(f"{src}: not a QMIX checkpoint (expected 'state_dict' and 'hyper_parameters' entries)")
+    upgrade_checkpoint(raw)
     hparams = dict(raw["hyper_parameters"])
-    if hparams.get("frozen_offline_target"):
+    objective = ObjectiveSettings.from_dict(hparams["objective"])
+    if objective.keeps_offline_target:
         raise ValueError(f"{src} already holds a frozen offline target (an offline run's last.ckpt or a fine-tuning "
                          "run): fine-tune it directly")
     if cql != "macql":
@@ -56,8 +61,9 @@ def o2o_start_checkpoint(src: str | Path, dst: str | Path, dataset: str | Path, 
         if not copied:
             raise ValueError(f"{src}: the state dict has no {old}* entries; is it a QMixModule checkpoint?")
         state.update(copied)
-    hparams.update(cql=cql, cql_alpha=float(cql_alpha), cql_samples=int(cql_samples), cql_sampling=cql_sampling,
-                   frozen_offline_target=True, dataset=data.identity())
+    objective = replace(objective, cql=CQLSettings(variant=cql, alpha=float(cql_alpha), samples=int(cql_samples),
+                                                   sampling=cql_sampling), keeps_offline_target=True)
+    hparams.update(objective=objective.to_dict(), dataset=data.identity())
     raw["state_dict"], raw["hyper_parameters"] = state, hparams
     raw["o2o_start_from"] = {"checkpoint": str(src.resolve()), "progress": dict(raw.get("progress") or {})}
     dst.parent.mkdir(parents=True, exist_ok=True)

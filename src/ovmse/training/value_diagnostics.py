@@ -28,7 +28,7 @@ def value_sums(module, episodes: TensorDictBase) -> dict[str, float]:
     avail = episodes["agents", "action_mask"][:, :T].bool()
     greedy = masked_greedy(agent_q[:, :T], avail, strict=False)  # [E, T, N]
     q_greedy = module.mixer(agent_q[:, :T].gather(-1, greedy.unsqueeze(-1)).squeeze(-1), episodes["state"][:, :T])
-    mc = return_to_go(episodes["reward"][:, :T].to(mask.dtype), term, mask, float(module.hparams.gamma))
+    mc = return_to_go(episodes["reward"][:, :T].to(mask.dtype), term, mask, module.settings.td.gamma)
     choice = (avail.sum(-1) > 1) & (mask > 0)  # [E, T, N]
     agree = (greedy == episodes["agents", "action"][:, :T]) & choice
     return {"q_data": float((q_data * mask).sum()), "q_greedy": float((q_greedy * mask).sum()),
