@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from docs_sections import replace_section
+from ovmse.phases.common import write_json
 from ovmse.phases.offline import offline_updates
 from run_queue import run_queue
 
@@ -132,7 +133,7 @@ def final_evaluation(out: Path, episodes: int) -> dict | None:
     proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={out / 'checkpoints' / 'last.ckpt'}",
                            f"episodes={episodes}"], cwd=ROOT, capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    cache.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(cache, result)  # atomic: a kill leaves no half-written cache
     return result
 
 
@@ -162,7 +163,7 @@ def value_diagnostics(out: Path, dataset_path: Path, episodes: int = 1000, seed:
     result["greedy_is_data_action"] = sums["agree"] / max(sums["decisions"], 1.0)
     result["transitions"] = int(sums["n"])
     result["episodes"] = int(len(pick))
-    cache.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(cache, result)  # atomic: a kill leaves no half-written cache
     return result
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from docs_sections import replace_section
+from ovmse.phases.common import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- QMIX-LEARNING:BEGIN (written by scripts/qmix_learning.py) -->"
@@ -68,7 +69,7 @@ def final_evaluation(out: Path, episodes: int) -> dict | None:
     proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={ckpt}", f"episodes={episodes}"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    cache.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(cache, result)  # atomic: a kill leaves no half-written cache
     return result
 
 

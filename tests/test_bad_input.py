@@ -22,6 +22,8 @@ from ovmse.training.guards import NonFiniteLossError
 from ovmse.training.qmix_module import load_qmix_checkpoint
 from simtools import random_dataset
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["env=3m", "env_steps=512", "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=8",
         "algo.buffer_size=32", "eval.interval_env_steps=256", "eval.episodes=4", "eval.num_envs=4",

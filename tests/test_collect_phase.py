@@ -11,6 +11,8 @@ import pytest
 from ovmse.datasets import load_dataset
 from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["env=3m", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=48",

@@ -133,6 +133,7 @@ def test_validate_missing_metadata_exits_2(good, copy_of, capsys):
     assert "dataset.json is missing" in captured.err and str(copy_of) in captured.err
 
 
+@pytest.mark.slow
 def test_validate_nan_reward_exits_2_without_traceback(copy_of, capsys):
     td = TensorDict.load_memmap(copy_of / "episodes")
     td["reward"][3, 1, 0] = float("nan")  # writes through to the memmap file

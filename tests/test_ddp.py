@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 
 from ovmse.training.ddp import RANK_SEED_STRIDE, expected_global_rank, rank_device, rank_seed, trainer_kwargs
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [  # tests/test_online_e2e.py's tiny run

@@ -20,12 +20,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ovmse.collection import EpisodeReplayBuffer
 from ovmse.envs import get_map
 from ovmse.nets import RNNAgent, agent_inputs
 from ovmse.training.distributed_collection import DistributedEnvWorkers
+
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
 ROOT = Path(__file__).resolve().parents[1]
 W, ENVS, STEPS = 2, 4, 16

@@ -20,6 +20,8 @@ from ovmse.phases.fine_tuning import online_settings
 from ovmse.training.qmix_module import load_qmix_checkpoint
 from simtools import random_dataset
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ONLINE = ["env=3m", "env_steps=640", "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=8",
                "algo.buffer_size=64", "eval.interval_env_steps=320", "eval.episodes=8", "eval.num_envs=8",

@@ -20,6 +20,8 @@ from nbclient.exceptions import CellExecutionError
 
 from simtools import random_dataset
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "inspect.ipynb"
 QUIET = ["logger.tensorboard=false", "trainer.progress_refresh_rate=0"]

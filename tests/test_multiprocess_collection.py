@@ -29,6 +29,8 @@ from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
 from ovmse.training.collection_driver import OnlineCollection
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 MAP = "3m"
 WORKERS, ENVS_PER_WORKER, STEPS = 2, 2, 16
 NUM_ENVS = WORKERS * ENVS_PER_WORKER

@@ -3,7 +3,10 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "simulator.ipynb"
 

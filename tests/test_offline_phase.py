@@ -17,6 +17,8 @@ from ovmse.training.checkpointing import count_nonfinite
 from ovmse.training.qmix_module import QMixModule, load_qmix_checkpoint
 from simtools import random_dataset
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["env=3m", "algo=ovmse", "algo.offline.batch_size=8", "algo.offline.samples=8", "steps=12",
         "log_every_updates=4", "eval.interval_updates=6", "eval.episodes=8", "eval.num_envs=8"]

@@ -14,6 +14,8 @@ from ovmse.phases.pipeline import make_cell
 from ovmse.sweeps import StageLock, forwarded_overrides, merge_overrides, variant_of
 from ovmse.sweeps.cells import config_hash, offline_identity
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,6 +102,16 @@ def test_stage_lock_is_exclusive_and_takes_over_a_dead_holder(tmp_path):
     # Another machine's lock is trusted.
     (tmp_path / "y.lock").write_text("some-other-host 1")
     assert not StageLock(tmp_path / "y.lock").try_acquire()
+    # Two takers of one stale lock: the slower one read the stale text before the faster one
+    # replaced it; it must not remove the fresh lock (issue 19).
+    stale = f"{os.uname().nodename} {dead.stdout.strip()}"
+    (tmp_path / "z.lock").write_text(stale)
+    fast, slow = StageLock(tmp_path / "z.lock"), StageLock(tmp_path / "z.lock")
+    assert fast.try_acquire()
+    fresh = (tmp_path / "z.lock").read_text()
+    assert not slow._take_stale(stale)
+    assert (tmp_path / "z.lock").read_text() == fresh and not list(tmp_path.glob("z.lock.taking-*"))
+    assert not slow.try_acquire()
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -215,6 +215,7 @@ def test_cli_prints_report_path_and_table1(sweep, capsys):
 
 
 @pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: None])
+@pytest.mark.slow
 def test_cli_error_on_empty_or_missing_root(tmp_path, make):
     root = tmp_path / "root"
     make(root)

@@ -21,6 +21,8 @@ from ovmse.phases.resume import check_resume_config, resume_checkpoint
 from ovmse.training.checkpointing import ReplayChunks, atomic_save_checkpoint, replay_digest
 from simtools import random_dataset
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

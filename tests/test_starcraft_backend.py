@@ -654,6 +654,7 @@ def test_env_config_backend_reaches_make_env():
 
 # ------------------------------------------------------------------------------ parity script
 @pytest.mark.skipif(HAS_SMAC, reason="a 'smac' package is installed here")
+@pytest.mark.slow
 def test_parity_script_exits_2_without_starcraft(tmp_path):
     out = tmp_path / "parity.md"
     proc = subprocess.run(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 MAPS = ["10m_vs_11m", "2s3z", "3m", "3s5z", "3s_vs_5z", "5m_vs_6m", "6h_vs_8z", "8m", "MMM"]
 
@@ -133,6 +135,14 @@ def test_default_run_directories_of_one_second_do_not_collide(tmp_path):
         assert p.returncode == 0, err[-2000:]
     runs = sorted((tmp_path / "rollout" / "runs").iterdir())
     assert len(runs) == 2 and all((r / "config_resolved.yaml").is_file() for r in runs)
+    # ... and so do two multiruns (-m), which used to share job directories
+    procs = [subprocess.Popen(cmd[:2] + ["-m"] + cmd[2:], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    sweeps = sorted((tmp_path / "rollout" / "multiruns").iterdir())
+    assert len(sweeps) == 2 and all((s / "0" / "config_resolved.yaml").is_file() for s in sweeps)
 
 
 @pytest.mark.parametrize("override, message", [

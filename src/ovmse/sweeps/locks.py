@@ -50,14 +50,33 @@ class StageLock:
                     text = self.path.read_text()
                 except FileNotFoundError:
                     continue  # released between our open and read: try again
-                if not lock_is_stale(text):
+                if not lock_is_stale(text) or not self._take_stale(text):
                     return False
-                self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(_holder())
             self.held = True
             return True
+        return False
+
+    def _take_stale(self, stale_text: str) -> bool:
+        """Remove the stale lock holding ``stale_text``, and only it. Two processes may both find
+        it stale: a plain unlink by the slower one could remove the lock the faster one has just
+        made. A rename is atomic, so each lock file is moved away by one process, which then
+        checks that it moved the stale one; a live lock moved by mistake is put back."""
+        moved = self.path.with_name(f"{self.path.name}.taking-{os.getpid()}")
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return True  # someone else took it: try to create ours
+        if moved.read_text() == stale_text:
+            moved.unlink(missing_ok=True)
+            return True
+        try:
+            os.link(moved, self.path)  # a fresh lock: back where it was (unless yet another appeared)
+        except FileExistsError:
+            pass
+        moved.unlink(missing_ok=True)
         return False
 
     def holder(self) -> str | None:
