@@ -347,3 +347,19 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_anything_is_writt
         check_resume_point(ckpt)
     (ckpt.parent / "replay" / "chunk-8-16").mkdir()
     check_resume_point(ckpt)
+
+
+def test_a_ddp_run_is_not_resumed_as_a_single_process_one():
+    """Issue 19: the ranks of a trainer=ddp run each held a replay buffer; resuming it with
+    trainer=default used to fail at fit start, after the run directory was written to."""
+    from omegaconf import OmegaConf
+
+    from ovmse.phases.resume import check_resume_config
+
+    cfg = OmegaConf.create({"trainer": {"strategy": "auto"}, "seed": 0})
+    with pytest.raises(ValueError, match="trained with trainer=ddp"):
+        check_resume_config({"trainer": {"strategy": "ddp"}, "seed": 0}, cfg)
+    with pytest.raises(ValueError, match="distributed env workers"):
+        check_resume_config({"trainer": {"strategy": "auto"}, "collector": {"distributed": {"enabled": True}},
+                             "seed": 0}, cfg)
+    check_resume_config({"trainer": {"strategy": "auto"}, "seed": 0}, cfg)

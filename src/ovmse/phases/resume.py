@@ -79,6 +79,14 @@ def check_resume_config(stored: dict | None, cfg: DictConfig) -> None:
     """Refuse to resume with settings that differ from the run's own (listing each difference)."""
     if stored is None:
         raise ValueError("the resume checkpoint holds no run config: it was not written by phase=online")
+    from ovmse.training.ddp import is_ddp
+
+    # "trainer" may change on resume (accelerator, progress bar), but not to or from DDP: a DDP
+    # run's ranks each held a replay buffer, and its resume point names rank 0's only.
+    if is_ddp(stored.get("trainer") or {}) or ((stored.get("collector") or {}).get("distributed") or {}).get("enabled"):
+        raise ValueError("resume: this run was trained with trainer=ddp or distributed env workers, whose ranks each "
+                         "held a replay buffer; resume restores single-process runs only (start it again, or "
+                         "fine-tune from its checkpoint with ckpt=)")
     current = OmegaConf.to_container(cfg, resolve=True)
     a = {k: v for k, v in _flat(stored).items() if k.split(".")[0] not in CHANGEABLE}
     b = {k: v for k, v in _flat(current).items() if k.split(".")[0] not in CHANGEABLE}
