@@ -11,13 +11,16 @@ import csv
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ovmse.training.ddp import RANK_SEED_STRIDE, expected_global_rank, rank_device, rank_seed, trainer_kwargs
+from ovmse.phases.common import trainer_settings
+from ovmse.training.ddp import (RANK_SEED_STRIDE, TrainerSettings, expected_global_rank, rank_device, rank_seed,
+                                trainer_kwargs)
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
@@ -108,9 +111,8 @@ def test_torchrun_launch(tmp_path):
 
 
 def test_rank_and_seed_arithmetic(monkeypatch):
-    ddp = OmegaConf.create({"strategy": "ddp", "accelerator": "cpu", "devices": 2, "num_nodes": 2,
-                            "process_group_backend": "gloo"})
-    single = OmegaConf.create({"accelerator": "cpu", "devices": 1})
+    ddp = TrainerSettings(strategy="ddp", accelerator="cpu", devices=2, num_nodes=2, process_group_backend="gloo")
+    single = TrainerSettings(accelerator="cpu", devices=1)
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "SLURM_JOB_NAME"):
         monkeypatch.delenv(var, raising=False)
     assert expected_global_rank(single) == 0 and expected_global_rank(ddp) == 0
@@ -120,11 +122,12 @@ def test_rank_and_seed_arithmetic(monkeypatch):
     assert expected_global_rank(single) == 0
     cuda = torch.device("cuda")
     assert rank_device(cuda, ddp) == torch.device("cuda", 1)  # each local rank on its own GPU
-    assert rank_device(cuda, OmegaConf.create({**ddp, "devices": [2, 3]})) == torch.device("cuda", 3)
+    assert rank_device(cuda, replace(ddp, devices=(2, 3))) == torch.device("cuda", 3)
     assert rank_device(cuda, single) == cuda and rank_device(torch.device("cpu"), ddp) == torch.device("cpu")
     assert rank_seed(7, 0) == 7 and rank_seed(7, 3) == 7 + 3 * RANK_SEED_STRIDE
     assert rank_seed(7, 1, num_workers=4) == 7 + 4 * RANK_SEED_STRIDE  # past rank 0's 4 workers
     assert trainer_kwargs(single)["strategy"] == "auto"
     assert type(trainer_kwargs(ddp)["strategy"]).__name__ == "DDPStrategy"
     with pytest.raises(ValueError, match="ddp_spawn"):
-        expected_global_rank(OmegaConf.create({**ddp, "strategy": "ddp_spawn"}))
+        trainer_settings(OmegaConf.create({"strategy": "ddp_spawn", "accelerator": "cpu", "devices": 2}))
+    assert trainer_settings(OmegaConf.create({"strategy": "ddp", "devices": [0, 1]})).devices == (0, 1)

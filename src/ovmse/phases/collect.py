@@ -41,7 +41,7 @@ from ovmse.training.qmix_module import load_qmix_checkpoint
 from ovmse.training.ddp import is_ddp
 from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
 
-from .common import env_options, resolve_device, write_json
+from .common import env_options, resolve_device, trainer_settings, write_json
 from .online import build_online_run
 
 CHUNK = 500
@@ -115,7 +115,7 @@ def _band(cfg_band, name: str) -> tuple[float, float]:
 def run(cfg: DictConfig) -> dict:
     if cfg.get("ckpt"):
         raise ValueError(f"ckpt={cfg.ckpt!r}: phase=collect trains its behaviour policy from scratch; leave ckpt unset")
-    if is_ddp(cfg.trainer):
+    if is_ddp(trainer_settings(cfg.trainer)):
         raise ValueError("phase=collect writes datasets from one process; use trainer=default (trainer=ddp is for "
                          "phase=online)")
     spec = get_map(cfg.env.map_name)

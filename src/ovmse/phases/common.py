@@ -118,6 +118,16 @@ def make_loggers(cfg: DictConfig, out: str | Path) -> list:
     return loggers
 
 
+def trainer_settings(trainer: DictConfig | Mapping[str, Any] | None):
+    """The typed :class:`~ovmse.training.ddp.TrainerSettings` of a ``trainer`` config (or of a
+    run's stored config); ``training/`` takes these, never the config itself."""
+    from ovmse.training.ddp import TrainerSettings
+
+    if isinstance(trainer, DictConfig):
+        trainer = OmegaConf.to_container(trainer, resolve=True)
+    return TrainerSettings.from_mapping(trainer or {})
+
+
 def make_qmix_module(algo: DictConfig, spec, objective=None, **kwargs):
     """The :class:`~ovmse.training.QMixModule` of an ``algo`` config for map ``spec``: networks
     from the config, ``objective`` (:func:`~ovmse.phases.objective.resolve_objective`; default:

@@ -40,7 +40,7 @@ from ovmse.training.update_ratio import UpdateRatio
 from ovmse.training.unlearning import UnlearningProbeCallback, load_or_record_probe
 from ovmse.training.evaluation import GreedyEvaluator
 
-from .common import check_backend, collection_threads, make_loggers, make_qmix_module
+from .common import check_backend, collection_threads, make_loggers, make_qmix_module, trainer_settings
 from .objective import resolve_objective
 from .common import env_options as env_options_of
 from .common import continue_metrics_csv, resolve_device, seed_everything, write_json
@@ -93,8 +93,9 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     from ovmse.training.ddp import (check_rank, debug_callbacks, expected_global_rank, rank_device, rank_seed,
                                     trainer_kwargs)
 
-    device = rank_device(resolve_device(str(cfg.device)), cfg.trainer)
-    rank = expected_global_rank(cfg.trainer)
+    trainer_cfg = trainer_settings(cfg.trainer)
+    device = rank_device(resolve_device(str(cfg.device)), trainer_cfg)
+    rank = expected_global_rank(trainer_cfg)
     env_seed = rank_seed(cfg.seed, rank, int(cfg.collector.num_workers))
 
     resume_from = resume_checkpoint(cfg)
@@ -132,7 +133,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     if resume_from is not None:
         continue_metrics_csv(loggers, out, upto_step=module.progress())
     trainer = pl.Trainer(
-        **trainer_kwargs(cfg.trainer, cfg.get("num_threads")),
+        **trainer_kwargs(trainer_cfg, cfg.get("num_threads")),
         max_epochs=1,
         max_steps=-1,
         gradient_clip_val=settings["grad_norm_clip"],
@@ -229,7 +230,7 @@ def make_collection(cfg: DictConfig, module: QMixModule, replay: EpisodeReplayBu
     from ovmse.training.ddp import is_ddp
     from ovmse.training.distributed_collection import DistributedEnvWorkers
 
-    if is_ddp(cfg.trainer):
+    if is_ddp(trainer_settings(cfg.trainer)):
         raise ValueError("collector.distributed.enabled=true cannot be combined with trainer=ddp: both need "
                          "the default torch.distributed process group (docs/scaling.md)")
     if num_envs % workers:

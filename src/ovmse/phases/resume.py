@@ -27,8 +27,10 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
         return None
     from ovmse.training.ddp import is_ddp
 
+    from .common import trainer_settings
+
     dist = (cfg.get("collector") or {}).get("distributed") or {}
-    if is_ddp(cfg.get("trainer") or {}) or dist.get("enabled", False):
+    if is_ddp(trainer_settings(cfg.get("trainer"))) or dist.get("enabled", False):
         raise ValueError("resume= continues single-process runs; a trainer=ddp run or distributed env workers keep "
                          "one replay buffer per process, which resume does not restore")
     path = Path(str(resume))
@@ -81,9 +83,12 @@ def check_resume_config(stored: dict | None, cfg: DictConfig) -> None:
         raise ValueError("the resume checkpoint holds no run config: it was not written by phase=online")
     from ovmse.training.ddp import is_ddp
 
+    from .common import trainer_settings
+
     # "trainer" may change on resume (accelerator, progress bar), but not to or from DDP: a DDP
     # run's ranks each held a replay buffer, and its resume point names rank 0's only.
-    if is_ddp(stored.get("trainer") or {}) or ((stored.get("collector") or {}).get("distributed") or {}).get("enabled"):
+    if is_ddp(trainer_settings(stored.get("trainer"))) or (
+            (stored.get("collector") or {}).get("distributed") or {}).get("enabled"):
         raise ValueError("resume: this run was trained with trainer=ddp or distributed env workers, whose ranks each "
                          "held a replay buffer; resume restores single-process runs only (start it again, or "
                          "fine-tune from its checkpoint with ckpt=)")

@@ -18,12 +18,12 @@ collector processes per rank, see :func:`rank_seed`); the network initialisation
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
 
 from ovmse.collection.acting import WORKER_SEED_STRIDE
 
@@ -35,24 +35,55 @@ RANK_SEED_STRIDE = WORKER_SEED_STRIDE  # the same stride, so ranks x workers nev
 DUMP_PARAMS_ENV = "OVMSE_DEBUG_DUMP_PARAMS"
 
 
-def is_ddp(trainer_cfg: DictConfig) -> bool:
-    """True for ``strategy: ddp``; ``auto`` (one process) is the only other choice.
-
-    Other strategies (``ddp_spawn``, ``fsdp``, ...) are refused: the env side is built
-    before the Trainer, in the process that will run it, and must know its rank then.
-    """
-    strategy = str(trainer_cfg.get("strategy", "auto"))
-    if strategy not in ("auto", "ddp"):
-        raise ValueError(f"trainer.strategy={strategy!r}: online training supports 'auto' (one process) "
-                         "and 'ddp' (one process per rank; see docs/scaling.md)")
-    return strategy == "ddp"
+STRATEGIES = ("auto", "ddp")
 
 
-def _processes_per_node(trainer_cfg: DictConfig) -> int:
-    devices = trainer_cfg.devices
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The Trainer's settings (``configs/trainer/*.yaml``), typed: what ``training/`` needs of
+    them. The phases build it from the config (:meth:`from_mapping`); nothing here reads one.
+
+    ``strategy``: ``auto`` (one process) or ``ddp`` (one process per rank). Other strategies
+    (``ddp_spawn``, ``fsdp``, ...) are refused: the env side is built before the Trainer, in
+    the process that will run it, and must know its rank then."""
+
+    accelerator: str = "cpu"
+    devices: int | str | tuple = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    process_group_backend: str | None = None
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"trainer.strategy={self.strategy!r}: online training supports 'auto' (one process) "
+                             "and 'ddp' (one process per rank; see docs/scaling.md)")
+
+    @classmethod
+    def from_mapping(cls, trainer: Mapping[str, Any]) -> "TrainerSettings":
+        devices = trainer.get("devices", 1)
+        if hasattr(devices, "__len__") and not isinstance(devices, str):
+            devices = tuple(devices)
+        return cls(accelerator=str(trainer.get("accelerator", "cpu")), devices=devices,
+                   num_nodes=int(trainer.get("num_nodes", 1) or 1), strategy=str(trainer.get("strategy", "auto")),
+                   process_group_backend=trainer.get("process_group_backend"),
+                   find_unused_parameters=bool(trainer.get("find_unused_parameters", False)))
+
+    @property
+    def ddp(self) -> bool:
+        return self.strategy == "ddp"
+
+
+def is_ddp(trainer: TrainerSettings) -> bool:
+    """True for ``strategy: ddp``."""
+    return trainer.ddp
+
+
+def _processes_per_node(trainer: TrainerSettings) -> int:
+    devices = trainer.devices
     if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
         return int(devices)
-    if hasattr(devices, "__len__") and not isinstance(devices, str):
+    if isinstance(devices, tuple):
         return len(devices)
     raise ValueError(
         f"trainer.devices={devices!r}: with trainer=ddp give the number of processes per node "
@@ -77,7 +108,7 @@ def _cluster_environment():
     return LightningEnvironment()
 
 
-def expected_global_rank(trainer_cfg: DictConfig) -> int:
+def expected_global_rank(trainer: TrainerSettings) -> int:
     """This process's DDP rank, as Lightning will compute it once the Trainer exists.
 
     The rank decides the env seeds, which are needed before the Trainer is built (the
@@ -87,22 +118,21 @@ def expected_global_rank(trainer_cfg: DictConfig) -> int:
     :func:`check_rank` compares it with the Trainer's after construction.
     0 without ``trainer=ddp``.
     """
-    if not is_ddp(trainer_cfg):
+    if not trainer.ddp:
         return 0
     env = _cluster_environment()
-    return env.node_rank() * _processes_per_node(trainer_cfg) + env.local_rank()
+    return env.node_rank() * _processes_per_node(trainer) + env.local_rank()
 
 
-def rank_device(device: torch.device, trainer_cfg: DictConfig) -> torch.device:
+def rank_device(device: torch.device, trainer: TrainerSettings) -> torch.device:
     """The device of this rank's env side and replay: with ``trainer=ddp`` and a CUDA
     ``device`` given without an index, the GPU Lightning gives this rank
     (``trainer.devices[local_rank]`` for a list, else ``cuda:<local_rank>``); else ``device``."""
-    if not is_ddp(trainer_cfg) or device.type != "cuda" or device.index is not None:
+    if not trainer.ddp or device.type != "cuda" or device.index is not None:
         return device
     local_rank = _cluster_environment().local_rank()
-    devices = trainer_cfg.devices
-    if hasattr(devices, "__len__") and not isinstance(devices, str):
-        return torch.device("cuda", int(list(devices)[local_rank]))
+    if isinstance(trainer.devices, tuple):
+        return torch.device("cuda", int(trainer.devices[local_rank]))
     return torch.device("cuda", local_rank)
 
 
@@ -118,7 +148,7 @@ def rank_seed(seed: int, rank: int, num_workers: int = 1) -> int:
     return int(seed) + RANK_SEED_STRIDE * int(num_workers) * int(rank)
 
 
-def trainer_kwargs(trainer_cfg: DictConfig, num_threads: int | None = None) -> dict[str, Any]:
+def trainer_kwargs(trainer: TrainerSettings, num_threads: int | None = None) -> dict[str, Any]:
     """``accelerator``, ``devices``, ``num_nodes`` and ``strategy`` for ``pl.Trainer``.
 
     ``strategy: ddp`` becomes ``DDPStrategy(process_group_backend=...)`` (``gloo`` on CPU,
@@ -128,19 +158,17 @@ def trainer_kwargs(trainer_cfg: DictConfig, num_threads: int | None = None) -> d
     ``num_threads: null`` (the default) Lightning's share of the cores holds.
     """
     kwargs: dict[str, Any] = {
-        "accelerator": trainer_cfg.accelerator,
-        "devices": trainer_cfg.devices,
-        "num_nodes": int(trainer_cfg.get("num_nodes", 1)),
+        "accelerator": trainer.accelerator,
+        "devices": list(trainer.devices) if isinstance(trainer.devices, tuple) else trainer.devices,
+        "num_nodes": trainer.num_nodes,
     }
-    if is_ddp(trainer_cfg):
+    if trainer.ddp:
         from pytorch_lightning.strategies import DDPStrategy
 
         if num_threads is not None:
             os.environ.setdefault("OMP_NUM_THREADS", str(int(num_threads)))
-        kwargs["strategy"] = DDPStrategy(
-            process_group_backend=trainer_cfg.get("process_group_backend"),
-            find_unused_parameters=bool(trainer_cfg.get("find_unused_parameters", False)),
-        )
+        kwargs["strategy"] = DDPStrategy(process_group_backend=trainer.process_group_backend,
+                                         find_unused_parameters=trainer.find_unused_parameters)
     else:
         kwargs["strategy"] = "auto"
     return kwargs
