@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Env steps per second of online collection with 1, 2, 4 collector processes.
 
-Times :meth:`ovmse.training.collection_driver.OnlineCollection.collect` -- the real online
+Times :meth:`ovmse.collection.online.OnlineCollection.collect` -- the real online
 path: TorchRL collector, :class:`~ovmse.collection.RecurrentQPolicy` (GRU agent of the QMIX
 config, ``hidden_dim`` 64) with ε-greedy exploration on the real schedule (1.0 → 0.05 over
 100k env steps), episode assembly and the replay buffer -- for the same total number of
@@ -43,7 +43,7 @@ from ovmse.envs import get_map
 from ovmse.exploration import LinearSchedule
 from ovmse.nets import RNNAgent
 from ovmse.provenance import machine_info
-from ovmse.training.collection_driver import OnlineCollection
+from ovmse.collection.online import OnlineCollection
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS_START, EPS_END, EPS_ANNEAL = 1.0, 0.05, 100_000

@@ -6,7 +6,7 @@ in this file from plain tensors ("plain") that does the same math:
 
 1. **Update cost** (ms per QMIX update, ``--batch-size`` episodes of ``--map``). A replay
    buffer is filled once with real episodes (random policy, ε = 1, via
-   :class:`~ovmse.training.collection_driver.OnlineCollection`). Then, interleaved over
+   :class:`~ovmse.collection.online.OnlineCollection`). Then, interleaved over
    ``--repeats``:
 
    * lightning: ``pl.Trainer(max_steps=N, gradient_clip_val=10, logger=False, ...)`` fitting a
@@ -218,7 +218,7 @@ def collect_random_episodes(map_name: str, n: int, num_envs: int, device: torch.
     """>= n complete episodes (ε = 1) through the project's OnlineCollection; returns a TensorDict [E, T+1]."""
     from ovmse.collection import EpisodeReplayBuffer
     from ovmse.exploration import LinearSchedule
-    from ovmse.training.collection_driver import OnlineCollection
+    from ovmse.collection.online import OnlineCollection
 
     spec = get_map(map_name)
     agent = RNNAgent(spec.obs_dim + spec.n_actions + spec.n_agents, spec.n_actions, hidden_dim).to(device)
@@ -371,7 +371,7 @@ def run_lightning_online(args, device, spec, seed: int) -> dict:
     from ovmse.exploration import LinearSchedule
     from ovmse.training import QMixModule
     from ovmse.training.callbacks import OnlineCollectionCallback, TargetUpdateCallback
-    from ovmse.training.collection_driver import OnlineCollection
+    from ovmse.collection.online import OnlineCollection
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)

@@ -34,7 +34,7 @@ def record(args) -> dict:
     from ovmse.envs import get_map
     from ovmse.exploration import LinearSchedule
     from ovmse.nets import RNNAgent
-    from ovmse.training.collection_driver import OnlineCollection
+    from ovmse.collection.online import OnlineCollection
 
     spec = get_map(args.map)
     torch.manual_seed(args.seed)
@@ -158,7 +158,7 @@ def collect(args) -> dict:
     from ovmse.envs import get_map
     from ovmse.exploration import LinearSchedule
     from ovmse.nets import RNNAgent
-    from ovmse.training.collection_driver import OnlineCollection
+    from ovmse.collection.online import OnlineCollection
 
     spec = get_map(args.map)
     torch.manual_seed(args.seed)

@@ -11,7 +11,7 @@ Row order of a batch: rows ``[0, n_offline)`` are offline episodes, rows
 ``[B, T_max + 1]`` batch dims) marks the offline rows, so losses / metrics can tell them
 apart without relying on the order.
 
-Every batch is cut to its longest filled episode (:func:`~ovmse.datasets.trim_to_filled`,
+Every batch is cut to its longest filled episode (:func:`~ovmse.collection.layout.trim_to_filled`,
 PyMARL2's ``max_t_filled``): ``T_max + 1`` below is the episode limit + 1 of the buffers, a
 batch has ``L + 1 <= T_max + 1`` rows, L the longest episode in it.
 
@@ -31,7 +31,8 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
 from ovmse.collection.replay import EpisodeReplayBuffer
-from ovmse.datasets import OfflineDataset, trim_to_filled
+from ovmse.collection.layout import trim_to_filled
+from ovmse.datasets import OfflineDataset
 
 FROM_OFFLINE_KEY = "from_offline"
 

@@ -17,7 +17,7 @@ learner's address as ``socket.gethostbyname(socket.gethostname())`` gives it the
 The learner here only collects (``--batches`` batches with the initial network, ε = 1) and
 prints env steps per second and complete episodes: a smoke test and throughput probe of the
 transport, not training. For use inside a learner see
-:class:`ovmse.training.distributed_collection.DistributedEnvWorkers` and docs/scaling.md.
+:class:`ovmse.collection.distributed.DistributedEnvWorkers` and docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def learner(args: argparse.Namespace) -> None:
 
     from ovmse.envs import get_map
     from ovmse.nets import RNNAgent
-    from ovmse.training.distributed_collection import DistributedEnvWorkers
+    from ovmse.collection.distributed import DistributedEnvWorkers
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

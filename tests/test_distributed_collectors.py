@@ -26,7 +26,7 @@ import torch
 from ovmse.collection import EpisodeReplayBuffer
 from ovmse.envs import get_map
 from ovmse.nets import RNNAgent, agent_inputs
-from ovmse.training.distributed_collection import DistributedEnvWorkers
+from ovmse.collection.distributed import DistributedEnvWorkers
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 

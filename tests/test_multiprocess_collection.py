@@ -27,7 +27,7 @@ from ovmse.collection import EpisodeReplayBuffer, env_with_primers, make_policy
 from ovmse.envs import get_map, make_env
 from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
-from ovmse.training.collection_driver import OnlineCollection
+from ovmse.collection.online import OnlineCollection
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 

@@ -1,15 +1,8 @@
 """Turn a collector's flat ``[B_envs, frames]`` batches into complete, padded episodes.
 
-Output layout (PyMARL ``EpisodeBatch``), batch dims ``[E, T_max + 1]`` with
-``T_max`` = the map's episode limit:
-
-* row ``t < len``: ``("agents", "observation")``, ``"state"``, ``("agents", "action_mask")``
-  observed at step ``t`` and ``("agents", "action")``, ``"reward"``, ``"terminated"``,
-  ``"truncated"``, ``("info", "battle_won")`` of the transition taken at ``t``;
-* row ``t = len``: the final observation / state / mask (the ``"next"`` entries of the
-  last transition), action 0, reward 0, flags False;
-* rows ``t > len``: zeros (masks all False);
-* ``"filled"`` bool ``[..., 1]`` is ``t <= len``.
+Output: episodes in the layout of :mod:`ovmse.collection.layout` (PyMARL ``EpisodeBatch``),
+batch dims ``[E, T_max + 1]``; row ``t = len`` takes the ``"next"`` entries of the last
+transition (the final observation, state and mask).
 
 A battle stopped by the episode limit has ``truncated=True, terminated=False`` at its last
 transition (the env sets them that way; they are copied, not recomputed).
@@ -28,21 +21,18 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-NestedKey = str | tuple[str, ...]
+from ovmse.collection import layout
+from ovmse.collection.layout import NestedKey
 
-# (output key, source key in the collector data) for per-step observations (row t <- step t).
-_OBS_KEYS: tuple[tuple[NestedKey, ...], ...] = (
-    ("agents", "observation"),
-    ("agents", "action_mask"),
-    "state",
-)
-# (output key, source key) for transition entries taken at step t.
+# Per-step observations (row t <- step t, the collector's keys are the layout's).
+_OBS_KEYS: tuple[NestedKey, ...] = (layout.OBSERVATION, layout.ACTION_MASK, layout.STATE)
+# (layout key, source key in the collector data) for the transition taken at step t.
 _TRANSITION_KEYS: tuple[tuple[NestedKey, NestedKey], ...] = (
-    (("agents", "action"), ("agents", "action")),
-    ("reward", ("next", "reward")),
-    ("terminated", ("next", "terminated")),
-    ("truncated", ("next", "truncated")),
-    (("info", "battle_won"), ("next", "info", "battle_won")),
+    (layout.ACTION, ("agents", "action")),
+    (layout.REWARD, ("next", "reward")),
+    (layout.TERMINATED, ("next", "terminated")),
+    (layout.TRUNCATED, ("next", "truncated")),
+    (layout.BATTLE_WON, ("next", "info", "battle_won")),
 )
 # Marks an episode cut short by a game crash (starcraft backend); such episodes are dropped.
 LOST_KEY: tuple[str, ...] = ("next", "info", "episode_lost")
@@ -141,7 +131,7 @@ class EpisodeAssembler:
 
     def _pad(self, episodes: list[TensorDictBase], like: TensorDictBase) -> TensorDict:
         E, T1 = len(episodes), self.episode_limit + 1
-        device = like.device if like.device is not None else episodes[0].get(("agents", "observation")).device
+        device = like.device if like.device is not None else episodes[0].get(layout.OBSERVATION).device
         out = TensorDict({}, batch_size=(E, T1), device=device)
         lengths = torch.tensor([ep.shape[0] for ep in episodes])
         # Allocate zero-padded buffers from the first episode's leaves.
@@ -161,6 +151,5 @@ class EpisodeAssembler:
                 dst[e, n] = ep.get(_nxt(key))[n - 1]
             for key, src in _TRANSITION_KEYS:
                 out.get(key)[e, :n] = ep.get(src)
-        t = torch.arange(T1)
-        out.set("filled", (t[None, :] <= lengths[:, None]).unsqueeze(-1).to(device))
+        out.set(layout.FILLED, layout.filled_rows(lengths, T1).to(device))
         return out

@@ -1,6 +1,8 @@
 """Offline datasets: on-disk format, writing, validation, loading, statistics."""
 
-from .format import QUALITIES, dataset_dir, field_specs, resolve_dataset, trim_to_filled
+from ovmse.collection.layout import field_specs, trim_to_filled
+
+from .format import QUALITIES, dataset_dir, resolve_dataset
 from .loading import OfflineDataset, load_dataset
 from .stats import dataset_stats, episode_stats
 from .validation import DatasetError

@@ -7,16 +7,15 @@ import math
 import torch
 from tensordict import TensorDictBase
 
+from ovmse.collection import layout
+
 
 def episode_stats(episodes: TensorDictBase) -> dict[str, torch.Tensor]:
     """Returns ``[E]`` (float64), lengths ``[E]`` (transitions) and ``won`` ``[E]`` of
     episodes ``[E, T+1]`` in the stored layout (only ``filled`` rows count)."""
-    filled = episodes.get("filled").squeeze(-1)
-    transition = filled.clone()
-    transition[:, :-1] &= filled[:, 1:]  # row t is a transition iff row t+1 is filled
-    transition[:, -1] = False
-    reward = episodes.get("reward").squeeze(-1).double()
-    won = episodes.get(("info", "battle_won")).squeeze(-1)
+    transition = layout.transition_rows(episodes.get(layout.FILLED))
+    reward = episodes.get(layout.REWARD).squeeze(-1).double()
+    won = episodes.get(layout.BATTLE_WON).squeeze(-1)
     return {
         "return": (reward * transition).sum(-1),
         "length": transition.sum(-1),

@@ -16,7 +16,10 @@ from tensordict import TensorDictBase
 
 from ovmse.envs import MapSpec, get_map
 
-from .format import EPISODES_DIR, FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, field_specs, key_name
+from ovmse.collection import layout
+from ovmse.collection.layout import field_specs
+
+from .format import EPISODES_DIR, FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, key_name
 
 REQUIRED_METADATA = ("format", "format_version", "map", "quality", "n_agents", "obs_dim", "state_dim",
                      "n_actions", "episode_limit", "episodes", "transitions")
@@ -129,10 +132,10 @@ def check_contents(path: Path, episodes: TensorDictBase, spec: MapSpec, chunk: i
     A = spec.n_actions
     for start in range(0, episodes.shape[0], chunk):
         td = episodes[start : start + chunk]
-        filled = td.get("filled").squeeze(-1)  # [e, T+1]
+        filled = td.get(layout.FILLED).squeeze(-1)  # [e, T+1]
         lengths = filled.sum(-1) - 1  # transitions per episode
         t = torch.arange(filled.shape[1])
-        prefix = t[None, :] <= lengths[:, None]
+        prefix = layout.filled_rows(lengths, filled.shape[1]).squeeze(-1)  # what filled must be
 
         def where(mask: torch.Tensor) -> str:
             e, step = mask.nonzero()[0].tolist()[:2]

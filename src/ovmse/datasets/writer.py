@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from ovmse.collection.layout import field_specs
 from ovmse.envs import MapSpec
 from ovmse.provenance import code_version
 
@@ -27,7 +28,6 @@ from .format import (
     FORMAT_VERSION,
     METADATA_FILE,
     check_quality,
-    field_specs,
     key_name,
 )
 from .stats import dataset_stats

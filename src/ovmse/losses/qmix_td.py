@@ -20,7 +20,7 @@ Output keys of :meth:`QMixTDLoss.forward` (a :class:`tensordict.TensorDict` with
     "q_taken_mean"       detached, mean Q_tot(s_t, a_t) over valid transitions
     "target_mean"        detached, mean y^λ over valid transitions
     "mask_fraction"      detached, valid transitions / (B·T) of the batch as given (the training
-                         batches are cut to their longest episode, ``ovmse.datasets.trim_to_filled``)
+                         batches are cut to their longest episode, ``ovmse.collection.layout.trim_to_filled``)
 
 Conventions (shared with :mod:`ovmse.losses.td_lambda`):
 
@@ -77,6 +77,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from ovmse.action_masks import masked_greedy
+from ovmse.collection import layout
 from ovmse.losses.td_lambda import td_lambda_targets
 from ovmse.nets.agent import RNNAgent, agent_inputs
 from ovmse.nets.mixer import QMixer
@@ -95,16 +96,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class QMixKeys:
-    """Batch keys read by this module (override to adapt another layout)."""
+    """Batch keys read by this module: the episode layout's (:mod:`ovmse.collection.layout`);
+    override to adapt another layout."""
 
-    observation: tuple = ("agents", "observation")
-    action_mask: tuple = ("agents", "action_mask")
-    action: tuple = ("agents", "action")
-    state: str = "state"
-    reward: str = "reward"
-    terminated: str = "terminated"
-    truncated: str = "truncated"  # documented; not read (see the module docstring)
-    filled: str = "filled"
+    observation: tuple = layout.OBSERVATION
+    action_mask: tuple = layout.ACTION_MASK
+    action: tuple = layout.ACTION
+    state: str = layout.STATE
+    reward: str = layout.REWARD
+    terminated: str = layout.TERMINATED
+    truncated: str = layout.TRUNCATED  # documented; not read (see the module docstring)
+    filled: str = layout.FILLED
 
 
 DEFAULT_KEYS = QMixKeys()

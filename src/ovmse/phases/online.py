@@ -33,7 +33,7 @@ from ovmse.training.callbacks import (
     log_env_metrics,
 )
 from ovmse.training.checkpointing import ResumePointCallback, remove_replay_chunks
-from ovmse.training.collection_driver import OnlineCollection
+from ovmse.collection.online import OnlineCollection
 from ovmse.training.guards import NonFiniteGuard
 from ovmse.training.optimizer_restore import RestoreOptimizerCallback
 from ovmse.training.update_ratio import UpdateRatio
@@ -228,7 +228,7 @@ def make_collection(cfg: DictConfig, module: QMixModule, replay: EpisodeReplayBu
             num_workers=workers,
         )
     from ovmse.training.ddp import is_ddp
-    from ovmse.training.distributed_collection import DistributedEnvWorkers
+    from ovmse.collection.distributed import DistributedEnvWorkers
 
     if is_ddp(trainer_settings(cfg.trainer)):
         raise ValueError("collector.distributed.enabled=true cannot be combined with trainer=ddp: both need "

@@ -32,7 +32,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from .checkpointing import atomic_save_checkpoint
-from .collection_driver import OnlineCollection
+from ovmse.collection.online import OnlineCollection
 from .evaluation import GreedyEvaluator
 from .qmix_module import QMixModule
 from .threads import torch_threads

@@ -7,7 +7,7 @@ import torch
 from tensordict import TensorDictBase
 
 from ovmse.action_masks import masked_greedy
-from ovmse.datasets import trim_to_filled
+from ovmse.collection.layout import trim_to_filled
 from ovmse.losses import q_tot_taken, return_to_go, transition_mask, unroll_agent_q
 
 
@@ -19,7 +19,7 @@ def value_sums(module, episodes: TensorDictBase) -> dict[str, float]:
     (sums, so that chunks of a large set add up; divide by ``n`` for means); ``agree``, the
     agent decisions whose greedy action equals the action taken, out of ``decisions``, those
     with a choice (more than one available action: a dead agent's no-op is not counted).
-    The episodes are cut to the longest one first (:func:`~ovmse.datasets.trim_to_filled`)."""
+    The episodes are cut to the longest one first (:func:`~ovmse.collection.layout.trim_to_filled`)."""
     episodes = trim_to_filled(episodes)
     agent_q = unroll_agent_q(module.agent, episodes)  # [E, T+1, N, A]
     mask, term = transition_mask(episodes)

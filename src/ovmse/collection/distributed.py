@@ -16,7 +16,7 @@ Batches come back as ``[num_workers * envs_per_worker, steps_per_env]`` (worker-
 env index ``w * envs_per_worker + b``), the same layout every batch, which is what
 :class:`~ovmse.collection.EpisodeAssembler` needs to stitch episodes cut between batches.
 :meth:`DistributedEnvWorkers.collect` has the same interface as
-:meth:`ovmse.training.collection_driver.OnlineCollection.collect` (ε from the schedule,
+:meth:`ovmse.collection.online.OnlineCollection.collect` (ε from the schedule,
 complete episodes into ``replay``, ``collect/`` statistics).
 
 Launchers (TorchRL's names):
@@ -56,7 +56,7 @@ from ovmse.collection.acting import WORKER_SEED_STRIDE, primed_env, worker_polic
 from ovmse.envs import get_map
 from ovmse.exploration import LinearSchedule, make_exploration
 from ovmse.nets import RNNAgent
-from ovmse.training.collection_driver import collect_stats
+from ovmse.collection.online import collect_stats
 
 
 # The endless collectors of TorchRL 0.14.1's distributed module stop at once with

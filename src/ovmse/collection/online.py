@@ -19,8 +19,9 @@ from ovmse.nets import RNNAgent
 # The worker factories below return *nested* functions on purpose: cloudpickle (which TorchRL
 # uses to send them to the spawned workers) pickles those by value, with references only to
 # what they call (ovmse.envs, ovmse.collection, ...). A module-level function of this module
-# would be pickled by reference, and unpickling it would import ``ovmse.training`` and with it
-# pytorch_lightning in every worker: about 5 s more start-up per process on 2 busy cores.
+# would be pickled by reference, and unpickling it would import its module with all it imports
+# in every worker (when this module lived in ``ovmse.training``, that was pytorch_lightning:
+# about 5 s more start-up per process on 2 busy cores).
 
 
 def _worker_env_fn(map_name: str, num_envs: int, seed: int, device: str, env_options: dict, hidden_dim: int):
