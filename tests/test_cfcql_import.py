@@ -1,4 +1,4 @@
-"""Importing CFCQL-format HDF5 datasets (ovmse.datasets.cfcql).
+"""Importing CFCQL-format HDF5 datasets (ovmse.datasets.cfcql, .cfcql_convert, .smac_state).
 
 The HDF5 files are written here, in CFCQL's layout (PyMARL ``EpisodeBatch`` arrays), from
 real simulator episodes, so the derived ``truncated`` / ``battle_won`` can be checked
@@ -17,12 +17,8 @@ from tensordict import TensorDict
 h5py = pytest.importorskip("h5py")
 
 from ovmse.datasets import DatasetError, load_dataset  # noqa: E402
-from ovmse.datasets.cfcql import (  # noqa: E402
-    battle_outcome,
-    import_cfcql,
-    parse_cfcql_name,
-    state_layout,
-)
+from ovmse.datasets.cfcql import import_cfcql, parse_cfcql_name  # noqa: E402
+from ovmse.datasets.smac_state import battle_outcome, state_layout  # noqa: E402
 from ovmse.envs import get_map, make_env  # noqa: E402
 from ovmse.envs.features import compute_features  # noqa: E402
 

@@ -4,7 +4,9 @@
   SMAC maps; each missing piece gets its own message with install steps) and
   :func:`default_game`;
 * :mod:`.adapter`: :class:`StarCraftSMACEnv`, one battle as a TorchRL env with the
-  simulator's keys, episode-end semantics and crash restarts;
+  simulator's keys, episode-end semantics and lost episodes;
+* :mod:`.game`: :class:`~.game.StarCraftGame`, that battle's game process: reads checked
+  against the map, crash restarts;
 * :mod:`.batched`: :func:`make_starcraft_env`, ``B`` battles in a ``ParallelEnv`` (one game
   process each) or ``SerialEnv``.
 

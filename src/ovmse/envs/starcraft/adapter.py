@@ -13,11 +13,8 @@ as a TorchRL env with ``batch_size=[]`` and exactly the keys, dtypes and semanti
     ("info", "battle_won")     bool    [1]
     ("info", "episode_lost")   bool    [1]               (the game crashed: drop this episode)
 
-:func:`make_starcraft_env` stacks ``B`` of them with TorchRL's ``ParallelEnv`` (one game process
-per battle, battle ``i`` seeded ``seed + i``) or ``SerialEnv``, which gives the simulator's
-``[B, ...]`` layout. :func:`ovmse.envs.make_env` with ``backend="starcraft"`` calls
-:func:`check_starcraft_available` first, so a missing install fails at once with a message
-saying what to install (see docs/starcraft.md).
+:func:`~.batched.make_starcraft_env` stacks ``B`` of them into the simulator's ``[B, ...]``
+layout; :func:`ovmse.envs.make_env` checks the install first (see docs/starcraft.md).
 
 Episode ends (SMAC's ``step`` returns ``reward, terminated, info``):
 
@@ -29,15 +26,12 @@ Episode ends (SMAC's ``step`` returns ``reward, terminated, info``):
   plain ``terminated=True``), else from ``steps >= episode_limit`` with neither side wiped out;
 * never both.
 
-Crashes: an exception from the game object (``protocol.ConnectionError``, ``ProtocolError``,
-websocket errors, ``OSError``, ...) closes it, builds a new one with the factory (at most
-``max_restarts`` attempts, then :class:`StarCraftCrashError` chained to the original error),
-resets it, and ends the episode in progress with ``done=truncated=True,
+Crashes: a game that fails is rebuilt and reset by :class:`~.game.StarCraftGame` (what counts
+as a crash, the restart attempts). The episode in progress then ends with ``done=truncated=True,
 ("info", "episode_lost")=True`` whose next observation is the fresh game's first one.
 SMAC itself catches protocol errors inside ``step``, restarts the game and returns
 ``(0, True, {})``; an ``info`` without ``"battle_won"`` is read as that and handled the same
-way. :class:`~ovmse.collection.EpisodeAssembler` drops lost episodes. ``AssertionError`` (SMAC's
-"Agent i cannot perform action a") is a usage error, not a crash, and is re-raised.
+way. :class:`~ovmse.collection.EpisodeAssembler` drops lost episodes.
 """
 
 from __future__ import annotations
@@ -46,7 +40,6 @@ import functools
 import logging
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
@@ -54,15 +47,13 @@ from torchrl.envs import EnvBase
 
 from ...action_masks import random_valid_actions
 from ..maps import MapSpec, get_map
-from .errors import StarCraftBackendError, StarCraftCrashError, StarCraftDimensionError
+from .errors import StarCraftCrashError
+from .game import NOT_A_CRASH, Frame, StarCraftGame
 from .install import default_game
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RESTARTS = 3
-
-# Errors that must propagate as they are instead of triggering a restart.
-_NOT_A_CRASH = (StarCraftBackendError, AssertionError)
 
 
 class StarCraftSMACEnv(EnvBase):
@@ -110,21 +101,17 @@ class StarCraftSMACEnv(EnvBase):
         self.spec: MapSpec = get_map(map_name)
         self.map_name = self.spec.name
         self.check_actions = check_actions
-        self.max_restarts = int(max_restarts)
-        self._env_factory = env_factory or functools.partial(
-            default_game, map_name=self.spec.name, seed=seed, **smac_kwargs
-        )
+        env_factory = env_factory or functools.partial(default_game, map_name=self.spec.name, seed=seed, **smac_kwargs)
+        self._sc2 = StarCraftGame(self.spec, env_factory, max_restarts=max_restarts)
         self._generator = torch.Generator()
         self._generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
-        self.restarts = 0
         self.episodes_lost = 0
         self._steps = 0
         self._fresh: TensorDict | None = None  # reset output of a game at an episode start
         self._current: TensorDict | None = None  # latest observation (without reward)
         self._mask = torch.zeros(self.spec.n_agents, self.spec.n_actions, dtype=torch.bool)
         self._mask[:, 0] = True
-        self._game: Any = self._env_factory()
-        self._check_dims(self._game)
+        self._sc2.start()
         self._make_specs()
 
     # ----------------------------------------------------------------- specs
@@ -148,98 +135,16 @@ class StarCraftSMACEnv(EnvBase):
         self.reward_spec = Unbounded((1,), device=dev)
         self.done_spec = Composite(done=flag(), terminated=flag(), truncated=flag(), shape=())
 
-    def _check_dims(self, game: Any) -> None:
-        info = game.get_env_info()
-        fields = (("n_agents", "n_agents"), ("n_actions", "n_actions"), ("obs_shape", "obs_dim"),
-                  ("state_shape", "state_dim"), ("episode_limit", "episode_limit"))
-        for smac_key, ours in fields:
-            if smac_key not in info:
-                raise StarCraftDimensionError(f"map {self.spec.name!r}: get_env_info() has no {smac_key!r}")
-            got, expected = info[smac_key], getattr(self.spec, ours)
-            if int(np.prod(got)) != expected:
-                raise StarCraftDimensionError(
-                    f"map {self.spec.name!r}: the game reports {smac_key}={got} but the simulator's MapSpec has "
-                    f"{ours}={expected}. Both backends must agree; StarCraft2Env options that change the layout "
-                    "(obs_last_action, obs_pathing_grid, obs_terrain_height, obs_timestep_number, "
-                    "obs_instead_of_state, state_last_action=False, state_timestep_number, ...) are not "
-                    "supported: the simulator follows SMAC's defaults."
-                )
-
-    # ----------------------------------------------------------------- game I/O
-    def _read(self, obs: Any = None, state: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Observation ``[N, obs]``, state ``[S]`` and mask ``[N, A]`` of the game, checked."""
-        N, A = self.spec.n_agents, self.spec.n_actions
-        game = self._game
-        obs = np.asarray(game.get_obs() if obs is None else obs, dtype=np.float32)
-        state = np.asarray(game.get_state() if state is None else state, dtype=np.float32)
-        avail = np.asarray(game.get_avail_actions())
-        for name, arr, shape in (("observation", obs, (N, self.spec.obs_dim)),
-                                 ("state", state, (self.spec.state_dim,)), ("avail_actions", avail, (N, A))):
-            if arr.shape != shape:
-                raise StarCraftDimensionError(
-                    f"map {self.spec.name!r}: the game returned {name} of shape {arr.shape}, expected {shape}"
-                )
-        dev = self.device
-        return (torch.as_tensor(obs, device=dev), torch.as_tensor(state, device=dev),
-                torch.as_tensor(avail != 0, device=dev))
-
-    def _reset_game(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        obs, state = self._game.reset()
-        return self._read(obs, state)
-
-    def _close_game(self) -> None:
-        game, self._game = self._game, None
-        if game is not None:
-            try:
-                game.close()
-            except Exception:  # noqa: BLE001 - a dead game may fail to close; it is dropped anyway
-                pass
-
-    def _restart(self, err: BaseException) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Replace a crashed game by a fresh one from the factory and reset it."""
-        last: BaseException = err
-        for attempt in range(1, self.max_restarts + 1):
-            self._close_game()
-            try:
-                self._game = self._env_factory()
-                self._check_dims(self._game)
-                out = self._reset_game()
-            except _NOT_A_CRASH:
-                raise
-            except Exception as new_err:  # noqa: BLE001
-                log.warning("%s: restart attempt %d/%d of the StarCraft II game failed: %r",
-                            self.spec.name, attempt, self.max_restarts, new_err)
-                last = new_err
-                continue
-            self.restarts += 1
-            log.warning("%s: the StarCraft II game crashed (%r) and was restarted (%d restart(s) so far)",
-                        self.spec.name, err, self.restarts)
-            return out
-        self._close_game()
-        raise StarCraftCrashError(
-            f"{self.spec.name}: the StarCraft II game crashed ({err!r}) and {self.max_restarts} restart "
-            f"attempt(s) failed (last error: {last!r})"
-        ) from err
-
-    def _guarded_reset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._game is None:
-            return self._restart(StarCraftCrashError("no running game"))
-        try:
-            return self._reset_game()
-        except _NOT_A_CRASH:
-            raise
-        except Exception as err:  # noqa: BLE001
-            return self._restart(err)
-
     # ---------------------------------------------------------------- TorchRL
     def _set_seed(self, seed: int | None) -> None:
         # SMAC seeds the game when it is built; only rand_action's generator can be re-seeded.
         if seed is not None:
             self._generator.manual_seed(seed)
 
-    def _output(self, obs, state, mask, *, reward: float | None = None, terminated: bool = False,
+    def _output(self, frame: Frame, *, reward: float | None = None, terminated: bool = False,
                 truncated: bool = False, won: bool = False, lost: bool = False) -> TensorDict:
         dev = self.device
+        obs, state, mask = (torch.as_tensor(a, device=dev) for a in frame)
         flag = lambda v: torch.tensor([bool(v)], dtype=torch.bool, device=dev)  # noqa: E731
         out = TensorDict(
             {
@@ -267,16 +172,15 @@ class StarCraftSMACEnv(EnvBase):
             return self._current.clone()  # this battle is not to be reset: its current observation
         if self._fresh is None:  # a game right after a restart is already at an episode start
             self._steps = 0
-            self._fresh = self._output(*self._guarded_reset())
+            self._fresh = self._output(self._sc2.guarded_reset())
         return self._fresh.clone()
 
-    def _lost(self, fresh: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> TensorDict:
+    def _lost(self, fresh: Frame) -> TensorDict:
         """Step output that ends the episode in progress after a crash; ``fresh`` is the new game's start."""
-        obs, state, mask = fresh
         self.episodes_lost += 1
         self._steps = 0
-        self._fresh = self._output(obs, state, mask)
-        return self._output(obs, state, mask, reward=0.0, truncated=True, lost=True)
+        self._fresh = self._output(fresh)
+        return self._output(fresh, reward=0.0, truncated=True, lost=True)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get(("agents", "action"))
@@ -284,23 +188,24 @@ class StarCraftSMACEnv(EnvBase):
             self._validate(action)
         actions = [int(a) for a in action.reshape(self.spec.n_agents).tolist()]
         self._fresh = None
-        if self._game is None:  # a previous restart failed and raised; try again
-            return self._lost(self._restart(StarCraftCrashError("no running game")))
-        timeouts = getattr(self._game, "timeouts", None)
+        game = self._sc2.game
+        if game is None:  # a previous restart failed and raised; try again
+            return self._lost(self._sc2.restart(StarCraftCrashError("no running game")))
+        timeouts = getattr(game, "timeouts", None)
         try:
-            reward, terminated, info = self._game.step(actions)
+            reward, terminated, info = game.step(actions)
             info = dict(info or {})
             if "battle_won" not in info:
                 # SMAC caught a protocol error itself, relaunched the game and returned (0, True, {}).
                 log.warning("%s: SMAC restarted the StarCraft II game inside step(); the episode is lost",
                             self.spec.name)
-                self.restarts += 1
-                return self._lost(self._guarded_reset())
-            obs, state, mask = self._read()
-        except _NOT_A_CRASH:
+                self._sc2.restarts += 1
+                return self._lost(self._sc2.guarded_reset())
+            frame = self._sc2.read()
+        except NOT_A_CRASH:
             raise
         except Exception as err:  # noqa: BLE001 - any game failure is a crash
-            return self._lost(self._restart(err))
+            return self._lost(self._sc2.restart(err))
         self._steps += 1
         terminated = bool(terminated)
         won = bool(info.get("battle_won", False))
@@ -308,13 +213,13 @@ class StarCraftSMACEnv(EnvBase):
         if terminated and not won:
             if "episode_limit" in info:
                 truncated = bool(info["episode_limit"])
-            elif timeouts is not None and getattr(self._game, "timeouts", timeouts) > timeouts:
+            elif timeouts is not None and getattr(game, "timeouts", timeouts) > timeouts:
                 truncated = True
             elif self._steps >= self.spec.episode_limit:
                 decided = (int(info.get("dead_allies", 0)) >= self.spec.n_agents
                            or int(info.get("dead_enemies", 0)) >= self.spec.n_enemies)
                 truncated = not decided
-        return self._output(obs, state, mask, reward=float(reward), terminated=terminated and not truncated,
+        return self._output(frame, reward=float(reward), terminated=terminated and not truncated,
                             truncated=truncated, won=won)
 
     def _validate(self, action: torch.Tensor) -> None:
@@ -344,8 +249,18 @@ class StarCraftSMACEnv(EnvBase):
     @property
     def game(self) -> Any:
         """The wrapped ``StarCraft2Env``-like object (None after a failed restart)."""
-        return self._game
+        return self._sc2.game
+
+    @property
+    def restarts(self) -> int:
+        """How many times the game was restarted after a crash."""
+        return self._sc2.restarts
+
+    @property
+    def max_restarts(self) -> int:
+        """Attempts to rebuild a crashed game before raising."""
+        return self._sc2.max_restarts
 
     def close(self, *, raise_if_closed: bool = True) -> None:
-        self._close_game()
+        self._sc2.close()
         super().close(raise_if_closed=raise_if_closed)
