@@ -28,7 +28,7 @@ in this file from plain tensors ("plain") that does the same math:
 
    * lightning: the pieces ``ovmse.phases.online.run`` builds (``OnlineCollection`` = TorchRL
      ``Collector`` + ``EpisodeAssembler`` + ``EpisodeReplayBuffer``, ``ReplayDataModule``,
-     ``OnlineCollectionCallback``, ``TargetUpdateCallback``), minus the evaluation callback,
+     ``OnlineLoop`` with its ``CollectionSchedule`` and ``TargetSchedule``), minus evaluation,
      loggers and progress bar;
    * plain: the same env (``ovmse.envs.make_env``, stepped with its ``_step`` / ``_reset``
      directly), the same policy math (``RNNAgent`` step + ε-greedy written inline), a
@@ -370,7 +370,9 @@ def run_lightning_online(args, device, spec, seed: int) -> dict:
     from ovmse.collection import EpisodeReplayBuffer
     from ovmse.exploration import LinearSchedule
     from ovmse.training import QMixModule
-    from ovmse.training.callbacks import OnlineCollectionCallback, TargetUpdateCallback
+    from ovmse.training.collection_schedule import CollectionSchedule
+    from ovmse.training.loops import OnlineLoop
+    from ovmse.training.target_schedule import TargetSchedule
     from ovmse.collection.online import OnlineCollection
 
     t0 = time.perf_counter()
@@ -382,19 +384,18 @@ def run_lightning_online(args, device, spec, seed: int) -> dict:
     collection = OnlineCollection(module.agent, spec.name, args.num_envs, replay,
                                   epsilon=LinearSchedule(EPS_START, EPS_END, EPS_ANNEAL),
                                   steps_per_env=args.steps_per_env, seed=seed, device=device)
-    collect_cb = OnlineCollectionCallback(collection, args.env_steps, warmup_episodes=args.batch_size,
-                                          log_every=10**12,
-                                          ratio=UpdateRatio("env_steps", args.num_envs * args.steps_per_env))
+    schedule = CollectionSchedule(collection, args.env_steps, warmup_episodes=args.batch_size, log_every=10**12,
+                                  ratio=UpdateRatio("env_steps", args.num_envs * args.steps_per_env))
     trainer = pl.Trainer(accelerator=_accelerator(device), devices=1, max_epochs=1, max_steps=-1,
                          gradient_clip_val=CLIP, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=[collect_cb, TargetUpdateCallback(args.target_update)])
+                         callbacks=[OnlineLoop(schedule, TargetSchedule(args.target_update), None)])
     build = time.perf_counter() - t0
     trainer.fit(module, datamodule=data)
     _sync(device)
     total = time.perf_counter() - t0
-    # OnlineCollectionCallback._start is set at on_fit_start: the env-step clock of the real run.
-    run_s = time.perf_counter() - collect_cb._start
+    # CollectionSchedule._start is set when the warm-up starts: the env-step clock of the real run.
+    run_s = time.perf_counter() - schedule._start
     return {"env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
             "build_s": build, "run_s": run_s, "total_s": total,
             "env_steps_per_second": module.env_steps / run_s,
@@ -493,7 +494,7 @@ def run_plain_online(args, device, spec, seed: int) -> dict:
                 last = torch.where(done[:, None], torch.full_like(last, -1), last)
             obs, avail, state = n_obs, n_avail, n_state
 
-    while buf.size < args.batch_size:  # warm-up (OnlineCollectionCallback.on_fit_start)
+    while buf.size < args.batch_size:  # warm-up (CollectionSchedule.warm_up)
         collect_batch()
     while True:  # one update, then one collector batch (training_step -> on_train_batch_end)
         learner.update(buf.sample(args.batch_size, gen))

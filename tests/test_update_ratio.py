@@ -1,11 +1,11 @@
 """The update-to-data ratio holds whatever one collection call brings (UpdateRatio + the
-collection callback's credit), and travels with resume points."""
+collection schedule's credit), and travels with resume points."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from ovmse.training.callbacks import OnlineCollectionCallback
+from ovmse.training.collection_schedule import CollectionSchedule
 from ovmse.training.update_ratio import UpdateRatio
 
 
@@ -34,23 +34,27 @@ def fake_module():
     return SimpleNamespace(env_steps=0, episodes=0, updates=0, progress=lambda: 0)
 
 
-def train(cb: OnlineCollectionCallback, updates: int, module=None, trainer=None):
-    """The order of Lightning's loop: fit start, then one update and the callback, ``updates`` times."""
+def train(cb: CollectionSchedule, updates: int, module=None, trainer=None):
+    """What the online loop (ovmse.training.loops.OnlineLoop) does with the schedule: warm up
+    when fitting starts, then one update and the owed collection, ``updates`` times, stopping
+    at the budget."""
     module, trainer = module or fake_module(), trainer or fake_trainer()
-    cb.on_fit_start(trainer, module)
+    cb.warm_up(trainer, module)
+    trainer.should_stop = cb.done(module)
     calls_before = []
     for _ in range(updates):
         if trainer.should_stop:
             break
         calls_before.append(cb.collection.calls)
         module.updates += 1
-        cb.on_train_batch_end(trainer, module, None, None, 0)
+        cb.collect_owed(trainer, module)
+        trainer.should_stop = cb.done(module)
     return module, calls_before
 
 
 @pytest.mark.parametrize("every,per_call,collects_per_update", [(2, 4, 0.5), (4, 4, 1.0), (8, 2, 4.0)])
 def test_one_update_per_every_episodes_whatever_a_call_brings(every, per_call, collects_per_update):
-    cb = OnlineCollectionCallback(FakeCollection(256, [per_call]), env_steps=10**9, warmup_episodes=1,
+    cb = CollectionSchedule(FakeCollection(256, [per_call]), env_steps=10**9, warmup_episodes=1,
                                   log_every=10**9, ratio=UpdateRatio("episodes", every), threads=None)
     module, _ = train(cb, 40)
     assert cb.collection.calls == pytest.approx(40 * collects_per_update, abs=1)
@@ -60,7 +64,7 @@ def test_one_update_per_every_episodes_whatever_a_call_brings(every, per_call, c
 
 
 def test_env_step_ratio_and_uneven_episodes():
-    cb = OnlineCollectionCallback(FakeCollection(256, [0, 7, 1]), env_steps=10**9, warmup_episodes=1,
+    cb = CollectionSchedule(FakeCollection(256, [0, 7, 1]), env_steps=10**9, warmup_episodes=1,
                                   log_every=10**9, ratio=UpdateRatio("env_steps", 512), threads=None)
     module, _ = train(cb, 10)
     # The warm-up pays for the first update; after each update the next one's data is collected.
@@ -69,7 +73,7 @@ def test_env_step_ratio_and_uneven_episodes():
 
 
 def test_budget_stops_collection_and_training():
-    cb = OnlineCollectionCallback(FakeCollection(256, [1]), env_steps=1024, warmup_episodes=1,
+    cb = CollectionSchedule(FakeCollection(256, [1]), env_steps=1024, warmup_episodes=1,
                                   log_every=10**9, ratio=UpdateRatio("episodes", 3), threads=None)
     trainer = fake_trainer()
     module, _ = train(cb, 100, trainer=trainer)
@@ -79,15 +83,15 @@ def test_budget_stops_collection_and_training():
 
 def test_credit_travels_with_the_resume_point():
     ratio = UpdateRatio("episodes", 8)
-    cb = OnlineCollectionCallback(FakeCollection(256, [3]), env_steps=10**9, warmup_episodes=1,
+    cb = CollectionSchedule(FakeCollection(256, [3]), env_steps=10**9, warmup_episodes=1,
                                   log_every=10**9, ratio=ratio, threads=None)
     module, _ = train(cb, 5)
     state = cb.state_dict()
     assert 0 <= state["credit"] < 8 + 3
-    again = OnlineCollectionCallback(FakeCollection(256, [3]), env_steps=10**9, warmup_episodes=1,
+    again = CollectionSchedule(FakeCollection(256, [3]), env_steps=10**9, warmup_episodes=1,
                                      log_every=10**9, ratio=ratio, threads=None)
     again.load_state_dict(state)
-    again.on_fit_start(fake_trainer(), module)  # a resumed run (updates > 0) keeps its credit
+    again.warm_up(fake_trainer(), module)  # a resumed run (updates > 0) keeps its credit
     assert again._credit == state["credit"]
 
 

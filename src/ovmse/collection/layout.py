@@ -2,7 +2,7 @@
 
 Collected episodes (:class:`~ovmse.collection.EpisodeAssembler`), the replay buffer, datasets
 on disk (:mod:`ovmse.datasets.format`), dataset statistics and the losses
-(:class:`~ovmse.losses.qmix_td.QMixKeys`) all use PyMARL's ``EpisodeBatch`` rows, batch dims
+(:class:`~ovmse.losses.qmix_values.QMixKeys`) all use PyMARL's ``EpisodeBatch`` rows, batch dims
 ``[E, T_max + 1]`` with ``T_max`` the map's episode limit:
 
 | key | dtype | shape |
@@ -22,7 +22,7 @@ on disk (:mod:`ovmse.datasets.format`), dataset statistics and the losses
 * rows ``t > len``: zero padding;
 * ``filled`` is ``t <= len`` (:func:`filled_rows`), so row ``t`` is a transition exactly when
   row ``t + 1`` is filled (:func:`transition_rows`). The losses add one rule on top: nothing
-  after a termination counts (``ovmse.losses.qmix_td.transition_mask``).
+  after a termination counts (``ovmse.losses.qmix_values.transition_mask``).
 
 A battle stopped by the episode limit has ``truncated=True, terminated=False`` at its last
 transition: it is bootstrapped, not ended.

@@ -4,8 +4,8 @@ from ovmse.losses.behaviour_cloning import behaviour_cloning_loss, behaviour_pro
 from ovmse.losses.cfcql import CFCQLLoss
 from ovmse.losses.macql import MACQLLoss
 from ovmse.losses.ovm import ovm_loss
-from ovmse.losses.qmix_td import (
-    QMixTDLoss,
+from ovmse.losses.qmix_td import QMixTDLoss
+from ovmse.losses.qmix_values import (
     q_tot_taken,
     taken_actions,
     target_values,

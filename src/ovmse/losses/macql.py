@@ -6,7 +6,7 @@ Shapes (the T *transitions* of an episode batch, rows ``0..T-1``)::
     avail     bool  [B, T, N, A]   available actions
     state     float [B, T, S]      s_t
     q_taken   float [B, T, 1]      online Q_tot(s_t, a^D_t) of the dataset joint action (gradient flows)
-    mask      [B, T, 1]            > 0 for valid transitions (:func:`ovmse.losses.qmix_td.transition_mask`)
+    mask      [B, T, 1]            > 0 for valid transitions (:func:`ovmse.losses.qmix_values.transition_mask`)
     samples   int64 [B, T, K, N]   optional explicit joint actions (or [K, N], shared by every (b, t))
 
 Per transition, K = ``n_samples`` joint actions ``a^k`` are drawn, every agent independently,

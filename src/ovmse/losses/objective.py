@@ -82,7 +82,8 @@ from .behaviour_cloning import behaviour_cloning_loss, behaviour_probs
 from .cfcql import CFCQLLoss
 from .macql import SAMPLINGS, MACQLLoss
 from .ovm import ovm_loss
-from .qmix_td import QMixTDLoss, q_tot_taken, taken_actions, unroll_agent_q
+from .qmix_td import QMixTDLoss
+from .qmix_values import q_tot_taken, taken_actions, unroll_agent_q
 from .returns import return_to_go
 
 __all__ = ["CQLSettings", "ObjectiveSettings", "OVMSettings", "QMixObjective", "TDSettings", "CQL_VARIANTS",

@@ -69,159 +69,17 @@ Examples:
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-
 import torch
 from tensordict import TensorDict
 from torch import nn
 
-from ovmse.action_masks import masked_greedy
-from ovmse.collection import layout
+from ovmse.losses.qmix_values import (DEFAULT_KEYS, QMixKeys, make_target, q_tot_taken, target_values,
+                                      transition_mask, unroll_agent_q)
 from ovmse.losses.td_lambda import td_lambda_targets
-from ovmse.nets.agent import RNNAgent, agent_inputs
+from ovmse.nets.agent import RNNAgent
 from ovmse.nets.mixer import QMixer
 
-__all__ = [
-    "QMixKeys",
-    "QMixTDLoss",
-    "make_target",
-    "unroll_agent_q",
-    "q_tot_taken",
-    "taken_actions",
-    "target_values",
-    "transition_mask",
-]
-
-
-@dataclass(frozen=True)
-class QMixKeys:
-    """Batch keys read by this module: the episode layout's (:mod:`ovmse.collection.layout`);
-    override to adapt another layout."""
-
-    observation: tuple = layout.OBSERVATION
-    action_mask: tuple = layout.ACTION_MASK
-    action: tuple = layout.ACTION
-    state: str = layout.STATE
-    reward: str = layout.REWARD
-    terminated: str = layout.TERMINATED
-    truncated: str = layout.TRUNCATED  # documented; not read (see the module docstring)
-    filled: str = layout.FILLED
-
-
-DEFAULT_KEYS = QMixKeys()
-
-
-def make_target(module: nn.Module) -> nn.Module:
-    """``copy.deepcopy(module)`` with every parameter ``requires_grad=False``."""
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
-
-
-def _filled(batch, keys: QMixKeys) -> torch.Tensor:
-    """bool ``[B, T+1]``."""
-    return batch[keys.filled].reshape(batch[keys.filled].shape[:2]).bool()
-
-
-def unroll_agent_q(agent: RNNAgent, batch, keys: QMixKeys = DEFAULT_KEYS) -> torch.Tensor:
-    """Per-agent Q for every row: ``[B, T+1, N, A]`` (rows beyond ``filled`` are garbage but finite
-    for finite inputs; the RNN is causal, so they never affect filled rows).
-
-    Input at t: ``obs_t ‖ one_hot(a_{t-1}) ‖ one_hot(agent id)``; ``a_{-1} = -1`` (zeros).
-    Actions of unfilled rows are replaced by 0 so padding values can never break ``one_hot``.
-    """
-    obs = batch[keys.observation]
-    actions = batch[keys.action]
-    filled = _filled(batch, keys)
-    actions = torch.where(filled.unsqueeze(-1), actions, torch.zeros_like(actions))
-    last = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
-    inputs = agent_inputs(obs, last, agent.n_actions)
-    return agent.unroll(inputs)
-
-
-def transition_mask(batch, keys: QMixKeys = DEFAULT_KEYS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validity mask and cleaned terminated flags of the T transitions.
-
-    Returns:
-        ``(mask, terminated)``, both float ``[B, T, 1]``: ``mask[:, t] = filled[:, t+1] ·
-        (1 - any(terminated[:, :t]))``; ``terminated`` is zeroed where ``mask`` is 0.
-    """
-    filled = batch[keys.filled]
-    dtype = batch[keys.state].dtype
-    next_filled = filled[:, 1:].to(dtype)
-    term = batch[keys.terminated][:, :-1].to(dtype) * next_filled
-    ended_before = torch.cat([torch.zeros_like(term[:, :1]), term[:, :-1].cumsum(dim=1)], dim=1)
-    mask = next_filled * (ended_before == 0).to(dtype)
-    return mask, term * mask
-
-
-def taken_actions(batch, T: int, keys: QMixKeys = DEFAULT_KEYS) -> torch.Tensor:
-    """Dataset actions of the first ``T`` rows ``[B, T, N]``, 0 where the row is not filled
-    (padding may hold anything)."""
-    actions = batch[keys.action][:, :T]
-    filled = _filled(batch, keys)[:, :T].unsqueeze(-1)
-    return torch.where(filled, actions, torch.zeros_like(actions))
-
-
-def q_tot_taken(
-    agent: RNNAgent,
-    mixer: QMixer,
-    batch,
-    agent_q: torch.Tensor | None = None,
-    keys: QMixKeys = DEFAULT_KEYS,
-) -> torch.Tensor:
-    """Online ``Q_tot(s_t, a_t)`` of the dataset actions for the T transitions: ``[B, T, 1]``.
-
-    Args:
-        agent, mixer: online networks (gradients flow into both).
-        batch: episode batch (see module docstring).
-        agent_q: optional precomputed ``unroll_agent_q(agent, batch)`` ``[B, T+1, N, A]`` to
-            avoid a second unroll (the loss reuses it for the double-Q argmax).
-
-    Entries of invalid transitions are finite but meaningless; multiply by
-    :func:`transition_mask` (or use ``torch.where``) before reducing.
-    """
-    if agent_q is None:
-        agent_q = unroll_agent_q(agent, batch, keys)
-    T = agent_q.shape[1] - 1
-    actions = taken_actions(batch, T, keys).clamp(0, agent_q.shape[-1] - 1)
-    chosen = agent_q[:, :T].gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [B, T, N]
-    return mixer(chosen, batch[keys.state][:, :T])
-
-
-@torch.no_grad()
-def target_values(
-    online_agent_q: torch.Tensor | None,
-    target_agent: RNNAgent,
-    target_mixer: QMixer,
-    batch,
-    double_q: bool = True,
-    keys: QMixKeys = DEFAULT_KEYS,
-    return_actions: bool = False,
-):
-    """Target ``Q̄_tot(s_t, a*_t)`` for every row t = 0..T: ``[B, T+1, 1]`` (no grad).
-
-    Args:
-        online_agent_q: ``[B, T+1, N, A]`` from the ONLINE agent (detached here); used for the
-            double-Q argmax. May be ``None`` when ``double_q=False``.
-        target_agent, target_mixer: target networks.
-        double_q: ``a* = argmax`` over available actions of the online Q (PyMARL2 default);
-            ``False``: argmax of the target Q itself (plain max).
-        return_actions: also return ``a*`` int64 ``[B, T+1, N]``.
-
-    Rows with ``filled`` False get value 0 (and a* = 0 where the action mask is all False).
-    """
-    avail = batch[keys.action_mask].bool()
-    filled = _filled(batch, keys)
-    target_q = unroll_agent_q(target_agent, batch, keys)  # [B, T+1, N, A]
-    select_from = online_agent_q.detach() if double_q else target_q
-    a_star = masked_greedy(select_from, avail, strict=False)  # [B, T+1, N]
-    q_star = target_q.gather(-1, a_star.unsqueeze(-1)).squeeze(-1)
-    q_tot = target_mixer(q_star, batch[keys.state])  # [B, T+1, 1]
-    q_tot = torch.where(filled.unsqueeze(-1), q_tot, torch.zeros_like(q_tot))
-    return (q_tot, a_star) if return_actions else q_tot
+__all__ = ["QMixTDLoss"]
 
 
 class QMixTDLoss(nn.Module):

@@ -1,7 +1,7 @@
 """Monte-Carlo discounted return-to-go of the transitions of an episode batch.
 
 Shapes (the T *transitions* of a PyMARL episode batch, i.e. rows ``0..T-1``; see
-:func:`ovmse.losses.qmix_td.transition_mask` for ``mask`` and the cleaned ``terminated``)::
+:func:`ovmse.losses.qmix_values.transition_mask` for ``mask`` and the cleaned ``terminated``)::
 
     reward      float [B, T, 1]   r_t
     terminated        [B, T, 1]   game over at t's transition (NOT the time limit)

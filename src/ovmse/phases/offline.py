@@ -19,24 +19,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
 from ovmse.datasets import load_dataset, resolve_dataset
 from ovmse.envs import get_map
-from ovmse.training.callbacks import (
-    EnvStepProgressBar,
-    GreedyEvaluationCallback,
-    OfflineTrainingCallback,
-    TargetUpdateCallback,
-)
 from ovmse.training.checkpointing import atomic_save_checkpoint
 from ovmse.training.evaluation import GreedyEvaluator
-from ovmse.training.guards import NonFiniteGuard
+from ovmse.training.loops import OfflineLoop
+from ovmse.training.progress_bar import EnvStepProgressBar
+from ovmse.training.scheduled_evaluation import ScheduledEvaluation
+from ovmse.training.target_schedule import TargetSchedule
+from ovmse.training.trainer import make_trainer
 
-from .common import check_backend, collection_threads, make_loggers, make_qmix_module, resolve_device, seed_everything, write_json
+from .common import (check_backend, collection_threads, make_loggers, make_qmix_module, resolve_device, seed_everything,
+                     trainer_settings, write_json)
 from .common import env_options as env_options_of
 from .objective import resolve_objective
 from .settings import per_map
@@ -95,26 +93,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
     evaluator = GreedyEvaluator(module.agent, spec.name, int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000,
                                 device=device, env_options=env_options_of(cfg.env),
                                 threads=collection_threads(cfg))
-    eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_updates), int(cfg.eval.episodes),
-                                       out / "checkpoints")
+    evaluation = ScheduledEvaluation(evaluator, int(cfg.eval.interval_updates), int(cfg.eval.episodes),
+                                     out / "checkpoints")
     dataset_timesteps = cfg.get("dataset_timesteps")
     steps = offline_updates(int(cfg.steps), None if dataset_timesteps is None else int(dataset_timesteps),
                             settings["batch_size"], len(dataset), dataset.n_transitions)
     if dataset_timesteps is not None:
         print(f"offline budget: {int(dataset_timesteps):,} dataset timesteps = {steps} updates of "
               f"{settings['batch_size']} episodes (dataset_timesteps replaces steps={cfg.steps})", flush=True)
-    train_cb = OfflineTrainingCallback(steps, settings["batch_size"], int(cfg.log_every_updates))
+    loop = OfflineLoop(steps, settings["batch_size"], TargetSchedule(settings["target_update_updates"], unit="updates"),
+                       evaluation, log_every=int(cfg.log_every_updates))
     # Every checkpoint says how far the offline run got; only the final one says it finished.
     module.offline_run = {"planned_updates": steps, "finished": False}
-    loggers = make_loggers(cfg, out)
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=1, max_steps=-1,
-        gradient_clip_val=float(algo.grad_norm_clip), logger=loggers,
-        callbacks=[NonFiniteGuard(out / "checkpoints"), train_cb,
-                   TargetUpdateCallback(settings["target_update_updates"], unit="updates"), eval_cb,
-                   EnvStepProgressBar(eval_cb, None, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
-        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-    )
+    progress = EnvStepProgressBar(evaluation, None, refresh_rate=int(cfg.trainer.progress_refresh_rate))
+    trainer = make_trainer(trainer_settings(cfg.trainer), out, loop, progress, loggers=make_loggers(cfg, out),
+                           gradient_clip_val=float(algo.grad_norm_clip), distributed=False)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - start
@@ -127,10 +120,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module.offline_run.update(finished=module.updates >= steps, updates=module.updates)
     atomic_save_checkpoint(trainer, out / "checkpoints" / "last.ckpt")
     result = {"updates": module.updates, "planned_updates": steps, "dataset_timesteps": dataset_timesteps, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
-              "cql_alpha": settings["cql_alpha"], "settings": settings, **eval_cb.latest, "eval/best_win_rate": eval_cb.best,
+              "cql_alpha": settings["cql_alpha"], "settings": settings, **evaluation.latest, "eval/best_win_rate": evaluation.best,
               **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}
     write_json(out / "offline_summary.json", result)
     print(f"offline {spec.name} on {dataset.name} ({settings['cql'] or 'no CQL'}, alpha={settings['cql_alpha']}): "
-          f"{module.updates} updates, final greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "
-          f"(best {eval_cb.best:.3f}); checkpoint with the frozen offline target: {out / 'checkpoints' / 'last.ckpt'}")
+          f"{module.updates} updates, final greedy win rate {evaluation.latest.get('eval/win_rate', float('nan')):.3f} "
+          f"(best {evaluation.best:.3f}); checkpoint with the frozen offline target: {out / 'checkpoints' / 'last.ckpt'}")
     return result

@@ -22,23 +22,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
+from ovmse.collection.online import OnlineCollection
 from ovmse.envs import get_map
 from ovmse.exploration import LinearSchedule
 from ovmse.training import QMixModule
-from ovmse.training.callbacks import (
-    EnvStepProgressBar,
-    GreedyEvaluationCallback,
-    OnlineCollectionCallback,
-    TargetUpdateCallback,
-    log_env_metrics,
-)
-from ovmse.training.checkpointing import ResumePointCallback, remove_replay_chunks
-from ovmse.collection.online import OnlineCollection
-from ovmse.training.guards import NonFiniteGuard
-from ovmse.training.optimizer_restore import RestoreOptimizerCallback
-from ovmse.training.update_ratio import UpdateRatio
-from ovmse.training.unlearning import UnlearningProbeCallback, load_or_record_probe
+from ovmse.training.checkpointing import remove_replay_chunks
+from ovmse.training.collection_schedule import CollectionSchedule
 from ovmse.training.evaluation import GreedyEvaluator
+from ovmse.training.loops import OnlineLoop
+from ovmse.training.metrics_log import log_env_metrics
+from ovmse.training.progress_bar import EnvStepProgressBar
+from ovmse.training.resume_point import ResumeWriter
+from ovmse.training.scheduled_evaluation import ScheduledEvaluation
+from ovmse.training.target_schedule import TargetSchedule
+from ovmse.training.trainer import make_trainer
+from ovmse.training.unlearning import UnlearningProbe, load_or_record_probe
+from ovmse.training.update_ratio import UpdateRatio
 
 from .common import check_backend, collection_threads, make_loggers, make_qmix_module, trainer_settings
 from .objective import resolve_objective
@@ -61,18 +60,25 @@ class OnlineRun:
 
     module: QMixModule
     replay: EpisodeReplayBuffer
-    collection: OnlineCollectionCallback
-    evaluation: GreedyEvaluationCallback
+    loop: OnlineLoop
     trainer: pl.Trainer
     data: ReplayDataModule
     settings: dict
-    resume: ResumePointCallback
+
+    @property
+    def collection(self) -> CollectionSchedule:
+        return self.loop.collection
+
+    @property
+    def evaluation(self) -> ScheduledEvaluation:
+        return self.loop.evaluation
 
 
 def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), resumable: bool = True) -> OnlineRun:
     """QMIX learner, replay, collector, evaluator, loggers and Trainer of ``cfg`` (train.yaml
     with an online-style phase: ``env_steps``, ``eval``, ``log_every_env_steps``).
-    ``extra_callbacks`` run after the evaluation callback in every training iteration.
+    ``extra_callbacks`` run after the loop (:class:`~ovmse.training.loops.OnlineLoop`) in every
+    training iteration, so they see its evaluations.
 
     With an offline-to-online ``algo`` (one with an ``online:`` block) the learner is the
     checkpoint ``cfg.ckpt`` set up for fine-tuning (:meth:`QMixModule.configure_fine_tuning`),
@@ -90,8 +96,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     env_options = env_options_of(cfg.env)
     # trainer=ddp: each rank collects and evaluates with its own seeds, on its own GPU if any
     # (docs/scaling.md).
-    from ovmse.training.ddp import (check_rank, debug_callbacks, expected_global_rank, rank_device, rank_seed,
-                                    trainer_kwargs)
+    from ovmse.training.ddp import check_rank, expected_global_rank, rank_device, rank_seed
 
     trainer_cfg = trainer_settings(cfg.trainer)
     device = rank_device(resolve_device(str(cfg.device)), trainer_cfg)
@@ -116,47 +121,35 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         module.agent, spec.name, int(cfg.eval.num_envs), seed=env_seed + 10_000, device=device,
         env_options=env_options, threads=collect_threads,
     )
-    collect_cb = OnlineCollectionCallback(
-        collection, int(cfg.env_steps), warmup_episodes=max(data.n_online, 1), log_every=int(cfg.log_every_env_steps),
-        ratio=UpdateRatio(**settings["update_ratio"]), threads=collect_threads,
-    )
     ckpt_cfg = cfg.get("checkpoint") or {}
-    resume_cb = ResumePointCallback(out / "checkpoints", replay, generators=collection_generators(collection),
-                                    every_env_steps=int(ckpt_cfg.get("every_env_steps", 0)), resume_from=resume_from)
-    eval_cb = GreedyEvaluationCallback(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes),
-                                       out / "checkpoints", save_last=resume_cb.save if resumable else None)
-    probe_cbs = make_probe_callbacks(cfg, module, fine_tune, out, env_seed, device, env_options)
-    # At the switch (not on resume: a resume point restores its own optimiser).
-    restore_cbs = ([RestoreOptimizerCallback(cfg.ckpt)]
-                   if fine_tune and resume_from is None and settings["restore_optimizer"] else [])
+    loop = OnlineLoop(
+        CollectionSchedule(collection, int(cfg.env_steps), warmup_episodes=max(data.n_online, 1),
+                           log_every=int(cfg.log_every_env_steps), ratio=UpdateRatio(**settings["update_ratio"]),
+                           threads=collect_threads),
+        TargetSchedule(settings["target_update_interval"], unit="episodes"),
+        ScheduledEvaluation(evaluator, int(cfg.eval.interval_env_steps), int(cfg.eval.episodes), out / "checkpoints"),
+        resume=(ResumeWriter(out / "checkpoints", replay, generators=collection_generators(collection),
+                             every_env_steps=int(ckpt_cfg.get("every_env_steps", 0)), resume_from=resume_from)
+                if resumable else None),
+        probe=make_probe(cfg, module, fine_tune, out, env_seed, device, env_options),
+        # At the switch (not on resume: a resume point restores its own optimiser).
+        optimizer_from=cfg.ckpt if fine_tune and resume_from is None and settings["restore_optimizer"] else None,
+    )
     loggers = make_loggers(cfg, out)
     if resume_from is not None:
         continue_metrics_csv(loggers, out, upto_step=module.progress())
-    trainer = pl.Trainer(
-        **trainer_kwargs(trainer_cfg, cfg.get("num_threads")),
-        max_epochs=1,
-        max_steps=-1,
-        gradient_clip_val=settings["grad_norm_clip"],
-        logger=loggers,
-        callbacks=[*([resume_cb] if resumable else []), *restore_cbs, NonFiniteGuard(out / "checkpoints"), collect_cb,
-                   TargetUpdateCallback(settings["target_update_interval"], unit="episodes"), eval_cb, *probe_cbs,
-                   *extra_callbacks, *debug_callbacks(out),
-                   EnvStepProgressBar(eval_cb, collect_cb, refresh_rate=int(cfg.trainer.progress_refresh_rate))],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        deterministic=False,
-    )
+    progress = EnvStepProgressBar(loop.evaluation, loop.collection, refresh_rate=int(cfg.trainer.progress_refresh_rate))
+    trainer = make_trainer(trainer_cfg, out, loop, progress, loggers=loggers, num_threads=cfg.get("num_threads"),
+                           gradient_clip_val=settings["grad_norm_clip"], extra_callbacks=extra_callbacks)
     check_rank(trainer, rank)
-    return OnlineRun(module, replay, collect_cb, eval_cb, trainer, data, settings, resume_cb)
+    return OnlineRun(module, replay, loop, trainer, data, settings)
 
 
 def make_learner(cfg: DictConfig, spec, fine_tune: bool, resume_from: Path | None, device):
     """``(module, settings, offline dataset or None)`` of a run: a fresh QMIX learner, an offline
     checkpoint set up for fine-tuning, or (``resume_from``) the killed run's own ``last.ckpt``,
     which already holds its online objective and counters (the optimiser, callbacks, RNGs and
-    replay are restored by :class:`ResumePointCallback` when fit starts)."""
+    replay are restored by :class:`~ovmse.training.resume_point.ResumeWriter` when fit starts)."""
     if resume_from is None and not fine_tune:
         return make_qmix_module(cfg.algo, spec), online_settings(cfg, spec.name, None), None
     module = load_checkpoint_for_map(str(resume_from or cfg.ckpt), spec)
@@ -176,18 +169,18 @@ def make_learner(cfg: DictConfig, spec, fine_tune: bool, resume_from: Path | Non
     return module, settings, offline
 
 
-def make_probe_callbacks(cfg: DictConfig, module: QMixModule, fine_tune: bool, out: Path, seed: int, device,
-                         env_options: dict) -> list:
+def make_probe(cfg: DictConfig, module: QMixModule, fine_tune: bool, out: Path, seed: int, device,
+               env_options: dict) -> UnlearningProbe | None:
     """The unlearning probe (paper Figure 1) of a fine-tuning run, when ``unlearning_probe.episodes``
     > 0: the offline policy's greedy episodes, recorded before the first update (or reloaded
     from ``checkpoints/probe`` when resuming)."""
     probe_cfg = cfg.get("unlearning_probe") or {}
     episodes = int(probe_cfg.get("episodes", 0))
     if not fine_tune or episodes <= 0:
-        return []
+        return None
     probe = load_or_record_probe(out / "checkpoints" / "probe", module.agent, cfg.env.map_name, episodes,
                                  seed=seed + 30_000, device=device, env_options=env_options)
-    return [UnlearningProbeCallback(probe, int(probe_cfg.get("every_env_steps", 5000)))]
+    return UnlearningProbe(probe, int(probe_cfg.get("every_env_steps", 5000)))
 
 
 def collection_generators(collection) -> dict:

@@ -45,9 +45,10 @@ from ovmse.sweeps.stages import StageError, run_stage, set_aside, train_command
 from .common import write_json
 from .fine_tuning import is_fine_tuning
 
-_COLLECT_FORWARD = ("experiment", "env", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root",
+_COLLECT_FORWARD = ("env", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root",
                     "collector")
-_OFFLINE_FORWARD = _COLLECT_FORWARD + ("algo", "dataset")
+# Collect takes no experiment preset: a dataset is the map's (docs/datasets.md), not the first task's.
+_OFFLINE_FORWARD = ("experiment", *_COLLECT_FORWARD, "algo", "dataset")
 # Overrides that may differ between a finished run and the sweep that finds it.
 _RUN_SETTINGS = ("resume", "hydra", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root",
                  "checkpoint")

@@ -62,3 +62,18 @@ def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
             renamed[key] = value
         checkpoint["state_dict"] = renamed
     return checkpoint
+
+
+# Callback states of resume points written before the online loop was one callback (issue 18).
+LEGACY_LOOP_STATES = {"collection": "OnlineCollectionCallback", "evaluation": "GreedyEvaluationCallback",
+                      "probe": "UnlearningProbeCallback"}
+
+
+def loop_state_of(callback_states: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~ovmse.training.loops.OnlineLoop` state in a checkpoint's ``callbacks``: its own
+    entry, or the one built from the separate callbacks an older run had ({} if neither)."""
+    if "OnlineLoop" in callback_states:
+        return callback_states["OnlineLoop"]
+    if LEGACY_LOOP_STATES["collection"] not in callback_states:
+        return {}
+    return {part: callback_states[key] for part, key in LEGACY_LOOP_STATES.items() if key in callback_states}

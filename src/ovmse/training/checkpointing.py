@@ -25,7 +25,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -238,94 +237,3 @@ def remove_replay_chunks(checkpoint_dir: str | Path) -> int:
 def _parse_chunk(name: str) -> tuple[str, int, int]:
     a, b = name[len(CHUNK_PREFIX):].split("-")
     return name, int(a), int(b)
-
-
-class ResumePointCallback(pl.Callback):
-    """Writes the resume point ``last.ckpt`` (with the replay chunks and RNG states) every
-    ``every_env_steps`` env steps, whenever :meth:`save` is called (after every evaluation) and
-    at the end of training; with ``resume_from`` it restores that resume point when fit starts.
-
-    Put it first among the callbacks: its ``on_fit_start`` must refill the replay buffer before
-    the collection callback's warm-up looks at it.
-
-    Args:
-        checkpoint_dir: ``<run dir>/checkpoints``.
-        replay: the online replay buffer.
-        generators: generators whose states travel with the checkpoint (the exploration RNG).
-        every_env_steps: env steps between two resume points (0: only after evaluations and at the end).
-        resume_from: a ``last.ckpt`` to continue from.
-    """
-
-    def __init__(self, checkpoint_dir: str | Path, replay: EpisodeReplayBuffer, *,
-                 generators: dict[str, torch.Generator] | None = None, every_env_steps: int = 0,
-                 resume_from: str | Path | None = None) -> None:
-        if every_env_steps < 0:
-            raise ValueError(f"checkpoint.every_env_steps must be >= 0, got {every_env_steps}")
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.chunks = ReplayChunks(self.checkpoint_dir / "replay", replay)
-        self.generators = dict(generators or {})
-        self.every = int(every_env_steps)
-        self.resume_from = None if resume_from is None else Path(resume_from)
-        self._pending: dict | None = None
-        self._next = self.every or None
-        self.resumed: dict[str, Any] | None = None
-
-    @property
-    def last_path(self) -> Path:
-        return self.checkpoint_dir / "last.ckpt"
-
-    def save(self, trainer: pl.Trainer, module: pl.LightningModule) -> Path:
-        if trainer.world_size > 1:
-            # trainer=ddp: every rank has its own buffer and resume is single-process
-            # (ovmse.phases.resume), so last.ckpt is a plain checkpoint there.
-            return atomic_save_checkpoint(trainer, self.last_path)
-        manifest = self.chunks.write()
-        self._pending = manifest
-        try:
-            atomic_save_checkpoint(trainer, self.last_path)
-        finally:
-            self._pending = None
-        self.chunks.prune(manifest)
-        if self.every:
-            self._next = (module.env_steps // self.every + 1) * self.every
-        return self.last_path
-
-    def on_save_checkpoint(self, trainer, module, checkpoint: dict[str, Any]) -> None:
-        if self._pending is not None:  # only the resume point carries the replay and the RNGs
-            checkpoint["resume"] = {"replay": self._pending, "rng": rng_states(self.generators)}
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self._next is not None and module.env_steps >= self._next:
-            self.save(trainer, module)
-
-    def on_train_end(self, trainer, module) -> None:
-        self.save(trainer, module)
-
-    def on_fit_start(self, trainer, module) -> None:
-        if self.resume_from is None:
-            return
-        ckpt = torch.load(self.resume_from, map_location="cpu", weights_only=True)
-        resume = ckpt.get("resume")
-        if resume is None:
-            raise ValueError(f"{self.resume_from} is not a resume point (no replay manifest): resume from the "
-                             "last.ckpt of an online run")
-        self.chunks.prune(resume["replay"])  # chunks a killed save wrote after this checkpoint
-        self.chunks.restore(resume["replay"])
-        for optimizer, state in zip(trainer.optimizers, ckpt.get("optimizer_states", [])):
-            optimizer.load_state_dict(state)
-        states = ckpt.get("callbacks", {})
-        for cb in trainer.callbacks:
-            if cb.state_key in states and cb is not self:
-                cb.load_state_dict(states[cb.state_key])
-        restore_rng_states(resume["rng"], self.generators)
-        if self.every:
-            self._next = (module.env_steps // self.every + 1) * self.every
-        self.resumed = {"resumed_from": str(self.resume_from), "env_steps": module.env_steps,
-                        "episodes": module.episodes, "updates": module.updates,
-                        "replay_episodes": len(self.chunks.replay), "replay_total_added": resume["replay"]["total"],
-                        "replay_digest": replay_digest(self.chunks.replay)}
-        if trainer.is_global_zero:  # one line per resume, beside the checkpoints
-            with open(self.checkpoint_dir.parent / "resumes.jsonl", "a") as f:
-                f.write(json.dumps(self.resumed) + "\n")
-            print(f"resumed from {self.resume_from} at {module.env_steps} env steps ({module.updates} updates, "
-                  f"{len(self.chunks.replay)} replay episodes)")

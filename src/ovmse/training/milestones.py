@@ -7,7 +7,8 @@ from typing import Callable
 
 import pytorch_lightning as pl
 
-from .callbacks import GreedyEvaluationCallback
+from .loops import OnlineLoop
+from .scheduled_evaluation import ScheduledEvaluation
 from .qmix_module import QMixModule
 
 # action(trainer, module, info) with info = {"reason", "env_steps", "eval/win_rate", "history", ...}
@@ -56,13 +57,13 @@ class WinRateMilestoneCallback(pl.Callback):
     Args:
         milestones: levels in increasing order.
         evaluation: the evaluation to watch (default: the trainer's
-            :class:`GreedyEvaluationCallback`, found when fitting starts).
+            :class:`~ovmse.training.loops.OnlineLoop`'s, found when fitting starts).
         consecutive: evaluations in a row that must agree (1 = the first in-band evaluation).
         min_episodes: battles each counted evaluation must have played; an evaluation with
             fewer is an error (a level decided on a handful of battles is noise).
     """
 
-    def __init__(self, milestones: list[WinRateMilestone], evaluation: GreedyEvaluationCallback | None = None,
+    def __init__(self, milestones: list[WinRateMilestone], evaluation: ScheduledEvaluation | None = None,
                  consecutive: int = 2, min_episodes: int = 128):
         if not milestones:
             raise ValueError("no milestones given")
@@ -116,10 +117,10 @@ class WinRateMilestoneCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, module: QMixModule) -> None:
         if self.evaluation is None:
-            found = [c for c in trainer.callbacks if isinstance(c, GreedyEvaluationCallback)]
+            found = [c for c in trainer.callbacks if isinstance(c, OnlineLoop)]
             if not found:
-                raise RuntimeError("WinRateMilestoneCallback needs a GreedyEvaluationCallback in the trainer")
-            self.evaluation = found[0]
+                raise RuntimeError("WinRateMilestoneCallback needs an OnlineLoop in the trainer")
+            self.evaluation = found[0].evaluation
         if getattr(self.evaluation, "episodes", self.min_episodes) < self.min_episodes:
             raise ValueError(f"eval.episodes={self.evaluation.episodes}: a win-rate level is decided on evaluations "
                              f"of at least {self.min_episodes} battles (level.min_eval_episodes)")

@@ -25,7 +25,7 @@ from ovmse.datasets.recording import record_episodes
 from ovmse.envs import get_map
 from ovmse.nets import RNNAgent
 
-from .callbacks import log_env_metrics
+from .metrics_log import log_env_metrics
 from .value_diagnostics import value_sums
 
 
@@ -59,10 +59,11 @@ def probe_values(module, probe: TensorDictBase) -> dict[str, float]:
             "eval/probe_mc_return": sums["mc_return"] / n}
 
 
-class UnlearningProbeCallback(pl.Callback):
-    """Logs :func:`probe_values` when training starts (before any update) and every
-    ``every_env_steps`` env steps after. The probe is saved under ``save_dir`` (memory-mapped),
-    so a resumed run measures the same trajectories.
+class UnlearningProbe:
+    """Measures :func:`probe_values` on fixed episodes when training starts (before any update)
+    and every ``every_env_steps`` env steps after; the loop logs them. The probe is saved under
+    ``checkpoints/probe`` (:func:`load_or_record_probe`), so a resumed run measures the same
+    trajectories.
 
     Args:
         probe: the fixed episodes ``[E, T+1]`` (:func:`record_probe`).
@@ -77,19 +78,15 @@ class UnlearningProbeCallback(pl.Callback):
         self._next = 0
         self.history: list[tuple[int, dict[str, float]]] = []
 
-    def _measure(self, trainer, module) -> None:
+    def due(self, module) -> bool:
+        return module.env_steps >= self._next
+
+    def measure(self, trainer: pl.Trainer, module) -> dict[str, float]:
         values = probe_values(module, self.probe.to(module.device))
         self.history.append((module.env_steps, values))
         log_env_metrics(trainer, module, values)
         self._next = (module.env_steps // self.every + 1) * self.every
-
-    def on_fit_start(self, trainer, module) -> None:
-        if module.env_steps >= self._next:
-            self._measure(trainer, module)
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if module.env_steps >= self._next:
-            self._measure(trainer, module)
+        return values
 
     def state_dict(self) -> dict:
         return {"next": self._next}
