@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+# This checkout's code, whatever copy of the package is installed: train.py in a git worktree
+# (a sweep's pinned commit) runs that worktree's src/ and data_modules/, the code its runs record.
+sys.path[:0] = [str(Path(__file__).resolve().parent / "src"), str(Path(__file__).resolve().parent)]
 
 import hydra
 import torch
