@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-root", default=str(ROOT / "data"))
+    parser.add_argument("--allow-dropping", action="store_true",
+                        help="report: write even if the last report holds finished runs this root lacks")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args)
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from o2o_2s3z_report import report  # noqa: PLC0415  (matplotlib only when reporting)
 
-        report(sweep_root(args))
+        report(sweep_root(args), allow_dropping=args.allow_dropping)
 
 
 if __name__ == "__main__":

@@ -604,13 +604,30 @@ def _shown(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
+def dropped_runs(out_json: Path, records: list[dict]) -> list[str]:
+    """Finished runs that ``out_json`` (the last report) holds and ``records`` do not: the report
+    would lose them (a sweep root that lost its outputs, or another root)."""
+    if not out_json.is_file():
+        return []
+    have = {r["path"] for r in records if r["status"] == FINISHED}
+    old = json.loads(out_json.read_text()).get("runs", [])
+    return sorted({r["path"] for r in old if r.get("status") == FINISHED and r.get("path") not in have})
+
+
 def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "results.md",
-           out_json: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json") -> list[dict]:
+           out_json: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json", allow_dropping: bool = False) -> list[dict]:
     """Write the JSON, the figures (beside ``doc``, under ``img/``) and ``doc``'s section;
-    returns the run records."""
+    returns the run records. Refuses (``SystemExit``, nothing written) when the last report
+    holds finished runs that ``root`` does not, unless ``allow_dropping``."""
     levels = offline_levels(root)
     runs = by_task(load_online_runs(root))
     records = [run_record(r, root, levels, budget) for r in runs if r.task in TASKS]
+    dropped = dropped_runs(out_json, records)
+    if dropped and not allow_dropping:
+        raise SystemExit(f"{out_json} holds {len(dropped)} finished runs that {root} does not "
+                         f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}): a report from this root "
+                         "would lose them. Report from the sweep root that has them, or pass --allow-dropping "
+                         "(git keeps the old report).")
     diagnosis = qmix_start_records(root, budget)
     out_json.write_text(json.dumps({
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),
