@@ -1,7 +1,7 @@
 """The learner's objectives on a fixed batch, as checkpoints + expected losses and gradients.
 
-``python tests/objective_cases.py`` writes ``tests/data/objective_golden.pt`` with the code as it
-is; ``tests/test_objective_equality.py`` checks that the code as it is now loads those
+``python tests/objective_cases.py`` writes ``tests/losses/objective_golden.pt`` with the code as it
+is; ``tests/losses/test_objective_equality.py`` checks that the code as it is now loads those
 checkpoints and computes the same losses, metrics and gradients. Written before the objective
 was restructured (issue 18), so that the restructuring provably changes nothing.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-GOLDEN = HERE / "data" / "objective_golden.pt"
+GOLDEN = HERE / "losses" / "objective_golden.pt"
 EPISODES, SEED = 8, 11
 
 # Constructor settings (tiny nets) and the online objective set by configure_fine_tuning, if any.

@@ -28,7 +28,7 @@ def resolve_objective(cfg: DictConfig, map_name: str, dataset: str | None = None
     """The objective of ``cfg.algo`` on ``map_name`` / ``dataset``: from scratch or offline when
     ``pretrained`` is None, else fine-tuning a module trained with ``pretrained``."""
     from .fine_tuning import is_fine_tuning, online_settings
-    from .offline import offline_settings
+    from .offline import has_offline_settings, offline_settings
 
     algo = cfg.algo
     if pretrained is not None:
@@ -36,7 +36,7 @@ def resolve_objective(cfg: DictConfig, map_name: str, dataset: str | None = None
             raise ValueError(f"algo={algo.get('name')!r} trains from scratch; fine-tune with an offline-to-online "
                              "algorithm")
         return online_objective(online_settings(cfg, map_name, dataset), pretrained)
-    if "offline" not in algo:
+    if not has_offline_settings(algo):
         return ObjectiveSettings(td=td_settings(algo))
     s = offline_settings(cfg, map_name)
     cql = None

@@ -40,9 +40,15 @@ from .objective import resolve_objective
 from .settings import per_map
 
 
+def has_offline_settings(algo: DictConfig) -> bool:
+    """Whether ``algo`` pretrains offline: an ``offline:`` block with its CQL choice (a preset such
+    as ``debug=tiny`` may add batch sizes to any algorithm's block)."""
+    return "offline" in algo and "cql" in algo.offline
+
+
 def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
     algo = cfg.algo
-    if "offline" not in algo:
+    if not has_offline_settings(algo):
         raise ValueError(f"algo={algo.get('name')!r} has no offline settings; pretrain with an offline-to-online "
                          "algorithm: algo=ovmse, macql, macalql or switch_cql")
     off = algo.offline

@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "simulator.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "simulator.ipynb"
 
 
 def test_simulator_notebook_executes(tmp_path):

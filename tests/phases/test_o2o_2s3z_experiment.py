@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -16,29 +15,28 @@ from ovmse.phases.offline import offline_updates
 from ovmse.phases.pipeline import make_cell
 from ovmse.sweeps import forwarded_overrides, variant_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import o2o_2s3z  # noqa: E402
 import o2o_2s3z_report as report_script  # noqa: E402
 
 
-def test_the_sweeps_cells_are_the_grids_cells(tmp_path):
+def test_the_sweeps_cells_are_the_grids_cells(tmp_path, compose_cfg):
     """scripts/o2o_2s3z.py decides when the sweep is done from CELLS: they must be the run
     directories the pipeline makes for the three grids."""
     made = set()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for grid, stage_overrides in o2o_2s3z.STAGES + o2o_2s3z.DIAGNOSIS_STAGES:
-            params = yaml.safe_load((ROOT / "configs" / "grid" / f"{grid}.yaml").read_text())["hydra"]["sweeper"]["params"]
-            for override in stage_overrides:  # hydra.sweeper.params.<key>=<values>
-                key, _, values = override.removeprefix("hydra.sweeper.params.").partition("=")
-                params[key] = values
-            # The job overrides as Hydra's basic sweeper spells them (true -> True).
-            parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-            for (job,) in BasicSweeper.split_arguments(parsed, 1):
-                overrides = ["phase=pipeline", f"budget={o2o_2s3z.BUDGET}", f"pipeline.root={tmp_path}", *job]
-                cell = make_cell(compose("train", overrides=overrides), variant_and := forwarded_overrides(overrides))
-                assert variant_of(variant_and) == cell.variant
-                made.add(str(cell.online_dir.relative_to(tmp_path / "online")))
+    for grid, stage_overrides in o2o_2s3z.STAGES + o2o_2s3z.DIAGNOSIS_STAGES:
+        params = yaml.safe_load((ROOT / "configs" / "grid" / f"{grid}.yaml").read_text())["hydra"]["sweeper"]["params"]
+        for override in stage_overrides:  # hydra.sweeper.params.<key>=<values>
+            key, _, values = override.removeprefix("hydra.sweeper.params.").partition("=")
+            params[key] = values
+        # The job overrides as Hydra's basic sweeper spells them (true -> True).
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        for (job,) in BasicSweeper.split_arguments(parsed, 1):
+            overrides = ["phase=pipeline", f"budget={o2o_2s3z.BUDGET}", f"pipeline.root={tmp_path}", *job]
+            cell = make_cell(compose_cfg(*overrides), variant_and := forwarded_overrides(overrides))
+            assert variant_of(variant_and) == cell.variant
+            made.add(str(cell.online_dir.relative_to(tmp_path / "online")))
     cells = o2o_2s3z.CELLS + o2o_2s3z.DIAGNOSIS_CELLS
     assert made == {f"{task}/{name}/seed{s}" for task, name in cells for s in o2o_2s3z.SEEDS}
     assert set(o2o_2s3z.missing_cells(tmp_path, cells)) == made
@@ -186,3 +184,32 @@ def test_qmix_start_runs_wait_for_qmix_and_leave_out_a_seed_that_never_passed_09
     assert {m.rsplit("/", 1)[1] for m in missing} == {"seed0", "seed2"} and len(missing) == 8
     assert o2o_2s3z.qmix_start_checkpoint(args, tmp_path, 0) is None
     assert o2o_2s3z.qmix_start_checkpoint(args, tmp_path, 1) is None
+
+
+def test_the_budget_collects_the_documented_datasets():
+    """The sweep makes the 2s3z datasets its results were measured on: the seed of
+    docs/datasets.md's collect command (another seed makes other sets)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    budget = yaml.safe_load((root / "configs" / "budget" / "300k.yaml").read_text())
+    command = re.search(r"python train.py phase=collect env=2s3z seed=(\d+)", (root / "docs" / "datasets.md").read_text())
+    assert command is not None, "docs/datasets.md lost the 2s3z collect command"
+    assert budget["pipeline"]["collect"]["seed"] == int(command.group(1))
+
+
+def test_report_refuses_to_lose_finished_runs_of_the_last_report(swept, tmp_path):
+    """A sweep root that lost outputs (a new machine) must not overwrite the report that holds them."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(swept, root)
+    out_json, doc = tmp_path / "o2o.json", tmp_path / "results.md"
+    report_script.report(root, doc=doc, out_json=out_json)
+    before = out_json.read_text()
+    shutil.rmtree(root / "online" / "2s3z_medium" / "macql" / "seed1")
+    with pytest.raises(SystemExit, match=r"1 finished runs .*online/2s3z_medium/macql/seed1.*--allow-dropping"):
+        report_script.report(root, doc=doc, out_json=out_json)
+    assert out_json.read_text() == before
+    records = report_script.report(root, doc=doc, out_json=out_json, allow_dropping=True)
+    assert "online/2s3z_medium/macql/seed1" not in {r["path"] for r in records}

@@ -11,23 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from runs import train_command
+
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAPS = ["10m_vs_11m", "2s3z", "3m", "3s5z", "3s_vs_5z", "5m_vs_6m", "6h_vs_8z", "8m", "MMM"]
 
 
-def train(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="module")
-def rollout_run(tmp_path_factory):
+def rollout_run(tmp_path_factory, run_train):
     run_dir = tmp_path_factory.mktemp("run")
-    proc = train("phase=rollout", "env=3m", "n_battles=16", "seed=3", f"hydra.run.dir={run_dir}")
+    proc = run_train("phase=rollout", "env=3m", "n_battles=16", "seed=3", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir, proc
 
@@ -62,8 +57,8 @@ def test_rollout_run_dir_has_config_log_and_tensorboard(rollout_run):
         assert label in proc.stdout
 
 
-def test_unknown_env_lists_the_maps():
-    proc = train("phase=rollout", "env=4m", timeout=120)
+def test_unknown_env_lists_the_maps(run_train):
+    proc = run_train("phase=rollout", "env=4m", timeout=120)
     assert proc.returncode != 0
     msg = proc.stdout + proc.stderr
     assert "Available options in 'env'" in msg
@@ -71,8 +66,8 @@ def test_unknown_env_lists_the_maps():
         assert re.search(rf"^\s+{re.escape(name)}$", msg, re.M), name
 
 
-def test_unknown_phase_lists_the_phases():
-    proc = train("phase=no_such_phase", timeout=120)
+def test_unknown_phase_lists_the_phases(run_train):
+    proc = run_train("phase=no_such_phase", timeout=120)
     assert proc.returncode != 0
     assert "Available options in 'phase'" in proc.stdout + proc.stderr
     assert "rollout" in proc.stdout + proc.stderr
@@ -91,7 +86,7 @@ def test_ci_runs_the_readme_test_command():
     assert ci_cmd[0].strip() in (ROOT / "README.md").read_text()
 
 
-def test_run_directory_in_use_is_refused_with_the_holders_pid(tmp_path):
+def test_run_directory_in_use_is_refused_with_the_holders_pid(tmp_path, run_train):
     """Issue 19 E: a second run into a directory that a live run holds is refused."""
     import socket
 
@@ -100,26 +95,24 @@ def test_run_directory_in_use_is_refused_with_the_holders_pid(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run_dir / ".run.lock").write_text(f"{socket.gethostname()} {holder.pid}")
-        proc = subprocess.run([sys.executable, "train.py", "phase=rollout", "env=3m", "n_battles=2",
-                               f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = run_train("phase=rollout", "env=3m", "n_battles=2", f"hydra.run.dir={run_dir}")
         assert proc.returncode == 2 and f"in use by another run ({socket.gethostname()} {holder.pid}" in proc.stderr
         assert not (run_dir / "config_resolved.yaml").exists()
     finally:
         holder.kill()
         holder.wait()
     # the holder is gone: its lock is stale and taken over; the run releases it at the end
-    proc = subprocess.run([sys.executable, "train.py", "phase=rollout", "env=3m", "n_battles=2",
-                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_train("phase=rollout", "env=3m", "n_battles=2", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (run_dir / ".run.lock").exists()
 
 
-def test_a_new_run_into_a_directory_that_holds_one_is_refused_before_hydra(rollout_run):
+def test_a_new_run_into_a_directory_that_holds_one_is_refused_before_hydra(rollout_run, run_train):
     """Issue 19: a second run (not resume=) into a run's directory would replace its .hydra record
     and mix its files (checkpoints, replay chunks, probe) with the first run's."""
     run_dir, _ = rollout_run
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    proc = train("phase=rollout", "env=3m", "n_battles=2", f"hydra.run.dir={run_dir}")
+    proc = run_train("phase=rollout", "env=3m", "n_battles=2", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 2 and "holds a run already (.hydra/config.yaml)" in proc.stderr
     assert "Traceback" not in proc.stderr and f"resume={run_dir}" in proc.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
@@ -127,7 +120,7 @@ def test_a_new_run_into_a_directory_that_holds_one_is_refused_before_hydra(rollo
 
 def test_default_run_directories_of_one_second_do_not_collide(tmp_path):
     """Two runs started together get their own default directories (time and pid)."""
-    cmd = [sys.executable, "train.py", "phase=rollout", "env=3m", "n_battles=2", f"paths.log_dir={tmp_path}"]
+    cmd = train_command("phase=rollout", "env=3m", "n_battles=2", f"paths.log_dir={tmp_path}")
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for p in procs:
@@ -149,9 +142,28 @@ def test_default_run_directories_of_one_second_do_not_collide(tmp_path):
     ("hydra.run.dir=/proc/ovmse_cannot_be_here", "cannot be created"),
     ("resume=/nonexistent/ovmse_run", "no such run directory or checkpoint"),
 ])
-def test_bad_run_paths_are_one_line_before_hydra(override, message):
+def test_bad_run_paths_are_one_line_before_hydra(run_train, override, message):
     """Issue 19: Hydra makes the run directory before main(); bad paths are refused before it."""
-    proc = subprocess.run([sys.executable, "train.py", "phase=online", "env=3m", override], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_train("phase=online", "env=3m", override, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not Path("/nonexistent/ovmse_run").exists()
+
+
+def test_debug_tiny_is_a_minute_scale_run_of_the_chosen_phase(compose_cfg):
+    """Issue 18: debug=tiny (configs/debug/) overrides the groups' values, the command line overrides it, and
+    each phase gets its own values only (no algo.offline for QMIX, no online keys offline)."""
+    assert compose_cfg("phase=online", "algo=ovmse", "debug=tiny").algo.batch_size == 8
+    assert compose_cfg("phase=online", "algo=ovmse", "debug=tiny", "algo.batch_size=4").algo.batch_size == 4
+    assert compose_cfg("phase=online", "algo=ovmse").algo.batch_size == 128  # only when chosen
+    task = compose_cfg("phase=online", "experiment=2s3z_medium", "algo=ovmse", "debug=tiny")
+    assert (task.env.map_name, task.eval.episodes, task.env_steps) == ("2s3z", 8, 640)  # wins over the experiment
+    offline = compose_cfg("phase=offline", "env=3m", "algo=ovmse", "debug=tiny")
+    assert (offline.steps, offline.algo.offline.batch_size, offline.eval.interval_updates) == (6, 8, 6)
+    assert "env_steps" not in offline and "interval_env_steps" not in offline.eval
+    collect = compose_cfg("phase=collect", "env=3m", "debug=tiny")
+    assert (collect.env_steps, collect.episodes, collect.algo.buffer_size) == (1536, 24, 48)
+    assert collect.level.min_eval_episodes == 8
+    assert "offline" not in collect.algo and "final_eval" not in collect
+    assert compose_cfg("phase=rollout", "debug=tiny").n_battles == 16
+    # phase=pipeline has no part of its own (its minute-scale budget is budget=smoke)
+    assert compose_cfg("phase=pipeline", "debug=tiny").trainer.progress_refresh_rate == 0

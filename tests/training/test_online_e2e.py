@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(args, cwd=ROOT, timeout=300):
@@ -18,14 +18,12 @@ def _run(args, cwd=ROOT, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def online_run(tmp_path_factory):
+def online_run(tmp_path_factory, run_train):
     run_dir = tmp_path_factory.mktemp("online")
-    proc = _run([
-        "train.py", "phase=online", "env=3m", "env_steps=768", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128",
-        "algo.batch_size=8", "algo.buffer_size=64", "algo.target_update_interval=8",
-        "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8", "log_every_env_steps=128",
-        f"hydra.run.dir={run_dir}",
-    ])
+    # debug=tiny (configs/debug/tiny/online.yaml) with 768 env steps, 128 per update in calls of 32 steps per battle.
+    proc = run_train("phase=online", "env=3m", "debug=tiny", "env_steps=768", "algo.steps_per_env=32",
+                     "algo.env_steps_per_update=128", "algo.target_update_interval=8", "eval.interval_env_steps=384",
+                     "log_every_env_steps=128", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 

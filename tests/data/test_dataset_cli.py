@@ -18,7 +18,7 @@ from ovmse.datasets.inspection import format_table8, plot_return_distribution, t
 from ovmse.datasets.recording import record_episodes
 from ovmse.envs import get_map
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_EPISODES = 20
 
 

@@ -4,7 +4,7 @@ import torch
 from tensordict import TensorDict
 
 from ovmse.losses import QMixTDLoss, q_tot_taken, target_values, transition_mask
-from ovmse.losses.qmix_td import make_target, unroll_agent_q
+from ovmse.losses.qmix_values import make_target, unroll_agent_q
 from ovmse.nets.agent import RNNAgent, agent_inputs
 from ovmse.nets.mixer import QMixer
 

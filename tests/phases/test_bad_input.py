@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
 from ovmse.datasets import DatasetError, EpisodeDatasetWriter, load_dataset, resolve_dataset
@@ -24,16 +23,10 @@ from simtools import random_dataset
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["env=3m", "env_steps=512", "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=8",
-        "algo.buffer_size=32", "eval.interval_env_steps=256", "eval.episodes=4", "eval.num_envs=4",
-        "log_every_env_steps=64", "final_eval.episodes=0", "trainer.progress_refresh_rate=0",
-        "logger.tensorboard=false"]
-
-
-def train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+ROOT = Path(__file__).resolve().parents[2]
+# debug=tiny (configs/debug/tiny.yaml), a shorter run with smaller evaluations and no final test.
+TINY = ["env=3m", "debug=tiny", "env_steps=512", "algo.buffer_size=32", "eval.interval_env_steps=256",
+        "eval.episodes=4", "eval.num_envs=4", "final_eval.episodes=0", "logger.tensorboard=false"]
 
 
 class Payload:
@@ -49,8 +42,8 @@ class Payload:
 # ----------------------------------------------------------------------------- names
 
 
-def test_unknown_algo_lists_the_algorithms():
-    proc = train("phase=online", "env=3m", "algo=ovmse2")
+def test_unknown_algo_lists_the_algorithms(run_train):
+    proc = run_train("phase=online", "env=3m", "algo=ovmse2")
     assert proc.returncode != 0
     msg = proc.stdout + proc.stderr
     assert "Available options in 'algo'" in msg
@@ -58,8 +51,8 @@ def test_unknown_algo_lists_the_algorithms():
         assert name in msg
 
 
-def test_unknown_experiment_lists_the_tasks():
-    proc = train("phase=online", "experiment=2s3z_easy", "algo=qmix")
+def test_unknown_experiment_lists_the_tasks(run_train):
+    proc = run_train("phase=online", "experiment=2s3z_easy", "algo=qmix")
     assert proc.returncode != 0 and "2s3z_medium_replay" in proc.stdout + proc.stderr
 
 
@@ -76,9 +69,9 @@ def test_missing_dataset_lists_what_exists_and_how_to_make_it(tmp_path):
     assert resolve_dataset("medium", tmp_path, "3m") == tmp_path / "3m" / "medium"
 
 
-def test_offline_cli_with_a_missing_dataset_is_one_line(tmp_path):
-    proc = train("phase=offline", "env=3m", "algo=ovmse", "dataset=expert", f"data_root={tmp_path}",
-                 f"hydra.run.dir={tmp_path / 'run'}")
+def test_offline_cli_with_a_missing_dataset_is_one_line(tmp_path, run_train):
+    proc = run_train("phase=offline", "env=3m", "algo=ovmse", "dataset=expert", f"data_root={tmp_path}",
+                     f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: dataset='expert': no dataset at")
     assert "Traceback" not in proc.stderr
@@ -88,7 +81,7 @@ def test_offline_cli_with_a_missing_dataset_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def test_not_a_checkpoint_is_refused(tmp_path):
+def test_not_a_checkpoint_is_refused(tmp_path, run_train):
     bogus = tmp_path / "notes.ckpt"
     bogus.write_text("these are my notes, not a checkpoint\n")
     with pytest.raises(ValueError, match="not a loadable torch checkpoint"):
@@ -96,7 +89,7 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="not a QMIX checkpoint"):
         load_qmix_checkpoint(str(tmp_path / "other.ckpt"))
-    proc = train("phase=online", "algo=switch_cql", f"ckpt={bogus}", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_train("phase=online", "algo=switch_cql", f"ckpt={bogus}", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and "not a loadable torch checkpoint" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -133,12 +126,12 @@ def test_tampered_dataset_payload_is_never_executed(tmp_path):
 # ----------------------------------------------------------------------------- disks
 
 
-def test_data_root_that_is_not_writable_is_refused_before_training(tmp_path):
+def test_data_root_that_is_not_writable_is_refused_before_training(tmp_path, run_train):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(PermissionError, match=r"data_root='.*a_file/data' is not writable .*pass data_root="):
         check_writable_dir(blocker / "data")
-    proc = train("phase=collect", "env=3m", f"data_root={blocker / 'data'}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_train("phase=collect", "env=3m", f"data_root={blocker / 'data'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and "is not writable" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
@@ -163,13 +156,13 @@ def test_failure_while_writing_episodes_removes_the_partial_dataset(tmp_path):
     assert not target.exists() and list((tmp_path / "3m").iterdir()) == []
 
 
-def test_dataset_that_fails_validation_stops_the_offline_phase(tmp_path):
+def test_dataset_that_fails_validation_stops_the_offline_phase(tmp_path, run_train):
     path = random_dataset(tmp_path / "3m" / "medium", episodes=8)
     reward = next((path / "episodes").rglob("reward.memmap"))
     data = bytearray(reward.read_bytes())
     data[:4] = bytes.fromhex("0000c07f")  # a NaN reward in the first episode
     reward.write_bytes(bytes(data))
-    proc = train("phase=offline", "env=3m", "algo=ovmse", f"dataset={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_train("phase=offline", "env=3m", "algo=ovmse", f"dataset={path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert "error: dataset" in proc.stderr and "reward" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -178,7 +171,7 @@ def test_dataset_that_fails_validation_stops_the_offline_phase(tmp_path):
 # ----------------------------------------------------------------------------- NaN
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch, compose_cfg):
     from ovmse.losses import QMixTDLoss
     from ovmse.phases.online import build_online_run
 
@@ -193,9 +186,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, mo
         return td, parts
 
     monkeypatch.setattr(QMixTDLoss, "compute", compute)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["phase=online", *TINY, f"paths.output_dir={tmp_path}"])
-    run = build_online_run(cfg)
+    run = build_online_run(compose_cfg("phase=online", *TINY, f"paths.output_dir={tmp_path}"))
     with pytest.raises(NonFiniteLossError, match=r"non-finite training values \(.*train/loss.*\) at update 3, env step"):
         run.trainer.fit(run.module, datamodule=run.data)
     saved = load_qmix_checkpoint(str(tmp_path / "checkpoints" / "last_good.ckpt"))
@@ -204,9 +195,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, mo
         assert torch.isfinite(a).all() and torch.equal(a, b)  # the bad update was never applied
 
 
-def test_a_base_config_cannot_be_chosen_as_the_algorithm():
+def test_a_base_config_cannot_be_chosen_as_the_algorithm(run_train):
     """Issue 19 F: configs/algo/o2o.yaml is shared by the O2O algorithms, not one of them."""
-    proc = train("phase=online", "env=3m", "algo=o2o", "env_steps=64")
+    proc = run_train("phase=online", "env=3m", "algo=o2o", "env_steps=64")
     assert proc.returncode == 2
     assert "not an algorithm" in proc.stderr
     for name in ("qmix", "ovmse", "macql", "macalql", "switch_cql", "ovm_only", "se_only"):
@@ -226,8 +217,8 @@ def test_a_base_config_cannot_be_chosen_as_the_algorithm():
     ("checkpoint.every_env_steps=-1", "checkpoint.every_env_steps must be an integer >= 0"),
     ("algo.hidden_dim=0", "algo.hidden_dim must be an integer >= 1"),
 ])
-def test_wrong_settings_are_refused_up_front_naming_the_key(tmp_path, override, message):
-    proc = train("phase=online", *TINY, override, f"hydra.run.dir={tmp_path}")
+def test_wrong_settings_are_refused_up_front_naming_the_key(tmp_path, run_train, override, message):
+    proc = run_train("phase=online", *TINY, override, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()
@@ -240,18 +231,14 @@ def test_wrong_settings_are_refused_up_front_naming_the_key(tmp_path, override, 
     (["algo=ovmse", "algo.target_update_interval.default=0"], "algo.target_update_interval.default must be an integer"),
     (["algo=ovmse", "algo.offline.samples=0"], "algo.offline.samples must be an integer >= 1"),
 ])
-def test_algorithm_settings_are_checked_up_front_naming_the_key(overrides, message):
+def test_algorithm_settings_are_checked_up_front_naming_the_key(compose_cfg, overrides, message):
     """Issue 19 G: the algorithm's counts and ranges too (steps_per_env=0 was a torchrl traceback)."""
-    from hydra import compose, initialize_config_dir
-
     from ovmse.phases.checks import check_settings
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["phase=online", *overrides])
+    cfg = compose_cfg("phase=online", *overrides)
     with pytest.raises(ValueError, match=re.escape(message)):
         check_settings(cfg)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        check_settings(compose("train", overrides=["phase=online", overrides[0]]))  # the defaults pass
+    check_settings(compose_cfg("phase=online", overrides[0]))  # the defaults pass
 
 
 def test_cuda_on_a_machine_without_it_is_one_line():

@@ -1,7 +1,7 @@
 """The learner computes, from checkpoints written before the objective was restructured (issue
 18), the same losses, logged metrics and gradients on a fixed batch: one case per objective the
 algorithms use (TD only, MACQL, CFCQL with its behaviour net, OVM with the one-step and the
-TD(λ) memory target, Cal-QL, Switch-CQL). ``tests/data/objective_golden.pt`` was written by
+TD(λ) memory target, Cal-QL, Switch-CQL). ``tests/losses/objective_golden.pt`` was written by
 ``python tests/objective_cases.py`` before that change; regenerate it only on purpose."""
 
 import pytest

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from ovmse.phases.pipeline import make_cell
 from ovmse.sweeps import StageLock, forwarded_overrides, merge_overrides, variant_of
@@ -16,19 +15,17 @@ from ovmse.sweeps.cells import config_hash, offline_identity
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
 
+@pytest.fixture(scope="module")
+def sweep(run_train):
+    """``sweep(tmp, *overrides, dataset="medium")``: a phase=pipeline multirun on 3m with budget=smoke
+    (the pipeline's minute-scale budget) under ``tmp``."""
+    def sweep(tmp: Path, *overrides: str, dataset: str = "medium") -> subprocess.CompletedProcess:
+        return run_train("-m", "phase=pipeline", "env=3m", f"dataset={dataset}", "seed=0", "budget=smoke",
+                         f"pipeline.root={tmp / 'sweep'}", f"data_root={tmp / 'data'}",
+                         f"hydra.sweep.dir={tmp / 'jobs'}", *overrides, timeout=900)
 
-def cfg_of(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def sweep(tmp: Path, *overrides: str, dataset: str = "medium") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", "-m", "phase=pipeline", "env=3m", f"dataset={dataset}", "seed=0", "budget=smoke",
-         f"pipeline.root={tmp / 'sweep'}", f"data_root={tmp / 'data'}", f"hydra.sweep.dir={tmp / 'jobs'}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return sweep
 
 
 def fresh_jobs(tmp: Path) -> None:
@@ -62,18 +59,19 @@ def test_pipeline_keys_are_not_forwarded_and_later_overrides_win():
     assert merge_overrides(["seed=0", "env_steps=5"], ["seed=3"], ["+env_steps=7"]) == ["seed=3", "+env_steps=7"]
 
 
-def test_fine_tuning_algorithms_share_one_offline_pretraining():
-    cells = {algo: make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", f"algo={algo}"), [])
+def test_fine_tuning_algorithms_share_one_offline_pretraining(compose_cfg):
+    cells = {algo: make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", f"algo={algo}"), [])
              for algo in ("ovmse", "macql", "macalql", "switch_cql")}
     assert len({c.offline_dir for c in cells.values()}) == 1
     # Online settings do not change it; offline ones and the seed do.
-    same = make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "algo.online.mixing_ratio=0.3"),
-                     ["algo.online.mixing_ratio=0.3"])
+    same = make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse",
+                                 "algo.online.mixing_ratio=0.3"), ["algo.online.mixing_ratio=0.3"])
     assert same.offline_dir == cells["ovmse"].offline_dir
     assert same.online_dir != cells["ovmse"].online_dir
-    other = make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "algo.offline.alpha=0.5"), [])
+    other = make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "algo.offline.alpha=0.5"),
+                      [])
     assert other.offline_dir != cells["ovmse"].offline_dir
-    reseeded = make_cell(cfg_of("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "seed=4"), [])
+    reseeded = make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse", "seed=4"), [])
     assert reseeded.offline_dir != cells["ovmse"].offline_dir
     # The offline identity ignores how many battles run at once.
     a = offline_identity({"lr": 1e-3}, {"map_name": "3m", "num_envs": 2}, "medium", 0, [])
@@ -81,9 +79,9 @@ def test_fine_tuning_algorithms_share_one_offline_pretraining():
     assert config_hash(a) == config_hash(b)
 
 
-def test_qmix_from_scratch_is_one_run_per_map():
-    medium = make_cell(cfg_of("phase=pipeline", "experiment=5m_vs_6m_medium", "algo=qmix"), [])
-    replay = make_cell(cfg_of("phase=pipeline", "experiment=5m_vs_6m_medium_replay", "algo=qmix"), [])
+def test_qmix_from_scratch_is_one_run_per_map(compose_cfg):
+    medium = make_cell(compose_cfg("phase=pipeline", "experiment=5m_vs_6m_medium", "algo=qmix"), [])
+    replay = make_cell(compose_cfg("phase=pipeline", "experiment=5m_vs_6m_medium_replay", "algo=qmix"), [])
     assert medium.online_dir == replay.online_dir
     assert medium.online_dir.parts[-3:] == ("5m_vs_6m", "qmix", "seed0")
 
@@ -118,7 +116,7 @@ def test_stage_lock_is_exclusive_and_takes_over_a_dead_holder(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def swept(tmp_path_factory, sweep):
     tmp = tmp_path_factory.mktemp("pipeline")
     proc = sweep(tmp, "algo=ovmse,macql,qmix")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -144,7 +142,7 @@ def test_a_sweep_runs_every_stage_once(swept):
     assert Path(ckpt).parent.parent == offline[0].parent
 
 
-def test_a_second_sweep_skips_what_is_done_and_resumes_a_killed_run(swept, tmp_path):
+def test_a_second_sweep_skips_what_is_done_and_resumes_a_killed_run(swept, tmp_path, sweep):
     tmp, _ = swept
     root = tmp / "sweep"
     run = root / "online" / "3m_medium" / "ovmse" / "seed0"
@@ -170,11 +168,11 @@ def test_a_second_sweep_skips_what_is_done_and_resumes_a_killed_run(swept, tmp_p
             assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
 
 
-def test_a_busy_shared_stage_skips_the_cell_and_a_failed_stage_names_its_log(swept):
+def test_a_busy_shared_stage_skips_the_cell_and_a_failed_stage_names_its_log(swept, sweep, compose_cfg):
     tmp, _ = swept
     # Another offline setting: a pretraining of its own, not made yet.
-    cfg = cfg_of("phase=pipeline", "env=3m", "dataset=medium", "algo=switch_cql", "budget=smoke",
-                 "algo.offline.alpha=0.5", f"pipeline.root={tmp / 'sweep'}")
+    cfg = compose_cfg("phase=pipeline", "env=3m", "dataset=medium", "algo=switch_cql", "budget=smoke",
+                      "algo.offline.alpha=0.5", f"pipeline.root={tmp / 'sweep'}")
     cell = make_cell(cfg, ["algo.offline.alpha=0.5"])
     lock = StageLock(cell.lock_path(cell.offline_dir))
     # Held by this (living) test process: another sweep process is pretraining it.
@@ -196,7 +194,7 @@ def test_a_busy_shared_stage_skips_the_cell_and_a_failed_stage_names_its_log(swe
     assert "error" in record
 
 
-def test_a_finished_run_of_other_settings_is_not_taken_as_done(swept):
+def test_a_finished_run_of_other_settings_is_not_taken_as_done(swept, sweep):
     tmp, _ = swept
     fresh_jobs(tmp)
     summary = tmp / "sweep" / "online" / "3m" / "qmix" / "seed0" / "online_summary.json"
@@ -208,7 +206,7 @@ def test_a_finished_run_of_other_settings_is_not_taken_as_done(swept):
     assert summary.read_text() == before
 
 
-def test_a_variant_runs_in_a_directory_of_its_own(swept):
+def test_a_variant_runs_in_a_directory_of_its_own(swept, sweep):
     tmp, _ = swept
     fresh_jobs(tmp)
     # The variant's directory name holds '=': it reaches Hydra quoted.
@@ -221,7 +219,7 @@ def test_a_variant_runs_in_a_directory_of_its_own(swept):
     assert statuses(record) == {"dataset": "present", "offline": "done before", "online": "ran"}
 
 
-def test_a_cells_own_budget_wins_over_the_budget_configs(swept):
+def test_a_cells_own_budget_wins_over_the_budget_configs(swept, sweep):
     tmp, _ = swept
     fresh_jobs(tmp)
     # budget=smoke trains 640 env steps online; this cell asks for 320: a variant of its own.
@@ -232,7 +230,7 @@ def test_a_cells_own_budget_wins_over_the_budget_configs(swept):
     assert 320 <= summary["env_steps"] < 640
 
 
-def test_a_killed_collection_is_completed_from_its_own_policy(swept, tmp_path):
+def test_a_killed_collection_is_completed_from_its_own_policy(swept, tmp_path, sweep):
     """A collection killed between writing medium_replay and medium: the next sweep keeps
     medium_replay and records medium with the policy that made it, not a new one."""
     import shutil
@@ -248,3 +246,13 @@ def test_a_killed_collection_is_completed_from_its_own_policy(swept, tmp_path):
     assert medium["behaviour"]["checkpoint"] == replay["behaviour"]["checkpoint"]
     (record,) = job_records(tmp_path)
     assert statuses(record)["collect"] == "ran"
+
+
+def test_the_collect_stage_gets_the_map_not_the_experiment_preset():
+    """A dataset belongs to its map: the task preset (its evaluation interval and update ratio)
+    must not change how the behaviour policy is trained (docs/datasets.md's protocol)."""
+    from ovmse.phases.pipeline import _COLLECT_FORWARD, _OFFLINE_FORWARD, _only
+
+    overrides = ["experiment=2s3z_medium", "env=2s3z", "num_threads=1", "algo=ovmse", "dataset=medium"]
+    assert _only(overrides, _COLLECT_FORWARD) == ["env=2s3z", "num_threads=1"]
+    assert _only(overrides, _OFFLINE_FORWARD) == overrides

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from hydra import compose, initialize_config_dir
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -22,31 +21,27 @@ from simtools import random_dataset
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "inspect.ipynb"
-QUIET = ["logger.tensorboard=false", "trainer.progress_refresh_rate=0"]
-
-
-def run(*overrides: str) -> dict:
-    from ovmse.phases import run_phase
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *QUIET])
-    return run_phase(cfg)
+# debug=tiny (configs/debug/tiny.yaml) without TensorBoard events.
+QUIET = ["debug=tiny", "logger.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory):
+def artefacts(tmp_path_factory, compose_cfg):
+    from ovmse.phases import run_phase
+
+    def run(*overrides: str) -> dict:
+        return run_phase(compose_cfg(*overrides, *QUIET))
+
     base = tmp_path_factory.mktemp("inspect")
     dataset = random_dataset(base / "data" / "3m" / "medium", episodes=16)
     offline = base / "offline"
-    run("phase=offline", "env=3m", "algo=ovmse", f"dataset={dataset}", "algo.offline.batch_size=8",
-        "algo.offline.samples=8", "steps=4", "eval.interval_updates=4", "eval.episodes=4", "eval.num_envs=4",
-        f"paths.output_dir={offline}")
+    run("phase=offline", "env=3m", "algo=ovmse", f"dataset={dataset}", "steps=4", "eval.interval_updates=4",
+        "eval.episodes=4", "eval.num_envs=4", f"paths.output_dir={offline}")
     online = base / "online"
     run("phase=online", "env=3m", "algo=ovmse", f"ckpt={offline / 'checkpoints' / 'last.ckpt'}", "env_steps=256",
-        "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=4", "algo.buffer_size=32",
-        "eval.interval_env_steps=128", "eval.episodes=4", "eval.num_envs=4", "log_every_env_steps=64",
+        "algo.batch_size=4", "algo.buffer_size=32", "eval.interval_env_steps=128", "eval.episodes=4", "eval.num_envs=4",
         "final_eval.episodes=4", "final_eval.num_envs=4", "unlearning_probe.episodes=4",
         "unlearning_probe.every_env_steps=64", f"paths.output_dir={online}")
     return {"dataset": dataset, "offline": offline, "online": online}

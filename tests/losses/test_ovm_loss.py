@@ -55,7 +55,7 @@ def test_ovm_memory_is_compared_with_y_memory_and_the_td_part_keeps_y_td():
 
 def test_one_step_target_is_reward_plus_discounted_next_target_value(batch):
     from ovmse.losses import transition_mask
-    from ovmse.losses.qmix_td import target_values, unroll_agent_q
+    from ovmse.losses.qmix_values import target_values, unroll_agent_q
 
     module = _module()
     with torch.no_grad():

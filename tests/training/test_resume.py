@@ -12,18 +12,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
 from ovmse.collection import EpisodeReplayBuffer
 from ovmse.exploration import LinearSchedule
 from ovmse.phases.resume import check_resume_config, resume_checkpoint
 from ovmse.training.checkpointing import ReplayChunks, atomic_save_checkpoint, replay_digest
+from runs import train_command
 from simtools import random_dataset
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def episodes(first_id: int, n: int, T: int = 4) -> TensorDict:
@@ -111,18 +111,15 @@ def test_atomic_save_keeps_the_old_checkpoint_when_the_write_dies(tmp_path):
     assert target.read_bytes() == b"new"
 
 
-def test_resume_refuses_other_settings_and_names_them():
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["phase=online", "env=3m", "seed=1", "paths.output_dir=/tmp/x"])
+def test_resume_refuses_other_settings_and_names_them(compose_cfg):
+    cfg = compose_cfg("phase=online", "env=3m", "seed=1", "paths.output_dir=/tmp/x")
     from omegaconf import OmegaConf
 
     stored = OmegaConf.to_container(cfg, resolve=True)
     check_resume_config(stored, cfg)  # the same command: fine
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        longer = compose("train", overrides=["phase=online", "env=3m", "seed=1", "env_steps=999999", "device=cpu",
-                                             "paths.output_dir=/tmp/y"])
-        other = compose("train", overrides=["phase=online", "env=3m", "seed=2", "algo.lr=0.01",
-                                            "paths.output_dir=/tmp/x"])
+    longer = compose_cfg("phase=online", "env=3m", "seed=1", "env_steps=999999", "device=cpu",
+                         "paths.output_dir=/tmp/y")
+    other = compose_cfg("phase=online", "env=3m", "seed=2", "algo.lr=0.01", "paths.output_dir=/tmp/x")
     check_resume_config(stored, longer)  # a longer budget is allowed
     with pytest.raises(ValueError, match=r"algo.lr: run 0.001, now 0.01; seed: run 1, now 2"):
         check_resume_config(stored, other)
@@ -147,13 +144,11 @@ def test_resume_of_a_run_without_checkpoint_says_why(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def offline_ckpt(tmp_path_factory):
+def offline_ckpt(tmp_path_factory, run_train):
     path = random_dataset(tmp_path_factory.mktemp("data") / "3m" / "medium")
     run_dir = tmp_path_factory.mktemp("offline")
-    proc = subprocess.run([sys.executable, "train.py", "phase=offline", "env=3m", "algo=ovmse", f"dataset={path}",
-                           "algo.offline.batch_size=8", "algo.offline.samples=8", "steps=4", "eval.interval_updates=4",
-                           "eval.episodes=4", "eval.num_envs=4", "trainer.progress_refresh_rate=0",
-                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_train("phase=offline", "env=3m", "algo=ovmse", f"dataset={path}", "debug=tiny", "steps=4",
+                     "eval.interval_updates=4", "eval.episodes=4", "eval.num_envs=4", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir / "checkpoints" / "last.ckpt"
 
@@ -161,13 +156,15 @@ def offline_ckpt(tmp_path_factory):
 ANNEAL = 4000  # ε and λ_memory anneal over this many env steps: both still moving at the kill
 
 
-def _command(run_dir, ckpt, *extra):
-    return [sys.executable, "train.py", "phase=online", "env=3m", "algo=ovmse", f"ckpt={ckpt}", "env_steps=3000",
-            "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=8", "algo.buffer_size=40",
-            f"algo.epsilon_anneal_steps={ANNEAL}", "algo.online.lambda_memory_end=0.2",
+def _overrides(run_dir, ckpt, *extra):
+    """The run that is killed and resumed: debug=tiny's collection and updates
+    (configs/debug/tiny/online.yaml) over 3000 env steps, a resume point every 256, an evaluation
+    every 1000, ε and λ_memory still annealing, the unlearning probe at its phase defaults."""
+    return ["phase=online", "env=3m", "algo=ovmse", f"ckpt={ckpt}", "debug=tiny", "env_steps=3000",
+            "algo.buffer_size=40", f"algo.epsilon_anneal_steps={ANNEAL}", "algo.online.lambda_memory_end=0.2",
             f"algo.online.lambda_memory_anneal_steps={ANNEAL}", "eval.interval_env_steps=1000", "eval.episodes=4",
-            "eval.num_envs=4", "log_every_env_steps=64", "final_eval.episodes=8", "final_eval.num_envs=8",
-            "checkpoint.every_env_steps=256", "trainer.progress_refresh_rate=0", "logger.tensorboard=false",
+            "eval.num_envs=4", "final_eval.episodes=8", "final_eval.num_envs=8", "checkpoint.every_env_steps=256",
+            "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=5000", "logger.tensorboard=false",
             f"hydra.run.dir={run_dir}", *extra]
 
 
@@ -190,7 +187,7 @@ def test_sigterm_is_a_failed_run_not_a_finished_one(tmp_path, offline_ckpt):
     """Lightning stops at a SIGTERM by raising a SystemExit without a code (exit 0): a sweep
     would take the run for finished. train.py exits 143 and says how to continue."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_command(run_dir, offline_ckpt), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_command(*_overrides(run_dir, offline_ckpt)), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_checkpoint(run_dir, proc, min_env_steps=512)
@@ -212,9 +209,9 @@ def test_a_stage_that_exits_0_without_its_summary_failed(tmp_path):
     assert run_stage("online", [sys.executable, "-c", "pass"], tmp_path, leaves=tmp_path / "online_summary.json") >= 0
 
 
-def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
+def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt, run_train):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_command(run_dir, offline_ckpt), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_command(*_overrides(run_dir, offline_ckpt)), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         _wait_for_checkpoint(run_dir, proc, min_env_steps=1024)
@@ -232,8 +229,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
     expected_digest = replay_digest(buffer)
     killed_rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
 
-    proc = subprocess.run(_command(run_dir, offline_ckpt, f"resume={run_dir}"), cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_train(*_overrides(run_dir, offline_ckpt, f"resume={run_dir}"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
     assert len(resumed) == 1
@@ -270,8 +266,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
     # Issue 19 B/C: resuming the finished run is refused and changes nothing in it.
     record = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
               if p.is_file() and p.suffix in (".json", ".csv", ".yaml", ".jsonl")}
-    again = subprocess.run(_command(run_dir, offline_ckpt, f"resume={run_dir}"), cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
+    again = run_train(*_overrides(run_dir, offline_ckpt, f"resume={run_dir}"))
     assert again.returncode == 2 and "the run is finished" in again.stderr and "larger env_steps" in again.stderr
     after_refusal = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
                      if p.is_file() and p.suffix in (".json", ".csv", ".yaml", ".jsonl")}
@@ -285,18 +280,16 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, offline_ckpt):
     (run_dir / "online_summary.json").unlink()
     at_budget = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["progress"]
     assert at_budget["env_steps"] >= 3000
-    proc = subprocess.run(_command(run_dir, offline_ckpt, f"resume={run_dir}"), cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_train(*_overrides(run_dir, offline_ckpt, f"resume={run_dir}"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     redone = json.loads((run_dir / "online_summary.json").read_text())
     assert redone["updates"] == at_budget["updates"] == final["updates"]
     assert redone["env_steps"] == at_budget["env_steps"] and "eval/final_win_rate" in redone
 
 
-def test_resume_of_a_missing_directory_creates_nothing(tmp_path):
+def test_resume_of_a_missing_directory_creates_nothing(tmp_path, run_train):
     missing = tmp_path / "no_such_run"
-    proc = subprocess.run([sys.executable, "train.py", "phase=online", "env=3m", f"resume={missing}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_train("phase=online", "env=3m", f"resume={missing}", timeout=300)
     assert proc.returncode != 0 and "no such run directory" in proc.stderr
     assert not missing.exists()
 
@@ -305,12 +298,11 @@ def test_resume_of_a_missing_directory_creates_nothing(tmp_path):
     (["phase=offline", "env=3m", "algo=ovmse"], "phase=offline cannot resume"),
     (["phase=online", "env=3m", "env_steps=-1"], "env_steps must be an integer >= 1"),
 ])
-def test_refused_before_anything_runs(tmp_path, overrides, message):
+def test_refused_before_anything_runs(tmp_path, run_train, overrides, message):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     extra = [f"+resume={run_dir}"] if overrides[0] == "phase=offline" else [f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "train.py", *overrides, *extra], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_train(*overrides, *extra, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert not (run_dir / "checkpoints").exists()

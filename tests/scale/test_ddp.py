@@ -8,9 +8,6 @@ GPUs / NCCL.
 """
 
 import csv
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,26 +21,24 @@ from ovmse.training.ddp import (RANK_SEED_STRIDE, TrainerSettings, expected_glob
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
+# tests/training/test_online_e2e.py's tiny run: debug=tiny with 768 env steps, 128 per update in calls of 32 steps per battle.
+TINY = ["env=3m", "debug=tiny", "env_steps=768", "algo.steps_per_env=32", "algo.env_steps_per_update=128",
+        "algo.target_update_interval=8", "eval.interval_env_steps=384", "log_every_env_steps=128"]
+RANK_VARS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Each rank dumps its parameters; an outer launcher's rank variables are removed (None).
+ENV = {"OVMSE_DEBUG_DUMP_PARAMS": "1", **dict.fromkeys(RANK_VARS)}
 
-TINY = [  # tests/test_online_e2e.py's tiny run
-    "env_steps=768", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=64",
-    "algo.target_update_interval=8", "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8",
-    "log_every_env_steps=128",
-]
 
+@pytest.fixture(scope="module")
+def ddp_train(run_train):
+    """``ddp_train(launcher, run_dir, *extra)``: the tiny online run with trainer=ddp, which must succeed."""
+    def ddp_train(launcher: list[str], run_dir: Path, *extra: str):
+        proc = run_train("phase=online", "trainer=ddp", *TINY, f"hydra.run.dir={run_dir}", *extra, timeout=240,
+                         env=ENV, launcher=launcher)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
 
-def _train(launch: list[str], run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OVMSE_DEBUG_DUMP_PARAMS": "1"}
-    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    proc = subprocess.run(
-        [sys.executable, *launch, "train.py", "phase=online", "env=3m", "trainer=ddp", *TINY,
-         f"hydra.run.dir={run_dir}", *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    return ddp_train
 
 
 def _dumps(run_dir: Path) -> tuple[dict, dict]:
@@ -59,10 +54,10 @@ def _assert_replicas_equal(r0: dict, r1: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def ddp_run(tmp_path_factory, ddp_train):
     """Lightning's launcher: rank 0 is the command, it starts rank 1."""
     run_dir = tmp_path_factory.mktemp("ddp")
-    return run_dir, _train([], run_dir)
+    return run_dir, ddp_train([], run_dir)
 
 
 def test_two_ranks_ran_in_one_run_directory(ddp_run):
@@ -100,11 +95,11 @@ def test_metrics_from_rank_zero_only(ddp_run):
     assert all(float(r["eval/episodes"]) == 16.0 for r in eval_rows)
 
 
-def test_torchrun_launch(tmp_path):
+def test_torchrun_launch(tmp_path, ddp_train):
     """torchrun starts both ranks itself (TorchElastic environment); each rank's Hydra log gets
     its own name through ``hydra.job.name=train_rank${oc.env:RANK}``."""
-    _train(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], tmp_path,
-           "hydra.job.name=train_rank${oc.env:RANK}")
+    ddp_train(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], tmp_path,
+              "hydra.job.name=train_rank${oc.env:RANK}")
     assert (tmp_path / "train_rank0.log").exists() and (tmp_path / "train_rank1.log").exists()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     _assert_replicas_equal(*_dumps(tmp_path))

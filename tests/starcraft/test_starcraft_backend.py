@@ -48,7 +48,7 @@ from ovmse.envs.starcraft import (
 from ovmse.phases.common import env_options
 from simtools import run_collector_through_assembler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMAC_PIP = "pip install git+https://github.com/oxwhirl/smac.git"
 HAS_SMAC = importlib.util.find_spec("smac") is not None
 

@@ -19,9 +19,10 @@ from simtools import random_dataset
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["env=3m", "algo=ovmse", "algo.offline.batch_size=8", "algo.offline.samples=8", "steps=12",
-        "log_every_updates=4", "eval.interval_updates=6", "eval.episodes=8", "eval.num_envs=8"]
+ROOT = Path(__file__).resolve().parents[2]
+# Updates of 8 episodes (8 sampled joint actions for CQL), 8-battle evaluations every 6 updates
+# (configs/debug/tiny/offline.yaml); 12 updates, metrics every 4.
+TINY = ["env=3m", "algo=ovmse", "debug=tiny", "steps=12", "log_every_updates=4"]
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +30,19 @@ def dataset(tmp_path_factory):
     return random_dataset(tmp_path_factory.mktemp("data") / "3m" / "medium")
 
 
-def _offline(run_dir, dataset, *extra):
-    return subprocess.run([sys.executable, "train.py", "phase=offline", *TINY, f"dataset={dataset}",
-                           f"hydra.run.dir={run_dir}", *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def train_offline(run_train):
+    """``train_offline(run_dir, dataset, *extra)``: a tiny phase=offline run."""
+    def train_offline(run_dir, dataset, *extra):
+        return run_train("phase=offline", *TINY, f"dataset={dataset}", f"hydra.run.dir={run_dir}", *extra)
+
+    return train_offline
 
 
 @pytest.fixture(scope="module")
-def macql_run(tmp_path_factory, dataset):
+def macql_run(tmp_path_factory, dataset, train_offline):
     run_dir = tmp_path_factory.mktemp("offline_macql")
-    proc = _offline(run_dir, dataset)
+    proc = train_offline(run_dir, dataset)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -84,24 +88,23 @@ def test_metrics_use_updates_and_log_diagnostics(macql_run):
     assert summary["updates"] == 12 and summary["cql"] == "macql"
 
 
-def test_cfcql_and_no_cql_variants_run(tmp_path, dataset):
-    proc = _offline(tmp_path / "cf", dataset, "algo.offline.cql=cfcql", "algo.offline.alpha=2.0")
+def test_cfcql_and_no_cql_variants_run(tmp_path, dataset, train_offline):
+    proc = train_offline(tmp_path / "cf", dataset, "algo.offline.cql=cfcql", "algo.offline.alpha=2.0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     module = load_qmix_checkpoint(str(tmp_path / "cf" / "checkpoints" / "last.ckpt"))
     assert module.settings.cql.variant == "cfcql" and module.objective.behaviour is not None
     rows = [r for r in csv.DictReader((tmp_path / "cf" / "metrics.csv").open()) if r.get("train/bc_loss")]
     assert rows and 0.0 <= float(rows[-1]["train/bc_accuracy"]) <= 1.0
-    proc = _offline(tmp_path / "none", dataset, "algo.offline.cql=null")
+    proc = train_offline(tmp_path / "none", dataset, "algo.offline.cql=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     module = load_qmix_checkpoint(str(tmp_path / "none" / "checkpoints" / "last.ckpt"))
     assert module.settings.cql is None
 
 
-def test_offline_needs_an_o2o_algo_and_a_valid_dataset(tmp_path, dataset):
-    proc = subprocess.run([sys.executable, "train.py", "phase=offline", "env=3m", "algo=qmix", f"dataset={dataset}",
-                           f"hydra.run.dir={tmp_path / 'a'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_offline_needs_an_o2o_algo_and_a_valid_dataset(tmp_path, dataset, run_train, train_offline):
+    proc = run_train("phase=offline", "env=3m", "algo=qmix", f"dataset={dataset}", f"hydra.run.dir={tmp_path / 'a'}")
     assert proc.returncode != 0 and "has no offline settings" in proc.stderr
-    proc = _offline(tmp_path / "b", tmp_path / "nowhere")
+    proc = train_offline(tmp_path / "b", tmp_path / "nowhere")
     assert proc.returncode != 0 and "no such dataset directory" in proc.stderr
 
 
@@ -139,11 +142,9 @@ def test_training_loss_is_td_plus_alpha_times_cql(dataset):
 
 
 @pytest.mark.parametrize("every", [3, 5])
-def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, monkeypatch, every):
+def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, monkeypatch, compose_cfg, every):
     """The offline target is copied after updates K, 2K, ... and at no other update, whatever
     the batch size (before issue 16 the counter advanced by the batch size: every update)."""
-    from hydra import compose, initialize_config_dir
-
     from ovmse.phases import offline
 
     refreshed, changed = [], []
@@ -157,11 +158,9 @@ def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, mon
         changed.append(any(not torch.equal(a, b) for a, b in zip(before, after)))
 
     monkeypatch.setattr(QMixModule, "update_targets", recording)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["phase=offline", *TINY, "steps=16", "eval.interval_updates=100",
-                                          f"algo.offline.target_update_updates={every}", f"dataset={dataset}",
-                                          f"paths.output_dir={tmp_path}", "logger.tensorboard=false",
-                                          "trainer.progress_refresh_rate=0"])
+    cfg = compose_cfg("phase=offline", *TINY, "steps=16", "eval.interval_updates=100",
+                      f"algo.offline.target_update_updates={every}", f"dataset={dataset}",
+                      f"paths.output_dir={tmp_path}", "logger.tensorboard=false")
     result = offline.run(cfg)
     assert result["updates"] == 16
     # Every K updates, and once more at the end (16 is no multiple of 3 or 5) so that the
@@ -175,20 +174,21 @@ def test_offline_target_refreshes_exactly_every_k_updates(tmp_path, dataset, mon
 
 
 def test_target_update_interval_and_unit_are_checked():
-    from ovmse.training.callbacks import TargetUpdateCallback
+    from ovmse.training.target_schedule import TargetSchedule
 
     with pytest.raises(ValueError, match="target update interval must be >= 1 update"):
-        TargetUpdateCallback(0, unit="updates")
+        TargetSchedule(0, unit="updates")
     with pytest.raises(ValueError, match="unit must be one of"):
-        TargetUpdateCallback(5, unit="env_steps")
+        TargetSchedule(5, unit="env_steps")
 
 
-def test_dataset_timesteps_replaces_steps(tmp_path, dataset):
+def test_dataset_timesteps_replaces_steps(tmp_path, dataset, train_offline):
     """``dataset_timesteps`` (CFCQL's budget) sets the number of updates from the dataset's
     episode lengths: 2.5 batches of filled rows -> 3 updates, whatever ``steps`` says."""
     meta = json.loads((dataset / "dataset.json").read_text())
     rows_per_batch = 8 * (meta["transitions"] / meta["episodes"] + 1)
-    proc = _offline(tmp_path, dataset, f"dataset_timesteps={int(2.5 * rows_per_batch)}", "eval.interval_updates=100")
+    proc = train_offline(tmp_path, dataset, f"dataset_timesteps={int(2.5 * rows_per_batch)}",
+                         "eval.interval_updates=100")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "offline_summary.json").read_text())
     assert summary["updates"] == summary["planned_updates"] == 3
@@ -200,8 +200,8 @@ def test_dataset_timesteps_replaces_steps(tmp_path, dataset):
 # the checkpoint of an offline run that did not finish.
 
 
-def test_diverging_offline_run_stops_with_exit_2_and_writes_no_nonfinite_checkpoint(tmp_path, dataset):
-    proc = _offline(tmp_path, dataset, "algo.lr=1e6")
+def test_diverging_offline_run_stops_with_exit_2_and_writes_no_nonfinite_checkpoint(tmp_path, dataset, train_offline):
+    proc = train_offline(tmp_path, dataset, "algo.lr=1e6")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "non-finite" in proc.stderr or "NaN or infinite" in proc.stderr
     assert "update" in proc.stderr
@@ -212,8 +212,8 @@ def test_diverging_offline_run_stops_with_exit_2_and_writes_no_nonfinite_checkpo
     assert not list((tmp_path / "checkpoints").glob("*.partial-*"))
 
 
-def test_loading_a_checkpoint_with_nonfinite_weights_is_refused(tmp_path, dataset):
-    proc = _offline(tmp_path, dataset)
+def test_loading_a_checkpoint_with_nonfinite_weights_is_refused(tmp_path, dataset, train_offline):
+    proc = train_offline(tmp_path, dataset)
     assert proc.returncode == 0, proc.stderr[-2000:]
     raw = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     name = next(k for k, v in raw["state_dict"].items() if v.is_floating_point())
@@ -226,9 +226,9 @@ def test_loading_a_checkpoint_with_nonfinite_weights_is_refused(tmp_path, datase
     assert ev.returncode != 0 and "NaN or infinite" in ev.stderr
 
 
-def test_fine_tuning_refuses_an_unfinished_offline_checkpoint(tmp_path, dataset):
+def test_fine_tuning_refuses_an_unfinished_offline_checkpoint(tmp_path, dataset, train_offline):
     spec = get_map("3m")
-    proc = _offline(tmp_path, dataset)
+    proc = train_offline(tmp_path, dataset)
     assert proc.returncode == 0, proc.stderr[-2000:]
     done = load_checkpoint_for_map(str(tmp_path / "checkpoints" / "last.ckpt"), spec)
     assert done.offline_run == {"planned_updates": 12, "finished": True, "updates": 12}
@@ -252,15 +252,14 @@ def test_fine_tuning_refuses_an_unfinished_offline_checkpoint(tmp_path, dataset)
     assert load_checkpoint_for_map(str(tmp_path / "alone" / "old_finished.ckpt"), spec).offline_run is None
 
 
-def test_killed_offline_run_cannot_be_fine_tuned(tmp_path, dataset):
+def test_killed_offline_run_cannot_be_fine_tuned(tmp_path, dataset, run_train, train_offline):
     """The checkpoint a killed offline run leaves (its last evaluation's) is refused by phase=online."""
-    proc = _offline(tmp_path / "off", dataset)
+    proc = train_offline(tmp_path / "off", dataset)
     assert proc.returncode == 0, proc.stderr[-2000:]
     raw = torch.load(tmp_path / "off" / "checkpoints" / "best.ckpt", weights_only=True)
     torch.save(raw, tmp_path / "killed.ckpt")  # as a killed run leaves it: no finished last.ckpt beside it
-    online = subprocess.run([sys.executable, "train.py", "phase=online", "env=3m", "algo=macql",
-                             f"ckpt={tmp_path / 'killed.ckpt'}", f"hydra.run.dir={tmp_path / 'on'}", "env_steps=64"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    online = run_train("phase=online", "env=3m", "algo=macql", f"ckpt={tmp_path / 'killed.ckpt'}",
+                       f"hydra.run.dir={tmp_path / 'on'}", "env_steps=64", timeout=300)
     assert online.returncode == 2, online.stderr[-2000:]
     assert "did not finish" in online.stderr
     # evaluate.py still evaluates it, and says what it is
@@ -269,3 +268,12 @@ def test_killed_offline_run_cannot_be_fine_tuned(tmp_path, dataset):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "is from an offline run that did not finish" in proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["offline_run_finished"] is False
+
+
+def test_an_algorithm_without_offline_settings_is_named_even_with_the_tiny_preset(compose_cfg):
+    """debug=tiny gives every algorithm's offline block a batch size; QMIX still has no offline phase."""
+    from ovmse.phases.offline import offline_settings
+
+    cfg = compose_cfg("phase=offline", "env=3m", "algo=qmix", "debug=tiny")
+    with pytest.raises(ValueError, match="algo='qmix' has no offline settings"):
+        offline_settings(cfg, "3m")

@@ -30,7 +30,7 @@ from ovmse.collection.distributed import DistributedEnvWorkers
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 W, ENVS, STEPS = 2, 4, 16
 
 
@@ -131,37 +131,23 @@ def test_workers_started_by_hand_on_localhost():
                 proc.kill()
 
 
-def test_online_phase_with_distributed_env_workers(tmp_path):
+def test_online_phase_with_distributed_env_workers(tmp_path, run_train):
     """train.py selects the torch.distributed env workers from the config (one machine, 2
     workers started by the learner, localhost TCP): a tiny online run completes."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "train.py", "phase=online", "env=3m", "env_steps=512", "env.num_envs=4",
-         "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=64", "algo.target_update_interval=8",
-         "eval.interval_env_steps=512", "eval.episodes=8", "eval.num_envs=8", "log_every_env_steps=128",
-         "collector.num_workers=2", "collector.distributed.enabled=true", f"hydra.run.dir={tmp_path}"],
-        cwd=root, capture_output=True, text=True, timeout=300,
-    )
+    # debug=tiny (configs/debug/tiny/online.yaml) with 512 env steps, 128 per update in calls of 32 steps per battle.
+    proc = run_train("phase=online", "env=3m", "debug=tiny", "env_steps=512", "algo.steps_per_env=32",
+                     "algo.env_steps_per_update=128", "algo.target_update_interval=8", "eval.interval_env_steps=512",
+                     "log_every_env_steps=128", "collector.num_workers=2", "collector.distributed.enabled=true",
+                     f"hydra.run.dir={tmp_path}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "online_summary.json").read_text())
     assert summary["env_steps"] >= 512 and summary["updates"] >= 1
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
-def test_distributed_env_workers_refuse_ddp(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "train.py", "phase=online", "env=3m", "trainer=ddp", "collector.num_workers=2",
-         "collector.distributed.enabled=true", f"hydra.run.dir={tmp_path}"],
-        cwd=root, capture_output=True, text=True, timeout=300,
-    )
+def test_distributed_env_workers_refuse_ddp(tmp_path, run_train):
+    proc = run_train("phase=online", "env=3m", "trainer=ddp", "collector.num_workers=2",
+                     "collector.distributed.enabled=true", f"hydra.run.dir={tmp_path}", timeout=300)
     assert proc.returncode != 0 and "cannot be combined with trainer=ddp" in proc.stderr

@@ -1,8 +1,6 @@
 """phase=collect end to end on a tiny budget, and the win-rate milestone logic."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,29 +11,28 @@ from ovmse.training.milestones import WinRateMilestone, WinRateMilestoneCallback
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-TINY = ["env=3m", "env.num_envs=4", "algo.steps_per_env=32", "algo.env_steps_per_update=128", "algo.batch_size=8", "algo.buffer_size=48",
-        "algo.target_update_interval=8", "eval.interval_env_steps=384", "eval.episodes=8", "eval.num_envs=8",
-        "level.min_eval_episodes=8", "log_every_env_steps=256", "episodes=24", "record.num_envs=8"]
-
-
-def _collect(data_root, run_dir, *extra):
-    return subprocess.run(
-        [sys.executable, "train.py", "phase=collect", *TINY, f"data_root={data_root}", f"hydra.run.dir={run_dir}",
-         *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
+# QMIX on 4 battles, 8-battle evaluations every 384 env steps (8 count for a level), 24-episode datasets,
+# a 48-episode buffer (configs/debug/tiny/collect.yaml).
+TINY = ["env=3m", "debug=tiny"]
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory):
+def collect(run_train):
+    """``collect(data_root, run_dir, *extra)``: a tiny phase=collect run."""
+    def collect(data_root, run_dir, *extra):
+        return run_train("phase=collect", *TINY, f"data_root={data_root}", f"hydra.run.dir={run_dir}", *extra)
+
+    return collect
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory, collect):
     root = tmp_path_factory.mktemp("data")
     run_dir = tmp_path_factory.mktemp("run")
     # Band [0, 1]: the first evaluation counts as "medium"; expert [1, 1] is out of reach
     # in 1536 steps, so it is taken at the budget.
-    proc = _collect(root, run_dir, "medium.win_rate=[0.0,1.0]", "expert.win_rate=[1.0,1.0]", "env_steps=1536",
-                    "qualities=[medium,medium_replay,expert,mixed]")
+    proc = collect(root, run_dir, "medium.win_rate=[0.0,1.0]", "expert.win_rate=[1.0,1.0]", "env_steps=1536",
+                   "qualities=[medium,medium_replay,expert,mixed]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, run_dir, proc
 
@@ -85,18 +82,18 @@ def test_medium_replay_is_the_buffer_when_medium_was_reached(collected):
     assert behaviour["buffer_size"] == 48
 
 
-def test_refuses_to_overwrite_before_training(collected, tmp_path):
+def test_refuses_to_overwrite_before_training(collected, tmp_path, collect):
     root, _, _ = collected
     before = (root / "3m" / "medium" / "dataset.json").read_text()
-    proc = _collect(root, tmp_path / "again", "env_steps=100000")
+    proc = collect(root, tmp_path / "again", "env_steps=100000")
     assert proc.returncode != 0
     assert "already exist" in proc.stderr and "overwrite=true" in proc.stderr
     assert not (tmp_path / "again" / "metrics.csv").exists()  # refused before any training
     assert (root / "3m" / "medium" / "dataset.json").read_text() == before
 
 
-def test_mixed_needs_medium_and_expert(tmp_path):
-    proc = _collect(tmp_path / "data", tmp_path / "run", "qualities=[mixed]")
+def test_mixed_needs_medium_and_expert(tmp_path, collect):
+    proc = collect(tmp_path / "data", tmp_path / "run", "qualities=[mixed]")
     assert proc.returncode != 0 and "list both" in proc.stderr
 
 
@@ -205,8 +202,8 @@ def test_milestone_band_validation():
         WinRateMilestone("medium", 0.6, 0.2, lambda *a: None)
 
 
-def test_collect_refuses_ddp(tmp_path):
-    proc = _collect(tmp_path / "data", tmp_path / "run", "trainer=ddp")
+def test_collect_refuses_ddp(tmp_path, collect):
+    proc = collect(tmp_path / "data", tmp_path / "run", "trainer=ddp")
     assert proc.returncode != 0 and "writes datasets from one process" in proc.stderr
     assert not (tmp_path / "data").exists()
 
@@ -226,11 +223,11 @@ def _partial_copy(collected, tmp_path, *remove):
 ALL = "qualities=[medium,medium_replay,expert,mixed]"
 
 
-def test_rerun_keeps_written_qualities_and_trains_only_to_the_missing_level(collected, tmp_path):
+def test_rerun_keeps_written_qualities_and_trains_only_to_the_missing_level(collected, tmp_path, collect):
     root = _partial_copy(collected, tmp_path, "expert", "mixed")
     before = {q: (root / "3m" / q / "dataset.json").read_text() for q in ("medium", "medium_replay")}
-    proc = _collect(root, tmp_path / "rerun", ALL, "medium.win_rate=[0.0,1.0]", "expert.win_rate=[1.0,1.0]",
-                    "env_steps=768")
+    proc = collect(root, tmp_path / "rerun", ALL, "medium.win_rate=[0.0,1.0]", "expert.win_rate=[1.0,1.0]",
+                   "env_steps=768")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"kept {root / '3m' / 'medium'}" in proc.stdout
     assert {q: (root / "3m" / q / "dataset.json").read_text() for q in before} == before  # untouched
@@ -243,9 +240,9 @@ def test_rerun_keeps_written_qualities_and_trains_only_to_the_missing_level(coll
     assert len(mixed) == 24 and str(root / "3m" / "medium") in mixed.metadata["behaviour"]["policy"]
 
 
-def test_rerun_records_a_missing_medium_from_the_kept_replays_policy(collected, tmp_path):
+def test_rerun_records_a_missing_medium_from_the_kept_replays_policy(collected, tmp_path, collect):
     root = _partial_copy(collected, tmp_path, "medium")
-    proc = _collect(root, tmp_path / "rerun")  # qualities: medium, medium_replay
+    proc = collect(root, tmp_path / "rerun")  # qualities: medium, medium_replay
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "rerun" / "metrics.csv").exists()  # recorded, not trained
     replay = load_dataset(root / "3m" / "medium_replay", validate="structure").metadata["behaviour"]
@@ -258,10 +255,10 @@ def test_rerun_records_a_missing_medium_from_the_kept_replays_policy(collected, 
     assert first.stats()[0] == again.stats()[0]
 
 
-def test_rerun_refuses_to_remake_medium_replay_apart_from_medium(collected, tmp_path):
+def test_rerun_refuses_to_remake_medium_replay_apart_from_medium(collected, tmp_path, collect):
     root = _partial_copy(collected, tmp_path, "medium_replay")
     before = (root / "3m" / "medium" / "dataset.json").read_text()
-    proc = _collect(root, tmp_path / "rerun")
+    proc = collect(root, tmp_path / "rerun")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "medium_replay is the replay buffer of the run that made medium" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -269,9 +266,9 @@ def test_rerun_refuses_to_remake_medium_replay_apart_from_medium(collected, tmp_
     assert not (root / "3m" / "medium_replay").exists()
 
 
-def test_rerun_makes_a_missing_mixed_from_the_datasets_on_disk(collected, tmp_path):
+def test_rerun_makes_a_missing_mixed_from_the_datasets_on_disk(collected, tmp_path, collect):
     root = _partial_copy(collected, tmp_path, "mixed")
-    proc = _collect(root, tmp_path / "rerun", ALL)
+    proc = collect(root, tmp_path / "rerun", ALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "rerun" / "metrics.csv").exists()  # nothing trained
     first = load_dataset(collected[0] / "3m" / "mixed", validate="structure")

@@ -3,13 +3,10 @@ a real OVMSE and MACal-QL run through train.py, exploration only online, and cle
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from ovmse.exploration import (
     CentralisedSequentialExploration,
@@ -22,22 +19,10 @@ from simtools import random_dataset
 
 pytestmark = pytest.mark.slow  # spawns train.py / notebook / worker processes (pytest -m 'not slow' skips)
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_ONLINE = ["env=3m", "env_steps=640", "env.num_envs=4", "algo.steps_per_env=16", "algo.env_steps_per_update=64", "algo.batch_size=8",
-               "algo.buffer_size=64", "eval.interval_env_steps=320", "eval.episodes=8", "eval.num_envs=8",
-               "log_every_env_steps=64", "final_eval.episodes=16", "final_eval.num_envs=16",
-               "trainer.progress_refresh_rate=0", "unlearning_probe.episodes=8",
-               "unlearning_probe.every_env_steps=320"]
-
-
-def cfg_of(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+ROOT = Path(__file__).resolve().parents[2]
+# 640 env steps, 8-battle evaluations every 320, a 16-battle final test, the unlearning probe every 320
+# (configs/debug/tiny/online.yaml).
+TINY_ONLINE = ["env=3m", "debug=tiny"]
 
 
 # ----------------------------------------------------------------------------- paper tables
@@ -59,9 +44,9 @@ TABLE3 = {"2s3z": (2, 50, 1.0, 1_000_000), "3s5z": (2, 50, 0.5, 1_000_000), "5m_
 
 
 @pytest.mark.parametrize("algo", ["ovmse", "switch_cql", "macalql", "macql", "ovm_only", "se_only"])
-def test_online_settings_follow_the_paper_tables(algo):
+def test_online_settings_follow_the_paper_tables(compose_cfg, algo):
     for i, task in enumerate(TASKS):
-        cfg = cfg_of("phase=online", f"experiment={task}", f"algo={algo}")
+        cfg = compose_cfg("phase=online", f"experiment={task}", f"algo={algo}")
         map_name, dataset = cfg.env.map_name, cfg.dataset
         assert task == f"{map_name}_{dataset}"
         s = online_settings(cfg, map_name, dataset)
@@ -85,15 +70,16 @@ def test_online_settings_follow_the_paper_tables(algo):
         assert s["exploration"] == expected_exploration
 
 
-def test_qmix_from_scratch_keeps_pymarl2_settings_but_the_tasks_first_two_rows():
-    s = online_settings(cfg_of("phase=online", "experiment=3s5z_medium", "algo=qmix"), "3s5z", None)
+def test_qmix_from_scratch_keeps_pymarl2_settings_but_the_tasks_first_two_rows(compose_cfg):
+    s = online_settings(compose_cfg("phase=online", "experiment=3s5z_medium", "algo=qmix"), "3s5z", None)
     assert (s["target_update_interval"], s["grad_norm_clip"], s["mixing_ratio"]) == (50, 10.0, 0.0)
     assert s["update_ratio"] == {"unit": "episodes", "every": 2}  # Table 3 batch_size_run
-    plain = online_settings(cfg_of("phase=online", "env=3s5z", "algo=qmix"), "3s5z", None)
+    plain = online_settings(compose_cfg("phase=online", "env=3s5z", "algo=qmix"), "3s5z", None)
     assert plain["update_ratio"] == {"unit": "episodes", "every": 8}  # PyMARL2
-    steps = online_settings(cfg_of("phase=online", "env=3s5z", "algo=qmix", "algo.env_steps_per_update=256"), "3s5z", None)
+    steps = online_settings(compose_cfg("phase=online", "env=3s5z", "algo=qmix", "algo.env_steps_per_update=256"), "3s5z",
+                            None)
     assert steps["update_ratio"] == {"unit": "env_steps", "every": 256}
-    s = online_settings(cfg_of("phase=online", "experiment=6h_vs_8z_medium", "algo=qmix"), "6h_vs_8z", None)
+    s = online_settings(compose_cfg("phase=online", "experiment=6h_vs_8z_medium", "algo=qmix"), "6h_vs_8z", None)
     assert (s["epsilon_anneal_steps"], s["target_update_interval"]) == (500_000, 200)
     assert "ovm" not in s
 
@@ -102,20 +88,20 @@ def test_qmix_from_scratch_keeps_pymarl2_settings_but_the_tasks_first_two_rows()
 
 
 @pytest.fixture(scope="module")
-def offline_ckpt(tmp_path_factory):
+def offline_ckpt(tmp_path_factory, run_train):
     path = random_dataset(tmp_path_factory.mktemp("data") / "3m" / "medium")
     run_dir = tmp_path_factory.mktemp("offline")
-    proc = train("phase=offline", "env=3m", "algo=ovmse", f"dataset={path}", "algo.offline.batch_size=8",
-                 "algo.offline.samples=8", "steps=6", "eval.interval_updates=6", "eval.episodes=8",
-                 "eval.num_envs=8", f"hydra.run.dir={run_dir}", "trainer.progress_refresh_rate=0")
+    # 6 updates of 8 episodes, evaluated on 8 battles after the 6th (configs/debug/tiny/offline.yaml).
+    proc = run_train("phase=offline", "env=3m", "algo=ovmse", f"dataset={path}", "debug=tiny",
+                     f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
-def ovmse_run(tmp_path_factory, offline_ckpt):
+def ovmse_run(tmp_path_factory, offline_ckpt, run_train):
     run_dir = tmp_path_factory.mktemp("ovmse")
-    proc = train("phase=online", "algo=ovmse", f"ckpt={offline_ckpt}", *TINY_ONLINE, f"hydra.run.dir={run_dir}")
+    proc = run_train("phase=online", "algo=ovmse", f"ckpt={offline_ckpt}", *TINY_ONLINE, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -167,9 +153,9 @@ def test_unlearning_probe_tracks_the_offline_policys_trajectories(ovmse_run, off
     assert all(float(r["eval/probe_mc_return"]) == pytest.approx(offline["eval/probe_mc_return"]) for r in rows)
 
 
-def test_macalql_mixes_offline_data_and_calibrates(tmp_path, offline_ckpt):
-    proc = train("phase=online", "algo=macalql", f"ckpt={offline_ckpt}", *TINY_ONLINE, "final_eval.episodes=0",
-                 f"hydra.run.dir={tmp_path}")
+def test_macalql_mixes_offline_data_and_calibrates(tmp_path, offline_ckpt, run_train):
+    proc = run_train("phase=online", "algo=macalql", f"ckpt={offline_ckpt}", *TINY_ONLINE, "final_eval.episodes=0",
+                     f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [r for r in csv.DictReader((tmp_path / "metrics.csv").open()) if r.get("train/loss")]
     assert rows and all(float(r["train/offline_fraction"]) == 0.5 for r in rows)  # 4 of 8 episodes
@@ -182,13 +168,18 @@ def test_macalql_mixes_offline_data_and_calibrates(tmp_path, offline_ckpt):
 # ----------------------------------------------------------------------------- exploration
 
 
-def _build(tmp_path, *overrides):
+@pytest.fixture(scope="module")
+def build(compose_cfg):
+    """``build(out_dir, *overrides)``: the tiny online run (not fitted) writing to ``out_dir``, its
+    collector closed."""
     from ovmse.phases.online import build_online_run
 
-    cfg = cfg_of("phase=online", *TINY_ONLINE, f"paths.output_dir={tmp_path}", *overrides)
-    run = build_online_run(cfg)
-    run.collection.collection.close()
-    return run
+    def build(out_dir, *overrides):
+        run = build_online_run(compose_cfg("phase=online", *TINY_ONLINE, f"paths.output_dir={out_dir}", *overrides))
+        run.collection.collection.close()
+        return run
+
+    return build
 
 
 @pytest.mark.parametrize("algo, extra, expected", [
@@ -198,14 +189,14 @@ def _build(tmp_path, *overrides):
     ("switch_cql", (), EpsilonGreedy),
     ("ovmse", ("algo.exploration=sequential",), CentralisedSequentialExploration),
 ])
-def test_exploration_of_each_algorithm_acts_online_only(tmp_path, offline_ckpt, algo, extra, expected):
-    run = _build(tmp_path, f"algo={algo}", f"ckpt={offline_ckpt}", *extra)
+def test_exploration_of_each_algorithm_acts_online_only(tmp_path, offline_ckpt, build, algo, extra, expected):
+    run = build(tmp_path, f"algo={algo}", f"ckpt={offline_ckpt}", *extra)
     assert type(run.collection.collection.exploration) is expected
     assert run.collection.collection.exploration.epsilon == 1.0
     assert run.evaluation.evaluator.policy.exploration is None  # greedy evaluation never explores
 
 
-def test_offline_phase_builds_no_exploration(tmp_path, offline_ckpt, monkeypatch):
+def test_offline_phase_builds_no_exploration(tmp_path, offline_ckpt, monkeypatch, compose_cfg):
     from ovmse.exploration import policies
     from ovmse.phases import offline
 
@@ -214,9 +205,9 @@ def test_offline_phase_builds_no_exploration(tmp_path, offline_ckpt, monkeypatch
 
     monkeypatch.setattr(policies._QExploration, "__init__", refuse)
     dataset = load_qmix_checkpoint(str(offline_ckpt)).hparams.dataset["path"]
-    cfg = cfg_of("phase=offline", "env=3m", "algo=ovmse", f"dataset={dataset}", "algo.offline.batch_size=8",
-                 "algo.offline.samples=8", "steps=2", "eval.interval_updates=2", "eval.episodes=4", "eval.num_envs=4",
-                 "logger.tensorboard=false", "trainer.progress_refresh_rate=0", f"paths.output_dir={tmp_path}")
+    cfg = compose_cfg("phase=offline", "env=3m", "algo=ovmse", f"dataset={dataset}", "debug=tiny", "steps=2",
+                      "eval.interval_updates=2", "eval.episodes=4", "eval.num_envs=4", "logger.tensorboard=false",
+                      f"paths.output_dir={tmp_path}")
     result = offline.run(cfg)
     assert result["updates"] == 2
 
@@ -224,41 +215,41 @@ def test_offline_phase_builds_no_exploration(tmp_path, offline_ckpt, monkeypatch
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_o2o_algorithm_without_checkpoint_is_refused(tmp_path):
+def test_o2o_algorithm_without_checkpoint_is_refused(tmp_path, build):
     with pytest.raises(ValueError, match=r"algo=ovmse fine-tunes an offline checkpoint: pass ckpt="):
-        _build(tmp_path, "algo=ovmse")
+        build(tmp_path, "algo=ovmse")
 
 
-def test_qmix_with_a_checkpoint_is_refused(tmp_path, offline_ckpt):
+def test_qmix_with_a_checkpoint_is_refused(tmp_path, offline_ckpt, build):
     with pytest.raises(ValueError, match="trains from scratch"):
-        _build(tmp_path, "algo=qmix", f"ckpt={offline_ckpt}")
+        build(tmp_path, "algo=qmix", f"ckpt={offline_ckpt}")
 
 
-def test_checkpoint_of_another_map_is_refused(tmp_path, offline_ckpt):
+def test_checkpoint_of_another_map_is_refused(tmp_path, offline_ckpt, build):
     with pytest.raises(ValueError, match=r"does not fit env=8m .*map_name: checkpoint '3m', env '8m'"):
-        _build(tmp_path, "algo=ovmse", f"ckpt={offline_ckpt}", "env=8m")
+        build(tmp_path, "algo=ovmse", f"ckpt={offline_ckpt}", "env=8m")
 
 
-def test_missing_checkpoint_file_is_named(tmp_path):
+def test_missing_checkpoint_file_is_named(tmp_path, build):
     with pytest.raises(FileNotFoundError, match="no_such.ckpt"):
-        _build(tmp_path, "algo=switch_cql", f"ckpt={tmp_path / 'no_such.ckpt'}")
+        build(tmp_path, "algo=switch_cql", f"ckpt={tmp_path / 'no_such.ckpt'}")
 
 
-def test_dataset_other_than_the_pretraining_one_is_refused(tmp_path, offline_ckpt):
+def test_dataset_other_than_the_pretraining_one_is_refused(tmp_path, offline_ckpt, build):
     with pytest.raises(ValueError, match="pretrained on '3m/medium'"):
-        _build(tmp_path, "algo=macql", f"ckpt={offline_ckpt}", "dataset=expert")
+        build(tmp_path, "algo=macql", f"ckpt={offline_ckpt}", "dataset=expert")
 
 
-def test_ovm_from_a_checkpoint_without_frozen_target_is_refused(tmp_path, offline_ckpt):
+def test_ovm_from_a_checkpoint_without_frozen_target_is_refused(tmp_path, offline_ckpt, build):
     best = offline_ckpt.parent / "best.ckpt"  # evaluation snapshot: no frozen offline target
     with pytest.raises(ValueError, match="frozen offline target"):
-        _build(tmp_path, "algo=ovmse", f"ckpt={best}")
-    run = _build(tmp_path, "algo=switch_cql", f"ckpt={best}")  # no OVM: fine
+        build(tmp_path, "algo=ovmse", f"ckpt={best}")
+    run = build(tmp_path, "algo=switch_cql", f"ckpt={best}")  # no OVM: fine
     assert run.module.settings.ovm is None
 
 
-def test_cli_error_is_one_clear_line(tmp_path):
-    proc = train("phase=online", "env=3m", "algo=macql", f"hydra.run.dir={tmp_path}")
+def test_cli_error_is_one_clear_line(tmp_path, run_train):
+    proc = run_train("phase=online", "env=3m", "algo=macql", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert "algo=macql fine-tunes an offline checkpoint" in proc.stderr
 
@@ -266,24 +257,23 @@ def test_cli_error_is_one_clear_line(tmp_path):
 # ----------------------------------------------------------------------------- optimiser at the switch
 
 
-def test_online_phase_restores_the_offline_optimiser_by_default(tmp_path, offline_ckpt):
+def test_online_phase_restores_the_offline_optimiser_by_default(tmp_path, offline_ckpt, build):
     from types import SimpleNamespace
 
-    from ovmse.training.optimizer_restore import RestoreOptimizerCallback
+    from ovmse.training.optimizer_restore import restore_optimizer
 
-    run = _build(tmp_path / "a", "algo=ovmse", f"ckpt={offline_ckpt}")
-    restore = [cb for cb in run.trainer.callbacks if isinstance(cb, RestoreOptimizerCallback)]
-    assert len(restore) == 1 and restore[0].checkpoint == Path(str(offline_ckpt))
+    run = build(tmp_path / "a", "algo=ovmse", f"ckpt={offline_ckpt}")
+    assert Path(str(run.loop.optimizer_from)) == Path(str(offline_ckpt))
     assert run.settings["restore_optimizer"] is True
-    off = _build(tmp_path / "b", "algo=ovmse", f"ckpt={offline_ckpt}", "algo.online.restore_optimizer=false")
-    assert not any(isinstance(cb, RestoreOptimizerCallback) for cb in off.trainer.callbacks)
+    off = build(tmp_path / "b", "algo=ovmse", f"ckpt={offline_ckpt}", "algo.online.restore_optimizer=false")
+    assert off.loop.optimizer_from is None
 
     # What it does when fitting starts: Adam's moments and step counts are the offline run's,
     # the learning rate the online run's.
     module = load_qmix_checkpoint(str(offline_ckpt))
     module.hparams.lr = 5e-4
     optimizer = module.configure_optimizers()
-    restore[0].on_fit_start(SimpleNamespace(optimizers=[optimizer]), module)
+    restore_optimizer(SimpleNamespace(optimizers=[optimizer]), offline_ckpt)
     saved = torch.load(offline_ckpt, weights_only=True)["optimizer_states"][0]
     state = optimizer.state_dict()
     assert state["state"] and set(state["state"]) == set(saved["state"])
@@ -296,20 +286,19 @@ def test_online_phase_restores_the_offline_optimiser_by_default(tmp_path, offlin
 def test_optimiser_restore_names_a_checkpoint_without_optimiser_state(tmp_path, offline_ckpt):
     from types import SimpleNamespace
 
-    from ovmse.training.optimizer_restore import RestoreOptimizerCallback
+    from ovmse.training.optimizer_restore import restore_optimizer
 
     raw = torch.load(offline_ckpt, weights_only=True)
     raw.pop("optimizer_states")
     torch.save(raw, tmp_path / "no_optim.ckpt")
     module = load_qmix_checkpoint(str(offline_ckpt))
     with pytest.raises(ValueError, match="no_optim.ckpt: holds 0 optimiser state.*restore_optimizer=false"):
-        RestoreOptimizerCallback(tmp_path / "no_optim.ckpt").on_fit_start(
-            SimpleNamespace(optimizers=[module.configure_optimizers()]), module)
+        restore_optimizer(SimpleNamespace(optimizers=[module.configure_optimizers()]), tmp_path / "no_optim.ckpt")
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_experiment_presets_evaluate_on_at_least_128_battles(task):
-    cfg = cfg_of("phase=online", f"experiment={task}")
+def test_experiment_presets_evaluate_on_at_least_128_battles(compose_cfg, task):
+    cfg = compose_cfg("phase=online", f"experiment={task}")
     assert cfg.eval.episodes >= 128 and cfg.final_eval.episodes == 640
 
 
@@ -325,7 +314,7 @@ def test_short_budget_evaluates_on_at_least_128_battles():
 # ----------------------------------------------------------------------------- an online QMIX policy as the start
 
 
-def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
+def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt, build, run_train):
     """The issue-17 diagnosis fine-tunes a policy QMIX learnt online: o2o_start_checkpoint adds
     the frozen target (= its target networks), MACQL and the dataset, and every O2O algorithm
     then trains from it."""
@@ -344,7 +333,7 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
     qmix = tmp_path / "qmix.ckpt"
     torch.save(raw, qmix)
     with pytest.raises(ValueError, match="frozen offline target"):
-        _build(tmp_path / "refused", "algo=ovmse", f"ckpt={qmix}")
+        build(tmp_path / "refused", "algo=ovmse", f"ckpt={qmix}")
 
     dataset = Path(load_qmix_checkpoint(str(offline_ckpt)).hparams.dataset["path"])
     start = o2o_start_checkpoint(qmix, tmp_path / "start.ckpt", dataset)
@@ -360,8 +349,8 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt):
         o2o_start_checkpoint(start, tmp_path / "again.ckpt", dataset)
 
     run_dir = tmp_path / "ovmse"
-    proc = train("phase=online", "algo=macql", f"ckpt={start}", *TINY_ONLINE, "final_eval.episodes=0",
-                 "checkpoint.keep_replay=false", f"hydra.run.dir={run_dir}")
+    proc = run_train("phase=online", "algo=macql", f"ckpt={start}", *TINY_ONLINE, "final_eval.episodes=0",
+                     "checkpoint.keep_replay=false", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "online_summary.json").read_text())
     assert summary["settings"]["cql_alpha"] == pytest.approx(0.05) and summary["settings"]["mixing_ratio"] == 0.3
