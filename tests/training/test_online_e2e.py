@@ -50,10 +50,12 @@ def test_metrics_csv_uses_env_steps(online_run):
     assert train_rows and all(float(r["train/epsilon"]) <= 1.0 for r in train_rows)
 
 
-def test_evaluate_loads_checkpoint(online_run):
+def test_evaluate_loads_checkpoint(online_run, tmp_path):
     run_dir, _ = online_run
-    proc = _run(["evaluate.py", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "episodes=16", "num_envs=8"])
+    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "episodes=16",
+                 "num_envs=8"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(tmp_path.iterdir()), "evaluate.py wrote into the current directory"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["episodes"] == 16 and result["map"] == "3m"
     assert 0.0 <= result["win_rate"] <= 1.0 and result["episode_length_mean"] > 0
