@@ -259,3 +259,13 @@ def test_cuda_on_a_machine_without_it_is_one_line():
 def test_evaluate_settings_are_one_line_errors(args, message):
     proc = subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("phase", ["offline", "online", "collect"])
+def test_a_budget_outside_the_pipeline_is_refused_not_ignored(compose_cfg, phase):
+    """budget= only sets phase=pipeline's stages: on another phase it would run at full scale."""
+    from ovmse.phases import run_phase
+
+    cfg = compose_cfg(f"phase={phase}", "env=3m", "algo=ovmse" if phase == "offline" else "algo=qmix", "budget=smoke")
+    with pytest.raises(ValueError, match=f"budget= sets the stage budgets of phase=pipeline; phase={phase}.*debug=tiny"):
+        run_phase(cfg)

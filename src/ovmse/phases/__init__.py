@@ -56,6 +56,9 @@ def run_phase(cfg: DictConfig) -> dict:
     if cfg.get("resume") and cfg.task_name != "online":
         raise ValueError(f"resume= continues phase=online runs; phase={cfg.task_name} cannot resume (run its command "
                          "again without resume, into a new directory)")
+    if cfg.get("pipeline") is not None and cfg.task_name != "pipeline":
+        raise ValueError(f"budget= sets the stage budgets of phase=pipeline; phase={cfg.task_name} would ignore it. "
+                         "For a minute-scale run of one phase use debug=tiny, or run phase=pipeline budget=<name>")
     threads = check_threads(cfg.get("num_threads"), "num_threads")
     check_threads(cfg.get("collect_threads", 1), "collect_threads")
     if threads is not None:
