@@ -166,7 +166,8 @@ def run(cfg: DictConfig) -> dict:
         ckpt = out / "checkpoints" / f"{level}.ckpt"
         atomic_save_checkpoint(trainer, ckpt)
         print(f"collect: {level} level at {module.env_steps} env steps "
-              f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f}, reason: {info['reason']})")
+              f"(greedy win rate {info.get('eval/win_rate', float('nan')):.3f} over {int(info.get('eval/episodes', 0))} "
+              f"battles, reason: {info['reason']})")
         return ckpt
 
     def at_medium(trainer, module, info: dict) -> None:

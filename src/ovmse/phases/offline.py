@@ -111,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        evaluation, log_every=int(cfg.log_every_updates))
     # Every checkpoint says how far the offline run got; only the final one says it finished.
     module.offline_run = {"planned_updates": steps, "finished": False}
-    progress = EnvStepProgressBar(evaluation, None, refresh_rate=int(cfg.trainer.progress_refresh_rate))
+    progress = EnvStepProgressBar(evaluation, None, total=steps, refresh_rate=int(cfg.trainer.progress_refresh_rate))
     trainer = make_trainer(trainer_settings(cfg.trainer), out, loop, progress, loggers=make_loggers(cfg, out),
                            gradient_clip_val=float(algo.grad_norm_clip), distributed=False)
     start = time.perf_counter()
@@ -131,5 +131,5 @@ def run(cfg: DictConfig) -> dict[str, float]:
     write_json(out / "offline_summary.json", result)
     print(f"offline {spec.name} on {dataset.name} ({settings['cql'] or 'no CQL'}, alpha={settings['cql_alpha']}): "
           f"{module.updates} updates, final greedy win rate {evaluation.latest.get('eval/win_rate', float('nan')):.3f} "
-          f"(best {evaluation.best:.3f}); checkpoint with the frozen offline target: {out / 'checkpoints' / 'last.ckpt'}")
+          f"over {int(evaluation.latest.get('eval/episodes', 0))} battles (best evaluation {evaluation.best:.3f}); checkpoint with the frozen offline target: {out / 'checkpoints' / 'last.ckpt'}")
     return result

@@ -138,7 +138,8 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
     loggers = make_loggers(cfg, out)
     if resume_from is not None:
         continue_metrics_csv(loggers, out, upto_step=module.progress())
-    progress = EnvStepProgressBar(loop.evaluation, loop.collection, refresh_rate=int(cfg.trainer.progress_refresh_rate))
+    progress = EnvStepProgressBar(loop.evaluation, loop.collection, total=int(cfg.env_steps),
+                                  refresh_rate=int(cfg.trainer.progress_refresh_rate))
     trainer = make_trainer(trainer_cfg, out, loop, progress, loggers=loggers, num_threads=cfg.get("num_threads"),
                            gradient_clip_val=settings["grad_norm_clip"], extra_callbacks=extra_callbacks)
     check_rank(trainer, rank)
@@ -262,8 +263,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     final_text = (f"; final test {final['eval/final_win_rate']:.3f} over {int(final['eval/final_episodes'])} battles"
                   if final else "")
     print(f"online {cfg.env.map_name} ({cfg.algo.name}): {module.env_steps} env steps, {module.updates} updates, "
-          f"last greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} "
-          f"(best {eval_cb.best:.3f}){final_text}; checkpoints in {out / 'checkpoints'}")
+          f"last greedy win rate {eval_cb.latest.get('eval/win_rate', float('nan')):.3f} over "
+          f"{int(eval_cb.latest.get('eval/episodes', 0))} battles (best evaluation {eval_cb.best:.3f}){final_text}; checkpoints in {out / 'checkpoints'}")
     return result
 
 
