@@ -29,7 +29,9 @@ def online_run(tmp_path_factory, run_train):
 
 
 def test_run_directory_contents(online_run):
-    run_dir, _ = online_run
+    run_dir, proc = online_run
+    assert "will be deleted" not in proc.stdout + proc.stderr  # no false alarm about a new run's directory
+    assert "over 8 battles" in proc.stdout  # a printed win rate names its battles
     assert (run_dir / "config_resolved.yaml").exists()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "checkpoints" / "last.ckpt").exists()

@@ -110,8 +110,14 @@ def check_backend(env_cfg: DictConfig | Mapping[str, Any]) -> None:
 def make_loggers(cfg: DictConfig, out: str | Path) -> list:
     """``metrics.csv`` in the run directory, plus TensorBoard events under ``tensorboard/``
     when ``logger.tensorboard`` (the default)."""
+    import warnings
+
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    if not (Path(out) / "metrics.csv").exists():
+        # A new run's directory holds Hydra's files only: Lightning's "previous log files will be
+        # deleted" is a false alarm there (a resume, with a metrics.csv, keeps its rows itself).
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     loggers = [CSVLogger(save_dir=str(out), name="", version="")]
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
