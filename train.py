@@ -145,6 +145,28 @@ def _check_paths_before_hydra(argv: list[str]) -> None:
             sys.exit(2)
 
 
+def _env_from_checkpoint(argv: list[str]) -> list[str]:
+    """``phase=online ckpt=...`` without ``env=`` (or an experiment preset, which names its map)
+    fine-tunes on the checkpoint's map, not train.yaml's default: ``argv`` plus ``env=<map>``.
+    An ``env=`` that disagrees with the checkpoint stays an error (the online phase says so)."""
+    given = {a.lstrip("+").partition("=")[0]: a.partition("=")[2] for a in argv if "=" in a}
+    ckpt = given.get("ckpt", "")
+    if (given.get("phase") != "online" or ckpt in ("", "null") or "env" in given or "experiment" in given
+            or "-m" in argv or "--multirun" in argv or not Path(ckpt).is_file()):
+        return argv
+    import torch
+
+    try:
+        hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    except Exception:  # noqa: BLE001  not a checkpoint: the online phase names what is wrong with it
+        return argv
+    if not hparams.get("map_name"):
+        return argv
+    print(f"env={hparams['map_name']}: the map {ckpt} was trained on", file=sys.stderr)
+    return [*argv, f"env={hparams['map_name']}"]
+
+
 if __name__ == "__main__":
     _check_paths_before_hydra(sys.argv[1:])
+    sys.argv[1:] = _env_from_checkpoint(sys.argv[1:])
     main()

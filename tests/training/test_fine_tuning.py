@@ -357,3 +357,13 @@ def test_an_online_qmix_checkpoint_becomes_an_o2o_start(tmp_path, offline_ckpt, 
     # checkpoint.keep_replay=false: the finished run's resume buffer is gone, its checkpoints stay.
     assert summary["replay_removed_bytes"] > 0 and not (run_dir / "checkpoints" / "replay").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fine_tuning_takes_the_map_from_the_checkpoint_when_env_is_not_given(tmp_path, offline_ckpt, run_train):
+    """train.yaml's default map is 2s3z; the checkpoint is 3m's: without env= the run is on 3m."""
+    overrides = [o for o in TINY_ONLINE if not o.startswith("env=")]
+    proc = run_train("phase=online", "algo=ovmse", f"ckpt={offline_ckpt}", *overrides, "final_eval.episodes=0",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"env=3m: the map {offline_ckpt} was trained on" in proc.stderr
+    assert json.loads((tmp_path / "run" / "online_summary.json").read_text())["map"] == "3m"
