@@ -367,3 +367,14 @@ def test_fine_tuning_takes_the_map_from_the_checkpoint_when_env_is_not_given(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"env=3m: the map {offline_ckpt} was trained on" in proc.stderr
     assert json.loads((tmp_path / "run" / "online_summary.json").read_text())["map"] == "3m"
+
+
+def test_the_run_records_agree_on_the_online_objective(ovmse_run):
+    """hparams.yaml (what the loggers keep) holds the objective the run trained with, as its summary."""
+    import yaml
+
+    summary = json.loads((ovmse_run / "online_summary.json").read_text())
+    for path in (ovmse_run / "hparams.yaml", ovmse_run / "tensorboard" / "hparams.yaml"):
+        hparams = yaml.safe_load(path.read_text())
+        assert hparams["objective"] == summary["settings"]["objective"], path
+        assert hparams["objective"]["ovm"] is not None and hparams["objective"]["cql"]["alpha"] == 0.0

@@ -107,9 +107,11 @@ def check_backend(env_cfg: DictConfig | Mapping[str, Any]) -> None:
         check_starcraft_available(str(env_cfg["map_name"]))
 
 
-def make_loggers(cfg: DictConfig, out: str | Path) -> list:
+def make_loggers(cfg: DictConfig, out: str | Path, hparams: dict | None = None) -> list:
     """``metrics.csv`` in the run directory, plus TensorBoard events under ``tensorboard/``
-    when ``logger.tensorboard`` (the default)."""
+    when ``logger.tensorboard`` (the default). ``hparams`` (the module's, as the run trains)
+    are given to every logger now: the loop logs rows before Lightning would log them, and
+    TensorBoard writes its hparams.yaml only once, at its first save."""
     import warnings
 
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
@@ -121,6 +123,8 @@ def make_loggers(cfg: DictConfig, out: str | Path) -> list:
     loggers = [CSVLogger(save_dir=str(out), name="", version="")]
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
+    for logger in loggers if hparams is not None else ():
+        logger.log_hyperparams(hparams)
     return loggers
 
 

@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # Every checkpoint says how far the offline run got; only the final one says it finished.
     module.offline_run = {"planned_updates": steps, "finished": False}
     progress = EnvStepProgressBar(evaluation, None, total=steps, refresh_rate=int(cfg.trainer.progress_refresh_rate))
-    trainer = make_trainer(trainer_settings(cfg.trainer), out, loop, progress, loggers=make_loggers(cfg, out),
+    trainer = make_trainer(trainer_settings(cfg.trainer), out, loop, progress, loggers=make_loggers(cfg, out, hparams=dict(module.hparams)),
                            gradient_clip_val=float(algo.grad_norm_clip), distributed=False)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)

@@ -135,7 +135,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         # At the switch (not on resume: a resume point restores its own optimiser).
         optimizer_from=cfg.ckpt if fine_tune and resume_from is None and settings["restore_optimizer"] else None,
     )
-    loggers = make_loggers(cfg, out)
+    loggers = make_loggers(cfg, out, hparams=dict(module.hparams))
     if resume_from is not None:
         continue_metrics_csv(loggers, out, upto_step=module.progress())
     progress = EnvStepProgressBar(loop.evaluation, loop.collection, total=int(cfg.env_steps),

@@ -121,8 +121,10 @@ class QMixModule(pl.LightningModule):
         ``hparams.offline_progress``; the objective is an hparam, so every online checkpoint
         records it."""
         self.objective.reconfigure(settings)
-        self.hparams.update(objective=settings.to_dict(),
-                            offline_progress={"updates": self.updates, "episodes": self.episodes})
+        # save_hyperparameters, not hparams.update: the loggers' hparams.yaml are written from the
+        # initial hparams, which must be the online run's too.
+        self.save_hyperparameters({**self.hparams, "objective": settings.to_dict(),
+                                   "offline_progress": {"updates": self.updates, "episodes": self.episodes}})
         self.run_progress = Progress()
         self.clock = "env_steps"
 
