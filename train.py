@@ -2,7 +2,7 @@
 
 Hydra composes ``configs/train.yaml`` with one option from each config group
 (``phase``, ``env``, ``paths``), creates the run directory
-``outputs/<phase>/runs/<date>_<time>/`` (the composed config in ``.hydra/``, the
+``outputs/<phase>/runs/<map>_<algo>[_<dataset>]_s<seed>_<date>_<time>_<pid>/`` (the composed config in ``.hydra/``, the
 values used in ``config_resolved.yaml``)
 and hands the config to the phase registered under its name
 (:mod:`ovmse.phases`). Examples::
@@ -50,7 +50,18 @@ def _hydra_subdir(resume, now: str) -> str:
     return ".hydra" if not resume else f".hydra-resume/{now}"
 
 
+def _run_name(task, map_name, algo, dataset, seed, policy=None) -> str:
+    """What a run is, for its directory name: ``<map>_<algo>[_<dataset>]_s<seed>`` (the dataset of
+    an offline run; a fine-tuning run's is its checkpoint's; a rollout names its policy)."""
+    parts = [str(map_name or ""), str((policy if task == "rollout" else algo) or "")]
+    if task == "offline" and dataset:
+        parts.append(Path(str(dataset)).name)
+    parts.append(f"s{seed}")
+    return "_".join(p for p in parts if p)
+
+
 OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir, replace=True)
 

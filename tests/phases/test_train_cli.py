@@ -128,6 +128,7 @@ def test_default_run_directories_of_one_second_do_not_collide(tmp_path):
         assert p.returncode == 0, err[-2000:]
     runs = sorted((tmp_path / "rollout" / "runs").iterdir())
     assert len(runs) == 2 and all((r / "config_resolved.yaml").is_file() for r in runs)
+    assert all(r.name.startswith("3m_random_s0_") for r in runs), runs  # <map>_<policy>_s<seed>_<time>_<pid>
     # ... and so do two multiruns (-m), which used to share job directories
     procs = [subprocess.Popen(cmd[:2] + ["-m"] + cmd[2:], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
@@ -167,3 +168,13 @@ def test_debug_tiny_is_a_minute_scale_run_of_the_chosen_phase(compose_cfg):
     assert compose_cfg("phase=rollout", "debug=tiny").n_battles == 16
     # phase=pipeline has no part of its own (its minute-scale budget is budget=smoke)
     assert compose_cfg("phase=pipeline", "debug=tiny").trainer.progress_refresh_rate == 0
+
+
+def test_run_directory_names_say_what_the_run_is():
+    sys.path.insert(0, str(ROOT))
+    from train import _run_name
+
+    assert _run_name("offline", "2s3z", "ovmse", "medium", 1) == "2s3z_ovmse_medium_s1"
+    assert _run_name("offline", "3m", "macql", "/data/3m/medium_replay", 0) == "3m_macql_medium_replay_s0"
+    assert _run_name("online", "2s3z", "ovmse", "medium", 2) == "2s3z_ovmse_s2"  # the checkpoint's dataset
+    assert _run_name("rollout", "3m", "qmix", None, 0, "scripted") == "3m_scripted_s0"
