@@ -4,6 +4,7 @@
     python scripts/o2o_2s3z.py run                # run or continue the whole sweep, two workers
     python scripts/o2o_2s3z.py report             # JSON, figures and the docs/results.md section
     python scripts/o2o_2s3z.py diagnose           # the diagnosis runs (after the main sweep), two workers
+    python scripts/o2o_2s3z.py stats              # IQM, bootstrap intervals, P(improvement), marl-eval JSON
 
 ``run`` starts ``--workers`` processes (one torch thread each; two fill a 2-core machine).
 Each goes through the sweep's stages in order, each a Hydra multirun of ``phase=pipeline``
@@ -223,7 +224,7 @@ def run(args, part: str = "main") -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "diagnose", "worker", "report", "status"))
+    parser.add_argument("command", choices=("run", "diagnose", "worker", "report", "stats", "status"))
     parser.add_argument("--part", choices=("main", "diagnosis"), default="main", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help="sweep root (default outputs/sweeps/300k)")
     parser.add_argument("--workers", type=int, default=2)
@@ -248,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
             total = len(cells) * len(SEEDS)
             print(f"{title}: {total - len(missing)} of {total} runs finished; missing:")
             print("\n".join(f"  {m}" for m in missing))
+    elif args.command == "stats":
+        from o2o_2s3z_stats import main as stats  # noqa: PLC0415
+
+        stats()
     else:
         from o2o_2s3z_report import report  # noqa: PLC0415  (matplotlib only when reporting)
 

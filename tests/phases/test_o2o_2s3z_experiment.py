@@ -213,3 +213,21 @@ def test_report_refuses_to_lose_finished_runs_of_the_last_report(swept, tmp_path
     assert out_json.read_text() == before
     records = report_script.report(root, doc=doc, out_json=out_json, allow_dropping=True)
     assert "online/2s3z_medium/macql/seed1" not in {r["path"] for r in records}
+
+
+def test_stats_from_the_records_alone(swept, tmp_path):
+    """python scripts/o2o_2s3z.py stats reads the report's JSON only (no sweep outputs needed)."""
+    import o2o_2s3z_stats as stats_script
+
+    out_json = tmp_path / "o2o.json"
+    report_script.report(swept, doc=tmp_path / "r.md", out_json=out_json)
+    doc = tmp_path / "docs" / "results.md"
+    stats = stats_script.main(out_json, out_dir=tmp_path, doc=doc, reps=200)
+    medium = stats["2s3z_medium"]
+    assert medium["ovmse"]["final_win_rate"] == [0.95, 0.96, 0.97] and medium["ovmse"]["iqm"] == pytest.approx(0.96)
+    assert medium["macql"]["p_ovmse_better"] == 1.0  # 0.95-0.97 against 0.9 on every pair
+    assert "p_ovmse_better" not in medium["ovmse+algo.epsilon_start=0.2,env_steps=100000"]  # another budget
+    text = doc.read_text()
+    assert "| macalql | 3 | 0.600, 0.600, 0.600 |" in text and "(no interval: 2 seeds)" in text  # switch_cql: 2 done
+    marl = json.loads((tmp_path / "o2o_2s3z_marl_eval.json").read_text())
+    assert set(marl["smac_sim"]["2s3z_medium"]["ovmse"]) == {"run_0", "run_1", "run_2"}

@@ -1,0 +1,154 @@
+"""The field's statistics for the 2s3z experiment, from its records (``benchmarks/results/o2o_2s3z.json``,
+written by ``python scripts/o2o_2s3z.py report``): per task and algorithm the IQM and median
+of the final win rate (640 battles) with stratified-bootstrap 95% intervals, the probability
+that OVMSE improves on each other algorithm, IQM sample-efficiency curves, and the runs in
+marl-eval's JSON format (:mod:`ovmse.report.statistics`).
+
+    python scripts/o2o_2s3z.py stats
+
+Writes ``benchmarks/results/o2o_2s3z_stats.json``, ``benchmarks/results/o2o_2s3z_marl_eval.json``,
+``docs/img/o2o_2s3z_iqm.png`` and the statistics section of docs/results.md. It reads only the
+records, so it works wherever they are (no sweep outputs needed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ovmse.report.statistics import improvement_interval, interval, iqm, iqm_curve, marl_eval_runs, median, \
+    probability_of_improvement
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from docs_sections import replace_section  # noqa: E402
+
+BEGIN, END = "<!-- O2O-2S3Z-STATS:BEGIN (written by python scripts/o2o_2s3z.py stats) -->", "<!-- O2O-2S3Z-STATS:END -->"
+REFERENCE = "ovmse"
+GRID = np.arange(10_000, 300_001, 10_000)
+MIN_SEEDS = 3  # fewer seeds get no interval in the table (a bootstrap of 1-2 values says nothing)
+SLACK = 2_000  # an evaluation counts for the grid step it is within this many env steps of
+
+
+def finished_runs(records: list[dict]) -> list[dict]:
+    return [r for r in records if r.get("status") == "finished" and r.get("final_win_rate") is not None]
+
+
+def on_grid(record: dict) -> np.ndarray | None:
+    """The run's evaluation win rates at the grid steps, or None if it misses one."""
+    steps = np.asarray(record.get("curve", {}).get("env_steps", []), dtype=float)
+    wins = np.asarray(record.get("curve", {}).get("win_rate", []), dtype=float)
+    if steps.size == 0:
+        return None
+    nearest = np.abs(steps[None, :] - GRID[:, None]).argmin(axis=1)
+    if (np.abs(steps[nearest] - GRID) > SLACK).any():
+        return None
+    return wins[nearest]
+
+
+def statistics(records: list[dict], reps: int = 2000) -> dict:
+    """Per task: per algorithm the final win rates, IQM and median with intervals, and the
+    probability that the reference algorithm (OVMSE) improves on it; IQM curves."""
+    out: dict = {}
+    runs = finished_runs(records)
+    for task in sorted({r["task"] for r in runs}):
+        by_algo: dict[str, list[dict]] = {}
+        for r in runs:
+            if r["task"] == task:
+                by_algo.setdefault(r["algorithm"], []).append(r)
+        rows = {}
+        ref = np.array([[r["final_win_rate"]] for r in by_algo.get(REFERENCE, [])])
+        for algo, algo_runs in sorted(by_algo.items()):
+            scores = np.array([[r["final_win_rate"]] for r in sorted(algo_runs, key=lambda r: r["seed"])])
+            row = {"seeds": [r["seed"] for r in sorted(algo_runs, key=lambda r: r["seed"])],
+                   "final_win_rate": scores[:, 0].tolist(),
+                   "iqm": iqm(scores), "iqm_ci": interval(scores, iqm, reps=reps),
+                   "median": median(scores), "median_ci": interval(scores, median, reps=reps)}
+            if algo != REFERENCE and ref.size and "+" not in algo:  # variants run other budgets
+                row[f"p_{REFERENCE}_better"] = probability_of_improvement(ref, scores)
+                row[f"p_{REFERENCE}_better_ci"] = improvement_interval(ref, scores, reps=reps)
+            curves = [c for c in (on_grid(r) for r in algo_runs) if c is not None]
+            if curves:
+                row["iqm_curve"] = {"env_steps": GRID.tolist(), **iqm_curve(np.array(curves)[:, None, :], reps=reps // 4)}
+            rows[algo] = row
+        out[task] = rows
+    return out
+
+
+def _ci(pair) -> str:
+    return f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def markdown(stats: dict, source: str) -> str:
+    lines = [f"Written {time.strftime('%Y-%m-%dT%H:%M:%S')} by `python scripts/o2o_2s3z.py stats` from `{source}` "
+             "(finished runs only). Final win rate over 640 battles; IQM and median over seeds with "
+             "stratified-bootstrap 95% intervals; P(OVMSE > X): the probability that an OVMSE run (the paper's "
+             "2s3z setting) ends above a run of X, ties counting half (300k-step runs only). Intervals are shown "
+             f"from {MIN_SEEDS} seeds on; with 3 they are wide, and say how little the runs can tell apart.", ""]
+    for task, rows in stats.items():
+        lines += [f"**{task}**", "", "| algorithm | seeds | final win rate per seed | IQM [95% CI] | median [95% CI] | "
+                  "P(OVMSE > X) [95% CI] |", "|---|---:|---|---|---|---|"]
+        # The main algorithms and ablations first, then the diagnosis variants (other settings or budgets).
+        for algo, row in sorted(rows.items(), key=lambda kv: ("+" in kv[0], kv[0])):
+            n = len(row["seeds"])
+            ci = (lambda pair: _ci(pair)) if n >= MIN_SEEDS else (lambda pair: f"(no interval: {n} seed{'s' * (n > 1)})")
+            poi = (f"{row[f'p_{REFERENCE}_better']:.2f} {ci(row[f'p_{REFERENCE}_better_ci'])}"
+                   if f"p_{REFERENCE}_better" in row else "—")
+            lines.append(f"| {algo} | {n} | {', '.join(f'{v:.3f}' for v in row['final_win_rate'])} | "
+                         f"{row['iqm']:.3f} {ci(row['iqm_ci'])} | {row['median']:.3f} {ci(row['median_ci'])} | {poi} |")
+        lines.append("")
+    lines += ["![IQM sample-efficiency curves](img/o2o_2s3z_iqm.png)", ""]
+    return "\n".join(lines)
+
+
+def draw(stats: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t, rows in stats.items() if any("iqm_curve" in r for r in rows.values())]
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(7 * max(len(tasks), 1), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for algo, row in stats[task].items():
+            if "iqm_curve" not in row or "+" in algo:  # the main algorithms; variants are in the table
+                continue
+            c = row["iqm_curve"]
+            x = np.asarray(c["env_steps"]) / 1000
+            ax.plot(x, c["iqm"], label=f"{algo} ({len(row['seeds'])})")
+            if len(row["seeds"]) >= MIN_SEEDS:
+                ax.fill_between(x, c["low"], c["high"], alpha=0.2)
+        ax.set(title=f"{task}: IQM of the greedy win rate (95% CI from {MIN_SEEDS} seeds)", xlabel="env steps (k)", ylabel="win rate",
+               ylim=(0, 1))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(records_path: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json",
+         out_dir: Path = ROOT / "benchmarks" / "results", doc: Path = ROOT / "docs" / "results.md",
+         reps: int = 2000) -> dict:
+    data = json.loads(records_path.read_text())
+    records = data["runs"]
+    stats = statistics(records, reps=reps)
+    (out_dir / "o2o_2s3z_stats.json").write_text(json.dumps(
+        {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": str(records_path.name),
+         "records_written": data.get("written"), "reference": REFERENCE, "tasks": stats}, indent=1) + "\n")
+    runs = [{"task": r["task"], "algorithm": r["algorithm"], "seed": r["seed"], "steps": r["curve"]["env_steps"],
+             "values": r["curve"]["win_rate"], "final": r["final_win_rate"]}
+            for r in finished_runs(records) if r.get("curve")]
+    (out_dir / "o2o_2s3z_marl_eval.json").write_text(json.dumps(marl_eval_runs(runs, "smac_sim"), indent=1) + "\n")
+    (doc.parent / "img").mkdir(parents=True, exist_ok=True)
+    draw(stats, doc.parent / "img" / "o2o_2s3z_iqm.png")
+    replace_section(doc, BEGIN, END, markdown(stats, records_path.name))
+    print(f"wrote {out_dir / 'o2o_2s3z_stats.json'}, {out_dir / 'o2o_2s3z_marl_eval.json'} and {doc}")
+    return stats
+
+
+if __name__ == "__main__":
+    main()
