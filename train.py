@@ -101,6 +101,9 @@ def main(cfg: DictConfig) -> None:
         if os.environ.get("OVMSE_TRACEBACK"):
             raise
         print(f"error: {err}", file=sys.stderr)
+        if not cfg.get("resume") and rank == 0:
+            lock.release()
+            _remove_if_only_records(out)
         sys.exit(2)
     except SIGTERMException:
         # Lightning stops training at a SIGTERM by raising a SystemExit without a code: exit 0,
@@ -110,6 +113,18 @@ def main(cfg: DictConfig) -> None:
         sys.exit(128 + 15)
     finally:
         lock.release()
+
+
+# What Hydra and main() write before a phase starts; a directory holding nothing else is no run.
+RECORDS = {".hydra", "config_resolved.yaml", "train.log", ".run.lock"}
+
+
+def _remove_if_only_records(out: Path) -> None:
+    """A run refused for bad input leaves no directory behind when it wrote nothing of its own."""
+    if out.is_dir() and {p.name for p in out.iterdir()} <= RECORDS:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _run_dir_problem(value: str, resuming: bool) -> str | None:

@@ -269,3 +269,11 @@ def test_a_budget_outside_the_pipeline_is_refused_not_ignored(compose_cfg, phase
     cfg = compose_cfg(f"phase={phase}", "env=3m", "algo=ovmse" if phase == "offline" else "algo=qmix", "budget=smoke")
     with pytest.raises(ValueError, match=f"budget= sets the stage budgets of phase=pipeline; phase={phase}.*debug=tiny"):
         run_phase(cfg)
+
+
+def test_a_refused_run_leaves_no_directory(tmp_path, run_train):
+    """Bad input found after Hydra made the run directory: nothing of the run is left behind."""
+    proc = run_train("phase=online", "env=3m", "env_steps=-1", f"paths.log_dir={tmp_path}", timeout=300)
+    assert proc.returncode == 2 and "env_steps must be an integer >= 1" in proc.stderr
+    runs = tmp_path / "online" / "runs"
+    assert not (runs.exists() and list(runs.iterdir()))
