@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-root", default=str(ROOT / "data"))
+    parser.add_argument("--out-json", default=None, help="report: write the records here instead of "
+                        "benchmarks/results/o2o_2s3z.json (e.g. a partial sweep root, to look at)")
+    parser.add_argument("--doc", default=None, help="report: write the section into this markdown file "
+                        "(with its figures under img/ beside it) instead of docs/results.md")
     parser.add_argument("--allow-dropping", action="store_true",
                         help="report: write even if the last report holds finished runs this root lacks")
     args = parser.parse_args(argv)
@@ -256,7 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from o2o_2s3z_report import report  # noqa: PLC0415  (matplotlib only when reporting)
 
-        report(sweep_root(args), allow_dropping=args.allow_dropping)
+        where = {"out_json": Path(args.out_json)} if args.out_json else {}
+        where.update({"doc": Path(args.doc)} if args.doc else {})
+        report(sweep_root(args), allow_dropping=args.allow_dropping, **where)
 
 
 if __name__ == "__main__":

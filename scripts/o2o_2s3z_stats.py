@@ -130,22 +130,42 @@ def draw(stats: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main(records_path: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json",
-         out_dir: Path = ROOT / "benchmarks" / "results", doc: Path = ROOT / "docs" / "results.md",
-         reps: int = 2000) -> dict:
-    data = json.loads(records_path.read_text())
-    records = data["runs"]
+def record_files(results: Path = ROOT / "benchmarks" / "results") -> list[Path]:
+    """The report's records, then the parts reported from other sweep roots
+    (``o2o_2s3z.part-*.json``: runs of a session whose machine lacked the earlier outputs)."""
+    return [results / "o2o_2s3z.json", *sorted(results.glob("o2o_2s3z.part-*.json"))]
+
+
+def merged_runs(paths: list[Path]) -> list[dict]:
+    """The runs of every file, each (task, algorithm, seed) once: the first file's wins."""
+    runs, seen = [], set()
+    for path in paths:
+        for r in json.loads(path.read_text())["runs"]:
+            key = (r["task"], r["algorithm"], r["seed"])
+            if r.get("status") == "finished" and key in seen:
+                print(f"{path.name}: {key} is in an earlier file too; the earlier one is kept")
+                continue
+            if r.get("status") == "finished":
+                seen.add(key)
+            runs.append(r)
+    return runs
+
+
+def main(records_paths: list[Path] | None = None, out_dir: Path = ROOT / "benchmarks" / "results",
+         doc: Path = ROOT / "docs" / "results.md", reps: int = 2000) -> dict:
+    paths = record_files() if records_paths is None else list(records_paths)
+    records = merged_runs(paths)
     stats = statistics(records, reps=reps)
     (out_dir / "o2o_2s3z_stats.json").write_text(json.dumps(
-        {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": str(records_path.name),
-         "records_written": data.get("written"), "reference": REFERENCE, "tasks": stats}, indent=1) + "\n")
+        {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": [p.name for p in paths],
+         "reference": REFERENCE, "tasks": stats}, indent=1) + "\n")
     runs = [{"task": r["task"], "algorithm": r["algorithm"], "seed": r["seed"], "steps": r["curve"]["env_steps"],
              "values": r["curve"]["win_rate"], "final": r["final_win_rate"]}
             for r in finished_runs(records) if r.get("curve")]
     (out_dir / "o2o_2s3z_marl_eval.json").write_text(json.dumps(marl_eval_runs(runs, "smac_sim"), indent=1) + "\n")
     (doc.parent / "img").mkdir(parents=True, exist_ok=True)
     draw(stats, doc.parent / "img" / "o2o_2s3z_iqm.png")
-    replace_section(doc, BEGIN, END, markdown(stats, records_path.name))
+    replace_section(doc, BEGIN, END, markdown(stats, ", ".join(p.name for p in paths)))
     print(f"wrote {out_dir / 'o2o_2s3z_stats.json'}, {out_dir / 'o2o_2s3z_marl_eval.json'} and {doc}")
     return stats
 

@@ -222,7 +222,7 @@ def test_stats_from_the_records_alone(swept, tmp_path):
     out_json = tmp_path / "o2o.json"
     report_script.report(swept, doc=tmp_path / "r.md", out_json=out_json)
     doc = tmp_path / "docs" / "results.md"
-    stats = stats_script.main(out_json, out_dir=tmp_path, doc=doc, reps=200)
+    stats = stats_script.main([out_json], out_dir=tmp_path, doc=doc, reps=200)
     medium = stats["2s3z_medium"]
     assert medium["ovmse"]["final_win_rate"] == [0.95, 0.96, 0.97] and medium["ovmse"]["iqm"] == pytest.approx(0.96)
     assert medium["macql"]["p_ovmse_better"] == 1.0  # 0.95-0.97 against 0.9 on every pair
@@ -231,3 +231,13 @@ def test_stats_from_the_records_alone(swept, tmp_path):
     assert "| macalql | 3 | 0.600, 0.600, 0.600 |" in text and "(no interval: 2 seeds)" in text  # switch_cql: 2 done
     marl = json.loads((tmp_path / "o2o_2s3z_marl_eval.json").read_text())
     assert set(marl["smac_sim"]["2s3z_medium"]["ovmse"]) == {"run_0", "run_1", "run_2"}
+
+
+def test_stats_merge_record_files_each_run_once(tmp_path):
+    import o2o_2s3z_stats as stats_script
+
+    run = {"task": "2s3z_medium", "algorithm": "ovmse", "seed": 1, "status": "finished", "final_win_rate": 0.5}
+    (tmp_path / "a.json").write_text(json.dumps({"runs": [run]}))
+    (tmp_path / "b.json").write_text(json.dumps({"runs": [{**run, "final_win_rate": 0.9}, {**run, "seed": 2}]}))
+    runs = stats_script.merged_runs([tmp_path / "a.json", tmp_path / "b.json"])
+    assert [(r["seed"], r["final_win_rate"]) for r in runs] == [(1, 0.5), (2, 0.5)]
