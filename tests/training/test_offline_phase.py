@@ -111,7 +111,7 @@ def test_offline_needs_an_o2o_algo_and_a_valid_dataset(tmp_path, dataset, run_tr
 def test_per_map_cql_settings_follow_the_paper():
     from omegaconf import OmegaConf
 
-    from ovmse.phases.offline import offline_settings
+    from ovmse.phases.settings import offline_settings
 
     algo = OmegaConf.load(ROOT / "configs" / "algo" / "o2o.yaml")
     cfg = OmegaConf.create({"algo": {"name": "ovmse", "offline": algo.offline, "sample_with_replacement": False}})
@@ -272,7 +272,7 @@ def test_killed_offline_run_cannot_be_fine_tuned(tmp_path, dataset, run_train, t
 
 def test_an_algorithm_without_offline_settings_is_named_even_with_the_tiny_preset(compose_cfg):
     """debug=tiny gives every algorithm's offline block a batch size; QMIX still has no offline phase."""
-    from ovmse.phases.offline import offline_settings
+    from ovmse.phases.settings import offline_settings
 
     cfg = compose_cfg("phase=offline", "env=3m", "algo=qmix", "debug=tiny")
     with pytest.raises(ValueError, match="algo='qmix' has no offline settings"):

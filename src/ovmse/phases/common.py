@@ -107,11 +107,13 @@ def check_backend(env_cfg: DictConfig | Mapping[str, Any]) -> None:
         check_starcraft_available(str(env_cfg["map_name"]))
 
 
-def make_loggers(cfg: DictConfig, out: str | Path, hparams: dict | None = None) -> list:
+def make_loggers(cfg: DictConfig, out: str | Path, hparams: dict | None = None, resume_step: int | None = None) -> list:
     """``metrics.csv`` in the run directory, plus TensorBoard events under ``tensorboard/``
-    when ``logger.tensorboard`` (the default). ``hparams`` (the module's, as the run trains)
-    are given to every logger now: the loop logs rows before Lightning would log them, and
-    TensorBoard writes its hparams.yaml only once, at its first save."""
+    when ``logger.tensorboard`` (the default). ``resume_step``: a resumed run keeps its rows up
+    to there (:func:`continue_metrics_csv`, first: the CSV logger deletes the file when it
+    starts). ``hparams`` (the module's, as the run trains) are then given to every logger: the
+    loop logs rows before Lightning would log them, and TensorBoard writes its hparams.yaml
+    only once, at its first save."""
     import warnings
 
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
@@ -123,6 +125,8 @@ def make_loggers(cfg: DictConfig, out: str | Path, hparams: dict | None = None) 
     loggers = [CSVLogger(save_dir=str(out), name="", version="")]
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False))
+    if resume_step is not None:
+        continue_metrics_csv(loggers, out, upto_step=resume_step)
     for logger in loggers if hparams is not None else ():
         logger.log_hyperparams(hparams)
     return loggers

@@ -1,7 +1,7 @@
 """The one place where an algorithm config becomes the objective the learner optimises.
 
 :func:`resolve_objective` turns ``cfg.algo`` (with the per-map and per-task tables read by
-:func:`~ovmse.phases.offline.offline_settings` and :func:`~ovmse.phases.fine_tuning.online_settings`)
+:func:`~ovmse.phases.settings.offline_settings` and :func:`~ovmse.phases.fine_tuning.online_settings`)
 into an :class:`~ovmse.losses.objective.ObjectiveSettings`:
 
 * an algorithm without ``offline:`` / ``online:`` blocks (QMIX from scratch): TD(λ) alone;
@@ -28,7 +28,7 @@ def resolve_objective(cfg: DictConfig, map_name: str, dataset: str | None = None
     """The objective of ``cfg.algo`` on ``map_name`` / ``dataset``: from scratch or offline when
     ``pretrained`` is None, else fine-tuning a module trained with ``pretrained``."""
     from .fine_tuning import is_fine_tuning, online_settings
-    from .offline import has_offline_settings, offline_settings
+    from .settings import has_offline_settings, offline_settings
 
     algo = cfg.algo
     if pretrained is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,34 +36,7 @@ from .common import (check_backend, collection_threads, make_loggers, make_qmix_
                      trainer_settings, write_json)
 from .common import env_options as env_options_of
 from .objective import resolve_objective
-from .settings import per_map
-
-
-def has_offline_settings(algo: DictConfig) -> bool:
-    """Whether ``algo`` pretrains offline: an ``offline:`` block with its CQL choice (a preset such
-    as ``debug=tiny`` may add batch sizes to any algorithm's block)."""
-    return "offline" in algo and "cql" in algo.offline
-
-
-def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
-    algo = cfg.algo
-    if not has_offline_settings(algo):
-        raise ValueError(f"algo={algo.get('name')!r} has no offline settings; pretrain with an offline-to-online "
-                         "algorithm: algo=ovmse, macql, macalql or switch_cql")
-    off = algo.offline
-    cql = per_map(off.cql, map_name, "algo.offline.cql")
-    cql = None if cql in (None, "none", "null") else str(cql)
-    return {
-        "cql": cql,
-        "cql_alpha": float(per_map(off.alpha, map_name, "algo.offline.alpha")) if cql else 0.0,
-        "cql_samples": int(off.samples),
-        "cql_sampling": str(off.sampling),
-        "cfcql_temperature": float(off.cfcql_temperature),
-        "target_update_updates": int(per_map(off.target_update_updates, map_name,
-                                             "algo.offline.target_update_updates")),
-        "batch_size": int(off.batch_size),
-        "sample_with_replacement": bool(algo.sample_with_replacement),
-    }
+from .settings import offline_settings
 
 
 def offline_updates(steps: int, dataset_timesteps: int | None, batch_size: int, episodes: int, transitions: int) -> int:

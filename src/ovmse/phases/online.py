@@ -42,7 +42,7 @@ from ovmse.training.update_ratio import UpdateRatio
 from .common import check_backend, collection_threads, make_loggers, make_qmix_module, trainer_settings
 from .objective import resolve_objective
 from .common import env_options as env_options_of
-from .common import continue_metrics_csv, resolve_device, seed_everything, write_json
+from .common import resolve_device, seed_everything, write_json
 from .fine_tuning import (
     O2O_ALGOS,
     is_fine_tuning,
@@ -135,9 +135,8 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         # At the switch (not on resume: a resume point restores its own optimiser).
         optimizer_from=cfg.ckpt if fine_tune and resume_from is None and settings["restore_optimizer"] else None,
     )
-    loggers = make_loggers(cfg, out, hparams=dict(module.hparams))
-    if resume_from is not None:
-        continue_metrics_csv(loggers, out, upto_step=module.progress())
+    loggers = make_loggers(cfg, out, hparams=dict(module.hparams),
+                           resume_step=module.progress() if resume_from is not None else None)
     progress = EnvStepProgressBar(loop.evaluation, loop.collection, total=int(cfg.env_steps),
                                   refresh_rate=int(cfg.trainer.progress_refresh_rate))
     trainer = make_trainer(trainer_cfg, out, loop, progress, loggers=loggers, num_threads=cfg.get("num_threads"),

@@ -1,4 +1,5 @@
-"""Per-map and per-task hyperparameter tables of the algo configs (paper Tables 3-7).
+"""Per-map and per-task hyperparameter tables of the algo configs (paper Tables 3-7), and the
+offline phase's settings read from them (:func:`offline_settings`).
 
 A setting is either one value for every map, or a table keyed by task ``<map>_<dataset>``
 (e.g. ``5m_vs_6m_medium_replay``), by map (``3s5z``), with ``default`` for the rest::
@@ -29,3 +30,30 @@ def per_task(value: Any, map_name: str, dataset: str | None, what: str) -> Any:
 def per_map(value: Any, map_name: str, what: str) -> Any:
     """``value`` itself, or ``value[map_name]`` (else ``value["default"]``) for a per-map table."""
     return per_task(value, map_name, None, what)
+
+
+def has_offline_settings(algo: DictConfig) -> bool:
+    """Whether ``algo`` pretrains offline: an ``offline:`` block with its CQL choice (a preset such
+    as ``debug=tiny`` may add batch sizes to any algorithm's block)."""
+    return "offline" in algo and "cql" in algo.offline
+
+
+def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
+    algo = cfg.algo
+    if not has_offline_settings(algo):
+        raise ValueError(f"algo={algo.get('name')!r} has no offline settings; pretrain with an offline-to-online "
+                         "algorithm: algo=ovmse, macql, macalql or switch_cql")
+    off = algo.offline
+    cql = per_map(off.cql, map_name, "algo.offline.cql")
+    cql = None if cql in (None, "none", "null") else str(cql)
+    return {
+        "cql": cql,
+        "cql_alpha": float(per_map(off.alpha, map_name, "algo.offline.alpha")) if cql else 0.0,
+        "cql_samples": int(off.samples),
+        "cql_sampling": str(off.sampling),
+        "cfcql_temperature": float(off.cfcql_temperature),
+        "target_update_updates": int(per_map(off.target_update_updates, map_name,
+                                             "algo.offline.target_update_updates")),
+        "batch_size": int(off.batch_size),
+        "sample_with_replacement": bool(algo.sample_with_replacement),
+    }
