@@ -85,8 +85,8 @@ def _filled(batch, keys: QMixKeys) -> torch.Tensor:
 
 
 def unroll_agent_q(agent: RNNAgent, batch, keys: QMixKeys = DEFAULT_KEYS) -> torch.Tensor:
-    """Per-agent Q for every row: ``[B, T+1, N, A]`` (rows beyond ``filled`` are garbage but finite
-    for finite inputs; the RNN is causal, so they never affect filled rows).
+    """Per-agent Q for every row: ``[B, T+1, N, A]``; rows after an episode's last filled row are
+    not computed and hold 0 (the RNN is causal, so they could never affect filled rows).
 
     Input at t: ``obs_t ‖ one_hot(a_{t-1}) ‖ one_hot(agent id)``; ``a_{-1} = -1`` (zeros).
     Actions of unfilled rows are replaced by 0 so padding values can never break ``one_hot``.
@@ -97,7 +97,10 @@ def unroll_agent_q(agent: RNNAgent, batch, keys: QMixKeys = DEFAULT_KEYS) -> tor
     actions = torch.where(filled.unsqueeze(-1), actions, torch.zeros_like(actions))
     last = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
     inputs = agent_inputs(obs, last, agent.n_actions)
-    return agent.unroll(inputs)
+    # Up to the last filled row (not the count of filled rows), so a gap could never shift rows.
+    rows = torch.arange(1, filled.shape[1] + 1, device=filled.device)
+    lengths = (filled * rows).amax(dim=1)
+    return agent.unroll(inputs, lengths=lengths)
 
 
 def transition_mask(batch, keys: QMixKeys = DEFAULT_KEYS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,15 +142,17 @@ def q_tot_taken(
         agent_q: optional precomputed ``unroll_agent_q(agent, batch)`` ``[B, T+1, N, A]`` to
             avoid a second unroll (the loss reuses it for the double-Q argmax).
 
-    Entries of invalid transitions are finite but meaningless; multiply by
-    :func:`transition_mask` (or use ``torch.where``) before reducing.
+    Transitions whose next row is not filled are not mixed and hold 0; the rest of the invalid
+    ones (after a termination) are finite but meaningless: multiply by :func:`transition_mask`
+    (or use ``torch.where``) before reducing.
     """
     if agent_q is None:
         agent_q = unroll_agent_q(agent, batch, keys)
     T = agent_q.shape[1] - 1
     actions = taken_actions(batch, T, keys).clamp(0, agent_q.shape[-1] - 1)
     chosen = agent_q[:, :T].gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [B, T, N]
-    return mixer(chosen, batch[keys.state][:, :T])
+    # A transition is valid only if the row after it is filled (transition_mask): mix those.
+    return mixer.forward_rows(chosen, batch[keys.state][:, :T], _filled(batch, keys)[:, 1 : T + 1])
 
 
 @torch.no_grad()
@@ -178,6 +183,5 @@ def target_values(
     select_from = online_agent_q.detach() if double_q else target_q
     a_star = masked_greedy(select_from, avail, strict=False)  # [B, T+1, N]
     q_star = target_q.gather(-1, a_star.unsqueeze(-1)).squeeze(-1)
-    q_tot = target_mixer(q_star, batch[keys.state])  # [B, T+1, 1]
-    q_tot = torch.where(filled.unsqueeze(-1), q_tot, torch.zeros_like(q_tot))
+    q_tot = target_mixer.forward_rows(q_star, batch[keys.state], filled)  # [B, T+1, 1]
     return (q_tot, a_star) if return_actions else q_tot

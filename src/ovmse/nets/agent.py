@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .packed_gru import packed_gru
+
 
 def agent_inputs(obs: torch.Tensor, last_action: torch.Tensor, n_actions: int) -> torch.Tensor:
     """Build the agent network input ``obs ‖ one_hot(last_action) ‖ one_hot(agent_id)``.
@@ -79,20 +81,41 @@ class RNNAgent(nn.Module):
         q = self.fc2(h)
         return q.view(*lead, self.n_actions), h.view(*lead, self.hidden_dim)
 
-    def unroll(self, inputs: torch.Tensor, hidden0: torch.Tensor | None = None) -> torch.Tensor:
-        """Run a whole sequence, carrying the hidden state over time.
+    def unroll(
+        self, inputs: torch.Tensor, hidden0: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run whole sequences, carrying the hidden state over time.
+
+        Only the first ``lengths[b]`` rows of episode b are computed: the episodes are packed
+        longest first and run through :func:`~ovmse.nets.packed_gru.packed_gru` (one matmul per
+        step forward and one backward; the input and output layers are one matmul over all
+        rows), so padding after an episode's end costs nothing. The values of the computed rows
+        equal :meth:`forward` applied step by step, to float rounding.
 
         Args:
             inputs: ``[B, T, N, D]``.
             hidden0: ``[B, N, H]`` or ``None`` for zeros.
+            lengths: int64 ``[B]``, rows to compute per episode (``None``: all T).
 
         Returns:
-            q: ``[B, T, N, A]``.
+            q: ``[B, T, N, A]``; 0 on the rows that were not computed.
         """
         B, T, N, _ = inputs.shape
-        h = self.initial_hidden((B, N), device=inputs.device) if hidden0 is None else hidden0
-        qs = []
-        for t in range(T):  # recurrence forces a loop over time; agents/batch stay vectorised
-            q, h = self(inputs[:, t], h)
-            qs.append(q)
-        return torch.stack(qs, dim=1)
+        device = inputs.device
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=device)
+        elif lengths.shape != (B,):
+            raise ValueError(f"lengths must be [B] = [{B}], got {tuple(lengths.shape)}")
+        order = torch.argsort(lengths, descending=True, stable=True)
+        running = lengths.clamp(max=T).index_select(0, order).unsqueeze(0) > torch.arange(T, device=device).unsqueeze(1)
+        episodes_per_step = [n for n in running.sum(1).tolist() if n > 0]  # [T, B] sorted -> non-increasing
+        q = inputs.new_zeros(T, B, N, self.n_actions)
+        if not episodes_per_step:
+            return q.transpose(0, 1)
+        x = inputs.index_select(0, order).transpose(0, 1)[running]  # [R, N, D], time-major packed
+        h0 = (self.initial_hidden((B, N), device=device) if hidden0 is None else hidden0.index_select(0, order))
+        h0 = h0.reshape(B * N, self.hidden_dim)[: episodes_per_step[0] * N]
+        e = F.relu(self.fc1(x.reshape(-1, self.input_dim)))
+        h = packed_gru(e, self.rnn, h0, [n * N for n in episodes_per_step])
+        q = q.index_put((running,), self.fc2(h).view(-1, N, self.n_actions))
+        return q.transpose(0, 1).index_select(0, torch.argsort(order))

@@ -69,6 +69,19 @@ class QMixer(nn.Module):
         s = state.reshape(-1, self.state_dim)  # [M, S]
         return self._mix(qs, s).view(*lead, 1)
 
+    def forward_rows(self, agent_qs: torch.Tensor, state: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on the rows where ``rows`` is True only, 0 elsewhere: the padding after
+        the episodes' ends costs no hypernetwork pass.
+
+        Args:
+            agent_qs: ``[B, T, N]``; state: ``[B, T, S]``; rows: bool ``[B, T]``.
+
+        Returns:
+            q_tot: ``[B, T, 1]``.
+        """
+        out = agent_qs.new_zeros(*rows.shape, 1)
+        return out.index_put((rows,), self.forward(agent_qs[rows], state[rows]))
+
     def forward_samples(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Mix K joint samples per state, computing the hypernetwork weights once per state.
 
