@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """One measurement of benchmarks/train_throughput.py, in a fresh process, on whichever code
 ``ovmse`` is imported from (PYTHONPATH picks the tree: this checkout or the baseline's git
-worktree). Uses only APIs both trees have, so the same lines time the old and the new path.
+worktree). Uses only APIs both trees have (or, where an API moved, each tree's own), so the same lines
+time the old and the new path.
 Prints one JSON object as its last line.
 
     python benchmarks/throughput_worker.py update --episodes F --threads 2 --cql macql
@@ -27,6 +28,15 @@ def _sources() -> dict:
     return {"ovmse": ovmse.__file__, "data_modules": data_modules.__file__}
 
 
+def _online_collection():
+    """The collector class, wherever this tree keeps it (it moved in issue 18)."""
+    try:
+        from ovmse.collection.online import OnlineCollection
+    except ImportError:  # the baseline tree
+        from ovmse.training.collection_driver import OnlineCollection
+    return OnlineCollection
+
+
 def record(args) -> dict:
     """``--n`` random-play episodes of ``--map`` (ε = 1) saved to ``--episodes-out``: the batch source
     both trees' update measurements read, so they time the very same episodes."""
@@ -34,7 +44,8 @@ def record(args) -> dict:
     from ovmse.envs import get_map
     from ovmse.exploration import LinearSchedule
     from ovmse.nets import RNNAgent
-    from ovmse.collection.online import OnlineCollection
+
+    OnlineCollection = _online_collection()
 
     spec = get_map(args.map)
     torch.manual_seed(args.seed)
@@ -58,7 +69,6 @@ def _module_and_data(args):
     from data_modules import ReplayDataModule
     from ovmse.collection import EpisodeReplayBuffer
     from ovmse.envs import get_map
-    from ovmse.losses.objective import CQLSettings, ObjectiveSettings
     from ovmse.training.qmix_module import QMixModule
 
     spec = get_map(args.map)
@@ -69,8 +79,13 @@ def _module_and_data(args):
     data = ReplayDataModule(online=buf, batch_size=args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     torch.manual_seed(args.seed)
     cql = None if args.cql == "none" else args.cql
-    module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, map_name=spec.name,
-                        objective=ObjectiveSettings(cql=CQLSettings(cql, alpha=0.05) if cql else None))
+    try:
+        from ovmse.losses.objective import CQLSettings, ObjectiveSettings
+    except ImportError:  # a tree from before issue 18's one objective (e.g. the baseline a860934)
+        objective = {"cql": cql, "cql_alpha": 0.05 if cql else 0.0}
+    else:
+        objective = {"objective": ObjectiveSettings(cql=CQLSettings(cql, alpha=0.05) if cql else None)}
+    module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, map_name=spec.name, **objective)
     return module, data
 
 
@@ -158,7 +173,8 @@ def collect(args) -> dict:
     from ovmse.envs import get_map
     from ovmse.exploration import LinearSchedule
     from ovmse.nets import RNNAgent
-    from ovmse.collection.online import OnlineCollection
+
+    OnlineCollection = _online_collection()
 
     spec = get_map(args.map)
     torch.manual_seed(args.seed)

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovmse.report.statistics import improvement_interval, interval, iqm, iqm_curve, marl_eval_runs, median, \
-    probability_of_improvement
+from ovmse.report.statistics import final_score_rows, iqm_curve, marl_eval_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,17 +60,18 @@ def statistics(records: list[dict], reps: int = 2000) -> dict:
         for r in runs:
             if r["task"] == task:
                 by_algo.setdefault(r["algorithm"], []).append(r)
+        ordered = {algo: sorted(algo_runs, key=lambda r: r["seed"]) for algo, algo_runs in sorted(by_algo.items())}
+        # Intervals for every algorithm (the table shows them from MIN_SEEDS on); variants run other
+        # budgets, so OVMSE is compared with the main algorithms only.
+        scores = {algo: [r["final_win_rate"] for r in algo_runs] for algo, algo_runs in ordered.items()}
+        shared = final_score_rows(scores, reference=REFERENCE, reps=reps, min_runs=1)
         rows = {}
-        ref = np.array([[r["final_win_rate"]] for r in by_algo.get(REFERENCE, [])])
-        for algo, algo_runs in sorted(by_algo.items()):
-            scores = np.array([[r["final_win_rate"]] for r in sorted(algo_runs, key=lambda r: r["seed"])])
-            row = {"seeds": [r["seed"] for r in sorted(algo_runs, key=lambda r: r["seed"])],
-                   "final_win_rate": scores[:, 0].tolist(),
-                   "iqm": iqm(scores), "iqm_ci": interval(scores, iqm, reps=reps),
-                   "median": median(scores), "median_ci": interval(scores, median, reps=reps)}
-            if algo != REFERENCE and ref.size and "+" not in algo:  # variants run other budgets
-                row[f"p_{REFERENCE}_better"] = probability_of_improvement(ref, scores)
-                row[f"p_{REFERENCE}_better_ci"] = improvement_interval(ref, scores, reps=reps)
+        for algo, algo_runs in ordered.items():
+            row = {"seeds": [r["seed"] for r in algo_runs], "final_win_rate": scores[algo],
+                   **{k: shared[algo][k] for k in ("iqm", "iqm_ci", "median", "median_ci")}}
+            if "p_better" in shared[algo] and "+" not in algo:
+                row[f"p_{REFERENCE}_better"] = shared[algo]["p_better"]
+                row[f"p_{REFERENCE}_better_ci"] = shared[algo]["p_better_ci"]
             curves = [c for c in (on_grid(r) for r in algo_runs) if c is not None]
             if curves:
                 row["iqm_curve"] = {"env_steps": GRID.tolist(), **iqm_curve(np.array(curves)[:, None, :], reps=reps // 4)}

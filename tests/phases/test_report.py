@@ -260,3 +260,28 @@ def test_the_drop_is_measured_from_the_offline_policys_return(tmp_path):
     assert claims["c"]["values"]["ovmse"]["drops"] == [5.0]  # 12 - 7
     assert claims["c"]["values"]["switch_cql"]["drops"] == [9.0]  # 12 - 3
     assert claims["c"]["verdict"] == "holds"
+
+
+def test_field_statistics_of_table1_and_marl_eval_json(sweep, tmp_path):
+    """IQM/median with intervals from 3 seeds on, P(OVMSE > X) by hand, marl-eval JSON of the runs."""
+    write_report(sweep, tmp_path / "out")
+    stats = json.loads((tmp_path / "out" / "report.json").read_text())["table1_statistics"]
+    ovmse, qmix = stats["2s3z_medium"]["ovmse"], stats["2s3z_medium"]["qmix"]
+    # OVMSE 0.2, 0.4, 0.6, 1.0: IQM cuts one run from each end -> mean(0.4, 0.6) = 0.5.
+    assert ovmse["n"] == 4 and ovmse["iqm"] == pytest.approx(0.5) and ovmse["median"] == pytest.approx(0.5)
+    lo, hi = ovmse["iqm_ci"]
+    assert 0.2 <= lo <= 0.5 <= hi <= 1.0
+    # QMIX 0.1, 0.3, 0.2: OVMSE's 0.4, 0.6, 1.0 beat all three; its 0.2 beats 0.1, ties 0.2 (half),
+    # loses to 0.3 -> (3 + 3 + 3 + 1.5) / 12.
+    assert qmix["p_better"] == pytest.approx(10.5 / 12) and "p_better" not in ovmse
+    # One seed: numbers, no interval, no probability of improvement.
+    single = stats["6h_vs_8z_medium_replay"]["switch_cql"]
+    assert single["n"] == 1 and "iqm_ci" not in single and "p_better" not in single
+    table = (tmp_path / "out" / "table1.md").read_text()
+    assert "| 2s3z_medium | QMIX | 3 | 0.200 [" in table and "| 0.88 [" in table
+    assert "(no interval: 1 seeds)" in table
+    marl = json.loads((tmp_path / "out" / "marl_eval.json").read_text())["smac"]
+    runs = marl["2s3z_medium"]["ovmse"]
+    assert sorted(runs) == ["run_0", "run_1", "run_2", "run_3"]  # finished variant-free runs only
+    assert runs["run_3"]["absolute_metrics"]["win_rate"] == [1.0]
+    assert [runs["run_0"][f"step_{i}"]["step_count"] for i in range(3)] == [1_000, 2_000, 10_000]

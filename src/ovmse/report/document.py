@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import paper
 from .claims import all_claims
+from .field_statistics import marl_eval, table1_statistics, table1_statistics_markdown
 from .figures import draw_figures
 from .runs import (FINISHED, UNFINISHED, UNREADABLE, OnlineRun, ReportError, SideRun, by_task, load_online_runs,
                    load_side_runs)
@@ -48,6 +49,8 @@ def write_report(root, out=None) -> Path:
     t1, t2 = table1(task_runs), table2(task_runs)
     returns = table1(task_runs, "eval/final_return")
     compared = comparison(t1)
+    stats = table1_statistics(t1)
+    (out / "marl_eval.json").write_text(json.dumps(marl_eval(task_runs), indent=2) + "\n")
     claims = all_claims(t1, t2, task_runs)
     figures = draw_figures(task_runs, out)
     compute = compute_totals(runs, side_runs)
@@ -61,7 +64,11 @@ def write_report(root, out=None) -> Path:
         "Ours vs the paper: best of Table 1's five algorithms per task:", comparison_markdown(compared),
         "The same final tests' median return (eval/final_return [25th, 75th percentile]), which still "
         "separates the algorithms where win rates are all near 0 (the paper gives no such table):",
-        table1_markdown(returns, digits=2)])
+        table1_markdown(returns, digits=2),
+        "The field's statistics of the same final tests (rliable, marl-eval): IQM and median over seeds with "
+        "stratified-bootstrap 95% intervals (from 3 seeds on), and P(OVMSE > X), the probability that an OVMSE "
+        "run ends above a run of X, ties counting half. The runs in marl-eval's JSON layout: `marl_eval.json`.",
+        table1_statistics_markdown(stats, t1["algos"])])
     table2_text = "## Table 2: mixing-ratio ablation (OVMSE)\n\n" + table2_markdown(t2)
     (out / "table1.md").write_text(table1_text + "\n")
     (out / "table2.md").write_text(table2_text + "\n")
@@ -72,7 +79,7 @@ def write_report(root, out=None) -> Path:
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     numbers = {"root": str(root), "budgets": budgets, "table1": t1, "paper_table1": paper.TABLE1,
-               "comparison": compared, "table1_return": returns, "table2": t2, "paper_table2": {"task": paper.TABLE2_TASK,
+               "comparison": compared, "table1_return": returns, "table1_statistics": stats, "table2": t2, "paper_table2": {"task": paper.TABLE2_TASK,
                                                                       "env_steps": paper.TABLE2_STEP,
                                                                       "mean_return": paper.TABLE2},
                "claims": claims, "figures": {k: v and str(v) for k, v in figures.items()},

@@ -93,6 +93,28 @@ def iqm_curve(curves: np.ndarray, reps: int = 500, seed: int = 0) -> dict[str, l
     return out
 
 
+def final_score_rows(scores_by_algo: dict[str, list[float]], reference: str = "ovmse", reps: int = 2000,
+                     min_runs: int = 3) -> dict[str, dict]:
+    """One task's final scores per algorithm -> per algorithm ``{"n", "iqm", "median"}`` and, from
+    ``min_runs`` runs on (a bootstrap of one or two values says nothing), their stratified-bootstrap
+    95% intervals ``"iqm_ci"``, ``"median_ci"``; for every other algorithm with ``min_runs`` runs,
+    ``"p_better"`` = P(a ``reference`` run ends above a run of it) and ``"p_better_ci"``.
+    Shared by ``ovmse.report`` (Table 1) and ``scripts/o2o_2s3z_stats.py``."""
+    rows: dict[str, dict] = {}
+    ref = np.asarray(scores_by_algo.get(reference, []), dtype=float)[:, None]
+    for algo, values in scores_by_algo.items():
+        scores = np.asarray(values, dtype=float)[:, None]  # [runs, tasks=1]
+        row = {"n": int(scores.shape[0]), "iqm": iqm(scores), "median": median(scores)}
+        if scores.shape[0] >= min_runs:
+            row["iqm_ci"] = interval(scores, iqm, reps=reps)
+            row["median_ci"] = interval(scores, median, reps=reps)
+            if algo != reference and ref.shape[0] >= min_runs:
+                row["p_better"] = probability_of_improvement(ref, scores)
+                row["p_better_ci"] = improvement_interval(ref, scores, reps=reps)
+        rows[algo] = row
+    return rows
+
+
 def marl_eval_runs(runs: list[dict], environment: str, metric: str = "win_rate") -> dict:
     """``runs`` in marl-eval's JSON layout: ``{environment: {task: {algorithm: {"run_<seed>":
     {"step_<i>": {"step_count": n, metric: [value]}, ..., "absolute_metrics": {metric: [final]}}}}}}``.
