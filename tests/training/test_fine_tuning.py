@@ -378,3 +378,22 @@ def test_the_run_records_agree_on_the_online_objective(ovmse_run):
         hparams = yaml.safe_load(path.read_text())
         assert hparams["objective"] == summary["settings"]["objective"], path
         assert hparams["objective"]["ovm"] is not None and hparams["objective"]["cql"]["alpha"] == 0.0
+
+
+def test_fine_tuning_evaluates_the_offline_policy_at_env_step_0_without_changing_training(
+        ovmse_run, offline_ckpt, tmp_path, run_train):
+    """The curve's first point is the offline policy (env step 0, before any collection); the
+    evaluation plays its own battles, so the run trains exactly as without it."""
+    rows = list(csv.DictReader((ovmse_run / "metrics.csv").open()))
+    evals = [r for r in rows if r.get("eval/win_rate") and not r.get("eval/final_win_rate")]
+    assert int(float(evals[0]["env_steps"])) == 0 and int(float(evals[1]["env_steps"])) > 0
+    proc = run_train("phase=online", "algo=ovmse", f"ckpt={offline_ckpt}", *TINY_ONLINE, "eval.at_start=false",
+                     f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    without = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert min(int(float(r["env_steps"])) for r in without if r.get("eval/win_rate")) > 0
+
+    def losses(table):
+        return [(r["env_steps"], r["train/loss"]) for r in table if r.get("train/loss")]
+
+    assert losses(rows) and losses(rows) == losses(without)

@@ -134,6 +134,7 @@ def build_online_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (
         probe=make_probe(cfg, module, fine_tune, out, env_seed, device, env_options),
         # At the switch (not on resume: a resume point restores its own optimiser).
         optimizer_from=cfg.ckpt if fine_tune and resume_from is None and settings["restore_optimizer"] else None,
+        evaluate_at_start=fine_tune and bool(cfg.eval.get("at_start", False)),
     )
     loggers = make_loggers(cfg, out, hparams=dict(module.hparams),
                            resume_step=module.progress() if resume_from is not None else None)

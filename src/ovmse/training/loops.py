@@ -48,13 +48,16 @@ class OnlineLoop(pl.Callback):
         probe: the unlearning probe of a fine-tuning run, or ``None``.
         optimizer_from: at the switch to online, load the Adam state of this offline checkpoint
             (``algo.online.restore_optimizer``; not on resume, a resume point has its own).
+        evaluate_at_start: evaluate before the first env step (``eval.at_start`` of a fine-tuning
+            run: the offline policy's level as the curve's first point; best.ckpt starts there).
     """
 
     def __init__(self, collection: CollectionSchedule, targets: TargetSchedule, evaluation: ScheduledEvaluation | None,
                  resume: ResumeWriter | None = None, probe: UnlearningProbe | None = None,
-                 optimizer_from: str | Path | None = None):
+                 optimizer_from: str | Path | None = None, evaluate_at_start: bool = False):
         self.collection, self.targets, self.evaluation = collection, targets, evaluation
         self.resume, self.probe, self.optimizer_from = resume, probe, optimizer_from
+        self.evaluate_at_start = evaluate_at_start
         if resume is not None and evaluation is not None:
             evaluation.save_last = resume.save
 
@@ -63,6 +66,9 @@ class OnlineLoop(pl.Callback):
             self.load_state_dict(loop_state_of(self.resume.restore(trainer, module)))
         if self.optimizer_from is not None:
             restore_optimizer(trainer, self.optimizer_from)
+        if self.evaluate_at_start and self.evaluation is not None and module.progress() == 0:
+            # The fine-tuning curve's first point: the offline policy, before any env step.
+            self.evaluation.run(trainer, module, save_last=False)
         self.collection.warm_up(trainer, module)
         if self.probe is not None and self.probe.due(module):
             self.probe.measure(trainer, module)  # the offline policy, before any update

@@ -47,7 +47,9 @@ class ScheduledEvaluation:
         """Whether the policy at the module's clock has been evaluated already."""
         return self._evaluated_at == module.progress()
 
-    def run(self, trainer: pl.Trainer, module) -> dict[str, float]:
+    def run(self, trainer: pl.Trainer, module, save_last: bool = True) -> dict[str, float]:
+        """Evaluate now; ``save_last=False`` keeps best.ckpt only (the evaluation before any
+        collection, whose resume point would hold nothing to resume)."""
         was_training = module.training
         module.eval()
         metrics = GreedyEvaluator.metrics(self.evaluator.run(math.ceil(self.episodes / trainer.world_size)))
@@ -64,7 +66,9 @@ class ScheduledEvaluation:
         if trainer.strategy.broadcast(metrics["eval/win_rate"] > self.best, src=0):
             self.best = metrics["eval/win_rate"]
             atomic_save_checkpoint(trainer, self.checkpoint_dir / "best.ckpt")
-        if self.save_last is not None:
+        if not save_last:
+            pass
+        elif self.save_last is not None:
             self.save_last(trainer, module)
         else:
             atomic_save_checkpoint(trainer, self.checkpoint_dir / "last.ckpt")
