@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offline_costs import median_seconds  # noqa: E402  one timing helper for the benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"GRU step h W_hh^T": (640, 64, 192), "input gates, all rows": (32_000, 64, 192),
@@ -33,16 +36,6 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
 
 
-def seconds(fn, repeats: int = 10) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> int:
     torch.set_num_threads(1)
     rows = []
@@ -50,7 +43,7 @@ def main() -> int:
         row = {"matmul": name, "shape": [m, k, n]}
         for dtype in (torch.float32, torch.bfloat16):
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            sec = seconds(lambda: a @ b)
+            sec = median_seconds(lambda: a @ b, repeats=10)
             row[str(dtype).split(".")[1]] = {"ms": 1000 * sec, "gflops": 2 * m * k * n / sec / 1e9}
         rows.append(row)
     out = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
