@@ -140,6 +140,11 @@ def test_a_sweep_runs_every_stage_once(swept):
     # The fine-tuning run starts from the shared checkpoint.
     ckpt = json.loads((root / "online" / "3m_medium" / "macql" / "seed0" / "online_summary.json").read_text())["ckpt"]
     assert Path(ckpt).parent.parent == offline[0].parent
+    # Each job ends with what its cell reached, each win rate with its number of battles, and where
+    # its files are.
+    assert "3m_medium ovmse seed 0: final win rate" in proc.stdout and "over 16 battles" in proc.stdout
+    assert "offline policy (last evaluation of the pretraining): win rate" in proc.stdout
+    assert "over 8 battles" in proc.stdout and f"tensorboard --logdir {root}" in proc.stdout
 
 
 def test_a_second_sweep_skips_what_is_done_and_resumes_a_killed_run(swept, tmp_path, sweep):
@@ -256,3 +261,24 @@ def test_the_collect_stage_gets_the_map_not_the_experiment_preset():
     overrides = ["experiment=2s3z_medium", "env=2s3z", "num_threads=1", "algo=ovmse", "dataset=medium"]
     assert _only(overrides, _COLLECT_FORWARD) == ["env=2s3z", "num_threads=1"]
     assert _only(overrides, _OFFLINE_FORWARD) == overrides
+
+
+def test_hydras_joblib_launcher_runs_cells_in_parallel_sharing_one_pretraining(swept, sweep):
+    """``hydra/launcher=joblib``: two cells of a new seed at once, in two processes; the offline
+    pretraining they share is made once (the other waits on its lock), each stage gets
+    ``num_threads`` = cores / 2."""
+    import os
+
+    tmp, _ = swept
+    fresh_jobs(tmp)
+    proc = sweep(tmp, "seed=7", "algo=ovmse,macql", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = job_records(tmp)
+    assert len(records) == 2 and len({r["pid"] for r in records}) == 2
+    offline = sorted(statuses(r)["offline"] for r in records)
+    assert offline.count("ran") == 1 and offline[1 - offline.index("ran")] in ("made by another process", "done before")
+    assert len(list((tmp / "sweep" / "offline" / "3m_medium").glob("seed7-*/offline_summary.json"))) == 1
+    threads = f"num_threads={max(1, (os.cpu_count() or 1) // 2)}"
+    for algo, record in zip(("ovmse", "macql"), records):
+        assert threads in record["overrides"]
+        assert (tmp / "sweep" / "online" / "3m_medium" / algo / "seed7" / "online_summary.json").is_file()

@@ -19,6 +19,7 @@ cell's own overrides and the budget's (``configs/budget/``); its command is reco
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -82,6 +83,28 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def parallel_jobs(launcher, cpu_count: int) -> int:
+    """How many sweep jobs Hydra's launcher runs at once: ``n_jobs`` of a parallel launcher
+    (joblib's convention: -1 is every core, -2 all but one), 1 for the basic launcher."""
+    n_jobs = launcher.get("n_jobs") if launcher is not None else None
+    if n_jobs is None:
+        return 1
+    n_jobs = int(n_jobs)
+    if n_jobs == 0:
+        raise ValueError("hydra.launcher.n_jobs=0: give the number of cells to run at once (-1: one per core)")
+    return max(1, n_jobs if n_jobs > 0 else cpu_count + 1 + n_jobs)
+
+
+def threads_per_job(overrides: list[str], launcher, cpu_count: int) -> list[str]:
+    """``num_threads=<cores / parallel jobs>`` for the stages when the launcher runs several
+    cells at once and the command set no ``num_threads``: each stage would otherwise use every
+    core, and two jobs on two cores would each run two threads (``[]`` when nothing to add)."""
+    jobs = parallel_jobs(launcher, cpu_count)
+    if jobs == 1 or any(override_key(o) == "num_threads" for o in overrides):
+        return []
+    return [f"num_threads={max(1, cpu_count // jobs)}"]
+
+
 def _only(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
     return [o for o in overrides if override_group(o) in keys]
 
@@ -111,10 +134,20 @@ class Pipeline:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.overrides = forwarded_overrides(_task_overrides())
+        self.overrides += self._threads_per_job()
         self.cell = make_cell(cfg, self.overrides)
         self.root_dir = Path(str(cfg.paths.root_dir))
         self.data_root = Path(str(cfg.data_root)).resolve()
         self.stages: list[dict] = []
+
+    def _threads_per_job(self) -> list[str]:
+        from hydra.core.hydra_config import HydraConfig
+
+        added = threads_per_job(self.overrides, HydraConfig.get().get("launcher"), os.cpu_count() or 1)
+        if added:
+            print(f"[pipeline] {added[0]} for each stage: the launcher runs "
+                  f"{parallel_jobs(HydraConfig.get().launcher, os.cpu_count() or 1)} cells at once", flush=True)
+        return added
 
     def _record(self, name: str, status: str, stage_dir: Path, command: list[str] | None = None,
                 wall: float | None = None) -> None:
@@ -248,7 +281,7 @@ class Pipeline:
     def describe(self) -> dict:
         c = self.cell
         return {"task": c.task, "algo": c.algo, "variant": c.variant, "seed": c.seed, "root": str(c.root),
-                "overrides": self.overrides, "stages": self.stages}
+                "overrides": self.overrides, "stages": self.stages, "pid": os.getpid()}
 
     def run(self) -> dict:
         """Do the cell's missing stages; the final test's metrics, or ``pipeline/skipped`` when
@@ -295,6 +328,32 @@ def run(cfg: DictConfig) -> dict:
         return {"pipeline/failed": 1.0}
     write_json(out / "pipeline.json", {**pipeline.describe(), "wall_seconds": time.perf_counter() - start})
     if "eval/final_win_rate" in metrics:
-        print(f"[pipeline] {c.task} {c.run_name} seed {c.seed}: final win rate {metrics['eval/final_win_rate']:.3f}, "
-              f"return {metrics.get('eval/final_return', float('nan')):.2f}", flush=True)
+        print("\n".join(cell_summary(pipeline)), flush=True)
     return metrics
+
+
+def _win_rate(summary: dict, key: str, battles_key: str) -> str:
+    return f"{summary[key]:.3f} over {int(summary.get(battles_key, 0))} battles"
+
+
+def cell_summary(pipeline: Pipeline) -> list[str]:
+    """What a finished cell reached and where its files are, for the end of a sweep job: the
+    offline policy's last greedy evaluation, the online run's final test (each with its number
+    of battles), the checkpoints, the TensorBoard and report commands."""
+    c = pipeline.cell
+    online = json.loads((c.online_dir / "online_summary.json").read_text())
+    lines = [f"[pipeline] {c.task} {c.run_name} seed {c.seed}: final win rate "
+             f"{_win_rate(online, 'eval/final_win_rate', 'eval/final_episodes')}, "
+             f"return {online.get('eval/final_return', float('nan')):.2f}"]
+    offline_summary = c.offline_dir / "offline_summary.json"
+    if c.fine_tuning and offline_summary.is_file():
+        offline = json.loads(offline_summary.read_text())
+        lines.append(f"[pipeline]   offline policy (last evaluation of the pretraining): win rate "
+                     f"{_win_rate(offline, 'eval/win_rate', 'eval/episodes')}; "
+                     f"checkpoint {c.offline_dir / 'checkpoints' / 'last.ckpt'}")
+        dataset = dataset_dir(pipeline.data_root, c.map_name, c.dataset)
+        lines.append(f"[pipeline]   dataset {dataset}")
+    lines.append(f"[pipeline]   online run {c.online_dir} (checkpoints/, metrics.csv, online_summary.json)")
+    lines.append(f"[pipeline]   curves: tensorboard --logdir {c.root}; tables and figures: "
+                 f"python -m ovmse.report {c.root}")
+    return lines
