@@ -103,7 +103,7 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         if not cfg.get("resume") and rank == 0:
             lock.release()
-            _remove_if_only_records(out)
+            _remove_if_only_records(out, Path(cfg.paths.log_dir))
         sys.exit(2)
     except SIGTERMException:
         # Lightning stops training at a SIGTERM by raising a SystemExit without a code: exit 0,
@@ -119,12 +119,23 @@ def main(cfg: DictConfig) -> None:
 RECORDS = {".hydra", "config_resolved.yaml", "train.log", ".run.lock"}
 
 
-def _remove_if_only_records(out: Path) -> None:
-    """A run refused for bad input leaves no directory behind when it wrote nothing of its own."""
-    if out.is_dir() and {p.name for p in out.iterdir()} <= RECORDS:
-        import shutil
+def _remove_if_only_records(out: Path, log_dir: Path) -> None:
+    """A run refused for bad input leaves no directory behind when it wrote nothing of its own,
+    nor the folders Hydra made for it (``outputs/<phase>/runs/``) when they hold nothing else;
+    nothing above ``log_dir`` is touched."""
+    if not (out.is_dir() and {p.name for p in out.iterdir()} <= RECORDS):
+        return
+    import shutil
 
-        shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    log_dir = log_dir.resolve()
+    for parent in out.resolve().parents:
+        if parent == log_dir or log_dir not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
 
 
 def _run_dir_problem(value: str, resuming: bool) -> str | None:
