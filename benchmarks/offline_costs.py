@@ -71,6 +71,8 @@ def main() -> None:
             torch.manual_seed(0)
             module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions,
                                 objective=ObjectiveSettings(cql=CQLSettings(cql, alpha=0.05) if cql else None))
+            if module.objective.needs_behaviour_pretraining:  # CFCQL: trained once before the Q updates, then frozen
+                module.objective.behaviour_pretrained.fill_(True)
             opt = module.configure_optimizers()
 
             def update(module=module, opt=opt, batch_size=batch_size):

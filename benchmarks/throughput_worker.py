@@ -86,6 +86,10 @@ def _module_and_data(args):
     else:
         objective = {"objective": ObjectiveSettings(cql=CQLSettings(cql, alpha=0.05) if cql else None)}
     module = QMixModule(spec.obs_dim, spec.state_dim, spec.n_agents, spec.n_actions, map_name=spec.name, **objective)
+    if getattr(getattr(module, "objective", None), "needs_behaviour_pretraining", False):
+        # CFCQL trains its behaviour net once, before the Q updates (the CFCQL repo's run.py):
+        # the update timed is one of those after it, with the behaviour net frozen.
+        module.objective.behaviour_pretrained.fill_(True)
     return module, data
 
 

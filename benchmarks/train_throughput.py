@@ -265,7 +265,7 @@ def report(res: dict) -> str:
         lines += ["## One update with the CQL terms (1 thread)", "",
                   "| objective | old ms | new ms | speed-up | old / no-CQL | new / no-CQL |", "|---|---:|---:|---:|---:|---:|"]
         base_o, base_n = median_of(c["old_none"], "ms_per_update"), median_of(c["new_none"], "ms_per_update")
-        for cql, name in (("none", "no CQL"), ("macql", "MACQL, 100 samples"), ("cfcql", "CFCQL + behaviour cloning")):
+        for cql, name in (("none", "no CQL"), ("macql", "MACQL, 100 samples"), ("cfcql", "CFCQL + behaviour net (old: a cloning step with every update; new: trained before, frozen)")):
             o, n = median_of(c[f"old_{cql}"], "ms_per_update"), median_of(c[f"new_{cql}"], "ms_per_update")
             lines.append(f"| {name} | {_fmt(o)} | {_fmt(n)} | {o / n:.2f}x | {o / base_o:.2f} | {n / base_n:.2f} |")
         lines += ["", f"Target: a CQL update at most {TARGETS['cql_ratio']}x a plain update at the same batch.", ""]

@@ -95,6 +95,12 @@ def test_cfcql_and_no_cql_variants_run(tmp_path, dataset, train_offline):
     assert module.settings.cql.variant == "cfcql" and module.objective.behaviour is not None
     rows = [r for r in csv.DictReader((tmp_path / "cf" / "metrics.csv").open()) if r.get("train/bc_loss")]
     assert rows and 0.0 <= float(rows[-1]["train/bc_accuracy"]) <= 1.0
+    # CFCQL's behaviour net was trained before the Q networks (its own stopping rule) and is
+    # saved as trained, so fine-tuning reads it frozen.
+    pretraining = json.loads((tmp_path / "cf" / "offline_summary.json").read_text())["behaviour_pretraining"]
+    assert pretraining["updates"] >= 22 and pretraining["stopped_by"] in ("patience", "max_updates")
+    assert module.settings.cql.behaviour_training == "before" and not module.objective.needs_behaviour_pretraining
+    assert "behaviour cloning (CFCQL, before the Q networks)" in proc.stdout
     proc = train_offline(tmp_path / "none", dataset, "algo.offline.cql=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     module = load_qmix_checkpoint(str(tmp_path / "none" / "checkpoints" / "last.ckpt"))

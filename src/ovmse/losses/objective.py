@@ -9,7 +9,8 @@ run                    settings                             loss terms
 QMIX (scratch)         ``td``                               ``loss_td``
 offline MACQL / CFCQL  ``td`` + ``cql`` (α > 0)             ``loss_td``, ``loss_cql``
                                                             (+ ``loss_bc``: CFCQL's
-                                                            behaviour net, temperature > 0)
+                                                            behaviour net trained
+                                                            jointly, ``"joint"`` only)
 MACQL online           ``td`` + ``cql`` (offline α)         ``loss_td``, ``loss_cql``
 MACal-QL online        ``cql.calibrated``                   as MACQL, push-down bounded
 Switch-CQL, SE only    ``cql.alpha = 0``                    ``loss_td``
@@ -25,7 +26,8 @@ minimises, and detached diagnostics:
     loss_td            0.5 · masked mean (Q_tot − y^λ)²      (without OVM)
     loss_ovm           Eq. 5, :func:`~ovmse.losses.ovm_loss`  (with OVM, replaces loss_td)
     loss_cql           α · L_CQL (MACQL or CFCQL)             (α > 0)
-    loss_bc            behaviour-cloning cross-entropy       (CFCQL with temperature > 0;
+    loss_bc            behaviour-cloning cross-entropy       (CFCQL with temperature > 0 and
+                                                              behaviour_training="joint";
                                                               its own network)
     td_loss            the plain TD(λ) loss, also under OVM (for comparison)
     td_error_abs_mean, q_taken_mean, target_mean, mask_fraction
@@ -90,6 +92,11 @@ __all__ = ["CQLSettings", "ObjectiveSettings", "OVMSettings", "QMixObjective", "
            "OVM_TARGETS"]
 
 CQL_VARIANTS = ("macql", "cfcql")
+# When CFCQL's behaviour net learns: "before" the Q networks, alone, then frozen (the CFCQL
+# repo's run.py: train_behaviour until its loss stops improving, then CQL); "joint" = one
+# behaviour-cloning step with every Q update (this project until 2026-12-04; checkpoints
+# written then load as "joint").
+BEHAVIOUR_TRAININGS = ("before", "joint")
 OVM_TARGETS = ("one_step", "td_lambda")
 
 
@@ -111,7 +118,10 @@ class CQLSettings:
     before issue 16) or ``"cfcql"`` (counterfactual, agent weights from a behaviour-cloning
     policy at ``temperature``; 0 = uniform and no behaviour net). ``alpha = 0`` switches the
     term off but keeps its networks (Switch-CQL fine-tunes a CQL checkpoint). ``calibrated``:
-    Cal-QL, the push-down values are bounded below by the Monte-Carlo return-to-go."""
+    Cal-QL, the push-down values are bounded below by the Monte-Carlo return-to-go.
+    ``behaviour_training``: when CFCQL's behaviour net learns (``BEHAVIOUR_TRAININGS``): with
+    ``"before"`` the module refuses CFCQL updates until
+    :func:`~ovmse.training.behaviour_pretraining.pretrain_behaviour` has trained it."""
 
     variant: str
     alpha: float
@@ -119,6 +129,7 @@ class CQLSettings:
     sampling: str = "available"
     temperature: float = 1.0
     calibrated: bool = False
+    behaviour_training: str = "before"
 
     def __post_init__(self) -> None:
         if self.variant not in CQL_VARIANTS:
@@ -127,6 +138,9 @@ class CQLSettings:
             raise ValueError(f"cql_alpha must be >= 0, got {self.alpha}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"MACQL sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.behaviour_training not in BEHAVIOUR_TRAININGS:
+            raise ValueError(f"behaviour_training={self.behaviour_training!r}: choose one of "
+                             f"{', '.join(BEHAVIOUR_TRAININGS)}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +187,9 @@ class ObjectiveSettings:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ObjectiveSettings":
-        return cls(td=TDSettings(**d.get("td", {})), cql=CQLSettings(**d["cql"]) if d.get("cql") else None,
+        # A CQL block without behaviour_training was written before it existed: trained jointly.
+        cql = {"behaviour_training": "joint", **d["cql"]} if d.get("cql") else None
+        return cls(td=TDSettings(**d.get("td", {})), cql=CQLSettings(**cql) if cql else None,
                    ovm=OVMSettings(**d["ovm"]) if d.get("ovm") else None,
                    keeps_offline_target=bool(d.get("keeps_offline_target", False)))
 
@@ -205,6 +221,10 @@ class QMixObjective(nn.Module):
             self.cql = CFCQLLoss(mixer, temperature=cql.temperature)
             if cql.temperature > 0:
                 self.behaviour = RNNAgent(agent.fc1.in_features, agent.fc2.out_features, agent.hidden_dim)
+                if cql.behaviour_training == "before":
+                    # Saved with the module: a checkpoint says whether its behaviour net is trained.
+                    self.register_buffer("behaviour_pretrained", torch.zeros((), dtype=torch.bool))
+        self._behaviour_checked = False
         self.frozen_agent: RNNAgent | None = None
         self.frozen_mixer: QMixer | None = None
         if settings.keeps_offline_target:
@@ -227,7 +247,7 @@ class QMixObjective(nn.Module):
             what = "cql_calibrated (Cal-QL)" if want.cql.calibrated else f"online cql_alpha={want.cql.alpha}"
             raise ValueError(f"{what} needs a CQL loss, but this checkpoint was trained without CQL (cql=None); "
                              "set the online CQL weight to 0")
-        structure = ("variant", "samples", "sampling", "temperature")
+        structure = ("variant", "samples", "sampling", "temperature", "behaviour_training")
         if (have.cql is None) != (want.cql is None) or have.cql is not None and any(
                 getattr(have.cql, k) != getattr(want.cql, k) for k in structure):
             raise ValueError(f"the online objective's CQL ({want.cql}) does not fit the pretrained one ({have.cql}): "
@@ -242,6 +262,25 @@ class QMixObjective(nn.Module):
     def online_parameters(self) -> list[nn.Parameter]:
         """The Q networks' parameters (agent, then mixer); the behaviour net is apart."""
         return self.td.online_parameters()
+
+    @property
+    def trains_behaviour_jointly(self) -> bool:
+        """Whether ``loss_bc`` trains the behaviour net with every update (its parameters then
+        belong in the optimiser)."""
+        return self.behaviour is not None and self.settings.cql.behaviour_training == "joint"
+
+    @property
+    def needs_behaviour_pretraining(self) -> bool:
+        """CFCQL with ``behaviour_training="before"`` whose behaviour net is not trained yet."""
+        return hasattr(self, "behaviour_pretrained") and not bool(self.behaviour_pretrained)
+
+    def _check_behaviour_pretrained(self) -> None:
+        if self._behaviour_checked:  # once: reading the flag would sync a GPU every update
+            return
+        if self.needs_behaviour_pretraining:
+            raise RuntimeError("CFCQL with behaviour_training='before' needs its behaviour net trained first "
+                               "(ovmse.training.behaviour_pretraining.pretrain_behaviour; phase=offline does it)")
+        self._behaviour_checked = True
 
     def forward(self, batch: TensorDictBase, env_steps: int = 0) -> TensorDict:
         s = self.settings
@@ -281,12 +320,19 @@ class QMixObjective(nn.Module):
                 cql = self.cql(agent_q, avail, state, parts["q_taken"], mask, lower_bound=bound)
             else:
                 probs, actions = None, taken_actions(batch, T, keys)
-                if self.behaviour is not None:
+                if self.trains_behaviour_jointly:
                     logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
                     bc_loss, bc_accuracy = behaviour_cloning_loss(logits, avail, actions, mask)
                     out["loss_bc"] = bc_loss  # its own parameters: this trains the behaviour net only
                     diagnostics.update(bc_loss=bc_loss.detach(), bc_accuracy=bc_accuracy.detach())
                     probs = behaviour_probs(logits.detach(), avail)
+                elif self.behaviour is not None:  # trained before, frozen: a forward pass only
+                    self._check_behaviour_pretrained()
+                    with torch.no_grad():
+                        logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
+                        bc_loss, bc_accuracy = behaviour_cloning_loss(logits, avail, actions, mask)
+                    diagnostics.update(bc_loss=bc_loss, bc_accuracy=bc_accuracy)
+                    probs = behaviour_probs(logits, avail)
                 cql = self.cql(agent_q, avail, state, actions, parts["q_taken"], mask, behaviour_probs=probs,
                                lower_bound=bound)
             out["loss_cql"] = s.cql.alpha * cql["loss"]

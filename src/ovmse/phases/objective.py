@@ -42,7 +42,7 @@ def resolve_objective(cfg: DictConfig, map_name: str, dataset: str | None = None
     cql = None
     if s["cql"]:
         cql = CQLSettings(variant=s["cql"], alpha=s["cql_alpha"], samples=s["cql_samples"], sampling=s["cql_sampling"],
-                          temperature=s["cfcql_temperature"])
+                          temperature=s["cfcql_temperature"], behaviour_training=s["behaviour_training"])
     return ObjectiveSettings(td=td_settings(algo), cql=cql)
 
 

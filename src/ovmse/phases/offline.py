@@ -24,6 +24,7 @@ from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
 from ovmse.datasets import load_dataset, resolve_dataset
 from ovmse.envs import get_map
+from ovmse.training.behaviour_pretraining import pretrain_behaviour
 from ovmse.training.checkpointing import atomic_save_checkpoint
 from ovmse.training.evaluation import GreedyEvaluator
 from ovmse.training.loops import OfflineLoop
@@ -87,6 +88,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer = make_trainer(trainer_settings(cfg.trainer), out, loop, progress, loggers=make_loggers(cfg, out, hparams=dict(module.hparams)),
                            gradient_clip_val=float(algo.grad_norm_clip), distributed=False)
     start = time.perf_counter()
+    behaviour = None
+    if module.objective.needs_behaviour_pretraining:
+        behaviour = pretrain_behaviour(module.objective, data.sample, lr=float(algo.lr),
+                                       grad_clip=float(algo.grad_norm_clip), patience=settings["behaviour_patience"],
+                                       max_updates=settings["behaviour_max_updates"])
+        behaviour["wall_seconds"] = time.perf_counter() - start
+        print(f"behaviour cloning (CFCQL, before the Q networks): {behaviour['updates']} updates, stopped by "
+              f"{behaviour['stopped_by']}, loss {behaviour['last_loss']:.4f} (best {behaviour['best_loss']:.4f}), "
+              f"accuracy {behaviour['last_accuracy']:.3f}", flush=True)
     trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - start
     # Q_tot-offline: the offline target network (paper §4.1), refreshed once more so that it is
@@ -98,7 +108,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module.offline_run.update(finished=module.updates >= steps, updates=module.updates)
     atomic_save_checkpoint(trainer, out / "checkpoints" / "last.ckpt")
     result = {"updates": module.updates, "planned_updates": steps, "dataset_timesteps": dataset_timesteps, "wall_seconds": wall, "dataset": dataset.name, "cql": settings["cql"] or "none",
-              "cql_alpha": settings["cql_alpha"], "settings": settings, **evaluation.latest, "eval/best_win_rate": evaluation.best,
+              "cql_alpha": settings["cql_alpha"], "settings": settings, "behaviour_pretraining": behaviour, **evaluation.latest, "eval/best_win_rate": evaluation.best,
               **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}
     write_json(out / "offline_summary.json", result)
     print(f"offline {spec.name} on {dataset.name} ({settings['cql'] or 'no CQL'}, alpha={settings['cql_alpha']}): "

@@ -34,7 +34,7 @@ def legacy_objective(hp: dict[str, Any]) -> ObjectiveSettings:
         cql = CQLSettings(variant=str(hp["cql"]), alpha=float(hp.get("cql_alpha", 0.0)),
                           samples=int(hp.get("cql_samples", 100)), sampling=str(hp.get("cql_sampling", "all")),
                           temperature=float(hp.get("cfcql_temperature", 1.0)),
-                          calibrated=bool(hp.get("cql_calibrated", False)))
+                          calibrated=bool(hp.get("cql_calibrated", False)), behaviour_training="joint")
     ovm = None
     if hp.get("ovm"):
         ovm = OVMSettings(target=str(hp.get("ovm_target", "td_lambda")),

@@ -150,7 +150,7 @@ class QMixModule(pl.LightningModule):
 
     def configure_optimizers(self):
         groups = [{"params": self.q_parameters()}]
-        if self.objective.behaviour is not None:
+        if self.objective.trains_behaviour_jointly:  # "before": trained and frozen ahead of the Q networks
             groups.append({"params": list(self.objective.behaviour.parameters())})
         return torch.optim.Adam(groups, lr=self.hparams.lr)
 
