@@ -241,3 +241,22 @@ def test_stats_merge_record_files_each_run_once(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"runs": [{**run, "final_win_rate": 0.9}, {**run, "seed": 2}]}))
     runs = stats_script.merged_runs([tmp_path / "a.json", tmp_path / "b.json"])
     assert [(r["seed"], r["final_win_rate"]) for r in runs] == [(1, 0.5), (2, 0.5)]
+
+
+@pytest.mark.parametrize("algo, seed, recorded", [("macql", 1, "f3d5493b"), ("switch_cql", 2, "a4199e2f"),
+                                                  ("ovmse", 0, "c92904eb")])
+def test_the_recorded_pretrainings_keep_their_identity(compose_cfg, algo, seed, recorded):
+    """The offline pretrainings of benchmarks/results/o2o_2s3z*.json (their directories are
+    seed<k>-<hash>): config keys added later that do not act on 2s3z's MACQL pretraining (CFCQL's
+    behaviour-net settings) must not change the hash, or a sweep would redo them and refuse its
+    finished online runs."""
+    cfg = compose_cfg("phase=pipeline", "experiment=2s3z_medium", f"algo={algo}", "budget=300k", f"seed={seed}",
+                      "pipeline.root=/tmp/unused")
+    cell = make_cell(cfg, ["experiment=2s3z_medium", f"algo={algo}", f"seed={seed}", "num_threads=1"])
+    assert cell.offline_hash == recorded
+    # Where the behaviour net exists, its settings are part of what the pretraining is.
+    cfcql = compose_cfg("phase=pipeline", "experiment=2s3z_medium", f"algo={algo}", "budget=300k", f"seed={seed}",
+                        "algo.offline.cql=cfcql", "algo.offline.behaviour_patience=5", "pipeline.root=/tmp/unused")
+    other = compose_cfg("phase=pipeline", "experiment=2s3z_medium", f"algo={algo}", "budget=300k", f"seed={seed}",
+                        "algo.offline.cql=cfcql", "pipeline.root=/tmp/unused")
+    assert make_cell(cfcql, []).offline_hash != make_cell(other, []).offline_hash

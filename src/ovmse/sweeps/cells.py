@@ -38,6 +38,8 @@ ONLINE_ONLY_ALGO_KEYS = ("name", "online", "exploration", "epsilon_start", "epsi
                          "steps_per_env", "buffer_size", "batch_size", "target_update_interval",
                          "episodes_per_update", "env_steps_per_update")
 PAPER_DATASETS = ("medium", "medium_replay")
+# algo.offline keys that only CFCQL's behaviour net reads (configs/algo/o2o.yaml).
+BEHAVIOUR_KEYS = ("behaviour_training", "behaviour_patience", "behaviour_max_updates")
 
 
 def override_key(override: str) -> str:
@@ -94,9 +96,21 @@ def offline_identity(algo: Mapping[str, Any], env: Mapping[str, Any], dataset: s
                      stage_overrides: Iterable[str]) -> dict[str, Any]:
     """What an offline pretraining depends on: the algo's offline-relevant settings, the env
     (battle rules; not how many run at once), dataset, seed and the budget's overrides."""
-    return {"algo": {k: v for k, v in algo.items() if k not in ONLINE_ONLY_ALGO_KEYS},
-            "env": {k: v for k, v in env.items() if k != "num_envs"},
+    algo = {k: v for k, v in algo.items() if k not in ONLINE_ONLY_ALGO_KEYS}
+    offline = algo.get("offline")
+    if isinstance(offline, Mapping) and not _trains_a_behaviour_net(offline, env.get("map_name")):
+        # Read by CFCQL's behaviour net only: where there is none they change nothing, and the
+        # pretrainings made before these keys existed keep their identity (and directories).
+        algo["offline"] = {k: v for k, v in offline.items() if k not in BEHAVIOUR_KEYS}
+    return {"algo": algo, "env": {k: v for k, v in env.items() if k != "num_envs"},
             "dataset": dataset, "seed": int(seed), "overrides": sorted(stage_overrides)}
+
+
+def _trains_a_behaviour_net(offline: Mapping[str, Any], map_name: str | None) -> bool:
+    cql = offline.get("cql")
+    if isinstance(cql, Mapping):
+        cql = cql.get(map_name, cql.get("default"))
+    return cql == "cfcql" and float(offline.get("cfcql_temperature") or 0.0) > 0
 
 
 @dataclass(frozen=True)
