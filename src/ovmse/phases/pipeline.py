@@ -143,10 +143,11 @@ class Pipeline:
     def _threads_per_job(self) -> list[str]:
         from hydra.core.hydra_config import HydraConfig
 
-        added = threads_per_job(self.overrides, HydraConfig.get().get("launcher"), os.cpu_count() or 1)
+        launcher, cores = HydraConfig.get().get("launcher"), os.cpu_count() or 1
+        added = threads_per_job(self.overrides, launcher, cores)
         if added:
-            print(f"[pipeline] {added[0]} for each stage: the launcher runs "
-                  f"{parallel_jobs(HydraConfig.get().launcher, os.cpu_count() or 1)} cells at once", flush=True)
+            print(f"[pipeline] {added[0]} for each stage: the launcher runs {parallel_jobs(launcher, cores)} cells "
+                  "at once", flush=True)
         return added
 
     def _record(self, name: str, status: str, stage_dir: Path, command: list[str] | None = None,
@@ -328,7 +329,7 @@ def run(cfg: DictConfig) -> dict:
         return {"pipeline/failed": 1.0}
     write_json(out / "pipeline.json", {**pipeline.describe(), "wall_seconds": time.perf_counter() - start})
     if "eval/final_win_rate" in metrics:
-        print("\n".join(cell_summary(pipeline)), flush=True)
+        print("\n".join(cell_summary(pipeline, metrics)), flush=True)
     return metrics
 
 
@@ -336,15 +337,15 @@ def _win_rate(summary: dict, key: str, battles_key: str) -> str:
     return f"{summary[key]:.3f} over {int(summary.get(battles_key, 0))} battles"
 
 
-def cell_summary(pipeline: Pipeline) -> list[str]:
-    """What a finished cell reached and where its files are, for the end of a sweep job: the
-    offline policy's last greedy evaluation, the online run's final test (each with its number
-    of battles), the checkpoints, the TensorBoard and report commands."""
+def cell_summary(pipeline: Pipeline, metrics: dict) -> list[str]:
+    """What a finished cell reached (``metrics``: its final test's ``eval/`` values) and where its
+    files are, for the end of a sweep job: the online run's final test and the offline policy's
+    last greedy evaluation, each with its number of battles, the checkpoints, the TensorBoard and
+    report commands."""
     c = pipeline.cell
-    online = json.loads((c.online_dir / "online_summary.json").read_text())
     lines = [f"[pipeline] {c.task} {c.run_name} seed {c.seed}: final win rate "
-             f"{_win_rate(online, 'eval/final_win_rate', 'eval/final_episodes')}, "
-             f"return {online.get('eval/final_return', float('nan')):.2f}"]
+             f"{_win_rate(metrics, 'eval/final_win_rate', 'eval/final_episodes')}, "
+             f"return {metrics.get('eval/final_return', float('nan')):.2f}"]
     offline_summary = c.offline_dir / "offline_summary.json"
     if c.fine_tuning and offline_summary.is_file():
         offline = json.loads(offline_summary.read_text())
