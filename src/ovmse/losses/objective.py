@@ -274,6 +274,15 @@ class QMixObjective(nn.Module):
         """CFCQL with ``behaviour_training="before"`` whose behaviour net is not trained yet."""
         return hasattr(self, "behaviour_pretrained") and not bool(self.behaviour_pretrained)
 
+    def behaviour_cloning(self, batch: TensorDictBase, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The behaviour net's logits ``[B, T, N, A]`` on the batch's ``T`` transitions (``mask``
+        ``[B, T, 1]``, their validity) and its cloning loss and accuracy on the dataset actions."""
+        keys, T = self.td.keys, mask.shape[1]
+        logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
+        loss, accuracy = behaviour_cloning_loss(logits, batch[keys.action_mask][:, :T].bool(),
+                                                taken_actions(batch, T, keys), mask)
+        return logits, loss, accuracy
+
     def _check_behaviour_pretrained(self) -> None:
         if self._behaviour_checked:  # once: reading the flag would sync a GPU every update
             return
@@ -320,19 +329,17 @@ class QMixObjective(nn.Module):
                 cql = self.cql(agent_q, avail, state, parts["q_taken"], mask, lower_bound=bound)
             else:
                 probs, actions = None, taken_actions(batch, T, keys)
-                if self.trains_behaviour_jointly:
-                    logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
-                    bc_loss, bc_accuracy = behaviour_cloning_loss(logits, avail, actions, mask)
-                    out["loss_bc"] = bc_loss  # its own parameters: this trains the behaviour net only
+                if self.behaviour is not None:
+                    joint = self.trains_behaviour_jointly
+                    if not joint:
+                        self._check_behaviour_pretrained()
+                    # Trained before and frozen: a forward pass only.
+                    with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
+                        logits, bc_loss, bc_accuracy = self.behaviour_cloning(batch, mask)
+                    if joint:
+                        out["loss_bc"] = bc_loss  # its own parameters: this trains the behaviour net only
                     diagnostics.update(bc_loss=bc_loss.detach(), bc_accuracy=bc_accuracy.detach())
                     probs = behaviour_probs(logits.detach(), avail)
-                elif self.behaviour is not None:  # trained before, frozen: a forward pass only
-                    self._check_behaviour_pretrained()
-                    with torch.no_grad():
-                        logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
-                        bc_loss, bc_accuracy = behaviour_cloning_loss(logits, avail, actions, mask)
-                    diagnostics.update(bc_loss=bc_loss, bc_accuracy=bc_accuracy)
-                    probs = behaviour_probs(logits, avail)
                 cql = self.cql(agent_q, avail, state, actions, parts["q_taken"], mask, behaviour_probs=probs,
                                lower_bound=bound)
             out["loss_cql"] = s.cql.alpha * cql["loss"]

@@ -107,9 +107,9 @@ def offline_identity(algo: Mapping[str, Any], env: Mapping[str, Any], dataset: s
 
 
 def _trains_a_behaviour_net(offline: Mapping[str, Any], map_name: str | None) -> bool:
-    cql = offline.get("cql")
-    if isinstance(cql, Mapping):
-        cql = cql.get(map_name, cql.get("default"))
+    from ovmse.phases.settings import per_map
+
+    cql = per_map(offline.get("cql"), map_name, "algo.offline.cql")
     return cql == "cfcql" and float(offline.get("cfcql_temperature") or 0.0) > 0
 
 

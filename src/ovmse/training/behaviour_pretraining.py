@@ -41,9 +41,8 @@ from typing import Callable
 import torch
 from tensordict import TensorDictBase
 
-from ovmse.losses.behaviour_cloning import behaviour_cloning_loss
 from ovmse.losses.objective import QMixObjective
-from ovmse.losses.qmix_values import taken_actions, transition_mask, unroll_agent_q
+from ovmse.losses.qmix_values import transition_mask
 
 __all__ = ["pretrain_behaviour", "CFCQL_PATIENCE"]
 
@@ -75,11 +74,7 @@ def pretrain_behaviour(objective: QMixObjective, sample: Callable[[], TensorDict
     net.train()
     while updates < max_updates:
         batch = sample()
-        mask, _ = transition_mask(batch, keys)
-        T = mask.shape[1]
-        logits = unroll_agent_q(net, batch, keys)[:, :T]
-        loss, accuracy = behaviour_cloning_loss(logits, batch[keys.action_mask][:, :T].bool(),
-                                                taken_actions(batch, T, keys), mask)
+        _, loss, accuracy = objective.behaviour_cloning(batch, transition_mask(batch, keys)[0])
         optimiser.zero_grad()
         loss.backward()
         if grad_clip:
