@@ -125,6 +125,29 @@ def test_resume_refuses_other_settings_and_names_them(compose_cfg):
         check_resume_config(stored, other)
 
 
+def test_a_fine_tuning_run_resumes_across_offline_only_keys(compose_cfg):
+    """A fine-tuning run's objective comes from its checkpoint: keys of ``algo.offline`` added
+    after the run was made (CFCQL's behaviour_* in the sixth session) do not stop it resuming;
+    the online settings are still compared."""
+    from omegaconf import OmegaConf
+
+    command = ("phase=online", "env=3m", "seed=1", "algo=macql", "ckpt=/runs/offline/last.ckpt", "paths.output_dir=/tmp/x")
+    cfg = compose_cfg(*command)
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("behaviour_training", "behaviour_patience", "behaviour_max_updates"):
+        del stored["algo"]["offline"][key]
+    check_resume_config(stored, cfg)
+    with pytest.raises(ValueError, match=r"algo.online.mixing_ratio: run .*, now 0.7"):
+        check_resume_config(stored, compose_cfg(*command, "algo.online.mixing_ratio=0.7"))
+    # From scratch (no ckpt) every key is still compared.
+    scratch = OmegaConf.to_container(compose_cfg("phase=online", "env=3m", "seed=1", "algo=macql",
+                                                 "paths.output_dir=/tmp/x"), resolve=True)
+    del scratch["algo"]["offline"]["behaviour_training"]
+    with pytest.raises(ValueError, match=r"algo.offline.behaviour_training: run '<unset>', now 'before'"):
+        check_resume_config(scratch, compose_cfg("phase=online", "env=3m", "seed=1", "algo=macql",
+                                                 "paths.output_dir=/tmp/x"))
+
+
 def test_resume_of_a_run_without_checkpoint_says_why(tmp_path):
     cfg = SimpleNamespace(get=lambda k, d=None: str(tmp_path) if k == "resume" else d)
     with pytest.raises(FileNotFoundError, match="before its first resume point"):

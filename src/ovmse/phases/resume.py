@@ -18,6 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 # Top-level keys a resumed run may change; everything else must equal the stored config.
 CHANGEABLE = ("env_steps", "device", "num_threads", "collect_threads", "resume", "paths", "trainer", "logger", "checkpoint",
               "log_every_env_steps", "eval", "final_eval", "hydra")
+# Read by the offline phase only: a fine-tuning run's objective (CQL variant, CFCQL's behaviour
+# net) comes from its checkpoint (phases/objective.online_objective), so these neither change
+# what a resumed run trains nor may a key added to them later (algo.offline.behaviour_training,
+# sixth session) stop runs made before it from resuming.
+OFFLINE_ONLY = ("algo.offline.",)
 
 
 def resume_checkpoint(cfg: DictConfig) -> Path | None:
@@ -93,8 +98,13 @@ def check_resume_config(stored: dict | None, cfg: DictConfig) -> None:
                          "held a replay buffer; resume restores single-process runs only (start it again, or "
                          "fine-tune from its checkpoint with ckpt=)")
     current = OmegaConf.to_container(cfg, resolve=True)
-    a = {k: v for k, v in _flat(stored).items() if k.split(".")[0] not in CHANGEABLE}
-    b = {k: v for k, v in _flat(current).items() if k.split(".")[0] not in CHANGEABLE}
+    fine_tunes = bool(stored.get("ckpt"))
+
+    def compared(flat: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in flat.items() if k.split(".")[0] not in CHANGEABLE
+                and not (fine_tunes and k.startswith(OFFLINE_ONLY))}
+
+    a, b = compared(_flat(stored)), compared(_flat(current))
     diffs = [f"{k}: run {a.get(k, '<unset>')!r}, now {b.get(k, '<unset>')!r}"
              for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
     if diffs:
