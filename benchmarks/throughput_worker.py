@@ -126,18 +126,29 @@ def update(args) -> dict:
 
 
 def roofline(one_update, batch, repeats: int) -> dict:
+    """The update's matmuls (every mm/addmm/bmm/baddbmm, same shapes, same order) replayed alone on
+    random tensors: its time on this machine if it were only its matmuls. Also its transcendental
+    pointwise calls (sigmoid, tanh, exp, log, elu, softmax: each a vector exp or log per element)
+    replayed the same way: on a CPU whose vector exp is slow they are a floor of their own."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
     kinds = {aten.mm.default: "mm", aten.addmm.default: "addmm", aten.bmm.default: "bmm",
              aten.baddbmm.default: "baddbmm"}
-    recorded = []
+    transcendental = {aten.sigmoid.default: torch.sigmoid, aten.tanh.default: torch.tanh, aten.exp.default: torch.exp,
+                      aten.log.default: torch.log, aten.elu.default: torch.nn.functional.elu,
+                      aten._softmax.default: lambda x: torch.softmax(x, -1),
+                      aten._log_softmax.default: lambda x: torch.log_softmax(x, -1),
+                      aten.logsumexp.default: lambda x: torch.logsumexp(x, -1)}
+    recorded, pointwise = [], []
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func in kinds:
                 recorded.append((kinds[func], [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]))
+            elif func in transcendental:
+                pointwise.append((transcendental[func], tuple(args[0].shape)))
             return func(*args, **(kwargs or {}))
 
     counter = FlopCounterMode(display=False)
@@ -149,24 +160,30 @@ def roofline(one_update, batch, repeats: int) -> dict:
     for kind, shapes in recorded:
         tensors = [torch.randn(s) for s in shapes]
         ops.append((getattr(torch, kind), tensors))
+    pointwise_ops = [(fn, (torch.randn(shape),)) for fn, shape in pointwise]
     matmul_flops = 0
     for kind, shapes in recorded:
         a, b = shapes[-2], shapes[-1]
         batch_n = a[0] if len(a) == 3 else 1
         matmul_flops += 2 * batch_n * a[-2] * a[-1] * b[-1]
 
-    def replay():
-        for fn, tensors in ops:
-            fn(*tensors)
+    def timed(calls) -> float:
+        def replay():
+            for fn, tensors in calls:
+                fn(*tensors)
 
-    replay()
-    times = []
-    for _ in range(max(repeats, 3)):
-        start = time.perf_counter()
         replay()
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(max(repeats, 3)):
+            start = time.perf_counter()
+            replay()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
     return {"flops": int(counter.get_total_flops()), "matmul_flops": int(matmul_flops), "matmul_ops": len(ops),
-            "roofline_ms": 1000 * statistics.median(times)}
+            "roofline_ms": timed(ops), "transcendental_ops": len(pointwise_ops),
+            "transcendental_elements": sum(t[0].numel() for _, t in pointwise_ops),
+            "transcendental_ms": timed(pointwise_ops)}
 
 
 def collect(args) -> dict:

@@ -248,17 +248,23 @@ def report(res: dict) -> str:
         u = res["update"]
         lines += ["## One QMIX update (no CQL)", "",
                   "| threads | old ms | new ms | speed-up | rows old / new | GFLOP (new) | GFLOP/s (new) "
-                  "| matmul roofline ms (new) | new / roofline |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| matmul roofline ms (new) | new / roofline | transcendental ms (new) "
+                  "| new / (matmul + transcendental) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for t in (1, 2):
             old, new = u[f"old_{t}"], u[f"new_{t}"]
             o, n = median_of(old, "ms_per_update"), median_of(new, "ms_per_update")
             flops, roof = median_of(new, "flops"), median_of(new, "roofline_ms")
+            # Older result files have no transcendental replay.
+            trans = median_of(new, "transcendental_ms") if all("transcendental_ms" in r for r in new) else None
             lines.append(f"| {t} | {_fmt(o)} | {_fmt(n)} | {o / n:.2f}x | {median_of(old, 'batch_rows'):.0f} / "
                          f"{median_of(new, 'batch_rows'):.0f} | {flops / 1e9:.2f} | {flops / 1e9 / (n / 1000):.1f} | "
-                         f"{_fmt(roof)} | {n / roof:.2f} |")
+                         f"{_fmt(roof)} | {n / roof:.2f} | {_fmt(trans) if trans is not None else 'n/a'} | "
+                         f"{f'{n / (roof + trans):.2f}' if trans is not None else 'n/a'} |")
         lines += ["", f"Roofline: every mm/addmm/bmm/baddbmm of one new update (same shapes, same order) replayed "
-                      f"on random tensors in the same process; target: update <= {TARGETS['roofline_ratio']}x it.",
+                      f"on random tensors in the same process; target: update <= {TARGETS['roofline_ratio']}x it. "
+                      "Transcendental: the update's sigmoid/tanh/exp/log/elu/softmax calls replayed the same way "
+                      "(each a vector exp or log per element; on this CPU a sigmoid costs several multiplies).",
                   ""]
     if "cql" in res:
         c = res["cql"]

@@ -109,13 +109,17 @@ class RNNAgent(nn.Module):
         order = torch.argsort(lengths, descending=True, stable=True)
         running = lengths.clamp(max=T).index_select(0, order).unsqueeze(0) > torch.arange(T, device=device).unsqueeze(1)
         episodes_per_step = [n for n in running.sum(1).tolist() if n > 0]  # [T, B] sorted -> non-increasing
-        q = inputs.new_zeros(T, B, N, self.n_actions)
+        q = inputs.new_zeros(B * T, N, self.n_actions)
         if not episodes_per_step:
-            return q.transpose(0, 1)
-        x = inputs.index_select(0, order).transpose(0, 1)[running]  # [R, N, D], time-major packed
+            return q.view(B, T, N, self.n_actions)
+        # The packed rows' places in [B·T]: one gather in, one scatter out (no reordered copies
+        # of the whole batch).
+        step, rank = running.nonzero(as_tuple=True)  # time-major, longest episode first
+        rows = order.index_select(0, rank) * T + step
+        x = inputs.reshape(B * T, N, -1).index_select(0, rows)  # [R, N, D]
         h0 = (self.initial_hidden((B, N), device=device) if hidden0 is None else hidden0.index_select(0, order))
         h0 = h0.reshape(B * N, self.hidden_dim)[: episodes_per_step[0] * N]
         e = F.relu(self.fc1(x.reshape(-1, self.input_dim)))
         h = packed_gru(e, self.rnn, h0, [n * N for n in episodes_per_step])
-        q = q.index_put((running,), self.fc2(h).view(-1, N, self.n_actions))
-        return q.transpose(0, 1).index_select(0, torch.argsort(order))
+        q = q.index_copy(0, rows, self.fc2(h).view(-1, N, self.n_actions))
+        return q.view(B, T, N, self.n_actions)
