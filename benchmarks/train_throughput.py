@@ -219,6 +219,13 @@ def merged(path: Path, new: dict, parts: list[str]) -> dict:
     return out
 
 
+def _paired(old: list[dict], new: list[dict], label: str) -> str:
+    """``label: old/new per round 1.15x, 1.06x (median 1.10x), new faster in 2 of 2``."""
+    ratios = [o["ms_per_update"] / n["ms_per_update"] for o, n in zip(old, new)]
+    return (f"{label}: old/new per round {', '.join(f'{r:.2f}x' for r in ratios)} (median "
+            f"{statistics.median(ratios):.2f}x), new faster in {sum(r > 1 for r in ratios)} of {len(ratios)}")
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
@@ -261,6 +268,10 @@ def report(res: dict) -> str:
                          f"{median_of(new, 'batch_rows'):.0f} | {flops / 1e9:.2f} | {flops / 1e9 / (n / 1000):.1f} | "
                          f"{_fmt(roof)} | {n / roof:.2f} | {_fmt(trans) if trans is not None else 'n/a'} | "
                          f"{f'{n / (roof + trans):.2f}' if trans is not None else 'n/a'} |")
+        lines += ["", "Paired by round (old and new run one after the other; this machine's speed drifts over "
+                      "minutes, so the per-round ratio is steadier than the ratio of medians): "
+                  + "; ".join(_paired(u[f"old_{t}"], u[f"new_{t}"], f"{t} thread{'s' if t > 1 else ''}")
+                              for t in (1, 2)) + "."]
         lines += ["", f"Roofline: every mm/addmm/bmm/baddbmm of one new update (same shapes, same order) replayed "
                       f"on random tensors in the same process; target: update <= {TARGETS['roofline_ratio']}x it. "
                       "Transcendental: the update's sigmoid/tanh/exp/log/elu/softmax calls replayed the same way "

@@ -81,8 +81,8 @@ class _PackedGRU(torch.autograd.Function):
             g = gi[start : start + n]
             gh = torch.addmm(b_hh, h[:n], w_hh.t())  # [n, 3H]
             rz = torch.sigmoid(g[:, : 2 * H] + gh[:, : 2 * H])
-            # tanh(a) = 2σ(2a) − 1 (to 2e-7): this CPU's vectorised tanh costs 1.5x its sigmoid
-            # and the two transcendental calls are a fifth of the update (docs/scaling.md).
+            # tanh(a) = 2σ(2a) − 1 (to 2e-7): on AVX2 CPUs ATen's vectorised tanh costs more than
+            # twice its sigmoid (benchmarks/results/gru_step_costs.md).
             a = torch.addcmul(g[:, 2 * H :], rz[:, :H], gh[:, 2 * H :])
             new = torch.sigmoid(a.mul_(2)).mul_(2).sub_(1)
             h = torch.addcmul(new, rz[:, H:], h[:n] - new, out=out[start : start + n])
