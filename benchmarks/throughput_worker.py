@@ -204,6 +204,8 @@ def collect(args) -> dict:
     coll = OnlineCollection(agent, spec.name, args.num_envs, EpisodeReplayBuffer(4096),
                             epsilon=LinearSchedule(0.5, 0.5, 1), steps_per_env=args.steps, seed=args.seed,
                             env_options=options)
+    if args.frozen_sim:
+        _freeze_simulator(coll.env.base_env)
     start = time.perf_counter()
     coll.collect(0)  # warm-up (with --compile: the compilation)
     first = time.perf_counter() - start
@@ -215,7 +217,24 @@ def collect(args) -> dict:
     coll.close()
     per_call = statistics.median(times) / args.steps  # one env.step of all battles, policy included
     return {"env_steps_per_second": args.num_envs / per_call, "ms_per_step_call": 1000 * per_call,
-            "first_collect_s": first, "num_envs": args.num_envs, "steps": args.steps, "compile": args.compile}
+            "first_collect_s": first, "num_envs": args.num_envs, "steps": args.steps, "compile": args.compile,
+            "frozen_sim": args.frozen_sim}
+
+
+def _freeze_simulator(env) -> None:
+    """Replace the battles' arithmetic (actions, physics, features) by its result at the first
+    state, so a step call costs about only what surrounds the simulator: TorchRL's collector,
+    the env's TensorDicts, the acting policy and the episode assembly. The reward rule still
+    runs (it ends each battle at the episode limit)."""
+    features = env._features(env.battle, env.tables)
+    env.battle.apply_actions = lambda action: None
+    battle = env.battle
+
+    def count_the_step() -> None:  # the step counter is what ends a battle at its limit
+        battle.steps += 1
+
+    battle.advance = count_the_step
+    env._features = lambda battle, tables: features
 
 
 def main(argv=None) -> int:
@@ -236,6 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--calls", type=int, default=6)
     p.add_argument("--compile", action="store_true", help="collect: compile_step=True (new code only)")
+    p.add_argument("--frozen-sim", action="store_true",
+                   help="collect: the simulator's arithmetic replaced by its first result (the cost around it)")
     args = p.parse_args(argv)
     result = {"record": record, "update": update, "collect": collect}[args.what](args)
     result["sources"] = _sources()

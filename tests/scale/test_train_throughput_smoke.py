@@ -31,6 +31,8 @@ def test_train_throughput_quick_old_vs_new(tmp_path):
     old_src = result["collect"]["old_4x8"][0]["sources"]["ovmse"]
     new_src = result["collect"]["new_4x8"][0]["sources"]["ovmse"]
     assert old_src != new_src and new_src.startswith(str(ROOT / "src"))
+    frozen = result["collect"]["new_frozen_sim_4x8"][0]
+    assert frozen["frozen_sim"] and frozen["ms_per_step_call"] > 0
     report = (tmp_path / "train_throughput.md").read_text()
     assert "## One QMIX update" in report and "new faster in" in report and "matmul + transcendental" in report
     listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
