@@ -66,8 +66,9 @@ def packed_gru(x: torch.Tensor, cell: nn.GRUCell, h0: torch.Tensor, batch_sizes:
 
 
 class _PackedGRU(torch.autograd.Function):
-    """The recurrent part: ``gi [R, 3H]`` precomputed, ``h W_hhᵀ + b_hh`` per step. The steps'
-    intermediates stay in per-step lists (no copies into packed buffers)."""
+    """The recurrent part: ``gi [R, 3H]`` precomputed, ``h W_hhᵀ + b_hh`` per step. The steps' gate
+    intermediates stay in per-step lists; the outputs, and backward the gate gradients, are
+    written block by block into packed ``[R, ·]`` buffers (no concatenation after the loop)."""
 
     @staticmethod
     def forward(ctx, gi, w_hh, b_hh, h0, sizes):

@@ -4,7 +4,8 @@ The command is the run's own command plus ``resume=<run dir>`` (or the path of i
 ``checkpoints/last.ckpt``, Lightning's ``ckpt_path`` convention); the run directory is reused
 (``hydra.run.dir`` follows ``resume``, see ``train.py``). Only settings that do not change what
 is being trained may differ from the stored config: the budget ``env_steps`` (to extend a run),
-device and threads, logging, evaluation and checkpoint frequency.
+device and threads, logging, evaluation and checkpoint frequency, and for a fine-tuning run
+``algo.offline`` (read by the offline phase only; the run's objective is in its checkpoint).
 """
 
 from __future__ import annotations
