@@ -20,26 +20,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offline_costs import median_seconds  # noqa: E402  one timing helper for the benchmarks
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_us(fn, loops: int, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    """Median microseconds per call of ``fn``, timed as ``repeats`` loops of ``loops`` calls."""
+
+    def loop() -> None:
         for _ in range(loops):
             fn()
-        times.append((time.perf_counter() - start) / loops)
-    return 1e6 * statistics.median(times)
+
+    return 1e6 * median_seconds(loop, repeats) / loops
 
 
 def gate_math(g: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

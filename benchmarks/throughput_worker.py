@@ -17,8 +17,12 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offline_costs import median_seconds  # noqa: E402  one timing helper for the benchmarks
 
 
 def _sources() -> dict:
@@ -172,13 +176,7 @@ def roofline(one_update, batch, repeats: int) -> dict:
             for fn, tensors in calls:
                 fn(*tensors)
 
-        replay()
-        times = []
-        for _ in range(max(repeats, 3)):
-            start = time.perf_counter()
-            replay()
-            times.append(time.perf_counter() - start)
-        return 1000 * statistics.median(times)
+        return 1000 * median_seconds(replay, max(repeats, 3))
 
     return {"flops": int(counter.get_total_flops()), "matmul_flops": int(matmul_flops), "matmul_ops": len(ops),
             "roofline_ms": timed(ops), "transcendental_ops": len(pointwise_ops),
@@ -226,9 +224,9 @@ def _freeze_simulator(env) -> None:
     state, so a step call costs about only what surrounds the simulator: TorchRL's collector,
     the env's TensorDicts, the acting policy and the episode assembly. The reward rule still
     runs (it ends each battle at the episode limit)."""
-    features = env._features(env.battle, env.tables)
-    env.battle.apply_actions = lambda action: None
     battle = env.battle
+    features = env._features(battle, env.tables)
+    battle.apply_actions = lambda action: None
 
     def count_the_step() -> None:  # the step counter is what ends a battle at its limit
         battle.steps += 1
