@@ -260,3 +260,33 @@ def test_the_recorded_pretrainings_keep_their_identity(compose_cfg, algo, seed, 
     other = compose_cfg("phase=pipeline", "experiment=2s3z_medium", f"algo={algo}", "budget=300k", f"seed={seed}",
                         "algo.offline.cql=cfcql", "pipeline.root=/tmp/unused")
     assert make_cell(cfcql, []).offline_hash != make_cell(other, []).offline_hash
+
+
+@pytest.mark.parametrize("seed, shared", [(1, "f3d5493b"), (2, "a4199e2f")])
+def test_macalql_pretrains_calibrated_on_its_own(compose_cfg, seed, shared):
+    """Cal-QL calibrates its pretraining (Nakamoto et al. 2023, Algorithm 1): MACal-QL's offline
+    objective has the Monte-Carlo bound, so it cannot share the plain CQL pretraining of OVMSE,
+    MACQL and Switch-CQL; ``algo.offline.calibrated=false`` (the runs made before 2026-12-04)
+    finds that shared one again."""
+    from ovmse.phases.objective import resolve_objective
+
+    def cfg(algo, *extra):
+        return compose_cfg("phase=pipeline", "experiment=2s3z_medium", f"algo={algo}", "budget=300k", f"seed={seed}",
+                           "pipeline.root=/tmp/unused", *extra)
+
+    calibrated, plain = cfg("macalql"), cfg("macalql", "algo.offline.calibrated=false")
+    assert resolve_objective(calibrated, "2s3z", "medium").cql.calibrated
+    assert not resolve_objective(plain, "2s3z", "medium").cql.calibrated
+    assert not resolve_objective(cfg("macql"), "2s3z", "medium").cql.calibrated
+    assert make_cell(plain, []).offline_hash == make_cell(cfg("macql"), []).offline_hash == shared
+    assert make_cell(calibrated, []).offline_hash != shared
+    # The variant is named by its override, so its runs do not mix with the calibrated ones.
+    assert make_cell(plain, ["algo.offline.calibrated=false"]).variant == "algo.offline.calibrated=false"
+
+
+def test_a_calibrated_pretraining_needs_a_cql_term(compose_cfg):
+    from ovmse.phases.objective import resolve_objective
+
+    cfg = compose_cfg("phase=offline", "env=3m", "algo=macalql", "algo.offline.cql=null")
+    with pytest.raises(ValueError, match=r"algo.offline.calibrated=true .* algo.offline.cql is null on 3m"):
+        resolve_objective(cfg, "3m", "medium")

@@ -61,8 +61,14 @@ def test_pipeline_keys_are_not_forwarded_and_later_overrides_win():
 
 def test_fine_tuning_algorithms_share_one_offline_pretraining(compose_cfg):
     cells = {algo: make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", f"algo={algo}"), [])
-             for algo in ("ovmse", "macql", "macalql", "switch_cql")}
+             for algo in ("ovmse", "macql", "switch_cql")}
     assert len({c.offline_dir for c in cells.values()}) == 1
+    # MACal-QL pretrains calibrated (Cal-QL), so on its own; uncalibrated it shares the others'.
+    calibrated = make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", "algo=macalql"), [])
+    plain = make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", "algo=macalql",
+                                  "algo.offline.calibrated=false"), ["algo.offline.calibrated=false"])
+    assert calibrated.offline_dir != cells["ovmse"].offline_dir and plain.offline_dir == cells["ovmse"].offline_dir
+    assert plain.online_dir != calibrated.online_dir
     # Online settings do not change it; offline ones and the seed do.
     same = make_cell(compose_cfg("phase=pipeline", "experiment=3s5z_medium", "algo=ovmse",
                                  "algo.online.mixing_ratio=0.3"), ["algo.online.mixing_ratio=0.3"])

@@ -5,7 +5,8 @@
 into an :class:`~ovmse.losses.objective.ObjectiveSettings`:
 
 * an algorithm without ``offline:`` / ``online:`` blocks (QMIX from scratch): TD(λ) alone;
-* the offline phase of an offline-to-online algorithm: TD(λ) + its CQL variant and α;
+* the offline phase of an offline-to-online algorithm: TD(λ) + its CQL variant and α
+  (calibrated, Cal-QL, with ``algo.offline.calibrated``);
 * fine-tuning (``pretrained`` given): the online block's CQL weight (``offline`` = the
   pretrained α), Cal-QL bound and OVM over the pretrained networks' structure.
 """
@@ -42,7 +43,8 @@ def resolve_objective(cfg: DictConfig, map_name: str, dataset: str | None = None
     cql = None
     if s["cql"]:
         cql = CQLSettings(variant=s["cql"], alpha=s["cql_alpha"], samples=s["cql_samples"], sampling=s["cql_sampling"],
-                          temperature=s["cfcql_temperature"], behaviour_training=s["behaviour_training"])
+                          temperature=s["cfcql_temperature"], calibrated=s["cql_calibrated"],
+                          behaviour_training=s["behaviour_training"])
     return ObjectiveSettings(td=td_settings(algo), cql=cql)
 
 

@@ -111,7 +111,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
               "cql_alpha": settings["cql_alpha"], "settings": settings, "behaviour_pretraining": behaviour, **evaluation.latest, "eval/best_win_rate": evaluation.best,
               **{k: float(v) for k, v in getattr(module, "latest_train_metrics", {}).items()}}
     write_json(out / "offline_summary.json", result)
-    print(f"offline {spec.name} on {dataset.name} ({settings['cql'] or 'no CQL'}, alpha={settings['cql_alpha']}): "
+    print(f"offline {spec.name} on {dataset.name} ({settings['cql'] or 'no CQL'}{', calibrated' if settings['cql_calibrated'] else ''}, "
+          f"alpha={settings['cql_alpha']}): "
           f"{module.updates} updates, final greedy win rate {evaluation.latest.get('eval/win_rate', float('nan')):.3f} "
           f"over {int(evaluation.latest.get('eval/episodes', 0))} battles (best evaluation {evaluation.best:.3f}); checkpoint with the frozen offline target: {out / 'checkpoints' / 'last.ckpt'}")
     return result

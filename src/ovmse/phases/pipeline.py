@@ -3,7 +3,8 @@
 ``python train.py -m phase=pipeline grid=table1`` runs, for every (algorithm, task, seed):
 
 1. the datasets of the map, when missing under ``data_root`` (``phase=collect``);
-2. the offline pretraining, shared by every fine-tuning algorithm of the task and seed
+2. the offline pretraining, shared by every fine-tuning algorithm of the task and seed whose
+   offline settings are equal (MACal-QL's calibrated one is its own)
    (``phase=offline``; not for QMIX from scratch);
 3. online fine-tuning with the final 640-battle test (``phase=online``), resumed from its
    last resume point when an earlier sweep was killed in it.

@@ -101,7 +101,11 @@ def offline_identity(algo: Mapping[str, Any], env: Mapping[str, Any], dataset: s
     if isinstance(offline, Mapping) and not _trains_a_behaviour_net(offline, env.get("map_name")):
         # Read by CFCQL's behaviour net only: where there is none they change nothing, and the
         # pretrainings made before these keys existed keep their identity (and directories).
-        algo["offline"] = {k: v for k, v in offline.items() if k not in BEHAVIOUR_KEYS}
+        offline = algo["offline"] = {k: v for k, v in offline.items() if k not in BEHAVIOUR_KEYS}
+    if isinstance(offline, Mapping) and "calibrated" in offline and not offline["calibrated"]:
+        # Plain CQL, as every pretraining made before the key existed: they keep their identity,
+        # and the algorithms that share them (all but MACal-QL) still find them.
+        algo["offline"] = {k: v for k, v in offline.items() if k != "calibrated"}
     return {"algo": algo, "env": {k: v for k, v in env.items() if k != "num_envs"},
             "dataset": dataset, "seed": int(seed), "overrides": sorted(stage_overrides)}
 
