@@ -103,6 +103,24 @@ def missing_cells(root: Path, cells=CELLS) -> list[str]:
             if not (root / "online" / task / name / f"seed{s}" / "online_summary.json").is_file()]
 
 
+def recorded_runs(results: Path | None = None) -> dict[str, str]:
+    """``{"<task>/<run name>/seed<k>": result file}`` of the finished runs in the result files
+    (``benchmarks/results/o2o_2s3z*.json``): a new machine starts without the sweep outputs, so
+    ``status`` tells a run that was never made from one whose outputs are gone."""
+    import json
+
+    from o2o_2s3z_stats import record_files  # noqa: PLC0415
+
+    recorded = {}
+    for path in (record_files() if results is None else record_files(results)):
+        if path.is_file():
+            for r in json.loads(path.read_text())["runs"]:
+                if r.get("status") == "finished" and r.get("path"):
+                    name = r["path"].removeprefix("online/")
+                    recorded.setdefault(name, path.name)
+    return recorded
+
+
 def qmix_start_dir(root: Path, algo: str, seed: int) -> Path:
     return root / "diagnosis" / "qmix_start" / algo / f"seed{seed}"
 
@@ -247,12 +265,16 @@ def main(argv: list[str] | None = None) -> None:
         worker(args)
     elif args.command == "status":
         root = sweep_root(args)
+        recorded = recorded_runs()
         for title, cells, missing in (("main sweep", CELLS, missing_cells(root)),
                                       ("diagnosis", DIAGNOSIS_CELLS + [None] * len(QMIX_START_ALGOS),
                                        missing_cells(root, DIAGNOSIS_CELLS) + missing_qmix_start(root))):
             total = len(cells) * len(SEEDS)
-            print(f"{title}: {total - len(missing)} of {total} runs finished; missing:")
-            print("\n".join(f"  {m}" for m in missing))
+            gone = [m for m in missing if m in recorded]
+            print(f"{title}: {total - len(missing)} of {total} runs finished under {root}; missing"
+                  + (f" ({len(gone)} of them finished in an earlier sweep root: recorded, outputs gone)" if gone else "")
+                  + ":")
+            print("\n".join(f"  {m}" + (f"   [recorded in {recorded[m]}]" if m in recorded else "") for m in missing))
     elif args.command == "stats":
         from o2o_2s3z_stats import main as stats  # noqa: PLC0415
 

@@ -290,3 +290,15 @@ def test_a_calibrated_pretraining_needs_a_cql_term(compose_cfg):
     cfg = compose_cfg("phase=offline", "env=3m", "algo=macalql", "algo.offline.cql=null")
     with pytest.raises(ValueError, match=r"algo.offline.calibrated=true .* algo.offline.cql is null on 3m"):
         resolve_objective(cfg, "3m", "medium")
+
+
+def test_status_tells_recorded_runs_from_runs_never_made(tmp_path):
+    """A new machine has no sweep outputs: runs finished in an earlier root are in the result files."""
+    run = {"task": "2s3z_medium", "algorithm": "macql", "seed": 0, "status": "finished",
+           "path": "online/2s3z_medium/macql/seed0"}
+    (tmp_path / "o2o_2s3z.json").write_text(json.dumps({"runs": [run, {**run, "seed": 1, "status": "running",
+                                                                        "path": "online/2s3z_medium/macql/seed1"}]}))
+    (tmp_path / "o2o_2s3z.part-x.json").write_text(json.dumps({"runs": [{**run, "seed": 2,
+                                                                          "path": "online/2s3z_medium/macql/seed2"}]}))
+    assert o2o_2s3z.recorded_runs(tmp_path) == {"2s3z_medium/macql/seed0": "o2o_2s3z.json",
+                                                     "2s3z_medium/macql/seed2": "o2o_2s3z.part-x.json"}
