@@ -40,6 +40,9 @@ ONLINE_ONLY_ALGO_KEYS = ("name", "online", "exploration", "epsilon_start", "epsi
 PAPER_DATASETS = ("medium", "medium_replay")
 # algo.offline keys that only CFCQL's behaviour net reads (configs/algo/o2o.yaml).
 BEHAVIOUR_KEYS = ("behaviour_training", "behaviour_patience", "behaviour_max_updates")
+# algo.offline keys added after pretrainings were recorded, each with the value that does what
+# those pretrainings did: at that value a key stays out of the identity, so they keep their hash.
+ADDED_OFFLINE_KEYS = {"calibrated": False}
 
 
 def override_key(override: str) -> str:
@@ -102,10 +105,9 @@ def offline_identity(algo: Mapping[str, Any], env: Mapping[str, Any], dataset: s
         # Read by CFCQL's behaviour net only: where there is none they change nothing, and the
         # pretrainings made before these keys existed keep their identity (and directories).
         offline = algo["offline"] = {k: v for k, v in offline.items() if k not in BEHAVIOUR_KEYS}
-    if isinstance(offline, Mapping) and "calibrated" in offline and not offline["calibrated"]:
-        # Plain CQL, as every pretraining made before the key existed: they keep their identity,
-        # and the algorithms that share them (all but MACal-QL) still find them.
-        algo["offline"] = {k: v for k, v in offline.items() if k != "calibrated"}
+    if isinstance(offline, Mapping):
+        algo["offline"] = {k: v for k, v in offline.items()
+                           if not (k in ADDED_OFFLINE_KEYS and v == ADDED_OFFLINE_KEYS[k])}
     return {"algo": algo, "env": {k: v for k, v in env.items() if k != "num_envs"},
             "dataset": dataset, "seed": int(seed), "overrides": sorted(stage_overrides)}
 
