@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,8 +80,24 @@ def offline_levels(root: Path) -> dict[str, dict]:
             "return": float(data["eval/return"]), "updates": int(data["updates"]),
             "wall_seconds": float(data["wall_seconds"]),
             # MACal-QL's own pretraining is calibrated (Cal-QL); a summary from before the key is plain CQL.
-            "calibrated": bool((data.get("settings") or {}).get("cql_calibrated", False))}
+            "calibrated": bool((data.get("settings") or {}).get("cql_calibrated", False)),
+            "dataset": _dataset_identity(summary.parent)}
     return levels
+
+
+def _dataset_identity(offline_dir: Path) -> dict | None:
+    """The dataset a pretraining read, from its ``hparams.yaml`` (transitions, creation time,
+    the commit that made it): two sweeps of the same protocol can hold different "medium" sets
+    (docs/results.md, eighth session). None when the run recorded none."""
+    import yaml
+
+    try:
+        data = (yaml.safe_load((offline_dir / "hparams.yaml").read_text()) or {}).get("dataset")
+    except OSError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {k: data.get(k) for k in ("name", "episodes", "transitions", "created", "git_commit")}
 
 
 def offline_of(run: OnlineRun, root: Path, levels: dict) -> dict | None:
@@ -110,6 +127,7 @@ def run_record(run: OnlineRun, root: Path, levels: dict, budget: int) -> dict:
         "env_steps_reached": int(run.summary["env_steps"]) if run.status == FINISHED else int(steps[-1]),
         "offline_win_rate": offline["win_rate"] if offline else None,
         "offline_return": offline["return"] if offline else None,
+        "dataset": offline.get("dataset") if offline else None,
         "steps_to_0.8": steps_to(steps, wins, WIN_TARGET),
         "mean_win_rate": float(np.mean(wins[steps <= budget + EVAL_SLACK])),
         "curve": {"env_steps": steps.tolist(), "win_rate": wins.tolist(), "return": returns.tolist()},
@@ -131,6 +149,12 @@ def run_record(run: OnlineRun, root: Path, levels: dict, budget: int) -> dict:
                        "final_battles": int(run.summary.get("eval/final_episodes", 0) or 0),
                        "wall_seconds": float(run.summary["wall_seconds"]), "resumed": _resumed(run)})
     return record
+
+
+def _dataset_cell(dataset: dict | None) -> str:
+    if not dataset or dataset.get("transitions") is None:
+        return "not recorded"
+    return f"{int(dataset['transitions']):,}, {dataset.get('created') or '?'}"
 
 
 def _resumed(run: OnlineRun) -> bool:
@@ -648,7 +672,7 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     finished = len({r["path"] for r in records if r["status"] == FINISHED})
     offline_rows = "\n".join(
         f"| {v['task']} | {k.split('/')[-1]} | {'calibrated (MACal-QL)' if v.get('calibrated') else 'plain'} | "
-        f"{v['updates']} | {_fmt(v['win_rate'])} | {_fmt(v['return'], 2)} | "
+        f"{_dataset_cell(v.get('dataset'))} | {v['updates']} | {_fmt(v['win_rate'])} | {_fmt(v['return'], 2)} | "
         f"{v['wall_seconds'] / 60:.0f} min |" for k, v in levels.items())
     body = [
         f"Report written {time.strftime('%Y-%m-%dT%H:%M:%S')} from `{_shown(root)}` "
@@ -658,9 +682,9 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
         "Offline pretrainings (MACQL, α 0.05, 10.05M dataset timesteps; the last greedy evaluation, 128 battles; "
         "`plain`: shared by OVMSE, Switch-CQL, MACQL and the ablations; `calibrated`: Cal-QL's bound, MACal-QL's own):",
         "",
-        "| task | run | CQL | updates | win rate | return | wall-clock |",
-        "|---|---|---|---:|---:|---:|---:|",
-        offline_rows or "| — | — | — | — | — | — | — |",
+        "| task | run | CQL | dataset (transitions, made) | updates | win rate | return | wall-clock |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+        offline_rows or "| — | — | — | — | — | — | — | — |",
         "",
     ]
     for task in TASKS:

@@ -302,3 +302,24 @@ def test_status_tells_recorded_runs_from_runs_never_made(tmp_path):
                                                                           "path": "online/2s3z_medium/macql/seed2"}]}))
     assert o2o_2s3z.recorded_runs(tmp_path) == {"2s3z_medium/macql/seed0": "o2o_2s3z.json",
                                                      "2s3z_medium/macql/seed2": "o2o_2s3z.part-x.json"}
+
+
+def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
+    """Two sweeps of the same protocol can hold different "medium" sets: each run's record and the
+    offline table name the one its pretraining read (from the pretraining's hparams.yaml)."""
+    offline = swept / "offline" / "2s3z_medium" / "seed0-abc"
+    (offline / "hparams.yaml").write_text(yaml.safe_dump({"dataset": {
+        "name": "2s3z/medium", "episodes": 5000, "transitions": 305838, "created": "2026-12-04T10:20:16",
+        "git_commit": "8a418d0", "path": "/somewhere"}}))
+    doc, out_json = tmp_path / "results.md", tmp_path / "o2o.json"
+    report_script.report(swept, doc=doc, out_json=out_json)
+    by = {(r["task"], r["algorithm"], r["seed"]): r for r in json.loads(out_json.read_text())["runs"]}
+    assert by[("2s3z_medium", "ovmse", 1)]["dataset"] == {"name": "2s3z/medium", "episodes": 5000,
+                                                         "transitions": 305838, "created": "2026-12-04T10:20:16",
+                                                         "git_commit": "8a418d0"}
+    assert by[("2s3z_medium", "qmix", 0)].get("dataset") is None  # from scratch: no dataset
+    assert "| seed0-abc | plain | 305,838, 2026-12-04T10:20:16 | 1355 |" in doc.read_text()
+    # A pretraining that recorded no dataset says so instead of guessing.
+    (offline / "hparams.yaml").write_text("lr: 0.001\n")
+    report_script.report(swept, doc=doc, out_json=out_json)
+    assert "| seed0-abc | plain | not recorded | 1355 |" in doc.read_text()
