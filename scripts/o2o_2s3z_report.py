@@ -88,12 +88,11 @@ def offline_levels(root: Path) -> dict[str, dict]:
 def _dataset_identity(offline_dir: Path) -> dict | None:
     """The dataset a pretraining read, from its ``hparams.yaml`` (transitions, creation time,
     the commit that made it): two sweeps of the same protocol can hold different "medium" sets
-    (docs/results.md, eighth session). None when the run recorded none."""
-    import yaml
-
+    (docs/results.md, eighth session). None when the run recorded none or it is unreadable (it
+    only annotates the report, as :func:`~ovmse.report.runs.configured` does)."""
     try:
         data = (yaml.safe_load((offline_dir / "hparams.yaml").read_text()) or {}).get("dataset")
-    except OSError:
+    except (OSError, yaml.YAMLError, AttributeError):
         return None
     if not isinstance(data, dict):
         return None

@@ -46,7 +46,8 @@ def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
     off = algo.offline
     cql = per_map(off.cql, map_name, "algo.offline.cql")
     cql = None if cql in (None, "none", "null") else str(cql)
-    if off.get("calibrated", False) and not cql:
+    calibrated = bool(off.get("calibrated", False))
+    if calibrated and not cql:
         raise ValueError("algo.offline.calibrated=true (Cal-QL) bounds the CQL push-down values: it needs a CQL "
                          f"variant, but algo.offline.cql is null on {map_name}")
     return {
@@ -54,7 +55,7 @@ def offline_settings(cfg: DictConfig, map_name: str) -> dict[str, Any]:
         "cql_alpha": float(per_map(off.alpha, map_name, "algo.offline.alpha")) if cql else 0.0,
         "cql_samples": int(off.samples),
         "cql_sampling": str(off.sampling),
-        "cql_calibrated": bool(off.get("calibrated", False)),
+        "cql_calibrated": calibrated,
         "cfcql_temperature": float(off.cfcql_temperature),
         "behaviour_training": str(off.behaviour_training),
         "behaviour_patience": int(off.behaviour_patience),
