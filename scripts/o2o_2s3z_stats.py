@@ -9,6 +9,12 @@ marl-eval's JSON format (:mod:`ovmse.report.statistics`).
 Writes ``benchmarks/results/o2o_2s3z_stats.json``, ``benchmarks/results/o2o_2s3z_marl_eval.json``,
 ``docs/img/o2o_2s3z_iqm.png`` and the statistics section of docs/results.md. It reads only the
 records, so it works wherever they are (no sweep outputs needed).
+
+Two sweeps of one protocol can pretrain on two different "medium" sets (the data collected
+again on a new machine; docs/results.md, eighth session). Each run is tagged with the set its
+pretraining read (:func:`set_of`); the statistics are given twice: on the current set alone
+(the most recently made set any record names), and over every run with the sets pooled, one
+run per seed (the current set's where a seed ran on both).
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ def statistics(records: list[dict], reps: int = 2000) -> dict:
         shared = final_score_rows(scores, reference=REFERENCE, reps=reps, min_runs=1)
         rows = {}
         for algo, algo_runs in ordered.items():
-            row = {"seeds": [r["seed"] for r in algo_runs], "final_win_rate": scores[algo],
+            row = {"seeds": [r["seed"] for r in algo_runs], "sets": [r.get("set") for r in algo_runs],
+                   "final_win_rate": scores[algo],
                    **{k: shared[algo][k] for k in ("iqm", "iqm_ci", "median", "median_ci")}}
             if "p_better" in shared[algo] and "+" not in algo:
                 row[f"p_{REFERENCE}_better"] = shared[algo]["p_better"]
@@ -84,24 +91,40 @@ def _ci(pair) -> str:
     return f"[{pair[0]:.2f}, {pair[1]:.2f}]"
 
 
-def markdown(stats: dict, source: str) -> str:
+def _table(rows: dict, tags: dict[str | None, str] | None = None) -> list[str]:
+    """One task's rows; ``tags`` marks each per-seed value with the set it ran on."""
+    lines = ["| algorithm | seeds | final win rate per seed | IQM [95% CI] | median [95% CI] | P(OVMSE > X) [95% CI] |",
+             "|---|---:|---|---|---|---|"]
+    # The main algorithms and ablations first, then the diagnosis variants (other settings or budgets).
+    for algo, row in sorted(rows.items(), key=lambda kv: ("+" in kv[0], kv[0])):
+        n = len(row["seeds"])
+        ci = (lambda pair: _ci(pair)) if n >= MIN_SEEDS else (lambda pair: f"(no interval: {n} seed{'s' * (n > 1)})")
+        poi = (f"{row[f'p_{REFERENCE}_better']:.2f} {ci(row[f'p_{REFERENCE}_better_ci'])}"
+               if f"p_{REFERENCE}_better" in row else "—")
+        values = [f"{v:.3f}" + (f" ({tags[s]})" if tags and s is not None else "")
+                  for v, s in zip(row["final_win_rate"], row.get("sets") or [None] * n)]
+        lines.append(f"| {algo} | {n} | {', '.join(values)} | {row['iqm']:.3f} {ci(row['iqm_ci'])} | "
+                     f"{row['median']:.3f} {ci(row['median_ci'])} | {poi} |")
+    return lines
+
+
+def markdown(result: dict, source: str) -> str:
+    current, current_stats, pooled = result["current_set"], result["tasks"], result["pooled"]
     lines = [f"Written {time.strftime('%Y-%m-%dT%H:%M:%S')} by `python scripts/o2o_2s3z.py stats` from `{source}` "
              "(finished runs only). Final win rate over 640 battles; IQM and median over seeds with "
              "stratified-bootstrap 95% intervals; P(OVMSE > X): the probability that an OVMSE run (the paper's "
              "2s3z setting) ends above a run of X, ties counting half (300k-step runs only). Intervals are shown "
              f"from {MIN_SEEDS} seeds on; with 3 they are wide, and say how little the runs can tell apart.", ""]
-    for task, rows in stats.items():
-        lines += [f"**{task}**", "", "| algorithm | seeds | final win rate per seed | IQM [95% CI] | median [95% CI] | "
-                  "P(OVMSE > X) [95% CI] |", "|---|---:|---|---|---|---|"]
-        # The main algorithms and ablations first, then the diagnosis variants (other settings or budgets).
-        for algo, row in sorted(rows.items(), key=lambda kv: ("+" in kv[0], kv[0])):
-            n = len(row["seeds"])
-            ci = (lambda pair: _ci(pair)) if n >= MIN_SEEDS else (lambda pair: f"(no interval: {n} seed{'s' * (n > 1)})")
-            poi = (f"{row[f'p_{REFERENCE}_better']:.2f} {ci(row[f'p_{REFERENCE}_better_ci'])}"
-                   if f"p_{REFERENCE}_better" in row else "—")
-            lines.append(f"| {algo} | {n} | {', '.join(f'{v:.3f}' for v in row['final_win_rate'])} | "
-                         f"{row['iqm']:.3f} {ci(row['iqm_ci'])} | {row['median']:.3f} {ci(row['median_ci'])} | {poi} |")
-        lines.append("")
+    labels = sorted({s for rows in pooled.values() for row in rows.values() for s in row["sets"] if s is not None})
+    tags = {label: chr(ord("A") + i) for i, label in enumerate(labels)}
+    for task in pooled:
+        if current is not None and task in current_stats:
+            lines += [f"**{task}, runs on one set: {current}** (and QMIX from scratch, which reads none)", "",
+                      *_table(current_stats[task]), ""]
+        lines += [f"**{task}, every run, the sets pooled** (one run per seed, the current set's where a seed ran on "
+                  "both; the letter after a value is the set its pretraining read)", "", *_table(pooled[task], tags), ""]
+    if labels:
+        lines += ["Sets: " + "; ".join(f"{tags[label]}: {label}" for label in labels) + ".", ""]
     lines += ["![IQM sample-efficiency curves](img/o2o_2s3z_iqm.png)", ""]
     return "\n".join(lines)
 
@@ -123,7 +146,8 @@ def draw(stats: dict, path: Path) -> None:
             ax.plot(x, c["iqm"], label=f"{algo} ({len(row['seeds'])})")
             if len(row["seeds"]) >= MIN_SEEDS:
                 ax.fill_between(x, c["low"], c["high"], alpha=0.2)
-        ax.set(title=f"{task}: IQM of the greedy win rate (95% CI from {MIN_SEEDS} seeds)", xlabel="env steps (k)", ylabel="win rate",
+        ax.set(title=f"{task}: IQM of the greedy win rate, datasets pooled (95% CI from {MIN_SEEDS} seeds)",
+               xlabel="env steps (k)", ylabel="win rate",
                ylim=(0, 1))
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -136,14 +160,36 @@ def record_files(results: Path = ROOT / "benchmarks" / "results") -> list[Path]:
     return [results / "o2o_2s3z.json", *sorted(results.glob("o2o_2s3z.part-*.json"))]
 
 
+def set_of(record: dict, offline: dict) -> str | None:
+    """The dataset a run's pretraining read, as a label: its recorded identity (transitions,
+    creation time), or, for records from before the report kept it, the update count of the
+    file's pretrainings of the task (10.05M dataset timesteps make a count that depends on the
+    set's size: 1355 updates for Table 8's 284,872-transition 2s3z medium set, 1263 for the
+    305,838 one). None for a run from scratch (no dataset)."""
+    dataset = record.get("dataset")
+    if dataset and dataset.get("transitions") is not None:
+        return f"{int(dataset['transitions']):,} transitions, made {dataset.get('created') or '?'}"
+    if record.get("offline_win_rate") is None:
+        return None
+    updates = {v["updates"] for v in offline.values() if v.get("task") == record["task"] and "updates" in v}
+    if len(updates) != 1:
+        raise SystemExit(f"{record['task']} {record['algorithm']} seed {record['seed']}: the record names no dataset "
+                         f"and its file's pretrainings made {sorted(updates) or 'no'} updates: cannot tell its set")
+    return f"not recorded (pretrainings of {updates.pop()} updates)"
+
+
 def merged_runs(paths: list[Path]) -> list[dict]:
-    """The runs of every file, each (task, algorithm, seed) once: the first file's wins."""
+    """The runs of every file, each tagged with its ``set`` (:func:`set_of`), and each (task,
+    algorithm, seed, set) once: the first file's wins."""
     runs, seen = [], set()
     for path in paths:
-        for r in json.loads(path.read_text())["runs"]:
-            key = (r["task"], r["algorithm"], r["seed"])
+        data = json.loads(path.read_text())
+        for r in data["runs"]:
+            r = {**r, "set": set_of(r, data.get("offline") or {})}
+            key = (r["task"], r["algorithm"], r["seed"], r["set"])
             if r.get("status") == "finished" and key in seen:
-                print(f"{path.name}: {key} is in an earlier file too; the earlier one is kept")
+                print(f"{path.name}: {key[:3]} on {key[3] or 'no dataset'} is in an earlier file too; the earlier one "
+                      "is kept")
                 continue
             if r.get("status") == "finished":
                 seen.add(key)
@@ -151,23 +197,48 @@ def merged_runs(paths: list[Path]) -> list[dict]:
     return runs
 
 
+def current_set(runs: list[dict]) -> str | None:
+    """The most recently made set any record names; where none names one, the only set the
+    runs read (None when they read several and none is recorded: no set is "current")."""
+    made = {(r["dataset"].get("created") or "", r["set"]) for r in runs
+            if r.get("dataset") and r["dataset"].get("transitions") is not None}
+    if made:
+        return max(made)[1]
+    sets = {r["set"] for r in runs if r.get("set") is not None}
+    return sets.pop() if len(sets) == 1 else None
+
+
+def one_run_per_seed(runs: list[dict], preferred: str | None) -> list[dict]:
+    """Finished runs, one per (task, algorithm, seed): the one on ``preferred`` where a seed ran
+    on two sets."""
+    chosen: dict[tuple, dict] = {}
+    for r in finished_runs(runs):
+        key = (r["task"], r["algorithm"], r["seed"])
+        if key not in chosen or (r["set"] == preferred and chosen[key]["set"] != preferred):
+            chosen[key] = r
+    return list(chosen.values())
+
+
 def main(records_paths: list[Path] | None = None, out_dir: Path = ROOT / "benchmarks" / "results",
          doc: Path = ROOT / "docs" / "results.md", reps: int = 2000) -> dict:
+    """Statistics on the current set and pooled over sets; returns what it writes to the JSON."""
     paths = record_files() if records_paths is None else list(records_paths)
     records = merged_runs(paths)
-    stats = statistics(records, reps=reps)
-    (out_dir / "o2o_2s3z_stats.json").write_text(json.dumps(
-        {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": [p.name for p in paths],
-         "reference": REFERENCE, "tasks": stats}, indent=1) + "\n")
-    runs = [{"task": r["task"], "algorithm": r["algorithm"], "seed": r["seed"], "steps": r["curve"]["env_steps"],
-             "values": r["curve"]["win_rate"], "final": r["final_win_rate"]}
-            for r in finished_runs(records) if r.get("curve")]
-    (out_dir / "o2o_2s3z_marl_eval.json").write_text(json.dumps(marl_eval_runs(runs, "smac_sim"), indent=1) + "\n")
+    current = current_set(records)
+    runs = one_run_per_seed(records, current)
+    result = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": [p.name for p in paths],
+              "reference": REFERENCE, "current_set": current,
+              "tasks": statistics([r for r in runs if r["set"] in (current, None)], reps=reps) if current else {},
+              "pooled": statistics(runs, reps=reps)}
+    (out_dir / "o2o_2s3z_stats.json").write_text(json.dumps(result, indent=1) + "\n")
+    marl = [{"task": r["task"], "algorithm": r["algorithm"], "seed": r["seed"], "steps": r["curve"]["env_steps"],
+             "values": r["curve"]["win_rate"], "final": r["final_win_rate"]} for r in runs if r.get("curve")]
+    (out_dir / "o2o_2s3z_marl_eval.json").write_text(json.dumps(marl_eval_runs(marl, "smac_sim"), indent=1) + "\n")
     (doc.parent / "img").mkdir(parents=True, exist_ok=True)
-    draw(stats, doc.parent / "img" / "o2o_2s3z_iqm.png")
-    replace_section(doc, BEGIN, END, markdown(stats, ", ".join(p.name for p in paths)))
+    draw(result["pooled"], doc.parent / "img" / "o2o_2s3z_iqm.png")
+    replace_section(doc, BEGIN, END, markdown(result, ", ".join(p.name for p in paths)))
     print(f"wrote {out_dir / 'o2o_2s3z_stats.json'}, {out_dir / 'o2o_2s3z_marl_eval.json'} and {doc}")
-    return stats
+    return result
 
 
 if __name__ == "__main__":

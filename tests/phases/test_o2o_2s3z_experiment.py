@@ -222,8 +222,10 @@ def test_stats_from_the_records_alone(swept, tmp_path):
     out_json = tmp_path / "o2o.json"
     report_script.report(swept, doc=tmp_path / "r.md", out_json=out_json)
     doc = tmp_path / "docs" / "results.md"
-    stats = stats_script.main([out_json], out_dir=tmp_path, doc=doc, reps=200)
-    medium = stats["2s3z_medium"]
+    result = stats_script.main([out_json], out_dir=tmp_path, doc=doc, reps=200)
+    assert result["current_set"] == "not recorded (pretrainings of 1355 updates)"  # the only set of the records
+    assert result["tasks"] == result["pooled"]
+    medium = result["tasks"]["2s3z_medium"]
     assert medium["ovmse"]["final_win_rate"] == [0.95, 0.96, 0.97] and medium["ovmse"]["iqm"] == pytest.approx(0.96)
     assert medium["macql"]["p_ovmse_better"] == 1.0  # 0.95-0.97 against 0.9 on every pair
     assert "p_ovmse_better" not in medium["ovmse+algo.epsilon_start=0.2,env_steps=100000"]  # another budget
@@ -241,6 +243,45 @@ def test_stats_merge_record_files_each_run_once(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"runs": [{**run, "final_win_rate": 0.9}, {**run, "seed": 2}]}))
     runs = stats_script.merged_runs([tmp_path / "a.json", tmp_path / "b.json"])
     assert [(r["seed"], r["final_win_rate"]) for r in runs] == [(1, 0.5), (2, 0.5)]
+
+
+def test_stats_keep_runs_on_two_datasets_apart(tmp_path):
+    """Seeds pretrained on two "medium" sets (the data collected again on a new machine): the
+    headline statistics use the newest set only, the pooled ones take each seed once, preferring
+    it; a record from before datasets were recorded is told apart by its pretrainings' updates."""
+    import o2o_2s3z_stats as stats_script
+
+    curve = {"env_steps": [10_000 * (i + 1) for i in range(30)], "win_rate": [0.5] * 30}
+    run = {"task": "2s3z_medium", "status": "finished", "offline_win_rate": 0.6, "curve": curve}
+    new_set = {"name": "2s3z/medium", "episodes": 5000, "transitions": 305838, "created": "2026-12-04T10:20:16"}
+    old = {"offline": {"offline/2s3z_medium/seed0-c9": {"task": "2s3z_medium", "updates": 1355}},
+           "runs": [{**run, "algorithm": a, "seed": seed, "final_win_rate": 0.1 * seed + (0.05 if a == "macql" else 0)}
+                    for a in ("ovmse", "macql") for seed in (0, 1)]}
+    new = {"offline": {"offline/2s3z_medium/seed1-f3": {"task": "2s3z_medium", "updates": 1263, "dataset": new_set}},
+           "runs": [{**run, "algorithm": a, "seed": seed, "dataset": new_set, "final_win_rate": 0.9 - 0.1 * seed}
+                    for a in ("ovmse", "macql") for seed in (1, 2)]
+           + [{**run, "algorithm": "qmix", "seed": 0, "offline_win_rate": None, "final_win_rate": 0.99}]}
+    for name, data in (("o2o_2s3z.json", old), ("o2o_2s3z.part-b.json", new)):
+        (tmp_path / name).write_text(json.dumps(data))
+    doc = tmp_path / "docs" / "results.md"
+    result = stats_script.main([tmp_path / "o2o_2s3z.json", tmp_path / "o2o_2s3z.part-b.json"], out_dir=tmp_path,
+                               doc=doc, reps=100)
+    assert result["current_set"] == "305,838 transitions, made 2026-12-04T10:20:16"
+    current, pooled = result["tasks"]["2s3z_medium"], result["pooled"]["2s3z_medium"]
+    assert current["ovmse"]["seeds"] == [1, 2] and current["ovmse"]["final_win_rate"] == [0.8, 0.7]
+    assert current["qmix"]["final_win_rate"] == [0.99]  # reads no dataset: in both
+    # Seed 1 ran on both sets: the pooled statistics take it once, from the current set.
+    assert pooled["ovmse"]["seeds"] == [0, 1, 2] and pooled["ovmse"]["final_win_rate"] == [0.0, 0.8, 0.7]
+    assert pooled["ovmse"]["sets"][0] == "not recorded (pretrainings of 1355 updates)"
+    text = doc.read_text()
+    assert "| ovmse | 3 | 0.000 (B), 0.800 (A), 0.700 (A) |" in text
+    assert "Sets: A: 305,838 transitions, made 2026-12-04T10:20:16; B: not recorded (pretrainings of 1355 updates)." \
+        in text
+    # A record naming no dataset whose file's pretrainings differ in length cannot be placed.
+    old["offline"]["offline/2s3z_medium/seed1-x"] = {"task": "2s3z_medium", "updates": 1263}
+    (tmp_path / "o2o_2s3z.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=r"ovmse seed 0: the record names no dataset .* \[1263, 1355\] updates"):
+        stats_script.merged_runs([tmp_path / "o2o_2s3z.json"])
 
 
 @pytest.mark.parametrize("algo, seed, recorded", [("macql", 1, "f3d5493b"), ("switch_cql", 2, "a4199e2f"),

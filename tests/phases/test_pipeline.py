@@ -143,6 +143,10 @@ def test_a_sweep_runs_every_stage_once(swept):
     assert statuses(ovmse) == {"collect": "ran", "offline": "ran", "online": "ran"}
     assert statuses(macql) == {"dataset": "present", "offline": "done before", "online": "ran"}
     assert statuses(qmix) == {"online": "ran"}
+    # The sweep root pinned the set its fine-tuning cells read.
+    pinned = json.loads((root / "datasets" / "3m" / "medium.json").read_text())
+    made = json.loads((tmp / "data" / "3m" / "medium" / "dataset.json").read_text())
+    assert (pinned["transitions"], pinned["created"]) == (made["transitions"], made["created"])
     # The fine-tuning run starts from the shared checkpoint.
     ckpt = json.loads((root / "online" / "3m_medium" / "macql" / "seed0" / "online_summary.json").read_text())["ckpt"]
     assert Path(ckpt).parent.parent == offline[0].parent
@@ -239,6 +243,27 @@ def test_a_cells_own_budget_wins_over_the_budget_configs(swept, sweep):
     run = tmp / "sweep" / "online" / "3m" / "qmix+env_steps=320" / "seed0"
     summary = json.loads((run / "online_summary.json").read_text())
     assert 320 <= summary["env_steps"] < 640
+
+
+def test_a_sweep_root_refuses_another_set_than_the_one_it_pinned(swept, tmp_path, sweep):
+    """The data collected again (a new machine, a lost data_root) is another "medium" set: the
+    sweep root's runs must not be continued on it, and nothing of theirs is touched."""
+    import shutil
+
+    tmp, _ = swept
+    shutil.copytree(tmp / "sweep", tmp_path / "sweep")
+    shutil.copytree(tmp / "data", tmp_path / "data")
+    meta_file = tmp_path / "data" / "3m" / "medium" / "dataset.json"
+    meta = json.loads(meta_file.read_text())
+    meta["created"] = "2001-01-01T00:00:00"  # collected again: same protocol, another set
+    meta_file.write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
+    proc = sweep(tmp_path, "algo=macql", "algo.online.mixing_ratio=0.5")  # a cell not made yet
+    assert proc.returncode != 0
+    assert "is another set than 3m/medium recorded (created" in proc.stderr
+    assert "sweep root's runs used the set pinned in" in proc.stderr
+    after = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file() and ".lock" not in p.name}
+    assert after == before  # (the cell's lock may leave its empty directory)
 
 
 def test_a_killed_collection_is_completed_from_its_own_policy(swept, tmp_path, sweep):

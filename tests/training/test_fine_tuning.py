@@ -225,6 +225,24 @@ def test_qmix_with_a_checkpoint_is_refused(tmp_path, offline_ckpt, build):
         build(tmp_path, "algo=qmix", f"ckpt={offline_ckpt}")
 
 
+def test_mixing_another_set_than_the_pretraining_read_is_refused(tmp_path, offline_ckpt, build):
+    """Two collections of one protocol make two "medium" sets: fine-tuning must mix in the one its
+    checkpoint was pretrained on (the 2s3z sweep once pooled seeds pretrained on two sets)."""
+    other = random_dataset(tmp_path / "data" / "3m" / "medium", seed=11)  # same size, other battles
+    with pytest.raises(ValueError, match=r"offline data to mix in .* is another set than 3m/medium recorded "
+                                          r"\(transitions \d+ vs \d+.*Point data_root"):
+        build(tmp_path / "run", "algo=macalql", f"ckpt={offline_ckpt}", f"dataset={other}")
+
+
+def test_check_same_set_compares_the_fields_both_records_hold():
+    from ovmse.phases.fine_tuning import check_same_set
+
+    recorded = {"name": "2s3z/medium", "episodes": 5000, "transitions": 284872}  # a record from before `created`
+    check_same_set(recorded, {**recorded, "created": "2026-12-04T10:20:16"}, what="x")
+    with pytest.raises(ValueError, match=r"x is another set than 2s3z/medium recorded \(transitions 284872 vs 305838"):
+        check_same_set(recorded, {**recorded, "transitions": 305838}, what="x")
+
+
 def test_checkpoint_of_another_map_is_refused(tmp_path, offline_ckpt, build):
     with pytest.raises(ValueError, match=r"does not fit env=8m .*map_name: checkpoint '3m', env '8m'"):
         build(tmp_path, "algo=ovmse", f"ckpt={offline_ckpt}", "env=8m")

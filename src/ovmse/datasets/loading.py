@@ -28,6 +28,16 @@ from .validation import (
 IN_MEMORY_LIMIT_BYTES = 4 * 2**30
 
 
+def metadata_identity(path: str | Path, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:meth:`OfflineDataset.identity` from ``dataset.json`` alone (read when ``metadata`` is
+    None), without opening the episodes: what tells this set apart from another of its name."""
+    meta = read_metadata(path) if metadata is None else metadata
+    return {"name": str(meta.get("name", path)), "path": str(Path(path).resolve()), "episodes": meta.get("episodes"),
+            "transitions": meta.get("transitions"), "created": meta.get("created"),
+            "return_mean": meta.get("return_mean"), "win_rate": meta.get("win_rate"),
+            "git_commit": (meta.get("code_version") or {}).get("git_commit")}
+
+
 class OfflineDataset:
     """A fixed set of episodes ``[E, T_max + 1]`` with uniform episode sampling.
 
@@ -61,11 +71,7 @@ class OfflineDataset:
     def identity(self) -> dict[str, Any]:
         """What a checkpoint records about the dataset it was trained on (``hparams.dataset``):
         the online phase finds the dataset to mix in, and the per-task settings, from it."""
-        meta = self.metadata
-        return {"name": self.name, "path": str(self.path.resolve()), "episodes": len(self),
-                "transitions": self.n_transitions, "created": meta.get("created"),
-                "return_mean": meta.get("return_mean"), "win_rate": meta.get("win_rate"),
-                "git_commit": (meta.get("code_version") or {}).get("git_commit")}
+        return {**metadata_identity(self.path, self.metadata), "episodes": len(self)}
 
     def __len__(self) -> int:
         return int(self.episodes.shape[0])

@@ -171,8 +171,11 @@ def resolve_fine_tuning_dataset(cfg: DictConfig, module: QMixModule, map_name: s
     return trained_quality, trained_on.get("path")
 
 
-def load_mixing_dataset(cfg: DictConfig, source: str | None, map_name: str, device) -> OfflineDataset:
-    """The offline dataset mixed into online batches (validated in full, like the offline phase)."""
+def load_mixing_dataset(cfg: DictConfig, source: str | None, map_name: str, device,
+                        pretrained_on: dict | None = None) -> OfflineDataset:
+    """The offline dataset mixed into online batches (validated in full, like the offline phase);
+    refused when it is another set than ``pretrained_on`` (the checkpoint's ``hparams.dataset``,
+    :func:`check_same_set`)."""
     if source is None:
         raise ValueError("the mixing ratio is > 0 but the checkpoint names no dataset: pass dataset=<quality or "
                          "directory> (the dataset it was pretrained on)")
@@ -180,4 +183,26 @@ def load_mixing_dataset(cfg: DictConfig, source: str | None, map_name: str, devi
     if not path.is_dir():
         raise FileNotFoundError(f"offline dataset {str(path)!r} (to mix into online batches) does not exist: "
                                 "pass dataset=<quality or directory>, or regenerate it with phase=collect")
-    return load_dataset(path, map_name=map_name, validate="full", device=device)
+    dataset = load_dataset(path, map_name=map_name, validate="full", device=device)
+    check_same_set(pretrained_on or {}, dataset.identity(), what=f"the offline data to mix in ({path})")
+    return dataset
+
+
+# What tells two sets of one name apart: the same collect command run again (another commit, a
+# new machine) makes another "medium" set (docs/results.md, eighth session).
+SET_FIELDS = ("episodes", "transitions", "created", "git_commit")
+
+
+def check_same_set(recorded: dict, found: dict, what: str,
+                   remedy: str = "Point data_root (or dataset=) at the set recorded, or pretrain again on this one") -> None:
+    """Refuse ``found`` (a dataset's :meth:`~ovmse.datasets.OfflineDataset.identity`) where it
+    differs from ``recorded`` in a field both hold (:data:`SET_FIELDS`): values pretrained on one
+    set and fine-tuned on another measure neither. A record from before a field existed is not
+    compared on it."""
+    differs = {k: (recorded[k], found[k]) for k in SET_FIELDS
+               if recorded.get(k) is not None and found.get(k) is not None and recorded[k] != found[k]}
+    if differs:
+        detail = ", ".join(f"{k} {was!r} vs {now!r}" for k, (was, now) in differs.items())
+        raise ValueError(
+            f"{what} is another set than {recorded.get('name') or 'the dataset'} recorded ({detail}; recorded vs "
+            f"found): two collections of one protocol make different sets. {remedy}")

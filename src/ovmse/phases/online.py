@@ -45,6 +45,7 @@ from .common import env_options as env_options_of
 from .common import resolve_device, seed_everything, write_json
 from .fine_tuning import (
     O2O_ALGOS,
+    checkpoint_dataset,
     is_fine_tuning,
     load_mixing_dataset,
     load_checkpoint_for_map,
@@ -166,7 +167,8 @@ def make_learner(cfg: DictConfig, spec, fine_tune: bool, resume_from: Path | Non
     # The record says which weight "offline" meant, and the objective as the module has it.
     settings.update(cql_alpha=objective.cql.alpha if objective.cql else 0.0, objective=objective.to_dict(),
                     dataset=quality)
-    offline = load_mixing_dataset(cfg, source, spec.name, device) if settings["mixing_ratio"] > 0 else None
+    offline = (load_mixing_dataset(cfg, source, spec.name, device, pretrained_on=checkpoint_dataset(module))
+               if settings["mixing_ratio"] > 0 else None)
     return module, settings, offline
 
 

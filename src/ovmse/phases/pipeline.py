@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ovmse.datasets import dataset_dir
+from ovmse.datasets.loading import metadata_identity
 from ovmse.envs import get_map
 from ovmse.sweeps.cells import (
     PAPER_DATASETS,
@@ -45,7 +46,7 @@ from ovmse.sweeps.locks import StageLock
 from ovmse.sweeps.stages import StageError, run_stage, set_aside, train_command
 
 from .common import write_json
-from .fine_tuning import is_fine_tuning
+from .fine_tuning import check_same_set, is_fine_tuning
 
 _COLLECT_FORWARD = ("env", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root",
                     "collector")
@@ -180,6 +181,34 @@ class Pipeline:
         return (dataset_dir(self.data_root, self.cell.map_name, quality) / "dataset.json").is_file()
 
     def ensure_dataset(self) -> None:
+        """Make the cell's dataset when missing, then hold it to the set the sweep root pinned
+        (:meth:`pin_dataset`)."""
+        self._make_dataset()
+        self.pin_dataset(dataset_dir(self.data_root, self.cell.map_name, self.cell.dataset))
+
+    def pin_dataset(self, where: Path) -> None:
+        """The first cell of a sweep root to use a dataset pins its identity
+        (``<root>/datasets/<map>/<quality>.json``); a later cell finding another set under
+        ``data_root`` (the data lost and collected again, another machine's copy) is refused,
+        so that no statistic pools seeds pretrained or fine-tuned on two sets."""
+        pin = self.cell.root / "datasets" / self.cell.map_name / f"{self.cell.dataset}.json"
+        found = metadata_identity(where)
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        draft = pin.with_name(f".{pin.name}.{os.getpid()}")
+        draft.write_text(json.dumps(found, indent=1) + "\n")
+        try:
+            os.link(draft, pin)  # whole and exclusive: of two processes pinning at once, one does
+            print(f"[pipeline] dataset {where}: pinned for this sweep root ({pin})", flush=True)
+            return
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+        check_same_set(json.loads(pin.read_text()), found, what=f"dataset {where}",
+                       remedy=f"This sweep root's runs used the set pinned in {pin}: point data_root at it, or give "
+                              "this set a sweep root of its own (pipeline.root=...)")
+
+    def _make_dataset(self) -> None:
         cell, quality = self.cell, self.cell.dataset
         where = dataset_dir(self.data_root, cell.map_name, quality)
         if self._dataset_ready(quality):
