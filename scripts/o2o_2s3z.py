@@ -103,22 +103,43 @@ def missing_cells(root: Path, cells=CELLS) -> list[str]:
             if not (root / "online" / task / name / f"seed{s}" / "online_summary.json").is_file()]
 
 
-def recorded_runs(results: Path | None = None) -> dict[str, str]:
-    """``{"<task>/<run name>/seed<k>": result file}`` of the finished runs in the result files
-    (``benchmarks/results/o2o_2s3z*.json``): a new machine starts without the sweep outputs, so
-    ``status`` tells a run that was never made from one whose outputs are gone."""
-    import json
+def recorded_runs(results: Path | None = None) -> dict[str, tuple[str, str | None]]:
+    """``{"<task>/<run name>/seed<k>": (result file, dataset set)}`` of the finished runs in the
+    result files (``benchmarks/results/o2o_2s3z*.json``; the set as
+    :func:`o2o_2s3z_stats.set_of` names it): a new machine starts without the sweep outputs, so
+    ``status`` tells a run that was never made from one whose outputs are gone, and one made on
+    another set than the sweep root's (to redo there)."""
+    from o2o_2s3z_stats import merged_runs, record_files  # noqa: PLC0415
 
-    from o2o_2s3z_stats import record_files  # noqa: PLC0415
-
-    recorded = {}
+    recorded: dict[str, tuple[str, str | None]] = {}
     for path in (record_files() if results is None else record_files(results)):
         if path.is_file():
-            for r in json.loads(path.read_text())["runs"]:
+            for r in merged_runs([path]):
                 if r.get("status") == "finished" and r.get("path"):
-                    name = r["path"].removeprefix("online/")
-                    recorded.setdefault(name, path.name)
+                    recorded.setdefault(r["path"].removeprefix("online/"), (path.name, r["set"]))
     return recorded
+
+
+def pinned_set(root: Path, task: str) -> str | None:
+    """The set the sweep root pinned for ``task`` (``<map>_<quality>``), labelled as the records
+    label theirs; None before a cell of it ran."""
+    import json
+
+    from o2o_2s3z_stats import set_label  # noqa: PLC0415
+
+    map_name, _, quality = task.partition("_")
+    pin = root / "datasets" / map_name / f"{quality}.json"
+    return set_label(json.loads(pin.read_text())) if quality and pin.is_file() else None
+
+
+def recorded_note(root: Path, cell: str, recorded: dict) -> str:
+    if cell not in recorded:
+        return ""
+    file, dataset = recorded[cell]
+    pinned = pinned_set(root, cell.split("/", 1)[0])
+    if dataset is not None and pinned is not None and dataset != pinned:
+        return f"   [recorded in {file}, on another set ({dataset}) than this root's: redo it here]"
+    return f"   [recorded in {file}]"
 
 
 def qmix_start_dir(root: Path, algo: str, seed: int) -> Path:
@@ -274,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{title}: {total - len(missing)} of {total} runs finished under {root}; missing"
                   + (f" ({len(gone)} of them finished in an earlier sweep root: recorded, outputs gone)" if gone else "")
                   + ":")
-            print("\n".join(f"  {m}" + (f"   [recorded in {recorded[m]}]" if m in recorded else "") for m in missing))
+            print("\n".join(f"  {m}{recorded_note(root, m, recorded)}" for m in missing))
     elif args.command == "stats":
         from o2o_2s3z_stats import main as stats  # noqa: PLC0415
 

@@ -160,6 +160,11 @@ def record_files(results: Path = ROOT / "benchmarks" / "results") -> list[Path]:
     return [results / "o2o_2s3z.json", *sorted(results.glob("o2o_2s3z.part-*.json"))]
 
 
+def set_label(dataset: dict) -> str:
+    """A dataset identity (a record's ``dataset``, a sweep root's pin) as a label."""
+    return f"{int(dataset['transitions']):,} transitions, made {dataset.get('created') or '?'}"
+
+
 def set_of(record: dict, offline: dict) -> str | None:
     """The dataset a run's pretraining read, as a label: its recorded identity (transitions,
     creation time), or, for records from before the report kept it, the update count of the
@@ -168,7 +173,7 @@ def set_of(record: dict, offline: dict) -> str | None:
     305,838 one). None for a run from scratch (no dataset)."""
     dataset = record.get("dataset")
     if dataset and dataset.get("transitions") is not None:
-        return f"{int(dataset['transitions']):,} transitions, made {dataset.get('created') or '?'}"
+        return set_label(dataset)
     if record.get("offline_win_rate") is None:
         return None
     updates = {v["updates"] for v in offline.values() if v.get("task") == record["task"] and "updates" in v}

@@ -341,8 +341,21 @@ def test_status_tells_recorded_runs_from_runs_never_made(tmp_path):
                                                                         "path": "online/2s3z_medium/macql/seed1"}]}))
     (tmp_path / "o2o_2s3z.part-x.json").write_text(json.dumps({"runs": [{**run, "seed": 2,
                                                                           "path": "online/2s3z_medium/macql/seed2"}]}))
-    assert o2o_2s3z.recorded_runs(tmp_path) == {"2s3z_medium/macql/seed0": "o2o_2s3z.json",
-                                                     "2s3z_medium/macql/seed2": "o2o_2s3z.part-x.json"}
+    recorded = o2o_2s3z.recorded_runs(tmp_path)
+    assert recorded == {"2s3z_medium/macql/seed0": ("o2o_2s3z.json", None),
+                        "2s3z_medium/macql/seed2": ("o2o_2s3z.part-x.json", None)}
+    # A run made on another set than the one the sweep root pinned is to be redone there.
+    root = tmp_path / "root"
+    recorded["2s3z_medium/macql/seed0"] = ("o2o_2s3z.json", "not recorded (pretrainings of 1355 updates)")
+    assert o2o_2s3z.recorded_note(root, "2s3z_medium/macql/seed0", recorded) == "   [recorded in o2o_2s3z.json]"
+    (root / "datasets" / "2s3z").mkdir(parents=True)
+    (root / "datasets" / "2s3z" / "medium.json").write_text(json.dumps({"transitions": 305838,
+                                                                       "created": "2026-12-04T10:20:16"}))
+    assert o2o_2s3z.recorded_note(root, "2s3z_medium/macql/seed0", recorded) == (
+        "   [recorded in o2o_2s3z.json, on another set (not recorded (pretrainings of 1355 updates)) than this "
+        "root's: redo it here]")
+    recorded["2s3z_medium/macql/seed0"] = ("o2o_2s3z.json", "305,838 transitions, made 2026-12-04T10:20:16")
+    assert o2o_2s3z.recorded_note(root, "2s3z_medium/macql/seed0", recorded) == "   [recorded in o2o_2s3z.json]"
 
 
 def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
