@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -153,6 +154,17 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     assert "| MACQL | 1 | 0.950 (0.950) | 0.200 (0.200) | 0.550 (0.550) |" in text
     for name in ("o2o_2s3z_curves.png", "o2o_2s3z_ablations.png", "o2o_2s3z_unlearning.png"):
         assert (doc.parent / "img" / name).stat().st_size > 1000
+
+
+def test_steps_to_08_need_the_next_evaluation_to_hold_it():
+    """A run that starts above 0.8 and collapses after the switch (MACal-QL calibrated, seed 0:
+    0.81 at 4.6k, 0.04 at 10k) has not reached 0.8 there; a single 128-battle spike is not either."""
+    steps = np.array([4_608, 10_000, 170_000, 180_000, 190_000, 200_000, 300_000])
+    assert report_script.steps_to(steps, np.array([0.81, 0.04, 0.91, 0.79, 0.84, 0.88, 0.95]), 0.8) == 190_000
+    assert report_script.steps_to(steps, np.array([0.81, 0.04, 0.91, 0.84, 0.7, 0.7, 0.7]), 0.8) == 170_000
+    assert report_script.steps_to(steps, np.array([0.81, 0.0, 0.0, 0.0, 0.0, 0.0, 0.85]), 0.8) == 300_000  # the end
+    assert report_script.steps_to(steps, np.array([0.81, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7]), 0.8) is None
+    assert report_script.steps_to(steps, np.array([0.81, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7]), 0.8, hold=1) == 4_608
 
 
 def test_claims_turn_on_the_numbers(swept, tmp_path):
