@@ -55,6 +55,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -103,43 +105,64 @@ def missing_cells(root: Path, cells=CELLS) -> list[str]:
             if not (root / "online" / task / name / f"seed{s}" / "online_summary.json").is_file()]
 
 
-def recorded_runs(results: Path | None = None) -> dict[str, tuple[str, str | None]]:
-    """``{"<task>/<run name>/seed<k>": (result file, dataset set)}`` of the finished runs in the
-    result files (``benchmarks/results/o2o_2s3z*.json``; the set as
+def recorded_runs(results: Path | None = None) -> dict[str, list[tuple[str, str | None]]]:
+    """``{"<task>/<run name>/seed<k>": [(result file, dataset set), ...]}`` of the finished runs
+    in the result files (``benchmarks/results/o2o_2s3z*.json``; the set as
     :func:`o2o_2s3z_stats.set_of` names it): a new machine starts without the sweep outputs, so
     ``status`` tells a run that was never made from one whose outputs are gone, and one made on
     another set than the sweep root's (to redo there)."""
     from o2o_2s3z_stats import merged_runs, record_files  # noqa: PLC0415
 
-    recorded: dict[str, tuple[str, str | None]] = {}
+    recorded: dict[str, list[tuple[str, str | None]]] = {}
     for path in (record_files() if results is None else record_files(results)):
         if path.is_file():
             for r in merged_runs([path]):
                 if r.get("status") == "finished" and r.get("path"):
-                    recorded.setdefault(r["path"].removeprefix("online/"), (path.name, r["set"]))
+                    recorded.setdefault(r["path"].removeprefix("online/"), []).append((path.name, r["set"]))
     return recorded
 
 
-def pinned_set(root: Path, task: str) -> str | None:
-    """The set the sweep root pinned for ``task`` (``<map>_<quality>``), labelled as the records
-    label theirs; None before a cell of it ran."""
+def pinned_set(root: Path, task: str) -> dict | None:
+    """The identity of the set the sweep root pinned for ``task`` (``<map>_<quality>``); None
+    before a cell of it ran."""
     import json
-
-    from o2o_2s3z_stats import set_label  # noqa: PLC0415
 
     map_name, _, quality = task.partition("_")
     pin = root / "datasets" / map_name / f"{quality}.json"
-    return set_label(json.loads(pin.read_text())) if quality and pin.is_file() else None
+    return json.loads(pin.read_text()) if quality and pin.is_file() else None
+
+
+def on_set(label: str | None, pinned: dict) -> bool | None:
+    """Whether a record's set is the pinned one: by label when the record names its set, by the
+    pretrainings' update count (what the pinned set makes at this budget) when it does not;
+    None when neither tells."""
+    from o2o_2s3z_stats import set_label, unrecorded_updates  # noqa: PLC0415
+
+    from ovmse.phases.offline import offline_updates  # noqa: PLC0415
+
+    if label is None or label == "not recorded":
+        return None
+    updates = unrecorded_updates(label)
+    if updates is None:
+        return label == set_label(pinned)
+    budget = yaml.safe_load((ROOT / "configs" / "budget" / f"{BUDGET}.yaml").read_text())
+    timesteps = next(int(o.split("=", 1)[1]) for o in budget["pipeline"]["offline"]["overrides"]
+                     if o.startswith("dataset_timesteps="))
+    batch = int(yaml.safe_load((ROOT / "configs" / "algo" / "o2o.yaml").read_text())["offline"]["batch_size"])
+    return updates == offline_updates(0, timesteps, batch, int(pinned["episodes"]), int(pinned["transitions"]))
 
 
 def recorded_note(root: Path, cell: str, recorded: dict) -> str:
     if cell not in recorded:
         return ""
-    file, dataset = recorded[cell]
     pinned = pinned_set(root, cell.split("/", 1)[0])
-    if dataset is not None and pinned is not None and dataset != pinned:
-        return f"   [recorded in {file}, on another set ({dataset}) than this root's: redo it here]"
-    return f"   [recorded in {file}]"
+    files = ", ".join(dict.fromkeys(file for file, _ in recorded[cell]))
+    if pinned is not None:
+        matches = [on_set(label, pinned) for _, label in recorded[cell]]
+        if not any(matches) and False in matches:
+            other = next(label for (_, label), m in zip(recorded[cell], matches) if m is False)
+            return f"   [recorded in {files}, on another set ({other}) than this root's: redo it here]"
+    return f"   [recorded in {files}]"
 
 
 def qmix_start_dir(root: Path, algo: str, seed: int) -> Path:

@@ -11,15 +11,16 @@ Writes ``benchmarks/results/o2o_2s3z_stats.json``, ``benchmarks/results/o2o_2s3z
 records, so it works wherever they are (no sweep outputs needed).
 
 Two sweeps of one protocol can pretrain on two different "medium" sets (the data collected
-again on a new machine; docs/results.md, eighth session). Each run is tagged with the set its
-pretraining read (:func:`set_of`); the statistics are given twice: on the current set alone
-(the most recently made set any record names), and over every run with the sets pooled, one
-run per seed (the current set's where a seed ran on both).
+again by another commit; docs/datasets.md). Each run is tagged with the set its pretraining
+read (:func:`set_of`); the statistics are given twice: on the current set alone (per task, the
+most recently made set its records name), and over every run with the sets pooled, one run
+per seed (the current set's where a seed ran on both).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -118,8 +119,8 @@ def markdown(result: dict, source: str) -> str:
     labels = sorted({s for rows in pooled.values() for row in rows.values() for s in row["sets"] if s is not None})
     tags = {label: chr(ord("A") + i) for i, label in enumerate(labels)}
     for task in pooled:
-        if current is not None and task in current_stats:
-            lines += [f"**{task}, runs on one set: {current}** (and QMIX from scratch, which reads none)", "",
+        if current.get(task) is not None and task in current_stats:
+            lines += [f"**{task}, runs on one set: {current[task]}** (and QMIX from scratch, which reads none)", "",
                       *_table(current_stats[task]), ""]
         lines += [f"**{task}, every run, the sets pooled** (one run per seed, the current set's where a seed ran on "
                   "both; the letter after a value is the set its pretraining read)", "", *_table(pooled[task], tags), ""]
@@ -170,17 +171,30 @@ def set_of(record: dict, offline: dict) -> str | None:
     creation time), or, for records from before the report kept it, the update count of the
     file's pretrainings of the task (10.05M dataset timesteps make a count that depends on the
     set's size: 1355 updates for Table 8's 284,872-transition 2s3z medium set, 1263 for the
-    305,838 one). None for a run from scratch (no dataset)."""
+    305,838 one). None for QMIX from scratch (no dataset)."""
     dataset = record.get("dataset")
     if dataset and dataset.get("transitions") is not None:
         return set_label(dataset)
-    if record.get("offline_win_rate") is None:
+    if record["algorithm"].split("+")[0] == "qmix":
         return None
     updates = {v["updates"] for v in offline.values() if v.get("task") == record["task"] and "updates" in v}
-    if len(updates) != 1:
+    if not updates:
+        return "not recorded"
+    if len(updates) > 1 and record.get("status") != "finished":
+        return None  # an unfinished run enters no statistic
+    if len(updates) > 1:
         raise SystemExit(f"{record['task']} {record['algorithm']} seed {record['seed']}: the record names no dataset "
                          f"and its file's pretrainings made {sorted(updates) or 'no'} updates: cannot tell its set")
-    return f"not recorded (pretrainings of {updates.pop()} updates)"
+    return UNRECORDED.format(updates.pop())
+
+
+UNRECORDED = "not recorded (pretrainings of {} updates)"
+
+
+def unrecorded_updates(label: str | None) -> int | None:
+    """The pretrainings' update count of an :data:`UNRECORDED` label (None for another label)."""
+    match = re.fullmatch(re.escape(UNRECORDED).replace(r"\{\}", r"(\d+)"), label or "")
+    return int(match.group(1)) if match else None
 
 
 def merged_runs(paths: list[Path]) -> list[dict]:
@@ -203,8 +217,8 @@ def merged_runs(paths: list[Path]) -> list[dict]:
 
 
 def current_set(runs: list[dict]) -> str | None:
-    """The most recently made set any record names; where none names one, the only set the
-    runs read (None when they read several and none is recorded: no set is "current")."""
+    """The most recently made set the records of one task name; where none names one, the only
+    set its runs read (None when they read several and none is recorded: no set is "current")."""
     made = {(r["dataset"].get("created") or "", r["set"]) for r in runs
             if r.get("dataset") and r["dataset"].get("transitions") is not None}
     if made:
@@ -213,13 +227,13 @@ def current_set(runs: list[dict]) -> str | None:
     return sets.pop() if len(sets) == 1 else None
 
 
-def one_run_per_seed(runs: list[dict], preferred: str | None) -> list[dict]:
-    """Finished runs, one per (task, algorithm, seed): the one on ``preferred`` where a seed ran
-    on two sets."""
+def one_run_per_seed(runs: list[dict], preferred: dict[str, str | None]) -> list[dict]:
+    """Finished runs, one per (task, algorithm, seed): the one on its task's ``preferred`` set
+    where a seed ran on two."""
     chosen: dict[tuple, dict] = {}
     for r in finished_runs(runs):
-        key = (r["task"], r["algorithm"], r["seed"])
-        if key not in chosen or (r["set"] == preferred and chosen[key]["set"] != preferred):
+        key, best = (r["task"], r["algorithm"], r["seed"]), preferred.get(r["task"])
+        if key not in chosen or (r["set"] == best and chosen[key]["set"] != best):
             chosen[key] = r
     return list(chosen.values())
 
@@ -229,11 +243,12 @@ def main(records_paths: list[Path] | None = None, out_dir: Path = ROOT / "benchm
     """Statistics on the current set and pooled over sets; returns what it writes to the JSON."""
     paths = record_files() if records_paths is None else list(records_paths)
     records = merged_runs(paths)
-    current = current_set(records)
+    # Per task: each task has a dataset of its own (medium, medium-replay).
+    current = {task: current_set([r for r in records if r["task"] == task]) for task in sorted({r["task"] for r in records})}
     runs = one_run_per_seed(records, current)
+    on_current = [r for r in runs if current[r["task"]] is not None and r["set"] in (current[r["task"]], None)]
     result = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": [p.name for p in paths],
-              "reference": REFERENCE, "current_set": current,
-              "tasks": statistics([r for r in runs if r["set"] in (current, None)], reps=reps) if current else {},
+              "reference": REFERENCE, "current_set": current, "tasks": statistics(on_current, reps=reps),
               "pooled": statistics(runs, reps=reps)}
     (out_dir / "o2o_2s3z_stats.json").write_text(json.dumps(result, indent=1) + "\n")
     marl = [{"task": r["task"], "algorithm": r["algorithm"], "seed": r["seed"], "steps": r["curve"]["env_steps"],

@@ -235,7 +235,8 @@ def test_stats_from_the_records_alone(swept, tmp_path):
     report_script.report(swept, doc=tmp_path / "r.md", out_json=out_json)
     doc = tmp_path / "docs" / "results.md"
     result = stats_script.main([out_json], out_dir=tmp_path, doc=doc, reps=200)
-    assert result["current_set"] == "not recorded (pretrainings of 1355 updates)"  # the only set of the records
+    # The only set of the records (QMIX from scratch reads none).
+    assert result["current_set"] == {"2s3z_medium": "not recorded (pretrainings of 1355 updates)"}
     assert result["tasks"] == result["pooled"]
     medium = result["tasks"]["2s3z_medium"]
     assert medium["ovmse"]["final_win_rate"] == [0.95, 0.96, 0.97] and medium["ovmse"]["iqm"] == pytest.approx(0.96)
@@ -273,22 +274,28 @@ def test_stats_keep_runs_on_two_datasets_apart(tmp_path):
            "runs": [{**run, "algorithm": a, "seed": seed, "dataset": new_set, "final_win_rate": 0.9 - 0.1 * seed}
                     for a in ("ovmse", "macql") for seed in (1, 2)]
            + [{**run, "algorithm": "qmix", "seed": 0, "offline_win_rate": None, "final_win_rate": 0.99}]}
+    # Another task has a set of its own, made earlier: it is that task's current set.
+    replay_set = {**new_set, "name": "2s3z/medium_replay", "transitions": 29741, "created": "2026-12-04T10:17:51"}
+    new["runs"].append({**run, "task": "2s3z_medium_replay", "algorithm": "ovmse", "seed": 0, "dataset": replay_set,
+                        "final_win_rate": 0.4})
     for name, data in (("o2o_2s3z.json", old), ("o2o_2s3z.part-b.json", new)):
         (tmp_path / name).write_text(json.dumps(data))
     doc = tmp_path / "docs" / "results.md"
     result = stats_script.main([tmp_path / "o2o_2s3z.json", tmp_path / "o2o_2s3z.part-b.json"], out_dir=tmp_path,
                                doc=doc, reps=100)
-    assert result["current_set"] == "305,838 transitions, made 2026-12-04T10:20:16"
+    assert result["current_set"]["2s3z_medium"] == "305,838 transitions, made 2026-12-04T10:20:16"
     current, pooled = result["tasks"]["2s3z_medium"], result["pooled"]["2s3z_medium"]
     assert current["ovmse"]["seeds"] == [1, 2] and current["ovmse"]["final_win_rate"] == [0.8, 0.7]
     assert current["qmix"]["final_win_rate"] == [0.99]  # reads no dataset: in both
+    assert result["current_set"]["2s3z_medium_replay"] == "29,741 transitions, made 2026-12-04T10:17:51"
+    assert result["tasks"]["2s3z_medium_replay"]["ovmse"]["final_win_rate"] == [0.4]
     # Seed 1 ran on both sets: the pooled statistics take it once, from the current set.
     assert pooled["ovmse"]["seeds"] == [0, 1, 2] and pooled["ovmse"]["final_win_rate"] == [0.0, 0.8, 0.7]
     assert pooled["ovmse"]["sets"][0] == "not recorded (pretrainings of 1355 updates)"
     text = doc.read_text()
-    assert "| ovmse | 3 | 0.000 (B), 0.800 (A), 0.700 (A) |" in text
-    assert "Sets: A: 305,838 transitions, made 2026-12-04T10:20:16; B: not recorded (pretrainings of 1355 updates)." \
-        in text
+    assert "| ovmse | 3 | 0.000 (C), 0.800 (B), 0.700 (B) |" in text
+    assert ("Sets: A: 29,741 transitions, made 2026-12-04T10:17:51; B: 305,838 transitions, made 2026-12-04T10:20:16; "
+            "C: not recorded (pretrainings of 1355 updates).") in text
     # A record naming no dataset whose file's pretrainings differ in length cannot be placed.
     old["offline"]["offline/2s3z_medium/seed1-x"] = {"task": "2s3z_medium", "updates": 1263}
     (tmp_path / "o2o_2s3z.json").write_text(json.dumps(old))
@@ -354,20 +361,25 @@ def test_status_tells_recorded_runs_from_runs_never_made(tmp_path):
     (tmp_path / "o2o_2s3z.part-x.json").write_text(json.dumps({"runs": [{**run, "seed": 2,
                                                                           "path": "online/2s3z_medium/macql/seed2"}]}))
     recorded = o2o_2s3z.recorded_runs(tmp_path)
-    assert recorded == {"2s3z_medium/macql/seed0": ("o2o_2s3z.json", None),
-                        "2s3z_medium/macql/seed2": ("o2o_2s3z.part-x.json", None)}
+    assert recorded == {"2s3z_medium/macql/seed0": [("o2o_2s3z.json", "not recorded")],
+                        "2s3z_medium/macql/seed2": [("o2o_2s3z.part-x.json", "not recorded")]}
     # A run made on another set than the one the sweep root pinned is to be redone there.
-    root = tmp_path / "root"
-    recorded["2s3z_medium/macql/seed0"] = ("o2o_2s3z.json", "not recorded (pretrainings of 1355 updates)")
-    assert o2o_2s3z.recorded_note(root, "2s3z_medium/macql/seed0", recorded) == "   [recorded in o2o_2s3z.json]"
+    root, cell = tmp_path / "root", "2s3z_medium/macql/seed0"
+    old_set = ("o2o_2s3z.json", "not recorded (pretrainings of 1355 updates)")
+    recorded[cell] = [old_set]
+    assert o2o_2s3z.recorded_note(root, cell, recorded) == "   [recorded in o2o_2s3z.json]"  # no pin yet
     (root / "datasets" / "2s3z").mkdir(parents=True)
-    (root / "datasets" / "2s3z" / "medium.json").write_text(json.dumps({"transitions": 305838,
-                                                                       "created": "2026-12-04T10:20:16"}))
-    assert o2o_2s3z.recorded_note(root, "2s3z_medium/macql/seed0", recorded) == (
+    (root / "datasets" / "2s3z" / "medium.json").write_text(json.dumps(
+        {"episodes": 5000, "transitions": 305838, "created": "2026-12-04T10:20:16"}))
+    assert o2o_2s3z.recorded_note(root, cell, recorded) == (
         "   [recorded in o2o_2s3z.json, on another set (not recorded (pretrainings of 1355 updates)) than this "
         "root's: redo it here]")
-    recorded["2s3z_medium/macql/seed0"] = ("o2o_2s3z.json", "305,838 transitions, made 2026-12-04T10:20:16")
-    assert o2o_2s3z.recorded_note(root, "2s3z_medium/macql/seed0", recorded) == "   [recorded in o2o_2s3z.json]"
+    # The pinned set makes 1263 updates at this budget: an unrecorded set of 1263 is it.
+    recorded[cell] = [("o2o_2s3z.json", "not recorded (pretrainings of 1263 updates)")]
+    assert o2o_2s3z.recorded_note(root, cell, recorded) == "   [recorded in o2o_2s3z.json]"
+    # Redone on the pinned set in a later file: nothing to redo.
+    recorded[cell] = [old_set, ("o2o_2s3z.part-y.json", "305,838 transitions, made 2026-12-04T10:20:16")]
+    assert o2o_2s3z.recorded_note(root, cell, recorded) == "   [recorded in o2o_2s3z.json, o2o_2s3z.part-y.json]"
 
 
 def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):

@@ -264,6 +264,13 @@ def test_a_sweep_root_refuses_another_set_than_the_one_it_pinned(swept, tmp_path
     assert "sweep root's runs used the set pinned in" in proc.stderr
     after = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file() and ".lock" not in p.name}
     assert after == before  # (the cell's lock may leave its empty directory)
+    # A root that pinned the new set (the data collected again before its first pin) still has
+    # pretrainings of the old one: they do not serve its cells.
+    pin = tmp_path / "sweep" / "datasets" / "3m" / "medium.json"
+    pin.write_text(json.dumps({**json.loads(pin.read_text()), "created": meta["created"]}))
+    proc = sweep(tmp_path, "algo=macql", "algo.online.mixing_ratio=0.5")
+    assert proc.returncode != 0
+    assert "The pretraining" in proc.stderr and "read the set its hparams.yaml records" in proc.stderr
 
 
 def test_a_killed_collection_is_completed_from_its_own_policy(swept, tmp_path, sweep):

@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ovmse.datasets import dataset_dir
@@ -194,7 +196,7 @@ class Pipeline:
         pin = self.cell.root / "datasets" / self.cell.map_name / f"{self.cell.dataset}.json"
         found = metadata_identity(where)
         pin.parent.mkdir(parents=True, exist_ok=True)
-        draft = pin.with_name(f".{pin.name}.{os.getpid()}")
+        draft = pin.with_name(f".{pin.name}.{uuid.uuid4().hex}")  # hosts sharing the root may share pids
         draft.write_text(json.dumps(found, indent=1) + "\n")
         try:
             os.link(draft, pin)  # whole and exclusive: of two processes pinning at once, one does
@@ -203,10 +205,24 @@ class Pipeline:
         except FileExistsError:
             pass
         finally:
-            draft.unlink()
+            draft.unlink(missing_ok=True)
         check_same_set(json.loads(pin.read_text()), found, what=f"dataset {where}",
                        remedy=f"This sweep root's runs used the set pinned in {pin}: point data_root at it, or give "
                               "this set a sweep root of its own (pipeline.root=...)")
+
+    def check_pretraining_set(self, stage_dir: Path) -> None:
+        """A finished pretraining serves this cell only if it read the set the sweep root pinned
+        (its ``hparams.yaml`` records it): a root whose data was collected again after its
+        pretrainings pins the new set, and OVMSE, which mixes no offline data in on 2s3z, would
+        not notice at fine-tuning."""
+        pin = self.cell.root / "datasets" / self.cell.map_name / f"{self.cell.dataset}.json"
+        hparams = stage_dir / "hparams.yaml"
+        if not (pin.is_file() and hparams.is_file()):
+            return
+        recorded = (yaml.safe_load(hparams.read_text()) or {}).get("dataset") or {}
+        check_same_set(recorded, json.loads(pin.read_text()), what=f"the set this sweep root pinned ({pin})",
+                       remedy=f"The pretraining {stage_dir} read the set its hparams.yaml records: point data_root "
+                              "at that set with a sweep root of its own, or move the pretraining away to redo it")
 
     def _make_dataset(self) -> None:
         cell, quality = self.cell, self.cell.dataset
@@ -248,11 +264,13 @@ class Pipeline:
         ckpt = stage_dir / "checkpoints" / "last.ckpt"
         done = stage_dir / "offline_summary.json"
         if done.is_file():
+            self.check_pretraining_set(stage_dir)
             self._record("offline", "done before", stage_dir)
             return ckpt
         lock = self._shared_lock("offline", cell.lock_path(stage_dir), stage_dir)
         try:
             if done.is_file():
+                self.check_pretraining_set(stage_dir)
                 self._record("offline", "made by another process", stage_dir)
                 return ckpt
             if stage_dir.exists():
