@@ -127,8 +127,10 @@ def pinned_set(root: Path, task: str) -> dict | None:
     before a cell of it ran."""
     import json
 
+    from ovmse.sweeps.cells import dataset_pin  # noqa: PLC0415
+
     map_name, _, quality = task.partition("_")
-    pin = root / "datasets" / map_name / f"{quality}.json"
+    pin = dataset_pin(root, map_name, quality)
     return json.loads(pin.read_text()) if quality and pin.is_file() else None
 
 

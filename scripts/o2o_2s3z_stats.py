@@ -184,7 +184,7 @@ def set_of(record: dict, offline: dict) -> str | None:
         return None  # an unfinished run enters no statistic
     if len(updates) > 1:
         raise SystemExit(f"{record['task']} {record['algorithm']} seed {record['seed']}: the record names no dataset "
-                         f"and its file's pretrainings made {sorted(updates) or 'no'} updates: cannot tell its set")
+                         f"and its file's pretrainings made {sorted(updates)} updates: cannot tell its set")
     return UNRECORDED.format(updates.pop())
 
 

@@ -193,7 +193,7 @@ class Pipeline:
         (``<root>/datasets/<map>/<quality>.json``); a later cell finding another set under
         ``data_root`` (the data lost and collected again, another machine's copy) is refused,
         so that no statistic pools seeds pretrained or fine-tuned on two sets."""
-        pin = self.cell.root / "datasets" / self.cell.map_name / f"{self.cell.dataset}.json"
+        pin = self.cell.dataset_pin
         found = metadata_identity(where)
         pin.parent.mkdir(parents=True, exist_ok=True)
         draft = pin.with_name(f".{pin.name}.{uuid.uuid4().hex}")  # hosts sharing the root may share pids
@@ -215,7 +215,7 @@ class Pipeline:
         (its ``hparams.yaml`` records it): a root whose data was collected again after its
         pretrainings pins the new set, and OVMSE, which mixes no offline data in on 2s3z, would
         not notice at fine-tuning."""
-        pin = self.cell.root / "datasets" / self.cell.map_name / f"{self.cell.dataset}.json"
+        pin = self.cell.dataset_pin
         hparams = stage_dir / "hparams.yaml"
         if not (pin.is_file() and hparams.is_file()):
             return

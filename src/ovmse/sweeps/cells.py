@@ -119,6 +119,11 @@ def _trains_a_behaviour_net(offline: Mapping[str, Any], map_name: str | None) ->
     return cql == "cfcql" and float(offline.get("cfcql_temperature") or 0.0) > 0
 
 
+def dataset_pin(root: Path, map_name: str, quality: str) -> Path:
+    """Where a sweep root pins the identity of a dataset its cells use (phases/pipeline.py)."""
+    return root / "datasets" / map_name / f"{quality}.json"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (algorithm, task, seed) of a sweep and the directories of its stages."""
@@ -153,6 +158,10 @@ class Cell:
 
     def collect_dir(self, seed: int) -> Path:
         return self.root / "collect" / f"{self.map_name}_seed{seed}"
+
+    @property
+    def dataset_pin(self) -> Path:
+        return dataset_pin(self.root, self.map_name, self.dataset)
 
     def lock_path(self, stage_dir: Path) -> Path:
         return stage_dir.parent / f".{stage_dir.name}.lock"
