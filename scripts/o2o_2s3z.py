@@ -50,6 +50,7 @@ short has one seed of every cause.
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import time
@@ -147,11 +148,17 @@ def on_set(label: str | None, pinned: dict) -> bool | None:
     updates = unrecorded_updates(label)
     if updates is None:
         return label == set_label(pinned)
+    timesteps, batch = offline_budget()
+    return updates == offline_updates(0, timesteps, batch, int(pinned["episodes"]), int(pinned["transitions"]))
+
+
+@functools.cache
+def offline_budget() -> tuple[int, int]:
+    """(dataset timesteps, batch size) of this budget's offline pretrainings, from the configs."""
     budget = yaml.safe_load((ROOT / "configs" / "budget" / f"{BUDGET}.yaml").read_text())
     timesteps = next(int(o.split("=", 1)[1]) for o in budget["pipeline"]["offline"]["overrides"]
                      if o.startswith("dataset_timesteps="))
-    batch = int(yaml.safe_load((ROOT / "configs" / "algo" / "o2o.yaml").read_text())["offline"]["batch_size"])
-    return updates == offline_updates(0, timesteps, batch, int(pinned["episodes"]), int(pinned["transitions"]))
+    return timesteps, int(yaml.safe_load((ROOT / "configs" / "algo" / "o2o.yaml").read_text())["offline"]["batch_size"])
 
 
 def recorded_note(root: Path, cell: str, recorded: dict) -> str:

@@ -195,17 +195,18 @@ class Pipeline:
         so that no statistic pools seeds pretrained or fine-tuned on two sets."""
         pin = self.cell.dataset_pin
         found = metadata_identity(where)
-        pin.parent.mkdir(parents=True, exist_ok=True)
-        draft = pin.with_name(f".{pin.name}.{uuid.uuid4().hex}")  # hosts sharing the root may share pids
-        draft.write_text(json.dumps(found, indent=1) + "\n")
-        try:
-            os.link(draft, pin)  # whole and exclusive: of two processes pinning at once, one does
-            print(f"[pipeline] dataset {where}: pinned for this sweep root ({pin})", flush=True)
-            return
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink(missing_ok=True)
+        if not pin.is_file():
+            pin.parent.mkdir(parents=True, exist_ok=True)
+            draft = pin.with_name(f".{pin.name}.{uuid.uuid4().hex}")  # hosts sharing the root may share pids
+            draft.write_text(json.dumps(found, indent=1) + "\n")
+            try:
+                os.link(draft, pin)  # whole and exclusive: of two processes pinning at once, one does
+                print(f"[pipeline] dataset {where}: pinned for this sweep root ({pin})", flush=True)
+                return
+            except FileExistsError:
+                pass  # another process pinned it first: compare with its pin
+            finally:
+                draft.unlink(missing_ok=True)
         check_same_set(json.loads(pin.read_text()), found, what=f"dataset {where}",
                        remedy=f"This sweep root's runs used the set pinned in {pin}: point data_root at it, or give "
                               "this set a sweep root of its own (pipeline.root=...)")
