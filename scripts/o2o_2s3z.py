@@ -33,17 +33,21 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    (does the offline memory hold the policy back?);
 3. ``grid=o2o_2s3z_one_step``: QMIX from scratch with one-step targets (TD(λ = 0)), the
    targets OVMSE learns from on 2s3z (do they alone overestimate on our simulator?);
-4. ``grid=o2o_2s3z_memory_target``: OVMSE with the memory compared with the TD(λ) target
+4. ``grid=o2o_2s3z_no_memory``: OVM only with the memory taken out (MACQL's TD + CQL loss with
+   one-step targets, no offline data in the batches, ε-greedy, 100k env steps): does OVM
+   only run away through its memory or through one-step targets from the CQL-pretrained
+   start?
+5. ``grid=o2o_2s3z_memory_target``: OVMSE with the memory compared with the TD(λ) target
    instead of the one-step one (with λ_memory = 1 Eq. 5 keeps no TD(λ) term: does learning
    from one-step targets hold OVMSE back?);
-5. ``grid=o2o_2s3z_exploration``: OVMSE and OVM only with ε starting at 0.2 and 0.05, 100k
+6. ``grid=o2o_2s3z_exploration``: OVMSE and OVM only with ε starting at 0.2 and 0.05, 100k
    env steps (does restarting exploration at ε = 1 cause the drop?);
-6. each O2O method fine-tuning, for 50k env steps, the policy QMIX from scratch learnt
+7. each O2O method fine-tuning, for 50k env steps, the policy QMIX from scratch learnt
    online (its best evaluation, win rate >= 0.9), made an O2O start by
    ``ovmse.training.o2o_start`` with the medium dataset (do the methods unlearn a good
    policy that no offline pretraining made?): ``<root>/diagnosis/qmix_start/<algo>/seed<k>``.
 
-Stages 2-5 run seed 0 of each grid first, then the other seeds, so that a session cut
+Stages 2-6 run seed 0 of each grid first, then the other seeds, so that a session cut
 short has one seed of every cause.
 """
 
@@ -76,7 +80,8 @@ CELLS = (
 )
 # Seed 0 of every cause first, then seeds 1-2: one seed of each tells the causes apart sooner
 # than three seeds of the first (docs/results.md).
-DIAGNOSIS_GRIDS = ("o2o_2s3z_lambda", "o2o_2s3z_one_step", "o2o_2s3z_memory_target", "o2o_2s3z_exploration")
+DIAGNOSIS_GRIDS = ("o2o_2s3z_lambda", "o2o_2s3z_one_step", "o2o_2s3z_no_memory", "o2o_2s3z_memory_target",
+                   "o2o_2s3z_exploration")
 DIAGNOSIS_STAGES = (("o2o_2s3z_switch", ()), *((g, ("hydra.sweeper.params.seed=0",)) for g in DIAGNOSIS_GRIDS),
                     *((g, ()) for g in DIAGNOSIS_GRIDS))
 DIAGNOSIS_CELLS = (
@@ -86,6 +91,7 @@ DIAGNOSIS_CELLS = (
     + [("2s3z_medium", "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05")]
     + [("2s3z_medium", "ovmse+algo.online.ovm_target=td_lambda")]
     + [("2s3z", "qmix+algo.td_lambda=0.0")]
+    + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,algo.td_lambda=0.0,env_steps=100000")]
 )
 QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql")
 QMIX_START_MIN_WIN_RATE = 0.9

@@ -329,8 +329,11 @@ EXPLORATION = {("ovmse", "1.0"): "ovmse", ("ovm_only", "1.0"): "ovm_only",
 LAMBDA_ANNEALED = "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05"
 MEMORY_TD_LAMBDA = "ovmse+algo.online.ovm_target=td_lambda"
 ONE_STEP_QMIX = "qmix+algo.td_lambda=0.0"
+# OVM only with the memory taken out (configs/grid/o2o_2s3z_no_memory.yaml).
+NO_MEMORY = "macql+algo.online.mixing_ratio=0.0,algo.td_lambda=0.0,env_steps=100000"
 DIAGNOSIS_LABELS = {MEMORY_TD_LAMBDA: "OVMSE, memory vs TD(λ) target", LAMBDA_ANNEALED: "OVMSE, λ_memory annealed",
-                    ONE_STEP_QMIX: "QMIX (scratch), one-step targets"}
+                    ONE_STEP_QMIX: "QMIX (scratch), one-step targets",
+                    NO_MEMORY: "OVM only without the memory (one-step TD + CQL, 100k)"}
 EXPLORATION_STEPS = 100_000
 
 
@@ -428,6 +431,29 @@ def targets_table(records: list[dict], root: Path) -> str:
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
+def no_memory_table(records: list[dict], root: Path) -> str:
+    """OVM only against the same run with its memory taken out, and MACQL for reference, all
+    from the medium pretrainings with ε-greedy from 1.0, read over their first 100k env steps
+    (the 300k runs cut there): is it the memory or the one-step targets that run away?"""
+    lines = ["| run | loss | seeds | drop in the first 50k: median (per seed) | evaluation win rate at 100k: "
+             "median (per seed) | mean win rate over the first 100k: median (per seed) | "
+             "Q_tot minus Monte-Carlo return, 50k-100k: median (per seed) |", "|---|---|---:|---|---|---|---|"]
+    for name, loss in (("ovm_only", "one-step target floored by the memory (λ_memory 1) + CQL α 0.05"),
+                       (NO_MEMORY, "one-step TD + CQL α 0.05"),
+                       ("macql", "TD(λ = 0.6) + CQL α 0.05, offline share 0.3")):
+        mine = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
+                       and r.get("env_steps_reached", 0) >= EXPLORATION_STEPS), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        gaps = [run_values(root / r["path"], until=EXPLORATION_STEPS) for r in mine]
+        lines.append(f"| {LABELS.get(name, DIAGNOSIS_LABELS.get(name, name))} | {loss} | {len(mine)} | "
+                     f"{_per_seed([r.get('drop') for r in mine], 2)} | "
+                     f"{_per_seed([_win_at(r, EXPLORATION_STEPS) for r in mine])} | "
+                     f"{_per_seed([_early_mean(r, EXPLORATION_STEPS) for r in mine])} | "
+                     f"{_per_seed([g['q_minus_mc'] if g else None for g in gaps], 2)} |")
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
+
+
 SWITCH_COLUMNS = ("train/q_taken_mean", "train/target_mean", "train/mc_return_mean")
 
 
@@ -472,15 +498,16 @@ RUN_COLUMNS = {"q_minus_mc": "train/q_minus_mc_return", "ovm_active": "train/ovm
                "explored": "collect/explored_fraction"}
 
 
-def run_values(run_dir: Path, after: float = DROP_WINDOW) -> dict | None:
-    """Medians over a run's metric rows after ``after`` env steps (``metrics.csv``): Q_tot of
-    the batch's actions minus their Monte-Carlo return, the share of transitions where OVM's
-    memory sets the target, and the share of exploratory agent actions."""
+def run_values(run_dir: Path, after: float = DROP_WINDOW, until: float = math.inf) -> dict | None:
+    """Medians over a run's metric rows after ``after`` and up to ``until`` env steps
+    (``metrics.csv``): Q_tot of the batch's actions minus their Monte-Carlo return, the share
+    of transitions where OVM's memory sets the target, and the share of exploratory agent
+    actions."""
     import csv
 
     try:
         with open(run_dir / "metrics.csv", newline="") as file:
-            rows = [r for r in csv.DictReader(file) if float(r["env_steps"]) > after]
+            rows = [r for r in csv.DictReader(file) if after < float(r["env_steps"]) <= until]
     except OSError:
         return None
     out = {}
@@ -491,7 +518,7 @@ def run_values(run_dir: Path, after: float = DROP_WINDOW) -> dict | None:
 
 
 def run_values_table(records: list[dict], root: Path) -> str:
-    names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA, LAMBDA_ANNEALED, ONE_STEP_QMIX)
+    names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA, LAMBDA_ANNEALED, ONE_STEP_QMIX, NO_MEMORY)
     lines = ["| run | runs | Q_tot minus Monte-Carlo return (per run) | OVM memory sets the target (per run) | "
              "exploratory agent actions (per run) |", "|---|---:|---|---|---|"]
     for name in names:
@@ -716,6 +743,9 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "*One-step targets* (QMIX from scratch on 2s3z; OVM only's Q_tot overestimates its return "
              "while its memory rarely sets the target: is the one-step target alone the cause?):", "",
              targets_table(records, root), "",
+             "*The memory or the one-step targets* (2s3z medium, ε-greedy from 1.0, from the same pretrainings; "
+             "OVM only and MACQL are the 300k runs above read over their first 100k env steps):", "",
+             no_memory_table(records, root), "",
              "*A good policy that no offline phase made* (each O2O method fine-tuning QMIX's own online policy, its "
              "best evaluation of the run from scratch, for 50k env steps; evaluations every 5k):", "",
              qmix_start_table(diagnosis), "",

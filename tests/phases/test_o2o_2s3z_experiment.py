@@ -156,6 +156,32 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
         assert (doc.parent / "img" / name).stat().st_size > 1000
 
 
+def test_no_memory_table_reads_every_run_over_its_first_100k(tmp_path):
+    """OVM only (a 300k run) and the same run without its memory (100k) are compared over the
+    first 100k env steps: the Q_tot - Monte-Carlo gap of OVM only's later rows stays out."""
+    def run(name, seed, gaps, reached):
+        path = tmp_path / "online" / "2s3z_medium" / name / f"seed{seed}"
+        path.mkdir(parents=True)
+        with open(path / "metrics.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, ["env_steps", "train/q_minus_mc_return"])
+            writer.writeheader()
+            writer.writerows({"env_steps": s, "train/q_minus_mc_return": g} for s, g in gaps)
+        steps = [s for s in (10_000, 50_000, 100_000, 300_000) if s <= reached]
+        curve = {"env_steps": steps, "win_rate": [0.5, 0.1, 0.2, 0.0][:len(steps)]}
+        return {"task": "2s3z_medium", "algorithm": name, "seed": seed, "env_steps_reached": reached, "drop": 7.0,
+                "curve": curve, "path": str(path.relative_to(tmp_path))}
+
+    records = [run("ovm_only", 0, [(40_000, 1.0), (60_000, 5.0), (90_000, 7.0), (200_000, 12.0)], 300_000),
+               run(report_script.NO_MEMORY, 0, [(60_000, 1.0), (100_000, 2.0)], 100_000),
+               run(report_script.NO_MEMORY, 1, [(60_000, 3.0)], 60_000)]  # not at 100k yet: left out
+    table = report_script.no_memory_table(records, tmp_path)
+    ovm = next(line for line in table.splitlines() if line.startswith("| OVM only |"))
+    assert ovm.endswith("| 1 | 7.00 (7.00) | 0.200 (0.200) | 0.267 (0.267) | 6.00 (6.00) |")
+    no_memory = next(line for line in table.splitlines() if line.startswith("| OVM only without the memory"))
+    assert no_memory.endswith("| 1 | 7.00 (7.00) | 0.200 (0.200) | 0.267 (0.267) | 1.50 (1.50) |")
+    assert "MACQL" not in table  # no MACQL run: no row
+
+
 def test_steps_to_08_need_the_next_evaluation_to_hold_it():
     """A run that starts above 0.8 and collapses after the switch (MACal-QL calibrated, seed 0:
     0.81 at 4.6k, 0.04 at 10k) has not reached 0.8 there; a single 128-battle spike is not either."""
