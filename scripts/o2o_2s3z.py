@@ -91,7 +91,7 @@ DIAGNOSIS_CELLS = (
     + [("2s3z_medium", "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05")]
     + [("2s3z_medium", "ovmse+algo.online.ovm_target=td_lambda")]
     + [("2s3z", "qmix+algo.td_lambda=0.0")]
-    + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,algo.td_lambda=0.0,env_steps=100000")]
+    + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,algo.online.td_lambda=0.0,env_steps=100000")]
 )
 QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql")
 QMIX_START_MIN_WIN_RATE = 0.9

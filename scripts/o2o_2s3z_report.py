@@ -330,7 +330,7 @@ LAMBDA_ANNEALED = "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.onli
 MEMORY_TD_LAMBDA = "ovmse+algo.online.ovm_target=td_lambda"
 ONE_STEP_QMIX = "qmix+algo.td_lambda=0.0"
 # OVM only with the memory taken out (configs/grid/o2o_2s3z_no_memory.yaml).
-NO_MEMORY = "macql+algo.online.mixing_ratio=0.0,algo.td_lambda=0.0,env_steps=100000"
+NO_MEMORY = "macql+algo.online.mixing_ratio=0.0,algo.online.td_lambda=0.0,env_steps=100000"
 DIAGNOSIS_LABELS = {MEMORY_TD_LAMBDA: "OVMSE, memory vs TD(λ) target", LAMBDA_ANNEALED: "OVMSE, λ_memory annealed",
                     ONE_STEP_QMIX: "QMIX (scratch), one-step targets",
                     NO_MEMORY: "OVM only without the memory (one-step TD + CQL, 100k)"}

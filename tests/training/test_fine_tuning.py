@@ -3,6 +3,7 @@ a real OVMSE and MACal-QL run through train.py, exploration only online, and cle
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,32 @@ def test_cli_error_is_one_clear_line(tmp_path, run_train):
     proc = run_train("phase=online", "env=3m", "algo=macql", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert "algo=macql fine-tunes an offline checkpoint" in proc.stderr
+
+
+def test_online_td_lambda_replaces_the_pretrained_one_alone(tmp_path, offline_ckpt, build):
+    """algo.online.td_lambda changes the online TD(λ) target only (grid=o2o_2s3z_no_memory: one-step
+    targets over the pretraining the other algorithms share); unset, the checkpoint's λ stays."""
+    pretrained = load_qmix_checkpoint(str(offline_ckpt)).settings.td
+    assert pretrained.td_lambda == 0.6
+    kept = build(tmp_path / "a", "algo=macql", f"ckpt={offline_ckpt}")
+    assert kept.module.settings.td == pretrained and kept.module.objective.td.td_lambda == 0.6
+    one_step = build(tmp_path / "b", "algo=macql", f"ckpt={offline_ckpt}", "algo.online.td_lambda=0.0")
+    assert one_step.module.settings.td == replace(pretrained, td_lambda=0.0)
+    assert one_step.module.objective.td.td_lambda == 0.0  # the loss computes one-step targets
+    assert one_step.settings["td_lambda"] == 0.0
+
+
+def test_online_td_lambda_out_of_range_is_named(compose_cfg):
+    from ovmse.phases.checks import check_settings
+
+    with pytest.raises(ValueError, match=r"algo.online.td_lambda must be a number in \[0.0, 1.0\], got 1.5"):
+        check_settings(compose_cfg("phase=online", "algo=macql", "algo.online.td_lambda=1.5"))
+
+
+def test_the_online_objective_keeps_gamma_and_double_q(offline_ckpt):
+    module = load_qmix_checkpoint(str(offline_ckpt))
+    with pytest.raises(ValueError, match="differ from the pretrained .* in more than td_lambda"):
+        module.objective.reconfigure(replace(module.settings, td=replace(module.settings.td, gamma=0.9)))
 
 
 # ----------------------------------------------------------------------------- optimiser at the switch

@@ -240,8 +240,9 @@ class QMixObjective(nn.Module):
 
     def reconfigure(self, settings: ObjectiveSettings) -> None:
         """Change what is optimised (the online phase's objective) over the same networks:
-        ``settings`` must keep this module's structure (TD settings, CQL variant and its
-        sampling, the frozen offline target)."""
+        ``settings`` must keep this module's structure (γ and double Q, CQL variant and its
+        sampling, the frozen offline target); the TD(λ) target's λ, the CQL weight, Cal-QL and
+        OVM may change."""
         have, want = self.settings, settings
         if want.cql is not None and have.cql is None:
             what = "cql_calibrated (Cal-QL)" if want.cql.calibrated else f"online cql_alpha={want.cql.alpha}"
@@ -252,11 +253,13 @@ class QMixObjective(nn.Module):
                 getattr(have.cql, k) != getattr(want.cql, k) for k in structure):
             raise ValueError(f"the online objective's CQL ({want.cql}) does not fit the pretrained one ({have.cql}): "
                              "only its weight alpha and calibrated may change")
-        if want.td != have.td:
-            raise ValueError(f"the online objective's TD settings ({want.td}) differ from the pretrained ({have.td})")
+        if replace(want.td, td_lambda=have.td.td_lambda) != have.td:
+            raise ValueError(f"the online objective's TD settings ({want.td}) differ from the pretrained ({have.td}) "
+                             "in more than td_lambda")
         if want.keeps_offline_target != have.keeps_offline_target:
             raise ValueError("keeps_offline_target follows the module (freeze_offline_target sets it)")
         self.settings = want
+        self.td.td_lambda = float(want.td.td_lambda)
         self.lambda_memory = want.ovm.schedule() if want.ovm else None
 
     def online_parameters(self) -> list[nn.Parameter]:

@@ -46,6 +46,7 @@ RANGES = (
     ("algo.lr", 0.0, None),
     ("algo.gamma", 0.0, 1.0),
     ("algo.td_lambda", 0.0, 1.0),
+    ("algo.online.td_lambda", 0.0, 1.0),
     ("algo.grad_norm_clip", 0.0, None),
     ("algo.epsilon_start", 0.0, 1.0),
     ("algo.epsilon_end", 0.0, 1.0),

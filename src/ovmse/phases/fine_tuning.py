@@ -87,6 +87,8 @@ def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict
         grad_norm_clip=float(look("grad_norm_clip")),
         ovm_target=str(look("ovm_target")),
         restore_optimizer=bool(look("restore_optimizer")),
+        # None: the TD(λ) the checkpoint was pretrained with (online_objective fills it in).
+        td_lambda=None if on.get("td_lambda") is None else float(look("td_lambda")),
     )
     if not 0.0 <= s["mixing_ratio"] <= 1.0:
         raise ValueError(f"algo.online.mixing_ratio must be in [0, 1], got {s['mixing_ratio']}")

@@ -8,7 +8,8 @@ into an :class:`~ovmse.losses.objective.ObjectiveSettings`:
 * the offline phase of an offline-to-online algorithm: TD(λ) + its CQL variant and α
   (calibrated, Cal-QL, with ``algo.offline.calibrated``);
 * fine-tuning (``pretrained`` given): the online block's CQL weight (``offline`` = the
-  pretrained α), Cal-QL bound and OVM over the pretrained networks' structure.
+  pretrained α), Cal-QL bound and OVM over the pretrained networks' structure; the TD
+  settings are the pretrained ones, with ``algo.online.td_lambda`` replacing λ when set.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def resolve_objective(cfg: DictConfig, map_name: str, dataset: str | None = None
 
 def online_objective(settings: dict, pretrained: ObjectiveSettings) -> ObjectiveSettings:
     """The online objective of resolved ``settings`` (:func:`~ovmse.phases.fine_tuning.online_settings`)
-    over a module pretrained with ``pretrained``: its TD settings, CQL variant and frozen target."""
+    over a module pretrained with ``pretrained``: its TD settings (λ replaced by
+    ``settings["td_lambda"]`` unless None), CQL variant and frozen target."""
     alpha, calibrated = settings["cql_alpha"], bool(settings["cql_calibrated"])
     if alpha == "offline":  # the weight the checkpoint was pretrained with
         alpha = pretrained.cql.alpha if pretrained.cql is not None else 0.0
@@ -69,4 +71,7 @@ def online_objective(settings: dict, pretrained: ObjectiveSettings) -> Objective
         ovm = OVMSettings(target=str(settings["ovm_target"]), lambda_start=float(settings["lambda_memory_start"]),
                           lambda_end=float(settings["lambda_memory_end"]),
                           anneal_steps=int(settings["lambda_memory_anneal_steps"]))
-    return ObjectiveSettings(td=pretrained.td, cql=cql, ovm=ovm, keeps_offline_target=pretrained.keeps_offline_target)
+    td = pretrained.td
+    if settings.get("td_lambda") is not None:
+        td = replace(td, td_lambda=float(settings["td_lambda"]))
+    return ObjectiveSettings(td=td, cql=cql, ovm=ovm, keeps_offline_target=pretrained.keeps_offline_target)
