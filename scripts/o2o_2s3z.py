@@ -36,7 +36,8 @@ the same way (``<root>/diagnosis-worker<k>.log``):
 4. ``grid=o2o_2s3z_no_memory``: OVM only with the memory taken out (MACQL's TD + CQL loss with
    one-step targets, no offline data in the batches, ε-greedy, 100k env steps): does OVM
    only run away through its memory or through one-step targets from the CQL-pretrained
-   start?
+   start? Then ``grid=o2o_2s3z_no_offline_data``: MACQL (TD(λ)) with no offline data in the
+   batches, 100k env steps (the target or the offline share?);
 5. ``grid=o2o_2s3z_memory_target``: OVMSE with the memory compared with the TD(λ) target
    instead of the one-step one (with λ_memory = 1 Eq. 5 keeps no TD(λ) term: does learning
    from one-step targets hold OVMSE back?);
@@ -80,8 +81,8 @@ CELLS = (
 )
 # Seed 0 of every cause first, then seeds 1-2: one seed of each tells the causes apart sooner
 # than three seeds of the first (docs/results.md).
-DIAGNOSIS_GRIDS = ("o2o_2s3z_lambda", "o2o_2s3z_one_step", "o2o_2s3z_no_memory", "o2o_2s3z_memory_target",
-                   "o2o_2s3z_exploration")
+DIAGNOSIS_GRIDS = ("o2o_2s3z_lambda", "o2o_2s3z_one_step", "o2o_2s3z_no_memory", "o2o_2s3z_no_offline_data",
+                   "o2o_2s3z_memory_target", "o2o_2s3z_exploration")
 DIAGNOSIS_STAGES = (("o2o_2s3z_switch", ()), *((g, ("hydra.sweeper.params.seed=0",)) for g in DIAGNOSIS_GRIDS),
                     *((g, ()) for g in DIAGNOSIS_GRIDS))
 DIAGNOSIS_CELLS = (
@@ -92,6 +93,7 @@ DIAGNOSIS_CELLS = (
     + [("2s3z_medium", "ovmse+algo.online.ovm_target=td_lambda")]
     + [("2s3z", "qmix+algo.td_lambda=0.0")]
     + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,algo.online.td_lambda=0.0,env_steps=100000")]
+    + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,env_steps=100000")]
 )
 QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql")
 QMIX_START_MIN_WIN_RATE = 0.9

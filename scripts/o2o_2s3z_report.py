@@ -331,9 +331,12 @@ MEMORY_TD_LAMBDA = "ovmse+algo.online.ovm_target=td_lambda"
 ONE_STEP_QMIX = "qmix+algo.td_lambda=0.0"
 # OVM only with the memory taken out (configs/grid/o2o_2s3z_no_memory.yaml).
 NO_MEMORY = "macql+algo.online.mixing_ratio=0.0,algo.online.td_lambda=0.0,env_steps=100000"
+# MACQL without offline data in its batches (configs/grid/o2o_2s3z_no_offline_data.yaml).
+NO_OFFLINE_DATA = "macql+algo.online.mixing_ratio=0.0,env_steps=100000"
 DIAGNOSIS_LABELS = {MEMORY_TD_LAMBDA: "OVMSE, memory vs TD(λ) target", LAMBDA_ANNEALED: "OVMSE, λ_memory annealed",
                     ONE_STEP_QMIX: "QMIX (scratch), one-step targets",
-                    NO_MEMORY: "OVM only without the memory (one-step TD + CQL, 100k)"}
+                    NO_MEMORY: "OVM only without the memory (one-step TD + CQL, 100k)",
+                    NO_OFFLINE_DATA: "MACQL without offline data (100k)"}
 EXPLORATION_STEPS = 100_000
 
 
@@ -440,6 +443,7 @@ def no_memory_table(records: list[dict], root: Path) -> str:
              "Q_tot minus Monte-Carlo return, 50k-100k: median (per seed) |", "|---|---|---:|---|---|---|---|"]
     for name, loss in (("ovm_only", "one-step target floored by the memory (λ_memory 1) + CQL α 0.05"),
                        (NO_MEMORY, "one-step TD + CQL α 0.05"),
+                       (NO_OFFLINE_DATA, "TD(λ = 0.6) + CQL α 0.05"),
                        ("macql", "TD(λ = 0.6) + CQL α 0.05, offline share 0.3")):
         mine = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
                        and r.get("env_steps_reached", 0) >= EXPLORATION_STEPS), key=lambda r: r["seed"])
@@ -518,7 +522,7 @@ def run_values(run_dir: Path, after: float = DROP_WINDOW, until: float = math.in
 
 
 def run_values_table(records: list[dict], root: Path) -> str:
-    names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA, LAMBDA_ANNEALED, ONE_STEP_QMIX, NO_MEMORY)
+    names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA, LAMBDA_ANNEALED, ONE_STEP_QMIX, NO_MEMORY, NO_OFFLINE_DATA)
     lines = ["| run | runs | Q_tot minus Monte-Carlo return (per run) | OVM memory sets the target (per run) | "
              "exploratory agent actions (per run) |", "|---|---:|---|---|---|"]
     for name in names:
