@@ -383,6 +383,19 @@ def switch_diagnosis_table(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
+def _medium_runs_past(records: list[dict], name: str, steps: float) -> list[dict]:
+    """The 2s3z medium runs of ``name`` that reached ``steps`` env steps, by seed."""
+    return sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
+                   and r.get("env_steps_reached", 0) >= steps), key=lambda r: r["seed"])
+
+
+def _first_steps_cells(runs: list[dict], steps: float = EXPLORATION_STEPS) -> str:
+    """Table cells of ``runs`` read over their first ``steps`` env steps: drop after the switch,
+    evaluation win rate at ``steps``, mean evaluation win rate up to it."""
+    return (f"{_per_seed([r.get('drop') for r in runs], 2)} | {_per_seed([_win_at(r, steps) for r in runs])} | "
+            f"{_per_seed([_early_mean(r, steps) for r in runs])}")
+
+
 def exploration_table(records: list[dict]) -> str:
     """ε_start x exploration from the medium pretrainings, read over the first 100k env steps
     (the ε = 1.0 rows are the main grid's and the ablation's 300k runs, cut there)."""
@@ -390,14 +403,11 @@ def exploration_table(records: list[dict]) -> str:
              "evaluation win rate at 100k: median (per seed) | mean win rate over the first 100k: median (per seed) |",
              "|---|---:|---:|---|---|---|"]
     for (algo, eps), name in EXPLORATION.items():
-        mine = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
-                       and r.get("env_steps_reached", 0) >= EXPLORATION_STEPS), key=lambda r: r["seed"])
+        mine = _medium_runs_past(records, name, EXPLORATION_STEPS)
         if not mine:
             continue
         label = "decentralised SE (OVMSE)" if algo == "ovmse" else "ε-greedy (OVM only)"
-        lines.append(f"| {label} | {eps} | {len(mine)} | {_per_seed([r.get('drop') for r in mine], 2)} | "
-                     f"{_per_seed([_win_at(r, EXPLORATION_STEPS) for r in mine])} | "
-                     f"{_per_seed([_early_mean(r, EXPLORATION_STEPS) for r in mine])} |")
+        lines.append(f"| {label} | {eps} | {len(mine)} | {_first_steps_cells(mine)} |")
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
@@ -445,16 +455,12 @@ def no_memory_table(records: list[dict], root: Path) -> str:
                        (NO_MEMORY, "one-step TD + CQL α 0.05"),
                        (NO_OFFLINE_DATA, "TD(λ = 0.6) + CQL α 0.05"),
                        ("macql", "TD(λ = 0.6) + CQL α 0.05, offline share 0.3")):
-        mine = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
-                       and r.get("env_steps_reached", 0) >= EXPLORATION_STEPS), key=lambda r: r["seed"])
+        mine = _medium_runs_past(records, name, EXPLORATION_STEPS)
         if not mine:
             continue
         gaps = [run_values(root / r["path"], until=EXPLORATION_STEPS) for r in mine]
         lines.append(f"| {LABELS.get(name, DIAGNOSIS_LABELS.get(name, name))} | {loss} | {len(mine)} | "
-                     f"{_per_seed([r.get('drop') for r in mine], 2)} | "
-                     f"{_per_seed([_win_at(r, EXPLORATION_STEPS) for r in mine])} | "
-                     f"{_per_seed([_early_mean(r, EXPLORATION_STEPS) for r in mine])} | "
-                     f"{_per_seed([g['q_minus_mc'] if g else None for g in gaps], 2)} |")
+                     f"{_first_steps_cells(mine)} | {_per_seed([g['q_minus_mc'] if g else None for g in gaps], 2)} |")
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
