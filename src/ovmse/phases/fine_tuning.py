@@ -75,6 +75,8 @@ def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict
         return per_task(on[key], map_name, dataset, f"algo.online.{key}")
 
     cql_alpha = look("cql_alpha")
+    # None (or a task's null entry): the TD(λ) the checkpoint was pretrained with (online_objective fills it in).
+    td_lambda = look("td_lambda") if "td_lambda" in on else None
     s.update(
         mixing_ratio=float(look("mixing_ratio")),
         # "offline": the checkpoint's own weight, filled in by online_objective().
@@ -87,8 +89,7 @@ def online_settings(cfg: DictConfig, map_name: str, dataset: str | None) -> dict
         grad_norm_clip=float(look("grad_norm_clip")),
         ovm_target=str(look("ovm_target")),
         restore_optimizer=bool(look("restore_optimizer")),
-        # None: the TD(λ) the checkpoint was pretrained with (online_objective fills it in).
-        td_lambda=None if on.get("td_lambda") is None else float(look("td_lambda")),
+        td_lambda=None if td_lambda is None else float(td_lambda),
     )
     if not 0.0 <= s["mixing_ratio"] <= 1.0:
         raise ValueError(f"algo.online.mixing_ratio must be in [0, 1], got {s['mixing_ratio']}")
