@@ -373,8 +373,7 @@ def switch_diagnosis_table(records: list[dict]) -> str:
     lines = ["| offline Adam state | ε start | seeds done | first evaluation, after one update (per seed) | "
              "lowest evaluation win rate (per seed) | win rate at 16k (per seed) |", "|---|---:|---:|---|---|---|"]
     for (restore, eps), name in SWITCH_RUNS.items():
-        done = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
-                       and r["status"] == FINISHED), key=lambda r: r["seed"])
+        done = _medium_runs(records, name)
         if done:
             wins = [r["curve"]["win_rate"] for r in done]
             lines.append(f"| {'restored' if restore == 'True' else 'fresh'} | {eps} | {len(done)} | "
@@ -383,10 +382,12 @@ def switch_diagnosis_table(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
-def _medium_runs_past(records: list[dict], name: str, steps: float) -> list[dict]:
-    """The 2s3z medium runs of ``name`` that reached ``steps`` env steps, by seed."""
+def _medium_runs(records: list[dict], name: str, past: float | None = None) -> list[dict]:
+    """The 2s3z medium runs of ``name``, by seed: the finished ones, or (``past``) those that
+    reached ``past`` env steps, finished or not."""
     return sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
-                   and r.get("env_steps_reached", 0) >= steps), key=lambda r: r["seed"])
+                   and (r["status"] == FINISHED if past is None else r.get("env_steps_reached", 0) >= past)),
+                  key=lambda r: r["seed"])
 
 
 def _first_steps_cells(runs: list[dict], steps: float = EXPLORATION_STEPS) -> str:
@@ -403,7 +404,7 @@ def exploration_table(records: list[dict]) -> str:
              "evaluation win rate at 100k: median (per seed) | mean win rate over the first 100k: median (per seed) |",
              "|---|---:|---:|---|---|---|"]
     for (algo, eps), name in EXPLORATION.items():
-        mine = _medium_runs_past(records, name, EXPLORATION_STEPS)
+        mine = _medium_runs(records, name, past=EXPLORATION_STEPS)
         if not mine:
             continue
         label = "decentralised SE (OVMSE)" if algo == "ovmse" else "ε-greedy (OVM only)"
@@ -419,8 +420,7 @@ def memory_table(records: list[dict]) -> str:
     for name, label in (("ovmse", "1.0 (constant, the paper's 2s3z setting) | one-step target (Eq. 4)"),
                         (MEMORY_TD_LAMBDA, "1.0 (constant) | TD(λ) target"),
                         (LAMBDA_ANNEALED, "1.0 -> 0.05 over 100k env steps | one-step target (Eq. 4)")):
-        done = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
-                       and r["status"] == FINISHED), key=lambda r: r["seed"])
+        done = _medium_runs(records, name)
         if done:
             lines.append(f"| {label} | {len(done)} | {_per_seed([r['final_win_rate'] for r in done])} | "
                          f"{', '.join(_steps(r['steps_to_0.8']) for r in done)} | "
@@ -434,8 +434,7 @@ def targets_table(records: list[dict], root: Path) -> str:
     lines = ["| QMIX from scratch, targets | seeds done | final win rate: median (per seed) | env steps to 0.8 (per seed) | "
              "Q_tot minus Monte-Carlo return after 50k: median (per seed) |", "|---|---:|---|---|---|"]
     for name, label in (("qmix", "TD(λ = 0.6), PyMARL2's default"), (ONE_STEP_QMIX, "one-step (TD(λ = 0))")):
-        done = sorted((r for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
-                       and r["status"] == FINISHED), key=lambda r: r["seed"])
+        done = _medium_runs(records, name)
         if done:
             values = [run_values(root / r["path"]) for r in done]
             lines.append(f"| {label} | {len(done)} | {_per_seed([r['final_win_rate'] for r in done])} | "
@@ -455,7 +454,7 @@ def no_memory_table(records: list[dict], root: Path) -> str:
                        (NO_MEMORY, "one-step TD + CQL α 0.05"),
                        (NO_OFFLINE_DATA, "TD(λ = 0.6) + CQL α 0.05"),
                        ("macql", "TD(λ = 0.6) + CQL α 0.05, offline share 0.3")):
-        mine = _medium_runs_past(records, name, EXPLORATION_STEPS)
+        mine = _medium_runs(records, name, past=EXPLORATION_STEPS)
         if not mine:
             continue
         gaps = [run_values(root / r["path"], until=EXPLORATION_STEPS) for r in mine]
