@@ -37,7 +37,9 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    one-step targets, no offline data in the batches, ε-greedy, 100k env steps): does OVM
    only run away through its memory or through one-step targets from the CQL-pretrained
    start? Then ``grid=o2o_2s3z_no_offline_data``: MACQL (TD(λ)) with no offline data in the
-   batches, 100k env steps (the target or the offline share?);
+   batches, 100k env steps (the target or the offline share?); then
+   ``grid=o2o_2s3z_se_no_memory``: OVMSE with the memory taken out (SE only with one-step
+   targets, 100k env steps): under sequential exploration, the memory or the one-step targets?
 5. ``grid=o2o_2s3z_memory_target``: OVMSE with the memory compared with the TD(λ) target
    instead of the one-step one (with λ_memory = 1 Eq. 5 keeps no TD(λ) term: does learning
    from one-step targets hold OVMSE back?);
@@ -82,7 +84,7 @@ CELLS = (
 # Seed 0 of every cause first, then seeds 1-2: one seed of each tells the causes apart sooner
 # than three seeds of the first (docs/results.md).
 DIAGNOSIS_GRIDS = ("o2o_2s3z_lambda", "o2o_2s3z_one_step", "o2o_2s3z_no_memory", "o2o_2s3z_no_offline_data",
-                   "o2o_2s3z_memory_target", "o2o_2s3z_exploration")
+                   "o2o_2s3z_se_no_memory", "o2o_2s3z_memory_target", "o2o_2s3z_exploration")
 DIAGNOSIS_STAGES = (("o2o_2s3z_switch", ()), *((g, ("hydra.sweeper.params.seed=0",)) for g in DIAGNOSIS_GRIDS),
                     *((g, ()) for g in DIAGNOSIS_GRIDS))
 DIAGNOSIS_CELLS = (
@@ -94,6 +96,7 @@ DIAGNOSIS_CELLS = (
     + [("2s3z", "qmix+algo.td_lambda=0.0")]
     + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,algo.online.td_lambda=0.0,env_steps=100000")]
     + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,env_steps=100000")]
+    + [("2s3z_medium", "se_only+algo.online.td_lambda=0.0,env_steps=100000")]
 )
 QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql")
 QMIX_START_MIN_WIN_RATE = 0.9

@@ -333,10 +333,13 @@ ONE_STEP_QMIX = "qmix+algo.td_lambda=0.0"
 NO_MEMORY = "macql+algo.online.mixing_ratio=0.0,algo.online.td_lambda=0.0,env_steps=100000"
 # MACQL without offline data in its batches (configs/grid/o2o_2s3z_no_offline_data.yaml).
 NO_OFFLINE_DATA = "macql+algo.online.mixing_ratio=0.0,env_steps=100000"
+# OVMSE with the memory taken out: SE only with one-step targets (configs/grid/o2o_2s3z_se_no_memory.yaml).
+SE_NO_MEMORY = "se_only+algo.online.td_lambda=0.0,env_steps=100000"
 DIAGNOSIS_LABELS = {MEMORY_TD_LAMBDA: "OVMSE, memory vs TD(λ) target", LAMBDA_ANNEALED: "OVMSE, λ_memory annealed",
                     ONE_STEP_QMIX: "QMIX (scratch), one-step targets",
                     NO_MEMORY: "OVM only without the memory (one-step TD + CQL, 100k)",
-                    NO_OFFLINE_DATA: "MACQL without offline data (100k)"}
+                    NO_OFFLINE_DATA: "MACQL without offline data (100k)",
+                    SE_NO_MEMORY: "OVMSE without the memory (one-step TD + CQL, 100k)"}
 EXPLORATION_STEPS = 100_000
 
 
@@ -444,21 +447,27 @@ def targets_table(records: list[dict], root: Path) -> str:
 
 
 def no_memory_table(records: list[dict], root: Path) -> str:
-    """OVM only against the same run with its memory taken out, and MACQL for reference, all
-    from the medium pretrainings with ε-greedy from 1.0, read over their first 100k env steps
-    (the 300k runs cut there): is it the memory or the one-step targets that run away?"""
-    lines = ["| run | loss | seeds | drop in the first 50k: median (per seed) | evaluation win rate at 100k: "
-             "median (per seed) | mean win rate over the first 100k: median (per seed) | "
-             "Q_tot minus Monte-Carlo return, 50k-100k: median (per seed) |", "|---|---|---:|---|---|---|---|"]
-    for name, loss in (("ovm_only", "one-step target floored by the memory (λ_memory 1) + CQL α 0.05"),
-                       (NO_MEMORY, "one-step TD + CQL α 0.05"),
-                       (NO_OFFLINE_DATA, "TD(λ = 0.6) + CQL α 0.05"),
-                       ("macql", "TD(λ = 0.6) + CQL α 0.05, offline share 0.3")):
+    """OVM only and OVMSE against the same runs with their memory taken out, and MACQL and SE
+    only for reference, all from the medium pretrainings with exploration from ε = 1.0, read
+    over their first 100k env steps (the 300k runs cut there): is it the memory, the one-step
+    targets or the missing offline data that brings them down?"""
+    lines = ["| run | exploration | loss | seeds | drop in the first 50k: median (per seed) | evaluation win rate "
+             "at 100k: median (per seed) | mean win rate over the first 100k: median (per seed) | "
+             "Q_tot minus Monte-Carlo return, 50k-100k: median (per seed) |", "|---|---|---|---:|---|---|---|---|"]
+    greedy, se = "ε-greedy", "decentralised SE"
+    for name, exploration, loss in (
+            ("ovm_only", greedy, "one-step target floored by the memory (λ_memory 1) + CQL α 0.05"),
+            (NO_MEMORY, greedy, "one-step TD + CQL α 0.05"),
+            (NO_OFFLINE_DATA, greedy, "TD(λ = 0.6) + CQL α 0.05"),
+            ("macql", greedy, "TD(λ = 0.6) + CQL α 0.05, offline share 0.3"),
+            ("ovmse", se, "one-step target floored by the memory (λ_memory 1) + CQL α 0.05"),
+            (SE_NO_MEMORY, se, "one-step TD + CQL α 0.05"),
+            ("se_only", se, "TD(λ = 0.6) + CQL α 0.05")):
         mine = _medium_runs(records, name, past=EXPLORATION_STEPS)
         if not mine:
             continue
         gaps = [run_values(root / r["path"], until=EXPLORATION_STEPS) for r in mine]
-        lines.append(f"| {LABELS.get(name, DIAGNOSIS_LABELS.get(name, name))} | {loss} | {len(mine)} | "
+        lines.append(f"| {LABELS.get(name, DIAGNOSIS_LABELS.get(name, name))} | {exploration} | {loss} | {len(mine)} | "
                      f"{_first_steps_cells(mine)} | {_per_seed([g['q_minus_mc'] if g else None for g in gaps], 2)} |")
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
@@ -527,7 +536,8 @@ def run_values(run_dir: Path, after: float = DROP_WINDOW, until: float = math.in
 
 
 def run_values_table(records: list[dict], root: Path) -> str:
-    names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA, LAMBDA_ANNEALED, ONE_STEP_QMIX, NO_MEMORY, NO_OFFLINE_DATA)
+    names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA, LAMBDA_ANNEALED, ONE_STEP_QMIX, NO_MEMORY, NO_OFFLINE_DATA,
+             SE_NO_MEMORY)
     lines = ["| run | runs | Q_tot minus Monte-Carlo return (per run) | OVM memory sets the target (per run) | "
              "exploratory agent actions (per run) |", "|---|---:|---|---|---|"]
     for name in names:
@@ -752,8 +762,9 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "*One-step targets* (QMIX from scratch on 2s3z; OVM only's Q_tot overestimates its return "
              "while its memory rarely sets the target: is the one-step target alone the cause?):", "",
              targets_table(records, root), "",
-             "*The memory or the one-step targets* (2s3z medium, ε-greedy from 1.0, from the same pretrainings; "
-             "OVM only and MACQL are the 300k runs above read over their first 100k env steps):", "",
+             "*The memory, the one-step targets or the offline data* (2s3z medium, exploration from ε = 1.0, from the "
+             "same pretrainings; OVM only, MACQL, OVMSE and SE only are the 300k runs above read over their first "
+             "100k env steps):", "",
              no_memory_table(records, root), "",
              "*A good policy that no offline phase made* (each O2O method fine-tuning QMIX's own online policy, its "
              "best evaluation of the run from scratch, for 50k env steps; evaluations every 5k):", "",

@@ -173,13 +173,18 @@ def test_no_memory_table_reads_every_run_over_its_first_100k(tmp_path):
 
     records = [run("ovm_only", 0, [(40_000, 1.0), (60_000, 5.0), (90_000, 7.0), (200_000, 12.0)], 300_000),
                run(report_script.NO_MEMORY, 0, [(60_000, 1.0), (100_000, 2.0)], 100_000),
-               run(report_script.NO_MEMORY, 1, [(60_000, 3.0)], 60_000)]  # not at 100k yet: left out
+               run(report_script.NO_MEMORY, 1, [(60_000, 3.0)], 60_000),  # not at 100k yet: left out
+               run(report_script.SE_NO_MEMORY, 2, [(60_000, 4.0), (80_000, 6.0)], 100_000)]
     table = report_script.no_memory_table(records, tmp_path)
+    se_no_memory = next(line for line in table.splitlines() if line.startswith("| OVMSE without the memory"))
+    assert "| decentralised SE | one-step TD + CQL α 0.05 | 1 |" in se_no_memory
+    assert se_no_memory.endswith("| 5.00 (5.00) |")
     ovm = next(line for line in table.splitlines() if line.startswith("| OVM only |"))
     assert ovm.endswith("| 1 | 7.00 (7.00) | 0.200 (0.200) | 0.267 (0.267) | 6.00 (6.00) |")
     no_memory = next(line for line in table.splitlines() if line.startswith("| OVM only without the memory"))
     assert no_memory.endswith("| 1 | 7.00 (7.00) | 0.200 (0.200) | 0.267 (0.267) | 1.50 (1.50) |")
-    assert "MACQL" not in table  # no MACQL run: no row
+    assert "MACQL" not in table and "| SE only |" not in table  # no MACQL or SE only run: no row
+    assert "| ε-greedy | one-step TD + CQL α 0.05 | 1 |" in no_memory
 
 
 def test_steps_to_08_need_the_next_evaluation_to_hold_it():
