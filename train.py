@@ -162,33 +162,54 @@ def _run_dir_problem(value: str, resuming: bool) -> str | None:
     return None
 
 
+def _given_values(argv: list[str]) -> dict[str, str]:
+    """``key -> value`` of the command line's plain overrides as Hydra reads them: quotes
+    removed (a sweep's variant directories hold ``=`` and ``,``, so the pipeline passes their
+    paths quoted), ``+``/``++`` dropped, null as ``""``. Sweeps (``a,b`` under ``-m``) and
+    overrides Hydra's grammar refuses are left out: Hydra reports those itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    given: dict[str, str] = {}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except Exception:  # noqa: BLE001  a grammar error: Hydra's own message names it
+            continue
+        if override.is_sweep_override():
+            continue
+        value = override.value()
+        given[override.key_or_group] = "" if value is None else str(value)
+    return given
+
+
 def _check_paths_before_hydra(argv: list[str]) -> None:
     """Hydra makes the run directory before ``main`` runs, so a bad ``resume=`` or
     ``hydra.run.dir=`` would end in its traceback (or create a directory): refuse them here,
     in one line with exit 2."""
-    problem = None
-    resuming = any(a.lstrip("+").partition("=")[0] == "resume" and a.partition("=")[2] not in ("", "null")
-                   for a in argv)
+    given = _given_values(argv)
+    resume, run_dir = given.get("resume", ""), given.get("hydra.run.dir", "")
     # DDP ranks > 0 are started by Lightning into the run directory rank 0 made.
     relaunched = any(int(os.environ.get(k, 0) or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-    for arg in argv:
-        key, _, value = arg.lstrip("+").partition("=")
-        if key == "resume" and value not in ("", "null") and not Path(value).exists():
-            problem = _missing_resume(value)
-        if key == "hydra.run.dir" and value and "-m" not in argv and "--multirun" not in argv and not relaunched:
-            problem = _run_dir_problem(value, resuming)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            sys.exit(2)
+    problem = None
+    if resume and not Path(resume).exists():
+        problem = _missing_resume(resume)
+    elif run_dir and "-m" not in argv and "--multirun" not in argv and not relaunched:
+        problem = _run_dir_problem(run_dir, bool(resume))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _env_from_checkpoint(argv: list[str]) -> list[str]:
     """``phase=online ckpt=...`` without ``env=`` (or an experiment preset, which names its map)
     fine-tunes on the checkpoint's map, not train.yaml's default: ``argv`` plus ``env=<map>``.
     An ``env=`` that disagrees with the checkpoint stays an error (the online phase says so)."""
-    given = {a.lstrip("+").partition("=")[0]: a.partition("=")[2] for a in argv if "=" in a}
+    given = _given_values(argv)
     ckpt = given.get("ckpt", "")
-    if (given.get("phase") != "online" or ckpt in ("", "null") or "env" in given or "experiment" in given
+    if (given.get("phase") != "online" or not ckpt or "env" in given or "experiment" in given
             or "-m" in argv or "--multirun" in argv or not Path(ckpt).is_file()):
         return argv
     import torch

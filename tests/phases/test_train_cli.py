@@ -150,6 +150,23 @@ def test_bad_run_paths_are_one_line_before_hydra(run_train, override, message):
     assert not Path("/nonexistent/ovmse_run").exists()
 
 
+def test_quoted_run_paths_are_read_as_hydra_reads_them(tmp_path, run_train):
+    """A sweep variant's run directory holds ``=`` and ``,``, so the pipeline quotes it
+    (``resume='.../macql+algo.online.mixing_ratio=0.0,env_steps=100000/seed2'``). The checks
+    before Hydra read the value with its quotes until 2026-12-05: every resume of such a run
+    was refused as missing, and a quoted ``hydra.run.dir`` made a directory named ``'`` in the
+    working directory."""
+    variant = tmp_path / "online" / "macql+algo.online.mixing_ratio=0.0,env_steps=100000" / "seed2"
+    variant.mkdir(parents=True)  # a run stopped before its first resume point
+    proc = run_train("phase=online", "env=3m", f"resume='{variant}'", timeout=120)
+    assert proc.returncode != 0 and "no such run directory" not in proc.stderr
+    assert "stopped before its first resume point" in proc.stderr, proc.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "a=b,c"
+    proc = run_train("phase=rollout", "env=3m", "n_battles=2", f"hydra.run.dir='{run_dir}'", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run_dir / "rollout_stats.json").is_file() and not (ROOT / "'").exists()
+
+
 def test_debug_tiny_is_a_minute_scale_run_of_the_chosen_phase(compose_cfg):
     """Issue 18: debug=tiny (configs/debug/) overrides the groups' values, the command line overrides it, and
     each phase gets its own values only (no algo.offline for QMIX, no online keys offline)."""
