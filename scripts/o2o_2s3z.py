@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
 import subprocess
 import sys
 import time
@@ -106,6 +108,12 @@ QMIX_START_OVERRIDES = ("experiment=2s3z_medium", "env_steps=50000", "eval.inter
                         "checkpoint.every_env_steps=25000", "checkpoint.keep_replay=false",
                         "trainer.progress_refresh_rate=0")
 IDLE_WAIT_SECONDS = 120
+# The experiment's sets: the budget's collect command (pipeline.collect: seed 1, 2M env steps)
+# run at this commit. Another commit can make other sets (docs/datasets.md); this one makes
+# these again, to the byte, so that the runs of a new machine pool with the recorded ones.
+DATASET_COMMIT = "8a418d0"
+DATASET_TRANSITIONS = {"medium": 305_838, "medium_replay": 29_741}
+RECORDED_CELLS = "recorded_cells.txt"
 
 
 def sweep_root(args) -> Path:
@@ -115,6 +123,58 @@ def sweep_root(args) -> Path:
 def missing_cells(root: Path, cells=CELLS) -> list[str]:
     return [f"{task}/{name}/seed{s}" for task, name in cells for s in SEEDS
             if not (root / "online" / task / name / f"seed{s}" / "online_summary.json").is_file()]
+
+
+def ensure_datasets(args, root: Path) -> None:
+    """Make the 2s3z sets missing under ``--data-root`` with the code of :data:`DATASET_COMMIT`
+    (a git worktree under ``<root>/code/``), then check that each is the experiment's (its size):
+    a sweep on another set starts over, as none of its runs would pool with the recorded ones
+    (``--any-set`` goes on, in a sweep root of its own)."""
+    data_root = Path(args.data_root)
+    missing = [q for q in DATASET_TRANSITIONS if not (data_root / "2s3z" / q / "dataset.json").is_file()]
+    if missing:
+        code = root / "code" / DATASET_COMMIT
+        if not (code / "train.py").is_file():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(code), DATASET_COMMIT], check=True)
+        collect = yaml.safe_load((ROOT / "configs" / "budget" / f"{BUDGET}.yaml").read_text())["pipeline"]["collect"]
+        seed, run_dir = collect["seed"], root / "collect" / f"2s3z_seed{collect['seed']}-{DATASET_COMMIT}"
+        cmd = [sys.executable, str(code / "train.py"), f"num_threads={args.threads}", f"device={args.device}",
+               f"data_root={data_root}", "phase=collect", "algo=qmix", "env=2s3z", f"seed={seed}",
+               f"qualities=[{','.join(DATASET_TRANSITIONS)}]", f"env_steps={collect['env_steps']}",
+               f"hydra.run.dir={run_dir}"]
+        print(f"2s3z {', '.join(missing)} missing under {data_root}: collecting at {DATASET_COMMIT}:", " ".join(cmd),
+              flush=True)
+        if subprocess.run(cmd, cwd=code).returncode != 0:
+            raise SystemExit(f"collecting the 2s3z sets at {DATASET_COMMIT} failed: the error is above")
+    for quality, transitions in DATASET_TRANSITIONS.items():
+        found = json.loads((data_root / "2s3z" / quality / "dataset.json").read_text())["transitions"]
+        if found != transitions and not args.any_set:
+            raise SystemExit(
+                f"{data_root / '2s3z' / quality} holds {found:,} transitions, the experiment's set {transitions:,} (made "
+                f"at {DATASET_COMMIT}): runs on it would not pool with the recorded ones. Move it away to collect the "
+                "experiment's set, or pass --any-set to go on with it in a sweep root of its own (--root)")
+
+
+def write_recorded_cells(root: Path, data_root: Path) -> Path:
+    """``<root>/recorded_cells.txt``: the cells finished in earlier sweep roots (the result files)
+    on the sets under ``data_root`` (QMIX from scratch reads none), which the pipeline passes over
+    (``pipeline.skip_cells_file``); a run on another set is not listed, so it is made here."""
+    from ovmse.datasets.loading import metadata_identity  # noqa: PLC0415
+
+    sets = {}
+    for quality in DATASET_TRANSITIONS:
+        meta = data_root / "2s3z" / quality / "dataset.json"
+        sets[f"2s3z_{quality}"] = metadata_identity(meta.parent, json.loads(meta.read_text())) if meta.is_file() else None
+    listed = sorted(cell for cell, runs in recorded_runs().items()
+                    if "_" not in (task := cell.split("/", 1)[0]) or (sets.get(task) is not None and any(
+                        on_set(label, sets[task]) for _, label in runs)))
+    path = root / RECORDED_CELLS
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    draft.write_text(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')}, scripts/o2o_2s3z.py: runs finished in earlier sweep "
+                     f"roots on this root's sets (benchmarks/results/o2o_2s3z*.json); the pipeline passes over them\n"
+                     + "".join(f"{cell}\n" for cell in listed))
+    draft.replace(path)
+    return path
 
 
 def recorded_runs(results: Path | None = None) -> dict[str, list[tuple[str, str | None]]]:
@@ -137,8 +197,6 @@ def recorded_runs(results: Path | None = None) -> dict[str, list[tuple[str, str 
 def pinned_set(root: Path, task: str) -> dict | None:
     """The identity of the set the sweep root pinned for ``task`` (``<map>_<quality>``); None
     before a cell of it ran."""
-    import json
-
     from ovmse.sweeps.cells import dataset_pin  # noqa: PLC0415
 
     map_name, _, quality = task.partition("_")
@@ -191,8 +249,6 @@ def qmix_start_dir(root: Path, algo: str, seed: int) -> Path:
 
 def qmix_best_win_rate(root: Path, seed: int) -> float | None:
     """Best evaluation win rate of QMIX (scratch) seed ``seed``; None while that run is unfinished."""
-    import json
-
     summary = root / "online" / "2s3z" / "qmix" / f"seed{seed}" / "online_summary.json"
     return float(json.loads(summary.read_text())["eval/best_win_rate"]) if summary.is_file() else None
 
@@ -255,7 +311,7 @@ def run_qmix_start(args, root: Path) -> None:
 def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> list[str]:
     return [sys.executable, "train.py", "-m", "phase=pipeline", f"grid={grid}", *overrides, f"budget={BUDGET}",
             f"num_threads={args.threads}", f"device={args.device}", f"data_root={args.data_root}",
-            f"pipeline.root={root}", "pipeline.wait_for_shared=false",
+            f"pipeline.root={root}", "pipeline.wait_for_shared=false", f"pipeline.skip_cells_file={root / RECORDED_CELLS}",
             f"hydra.sweep.dir={root}/multiruns/{grid}/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{args.worker}"]
 
 
@@ -265,8 +321,13 @@ def worker(args) -> None:
     diagnosis = args.part == "diagnosis"
     stages, cells = (DIAGNOSIS_STAGES, DIAGNOSIS_CELLS) if diagnosis else (STAGES, CELLS)
 
+    from ovmse.sweeps.cells import read_cell_list  # noqa: PLC0415
+
+    recorded = read_cell_list(write_recorded_cells(root, Path(args.data_root)))
+
     def missing() -> list[str]:
-        return missing_cells(root, cells) + (missing_qmix_start(root) if diagnosis else [])
+        todo = [c for c in missing_cells(root, cells) if c not in recorded]
+        return todo + (missing_qmix_start(root) if diagnosis else [])
 
     while todo := missing():
         print(f"[worker {args.worker}] {time.strftime('%H:%M:%S')} pass: {len(todo)} runs missing", flush=True)
@@ -289,6 +350,7 @@ def worker(args) -> None:
 def run(args, part: str = "main") -> None:
     root = sweep_root(args)
     root.mkdir(parents=True, exist_ok=True)
+    ensure_datasets(args, root)
     procs = []
     for k in range(args.workers):
         name = f"worker{k}.log" if part == "main" else f"diagnosis-worker{k}.log"
@@ -318,6 +380,8 @@ def main(argv: list[str] | None = None) -> None:
                         "benchmarks/results/o2o_2s3z.json (e.g. a partial sweep root, to look at)")
     parser.add_argument("--doc", default=None, help="report: write the section into this markdown file "
                         "(with its figures under img/ beside it) instead of docs/results.md")
+    parser.add_argument("--any-set", action="store_true",
+                        help=f"run: go on with 2s3z sets other than the experiment's (made at {DATASET_COMMIT})")
     parser.add_argument("--allow-dropping", action="store_true",
                         help="report: write even if the last report holds finished runs this root lacks")
     args = parser.parse_args(argv)

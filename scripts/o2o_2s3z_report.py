@@ -90,7 +90,7 @@ def offline_levels(root: Path) -> dict[str, dict]:
 
 def _dataset_identity(offline_dir: Path) -> dict | None:
     """The dataset a pretraining read, from its ``hparams.yaml`` (transitions, creation time,
-    the commit that made it): two sweeps of the same protocol can hold different "medium" sets
+    the commit that made it, its episodes' digest where the set records one): two sweeps of the same protocol can hold different "medium" sets
     (docs/results.md, eighth session). None when the run recorded none or it is unreadable (it
     only annotates the report, as :func:`~ovmse.report.runs.configured` does)."""
     try:
@@ -99,7 +99,7 @@ def _dataset_identity(offline_dir: Path) -> dict | None:
         return None
     if not isinstance(data, dict):
         return None
-    return {k: data.get(k) for k in ("name", "episodes", "transitions", "created", "git_commit")}
+    return {k: data.get(k) for k in ("name", "episodes", "transitions", "created", "git_commit", "content_sha256")}
 
 
 def offline_of(run: OnlineRun, root: Path, levels: dict) -> dict | None:
@@ -165,7 +165,8 @@ def run_record(run: OnlineRun, root: Path, levels: dict, budget: int) -> dict:
 def _dataset_cell(dataset: dict | None) -> str:
     if not dataset or dataset.get("transitions") is None:
         return "not recorded"
-    return f"{int(dataset['transitions']):,}, {dataset.get('created') or '?'}"
+    commit = f"{dataset['git_commit']}, " if dataset.get("git_commit") else ""
+    return f"{int(dataset['transitions']):,}, {commit}{dataset.get('created') or '?'}"
 
 
 def _resumed(run: OnlineRun) -> bool:
@@ -739,7 +740,7 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
         "Offline pretrainings (MACQL, α 0.05, 10.05M dataset timesteps; the last greedy evaluation, 128 battles; "
         "`plain`: shared by OVMSE, Switch-CQL, MACQL and the ablations; `calibrated`: Cal-QL's bound, MACal-QL's own):",
         "",
-        "| task | run | CQL | dataset (transitions, made) | updates | win rate | return | wall-clock |",
+        "| task | run | CQL | dataset (transitions, collected at, made) | updates | win rate | return | wall-clock |",
         "|---|---|---|---|---:|---:|---:|---:|",
         offline_rows or "| — | — | — | — | — | — | — | — |",
         "",

@@ -162,7 +162,11 @@ def record_files(results: Path = ROOT / "benchmarks" / "results") -> list[Path]:
 
 
 def set_label(dataset: dict) -> str:
-    """A dataset identity (a record's ``dataset``, a sweep root's pin) as a label."""
+    """A dataset identity (a record's ``dataset``, a sweep root's pin) as a label: its size and the
+    commit that collected it (the same commit makes the same set again:
+    ``ovmse.phases.fine_tuning.SET_FIELDS``); the creation time for records without the commit."""
+    if dataset.get("git_commit"):
+        return f"{int(dataset['transitions']):,} transitions, collected at {dataset['git_commit']}"
     return f"{int(dataset['transitions']):,} transitions, made {dataset.get('created') or '?'}"
 
 

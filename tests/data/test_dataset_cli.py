@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -122,7 +123,25 @@ def test_plot_return_distribution_figure(good, tmp_path):
 def test_validate_ok(good, capsys):
     assert main(["validate", str(good)]) == 0
     ref = independent_stats(good)
-    assert capsys.readouterr().out.strip() == f"OK {good}: {N_EPISODES} episodes, {ref['transitions']} transitions"
+    digest = json.loads((good / "dataset.json").read_text())["content_sha256"]
+    assert capsys.readouterr().out.strip() == (f"OK {good}: {N_EPISODES} episodes, {ref['transitions']} transitions, "
+                                               f"SHA-256 {digest[:12]} as recorded")
+
+
+def test_validate_refuses_episodes_changed_after_writing(good, copy_of, capsys):
+    """A value changed in place (sizes and every per-episode rule intact): only the digest can
+    tell, and validate names both digests; digest prints what it finds against the record."""
+    td = TensorDict.load_memmap(copy_of / "episodes")
+    td["reward"][0, 0, 0] += 0.5  # a plausible reward, written through to the memmap file
+    del td
+    recorded = json.loads((copy_of / "dataset.json").read_text())["content_sha256"]
+    assert main(["validate", str(copy_of)]) == 2
+    err = capsys.readouterr().err
+    assert f"dataset {copy_of}: the episodes' SHA-256 is " in err and f"dataset.json records {recorded}" in err
+    assert main(["digest", str(good), str(copy_of)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"{recorded}  {good}  (as recorded)"
+    assert lines[1].endswith(f"{copy_of}  (dataset.json records {recorded})") and not lines[1].startswith(recorded)
 
 
 def test_validate_missing_metadata_exits_2(good, copy_of, capsys):

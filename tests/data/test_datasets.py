@@ -196,6 +196,30 @@ def test_metadata_matches_independent_computation(dataset_path, written):
     assert summary["transitions"] == meta["transitions"] == ds.n_transitions
 
 
+def test_content_digest_names_the_episodes_not_the_run(dataset_path, written, tmp_path):
+    """dataset.json records the episodes' SHA-256: the same episodes written again (another run,
+    another time) give the same digest, one changed value another. It is what tells a set
+    collected again at its commit from another set (ovmse.phases.fine_tuning.SET_FIELDS)."""
+    from ovmse.datasets.format import content_digest, field_file
+
+    meta = json.loads((dataset_path / "dataset.json").read_text())
+    expected = hashlib.sha256()  # by hand: each field's name, NUL, then its file's bytes, in layout order
+    for key in field_specs(SPEC):
+        expected.update(key_name(key).encode() + b"\0" + field_file(dataset_path, key).read_bytes())
+    assert meta["content_sha256"] == content_digest(dataset_path, SPEC) == expected.hexdigest()
+    again = tmp_path / MAP / "medium"
+    with EpisodeDatasetWriter(again, SPEC, N_EPISODES, quality="medium") as w:
+        w.append(written)
+        w.close(behaviour={"policy": "random, written again"})
+    meta_again = json.loads((again / "dataset.json").read_text())
+    assert meta_again["content_sha256"] == meta["content_sha256"]
+    assert load_dataset(again).identity()["content_sha256"] == meta["content_sha256"]
+    td = TensorDict.load_memmap(again / "episodes")
+    td["reward"][0, 0, 0] += 1.0  # writes through to the file
+    del td
+    assert content_digest(again, SPEC) != meta["content_sha256"]
+
+
 def test_sample_rows_are_stored_episodes(dataset_path, written):
     ds = load_dataset(dataset_path, map_name=MAP)
     ds.set_generator(torch.Generator().manual_seed(0))

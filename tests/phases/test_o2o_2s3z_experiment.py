@@ -413,6 +413,92 @@ def test_status_tells_recorded_runs_from_runs_never_made(tmp_path):
     assert o2o_2s3z.recorded_note(root, cell, recorded) == "   [recorded in o2o_2s3z.json, o2o_2s3z.part-y.json]"
 
 
+def test_a_set_collected_again_at_its_commit_pools_with_the_first(tmp_path):
+    """The sweep outputs lost with a machine, the set collected again at the commit that made it
+    (docs/datasets.md: the same episodes): the new root's seeds join the recorded ones; a set of
+    the same size collected at another commit does not."""
+    import o2o_2s3z_stats as stats_script
+
+    curve = {"env_steps": [10_000 * (i + 1) for i in range(30)], "win_rate": [0.5] * 30}
+    run = {"task": "2s3z_medium", "status": "finished", "offline_win_rate": 0.6, "curve": curve, "algorithm": "macql"}
+    first = {"name": "2s3z/medium", "episodes": 5000, "transitions": 305838, "created": "2026-12-04T10:20:16",
+             "git_commit": "8a418d0"}
+    again = {**first, "created": "2026-12-05T06:57:01", "content_sha256": "14f2" + "0" * 60}
+    other = {**again, "git_commit": "dcd8715", "created": "2026-12-04T09:00:00"}  # made before: not the current set
+    assert stats_script.set_label(first) == stats_script.set_label(again) == "305,838 transitions, collected at 8a418d0"
+    assert stats_script.set_label(other) != stats_script.set_label(first)
+    files = {"o2o_2s3z.part-a.json": [{**run, "seed": s, "dataset": first, "final_win_rate": 0.9} for s in (1, 2)],
+             "o2o_2s3z.part-b.json": [{**run, "seed": 0, "dataset": again, "final_win_rate": 0.8},
+                                      {**run, "seed": 3, "dataset": other, "final_win_rate": 0.1}]}
+    for name, runs in files.items():
+        (tmp_path / name).write_text(json.dumps({"offline": {}, "runs": runs}))
+    result = stats_script.main([tmp_path / name for name in files], out_dir=tmp_path, doc=tmp_path / "results.md",
+                               reps=100)
+    assert result["current_set"]["2s3z_medium"] == "305,838 transitions, collected at 8a418d0"
+    assert result["tasks"]["2s3z_medium"]["macql"]["seeds"] == [0, 1, 2]  # seed 3's set is another one
+
+
+def _dataset(where: Path, transitions: int, git_commit: str = o2o_2s3z.DATASET_COMMIT) -> None:
+    where.mkdir(parents=True)
+    (where / "dataset.json").write_text(json.dumps({"name": f"2s3z/{where.name}", "episodes": 5000,
+                                                    "transitions": transitions, "created": "2026-12-05T06:57:01",
+                                                    "code_version": {"git_commit": git_commit}}))
+
+
+def test_a_new_machine_collects_the_experiments_sets_at_their_commit(tmp_path, monkeypatch):
+    """``run`` on a machine without data collects both 2s3z sets with the code of the commit that
+    made the recorded ones (a worktree), the budget's collect settings; a set of another size
+    stops it, naming the set, unless --any-set."""
+    import argparse
+
+    calls = []
+
+    def fake_run(cmd, cwd=None, check=False):
+        calls.append((list(map(str, cmd)), cwd))
+        if "phase=collect" in cmd:  # the collect run writes the sets
+            data_root = Path(next(c for c in cmd if c.startswith("data_root=")).split("=", 1)[1])
+            for quality, transitions in o2o_2s3z.DATASET_TRANSITIONS.items():
+                _dataset(data_root / "2s3z" / quality, transitions)
+        return argparse.Namespace(returncode=0)
+
+    monkeypatch.setattr(o2o_2s3z.subprocess, "run", fake_run)
+    args = argparse.Namespace(data_root=str(tmp_path / "data"), threads=1, device="cpu", any_set=False)
+    o2o_2s3z.ensure_datasets(args, tmp_path / "root")
+    (git, _), (collect, cwd) = calls
+    code = tmp_path / "root" / "code" / o2o_2s3z.DATASET_COMMIT
+    assert git[-4:] == ["add", "--detach", str(code), o2o_2s3z.DATASET_COMMIT]
+    assert collect[1] == str(code / "train.py") and cwd == code
+    budget = yaml.safe_load((ROOT / "configs" / "budget" / "300k.yaml").read_text())["pipeline"]["collect"]
+    assert {"phase=collect", "env=2s3z", "algo=qmix", f"seed={budget['seed']}", f"env_steps={budget['env_steps']}",
+            "qualities=[medium,medium_replay]", f"data_root={tmp_path / 'data'}"} <= set(collect)
+    calls.clear()
+    o2o_2s3z.ensure_datasets(args, tmp_path / "root")  # present: nothing run
+    assert calls == []
+    meta = tmp_path / "data" / "2s3z" / "medium" / "dataset.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "transitions": 306404}))
+    with pytest.raises(SystemExit, match=r"2s3z/medium holds 306,404 transitions, the experiment's set 305,838"):
+        o2o_2s3z.ensure_datasets(args, tmp_path / "root")
+    o2o_2s3z.ensure_datasets(argparse.Namespace(**{**vars(args), "any_set": True}), tmp_path / "root")
+
+
+def test_the_cells_recorded_on_this_roots_sets_are_passed_over(tmp_path, monkeypatch):
+    """The runs the result files hold on the sets under data_root (and QMIX from scratch) go to
+    the pipeline's skip list; a run on another set is made again."""
+    recorded = {"2s3z_medium/macql/seed1": [("b.json", "305,838 transitions, collected at 8a418d0")],
+                "2s3z_medium/macql/seed0": [("a.json", "not recorded (pretrainings of 1355 updates)")],
+                "2s3z_medium/ovmse/seed0": [("a.json", "not recorded (pretrainings of 1355 updates)"),
+                                            ("b.json", "305,838 transitions, made 2026-12-04T10:20:16")],
+                "2s3z/qmix/seed0": [("a.json", None)],
+                "2s3z_medium_replay/macql/seed0": [("b.json", "29,741 transitions, collected at 8a418d0")]}
+    monkeypatch.setattr(o2o_2s3z, "recorded_runs", lambda: recorded)
+    _dataset(tmp_path / "data" / "2s3z" / "medium", 305838)
+    listed = o2o_2s3z.write_recorded_cells(tmp_path, tmp_path / "data")
+    from ovmse.sweeps.cells import read_cell_list
+
+    # ovmse seed 0's second record names the set by its creation time alone: not this one's label.
+    assert read_cell_list(listed) == {"2s3z_medium/macql/seed1", "2s3z/qmix/seed0"}  # no medium-replay set here
+
+
 def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
     """Two sweeps of the same protocol can hold different "medium" sets: each run's record and the
     offline table name the one its pretraining read (from the pretraining's hparams.yaml)."""
@@ -425,9 +511,9 @@ def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
     by = {(r["task"], r["algorithm"], r["seed"]): r for r in json.loads(out_json.read_text())["runs"]}
     assert by[("2s3z_medium", "ovmse", 1)]["dataset"] == {"name": "2s3z/medium", "episodes": 5000,
                                                          "transitions": 305838, "created": "2026-12-04T10:20:16",
-                                                         "git_commit": "8a418d0"}
+                                                         "git_commit": "8a418d0", "content_sha256": None}
     assert by[("2s3z_medium", "qmix", 0)].get("dataset") is None  # from scratch: no dataset
-    assert "| seed0-abc | plain | 305,838, 2026-12-04T10:20:16 | 1355 |" in doc.read_text()
+    assert "| seed0-abc | plain | 305,838, 8a418d0, 2026-12-04T10:20:16 | 1355 |" in doc.read_text()
     # A pretraining that recorded no dataset says so instead of guessing.
     (offline / "hparams.yaml").write_text("lr: 0.001\n")
     report_script.report(swept, doc=doc, out_json=out_json)

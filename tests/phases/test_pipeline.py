@@ -147,6 +147,7 @@ def test_a_sweep_runs_every_stage_once(swept):
     pinned = json.loads((root / "datasets" / "3m" / "medium.json").read_text())
     made = json.loads((tmp / "data" / "3m" / "medium" / "dataset.json").read_text())
     assert (pinned["transitions"], pinned["created"]) == (made["transitions"], made["created"])
+    assert pinned["content_sha256"] == made["content_sha256"] and len(made["content_sha256"]) == 64
     # The fine-tuning run starts from the shared checkpoint.
     ckpt = json.loads((root / "online" / "3m_medium" / "macql" / "seed0" / "online_summary.json").read_text())["ckpt"]
     assert Path(ckpt).parent.parent == offline[0].parent
@@ -255,22 +256,39 @@ def test_a_sweep_root_refuses_another_set_than_the_one_it_pinned(swept, tmp_path
     shutil.copytree(tmp / "data", tmp_path / "data")
     meta_file = tmp_path / "data" / "3m" / "medium" / "dataset.json"
     meta = json.loads(meta_file.read_text())
-    meta["created"] = "2001-01-01T00:00:00"  # collected again: same protocol, another set
+    meta["content_sha256"] = "0" * 64  # collected again at another commit: same protocol, other episodes
     meta_file.write_text(json.dumps(meta))
     before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
     proc = sweep(tmp_path, "algo=macql", "algo.online.mixing_ratio=0.5")  # a cell not made yet
     assert proc.returncode != 0
-    assert "is another set than 3m/medium recorded (created" in proc.stderr
+    assert "is another set than 3m/medium recorded (content_sha256" in proc.stderr
     assert "sweep root's runs used the set pinned in" in proc.stderr
     after = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file() and ".lock" not in p.name}
     assert after == before  # (the cell's lock may leave its empty directory)
     # A root that pinned the new set (the data collected again before its first pin) still has
     # pretrainings of the old one: they do not serve its cells.
     pin = tmp_path / "sweep" / "datasets" / "3m" / "medium.json"
-    pin.write_text(json.dumps({**json.loads(pin.read_text()), "created": meta["created"]}))
+    pin.write_text(json.dumps({**json.loads(pin.read_text()), "content_sha256": meta["content_sha256"]}))
     proc = sweep(tmp_path, "algo=macql", "algo.online.mixing_ratio=0.5")
     assert proc.returncode != 0
     assert "The pretraining" in proc.stderr and "read the set its hparams.yaml records" in proc.stderr
+
+
+def test_cells_finished_in_another_root_are_passed_over(tmp_path, sweep):
+    """pipeline.skip_cells_file lists runs finished in a sweep root whose outputs are gone: their
+    cells are passed over (nothing made, not even the dataset); the others run; a missing list
+    is an error naming it."""
+    listed = tmp_path / "recorded_cells.txt"
+    listed.write_text("# finished elsewhere\n3m_medium/macql/seed0   # a comment\n3m/qmix/seed0\n")
+    proc = sweep(tmp_path, "algo=macql,qmix", f"pipeline.skip_cells_file={listed}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [statuses(r) for r in job_records(tmp_path)] == [
+        {"online": f"finished in another sweep root (listed in {listed}): skipped"}] * 2
+    assert not (tmp_path / "sweep" / "online").exists() and not (tmp_path / "data").exists()
+    fresh_jobs(tmp_path)
+    proc = sweep(tmp_path, "algo=qmix", f"pipeline.skip_cells_file={tmp_path / 'none.txt'}")
+    assert proc.returncode != 0
+    assert f"pipeline.skip_cells_file='{tmp_path / 'none.txt'}': no such file" in proc.stderr
 
 
 def test_a_killed_collection_is_completed_from_its_own_policy(swept, tmp_path, sweep):

@@ -242,6 +242,13 @@ def test_check_same_set_compares_the_fields_both_records_hold():
     check_same_set(recorded, {**recorded, "created": "2026-12-04T10:20:16"}, what="x")
     with pytest.raises(ValueError, match=r"x is another set than 2s3z/medium recorded \(transitions 284872 vs 305838"):
         check_same_set(recorded, {**recorded, "transitions": 305838}, what="x")
+    # The same commit collected it again (a new machine): the same set, whenever it was made.
+    made = {**recorded, "transitions": 305838, "git_commit": "8a418d0", "created": "2026-12-04T10:20:16"}
+    check_same_set(made, {**made, "created": "2026-12-05T06:57:01", "content_sha256": "ab" * 32}, what="x")
+    with pytest.raises(ValueError, match=r"\(git_commit '8a418d0' vs 'dcd8715'; recorded vs found\)"):
+        check_same_set(made, {**made, "git_commit": "dcd8715"}, what="x")
+    with pytest.raises(ValueError, match=r"\(content_sha256 'abab.*' vs 'cdcd.*'; recorded vs found\)"):
+        check_same_set({**made, "content_sha256": "ab" * 32}, {**made, "content_sha256": "cd" * 32}, what="x")
 
 
 def test_checkpoint_of_another_map_is_refused(tmp_path, offline_ckpt, build):

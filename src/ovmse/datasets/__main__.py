@@ -10,8 +10,12 @@ Commands::
     # ... plus the Figure 5 histogram of episode returns, written as PNG
     python -m ovmse.datasets inspect data/2s3z/medium data/2s3z/medium_replay --plot fig5_2s3z.png
 
-    # Full validation only: "OK <path>: <episodes> episodes, <transitions> transitions"
+    # Full validation only: "OK <path>: <episodes> episodes, <transitions> transitions", and the
+    # episodes' digest checked against the one dataset.json records (sets written since it exists)
     python -m ovmse.datasets validate data/*/*/
+
+    # The episodes' SHA-256 (the same for two copies or two collections of one set)
+    python -m ovmse.datasets digest data/2s3z/medium /elsewhere/2s3z/medium
 
     # Convert a CFCQL file ({map}_{quality}.h5) into data/<map>/<quality>/ (or --out DIR)
     python -m ovmse.datasets import-cfcql 2s3z_medium.h5 --data-root data
@@ -27,7 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .format import QUALITIES
+from .format import QUALITIES, content_digest
 from .loading import load_dataset
 from .validation import DatasetError
 
@@ -64,7 +68,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _error(err)
             status = EXIT_ERROR
             continue
-        print(f"OK {path}: {len(ds)} episodes, {ds.n_transitions} transitions", flush=True)
+        recorded, found = ds.metadata.get("content_sha256"), content_digest(path, ds.spec)
+        if recorded is not None and recorded != found:
+            _error(f"dataset {path}: the episodes' SHA-256 is {found}, dataset.json records {recorded}: the files "
+                   "changed after the set was written (a damaged or edited copy)")
+            status = EXIT_ERROR
+            continue
+        digest = f"SHA-256 {found[:12]} as recorded" if recorded else f"SHA-256 {found[:12]} (none recorded)"
+        print(f"OK {path}: {len(ds)} episodes, {ds.n_transitions} transitions, {digest}", flush=True)
+    return status
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.paths:
+        try:
+            ds = load_dataset(path, validate="structure", in_memory=False)
+        except DatasetError as err:
+            _error(err)
+            status = EXIT_ERROR
+            continue
+        recorded, found = ds.metadata.get("content_sha256"), content_digest(path, ds.spec)
+        note = "" if recorded is None else ("  (as recorded)" if recorded == found else f"  (dataset.json records {recorded})")
+        print(f"{found}  {path}{note}", flush=True)
     return status
 
 
@@ -105,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="fully validate datasets; exit status 2 if any is invalid")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="dataset directories")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("digest", help="print each dataset's episodes' SHA-256 (and whether dataset.json records it)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="dataset directories")
+    p.set_defaults(func=cmd_digest)
 
     p = sub.add_parser("import-cfcql", help="convert a CFCQL .h5 file into a dataset directory")
     p.add_argument("file", type=Path, metavar="FILE.h5", help="CFCQL file, e.g. 2s3z_medium.h5")

@@ -35,7 +35,8 @@ def metadata_identity(path: str | Path, metadata: dict[str, Any] | None = None) 
     return {"name": str(meta.get("name", path)), "path": str(Path(path).resolve()), "episodes": meta.get("episodes"),
             "transitions": meta.get("transitions"), "created": meta.get("created"),
             "return_mean": meta.get("return_mean"), "win_rate": meta.get("win_rate"),
-            "git_commit": (meta.get("code_version") or {}).get("git_commit")}
+            "git_commit": (meta.get("code_version") or {}).get("git_commit"),
+            "content_sha256": meta.get("content_sha256")}
 
 
 class OfflineDataset:

@@ -19,7 +19,7 @@ from ovmse.envs import MapSpec, get_map
 from ovmse.collection import layout
 from ovmse.collection.layout import field_specs
 
-from .format import EPISODES_DIR, FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, key_name
+from .format import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, field_file, key_name
 
 REQUIRED_METADATA = ("format", "format_version", "map", "quality", "n_agents", "obs_dim", "state_dim",
                      "n_actions", "episode_limit", "episodes", "transitions")
@@ -85,8 +85,7 @@ def check_files(path: Path, meta: dict[str, Any], spec: MapSpec) -> None:
     E, T1 = int(meta["episodes"]), spec.episode_limit + 1
     files = {}
     for key, (dtype, shape) in field_specs(spec).items():
-        parts = (key,) if isinstance(key, str) else key
-        file = path / EPISODES_DIR / Path(*parts[:-1]) / f"{parts[-1]}.memmap"
+        file = field_file(path, key)
         if not file.is_file():
             raise _fail(path, f"field {key_name(key)}: file {file.relative_to(path)} is missing")
         files[key] = (file, T1 * math.prod(shape) * _ITEMSIZE[dtype])

@@ -28,6 +28,7 @@ from .format import (
     FORMAT_VERSION,
     METADATA_FILE,
     check_quality,
+    content_digest,
     key_name,
 )
 from .stats import dataset_stats
@@ -174,6 +175,7 @@ class EpisodeDatasetWriter:
                 f"{self.n_episodes}"
             )
         stats, _ = dataset_stats(self.episodes)
+        del self.episodes  # release the memmaps: the digest and the rename read the files
         s = self.spec
         meta = {
             "format": FORMAT_NAME,
@@ -189,12 +191,14 @@ class EpisodeDatasetWriter:
             **stats,
             "fields": {key_name(k): {"dtype": DTYPE_NAMES[d], "shape": [s.episode_limit + 1, *shape]}
                        for k, (d, shape) in field_specs(s).items()},
+            # What the set is: its episodes' digest. When and by which code it was made is
+            # provenance: the same commit makes the same set again (docs/datasets.md).
+            "content_sha256": content_digest(self.tmp, s),
             "created": dt.datetime.now().isoformat(timespec="seconds"),
             "code_version": code_version(),
             **metadata,
         }
         (self.tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        del self.episodes  # release the memmaps before renaming
         (self.tmp / OWNER_FILE).unlink(missing_ok=True)  # complete: no longer a partial dataset
         old = None
         if self.path.exists():

@@ -42,6 +42,7 @@ from ovmse.sweeps.cells import (
     override_group,
     override_key,
     path_override,
+    read_cell_list,
     variant_of,
 )
 from ovmse.sweeps.locks import StageLock
@@ -328,6 +329,17 @@ class Pipeline:
                 f"{sorted(made - wanted)}; only in the sweep: {sorted(wanted - made)}); give the sweep another "
                 "pipeline.name, or move that run away to redo it")
 
+    def skip_cells_file(self) -> Path | None:
+        """``pipeline.skip_cells_file``: the cells finished in another sweep root whose results
+        are recorded (a new machine starts without the old root's outputs); None when unset."""
+        listed = self.cfg.pipeline.get("skip_cells_file")
+        if listed is None:
+            return None
+        if not Path(str(listed)).is_file():
+            raise FileNotFoundError(f"pipeline.skip_cells_file={listed!r}: no such file (a list of cells, one "
+                                    "'<task>/<run name>/seed<k>' per line)")
+        return Path(str(listed))
+
     def describe(self) -> dict:
         c = self.cell
         return {"task": c.task, "algo": c.algo, "variant": c.variant, "seed": c.seed, "root": str(c.root),
@@ -342,6 +354,9 @@ class Pipeline:
             self.check_done_run(cell.offline_dir / "checkpoints" / "last.ckpt" if cell.fine_tuning else None)
             self._record("online", "done before", cell.online_dir)
             return _final_metrics(summary)
+        if (listed := self.skip_cells_file()) is not None and cell.online_key in read_cell_list(listed):
+            self._record("online", f"finished in another sweep root (listed in {listed}): skipped", cell.online_dir)
+            return {"pipeline/skipped": 1.0}
         # The cell is claimed before its shared stages, so that a second sweep process moves on
         # to another cell instead of queueing behind this one.
         lock = StageLock(cell.lock_path(cell.online_dir))

@@ -72,6 +72,13 @@ def variant_of(overrides: Iterable[str]) -> str:
     return ",".join(sorted(o.lstrip("+") for o in chosen))
 
 
+def read_cell_list(path: Path) -> set[str]:
+    """The cells of a ``pipeline.skip_cells_file``: one ``<task>/<run name>/seed<k>`` per line
+    (``#`` starts a comment)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return {line for line in lines if line}
+
+
 def path_override(key: str, path: str | Path) -> str:
     """``key=path`` for a Hydra command line, the path quoted when it holds characters Hydra's
     override grammar gives a meaning (a variant's run directory has ``=`` and ``,``)."""
@@ -151,6 +158,12 @@ class Cell:
         # From scratch the dataset plays no part: one run per map serves both of its tasks.
         task = self.task if self.fine_tuning else self.map_name
         return self.root / "online" / task / self.run_name / f"seed{self.seed}"
+
+    @property
+    def online_key(self) -> str:
+        """``<task>/<run name>/seed<k>``: the online run's directory under ``<root>/online/``, as
+        result records and ``pipeline.skip_cells_file`` name a cell."""
+        return self.online_dir.relative_to(self.root / "online").as_posix()
 
     @property
     def offline_dir(self) -> Path:
