@@ -1,12 +1,14 @@
 """Report of issue 17's sweep (``scripts/o2o_2s3z.py report``): 2s3z, 300k env steps, 3 seeds.
 
 Reads ``<root>/online/*/*/seed*`` (finished runs, and the curves of unfinished ones) and
-``<root>/offline/*/*/offline_summary.json``, and writes
+``<root>/offline/*/*/offline_summary.json``, takes into the tables, verdicts and figures the
+finished runs that the result files of earlier sweep roots hold on the sets this root pinned
+(a new machine starts without their outputs), and writes
 
-* ``benchmarks/results/o2o_2s3z.json``: one record per run (task, algorithm, seed, status, env
-  steps reached, final win rate and return over 640 battles, drop, env steps to a 0.8 win
-  rate, mean win rate over the run, wall-clock, evaluation and probe curves) and the
-  offline policies' levels;
+* ``benchmarks/results/o2o_2s3z.json`` (``--out-json``): one record per run of the root (task,
+  algorithm, seed, status, env steps reached, final win rate and return over 640 battles, drop,
+  env steps to a 0.8 win rate, mean win rate over the run, wall-clock, evaluation and probe
+  curves, the diagnosis tables' training-batch values) and the offline policies' levels;
 * ``docs/img/o2o_2s3z_curves.png`` (win rate and return per task, median and interquartile
   range over seeds, the offline policy dashed), ``docs/img/o2o_2s3z_ablations.png`` (2s3z
   medium: OVMSE, OVM only, SE only and the mixing ratios) and ``docs/img/o2o_2s3z_unlearning.png``
@@ -154,6 +156,10 @@ def run_record(run: OnlineRun, root: Path, levels: dict, budget: int) -> dict:
         record["probe"] = {"env_steps": ps.tolist(), "q_tot": pq.tolist()}
         if "eval/probe_mc_return" in run.curves:
             record["probe"]["mc_return"] = run.curves["eval/probe_mc_return"][1].tolist()
+    # The training-batch values the diagnosis tables read (from metrics.csv): kept in the record,
+    # so that a report from a later sweep root can show them once this root's outputs are gone.
+    record["values"] = {"switch": switch_values(run.path), "over_run": run_values(run.path),
+                        "first_100k": run_values(run.path, until=EXPLORATION_STEPS)}
     if run.status == FINISHED:
         record.update({"final_win_rate": float(run.summary["eval/final_win_rate"]),
                        "final_return": float(run.summary.get("eval/final_return", math.nan)),
@@ -432,7 +438,7 @@ def memory_table(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
-def targets_table(records: list[dict], root: Path) -> str:
+def targets_table(records: list[dict]) -> str:
     """QMIX from scratch with PyMARL2's TD(λ = 0.6) targets and with one-step ones (the targets
     OVMSE learns from on 2s3z, where λ_memory = 1 leaves Eq. 5 no TD(λ) term)."""
     lines = ["| QMIX from scratch, targets | seeds done | final win rate: median (per seed) | env steps to 0.8 (per seed) | "
@@ -440,14 +446,14 @@ def targets_table(records: list[dict], root: Path) -> str:
     for name, label in (("qmix", "TD(λ = 0.6), PyMARL2's default"), (ONE_STEP_QMIX, "one-step (TD(λ = 0))")):
         done = _medium_runs(records, name)
         if done:
-            values = [run_values(root / r["path"]) for r in done]
+            values = [_values(r, "over_run") for r in done]
             lines.append(f"| {label} | {len(done)} | {_per_seed([r['final_win_rate'] for r in done])} | "
                          f"{', '.join(_steps(r['steps_to_0.8']) for r in done)} | "
                          f"{_per_seed([v['q_minus_mc'] if v else None for v in values], 2)} |")
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
-def no_memory_table(records: list[dict], root: Path) -> str:
+def no_memory_table(records: list[dict]) -> str:
     """OVM only and OVMSE against the same runs with their memory taken out, and MACQL and SE
     only for reference, all from the medium pretrainings with exploration from ε = 1.0, read
     over their first 100k env steps (the 300k runs cut there): is it the memory, the one-step
@@ -467,13 +473,19 @@ def no_memory_table(records: list[dict], root: Path) -> str:
         mine = _medium_runs(records, name, past=EXPLORATION_STEPS)
         if not mine:
             continue
-        gaps = [run_values(root / r["path"], until=EXPLORATION_STEPS) for r in mine]
+        gaps = [_values(r, "first_100k") for r in mine]
         lines.append(f"| {LABELS.get(name, DIAGNOSIS_LABELS.get(name, name))} | {exploration} | {loss} | {len(mine)} | "
                      f"{_first_steps_cells(mine)} | {_per_seed([g['q_minus_mc'] if g else None for g in gaps], 2)} |")
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
 SWITCH_COLUMNS = ("train/q_taken_mean", "train/target_mean", "train/mc_return_mean")
+
+
+def _values(record: dict, which: str) -> dict | None:
+    """A record's diagnosis values (``switch``, ``over_run``, ``first_100k``: :func:`run_record`);
+    None for records written before the report kept them (their sweep roots' outputs are gone)."""
+    return (record.get("values") or {}).get(which)
 
 
 def switch_values(run_dir: Path, limit: float = DROP_WINDOW) -> dict | None:
@@ -499,13 +511,13 @@ def switch_values(run_dir: Path, limit: float = DROP_WINDOW) -> dict | None:
             "mc": float(first["train/mc_return_mean"]), "max_q_minus_mc_50k": max(early) if early else None}
 
 
-def switch_table(records: list[dict], root: Path) -> str:
+def switch_table(records: list[dict]) -> str:
     lines = ["| algorithm | runs | first update: Q_tot of the batch's actions | their TD(λ) target | OVM's Q_OVM "
              "(runs that log it) | their Monte-Carlo return | largest Q_tot minus Monte-Carlo return in the first 50k |",
              "|---|---:|---|---|---|---|---|"]
     for algo in MAIN:
         values = [v for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == algo
-                  for v in [switch_values(root / r["path"])] if v]
+                  for v in [_values(r, "switch")] if v]
         if values:
             lines.append(f"| {LABELS[algo]} | {len(values)} | " + " | ".join(
                 _per_seed([v[k] for v in values if v[k] is not None], 2)
@@ -536,14 +548,14 @@ def run_values(run_dir: Path, after: float = DROP_WINDOW, until: float = math.in
     return out if out["q_minus_mc"] is not None else None
 
 
-def run_values_table(records: list[dict], root: Path) -> str:
+def run_values_table(records: list[dict]) -> str:
     names = (*MAIN, *ABLATIONS[1:3], MEMORY_TD_LAMBDA, LAMBDA_ANNEALED, ONE_STEP_QMIX, NO_MEMORY, NO_OFFLINE_DATA,
              SE_NO_MEMORY)
     lines = ["| run | runs | Q_tot minus Monte-Carlo return (per run) | OVM memory sets the target (per run) | "
              "exploratory agent actions (per run) |", "|---|---:|---|---|---|"]
     for name in names:
         values = [v for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
-                  for v in [run_values(root / r["path"])] if v]
+                  for v in [_values(r, "over_run")] if v]
         if not values:
             continue
         label = LABELS.get(name, DIAGNOSIS_LABELS.get(name, name))
@@ -679,6 +691,20 @@ def draw_unlearning(records: list[dict], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ report
 
+def _recorded_note(merged: list[dict], levels: dict) -> list[str]:
+    """What the report took from the result files: per file, the runs (task, run, seeds)."""
+    by_file: dict[str, dict[tuple, list[int]]] = {}
+    for r in merged:
+        by_file.setdefault(r["recorded_in"], {}).setdefault((r["task"], r["algorithm"]), []).append(r["seed"])
+    parts = [f"`{name}`: " + "; ".join(f"{task} {LABELS.get(algo, algo)} seed{'s' if len(seeds) > 1 else ''} "
+                                       f"{', '.join(map(str, sorted(seeds)))}" for (task, algo), seeds in runs.items())
+             for name, runs in by_file.items()]
+    return [f"With {len(merged)} finished runs and {len(levels)} pretrainings (marked `recorded`) of earlier sweep "
+            "roots on this root's sets, read from the result files (their outputs are gone; the diagnosis value "
+            "tables count the runs whose records keep their training-batch values): " + " ".join(
+                f"{p}." for p in parts), ""]
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -701,14 +727,52 @@ def dropped_runs(out_json: Path, records: list[dict]) -> list[str]:
     return sorted({r["path"] for r in old if r.get("status") == FINISHED and r.get("path") not in have})
 
 
+def recorded_elsewhere(root: Path, files: list[Path], have: set[str]) -> tuple[list[dict], dict[str, dict]]:
+    """The finished runs and the pretrainings that ``files`` (result files of earlier sweep roots,
+    whose outputs are gone) hold on the sets ``root`` pinned, other than the runs in ``have``
+    (paths the root has itself); each marked with its file (``recorded_in``). QMIX from scratch
+    reads no set. A run in several files is taken from the first."""
+    from o2o_2s3z_stats import merged_runs, set_label  # noqa: PLC0415
+
+    from ovmse.sweeps.cells import dataset_pin  # noqa: PLC0415
+
+    labels = {}
+    for task in TASKS:
+        map_name, _, quality = task.partition("_")
+        pin = dataset_pin(root, map_name, quality)
+        if pin.is_file():
+            labels[task] = set_label(json.loads(pin.read_text()))
+    runs, seen = [], set(have)
+    for path in files:
+        for r in merged_runs([path]):
+            scratch = r["algorithm"].split("+")[0] == "qmix"
+            if (r.get("status") != FINISHED or r.get("path") in seen
+                    or not (r["set"] is None if scratch else r["set"] == labels.get(r["task"]))):
+                continue
+            seen.add(r["path"])
+            runs.append({**{k: v for k, v in r.items() if k != "set"}, "recorded_in": path.name})
+    levels = {}
+    for path in files:
+        for key, level in (json.loads(path.read_text()).get("offline") or {}).items():
+            dataset = level.get("dataset")
+            if dataset and dataset.get("transitions") is not None and labels.get(level["task"]) == set_label(dataset):
+                levels.setdefault(key, {**level, "recorded_in": path.name})
+    return runs, levels
+
+
 def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "results.md",
-           out_json: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json", allow_dropping: bool = False) -> list[dict]:
-    """Write the JSON, the figures (beside ``doc``, under ``img/``) and ``doc``'s section;
-    returns the run records. Refuses (``SystemExit``, nothing written) when the last report
-    holds finished runs that ``root`` does not, unless ``allow_dropping``."""
-    levels = offline_levels(root)
+           out_json: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json", allow_dropping: bool = False,
+           recorded: list[Path] | None = None) -> list[dict]:
+    """Write the JSON (``root``'s runs), the figures (beside ``doc``, under ``img/``) and
+    ``doc``'s section (``root``'s runs and the finished runs that the result files ``recorded``
+    hold on the root's sets, :func:`recorded_elsewhere`; default: every result file but
+    ``out_json``); returns the root's run records. Refuses (``SystemExit``, nothing written) when
+    the last report holds finished runs that ``root`` does not, unless ``allow_dropping``."""
+    from o2o_2s3z_stats import record_files  # noqa: PLC0415
+
+    root_levels = offline_levels(root)
     runs = by_task(load_online_runs(root))
-    records = [run_record(r, root, levels, budget) for r in runs if r.task in TASKS]
+    records = [run_record(r, root, root_levels, budget) for r in runs if r.task in TASKS]
     dropped = dropped_runs(out_json, records)
     if dropped and not allow_dropping:
         raise SystemExit(f"{out_json} holds {len(dropped)} finished runs that {root} does not "
@@ -718,25 +782,31 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     diagnosis = qmix_start_records(root, budget)
     out_json.write_text(json.dumps({
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),
-        "budget_env_steps": budget, "offline": levels, "runs": records,
+        "budget_env_steps": budget, "offline": root_levels, "runs": records,
         "diagnosis_qmix_start": diagnosis}, indent=1) + "\n")
     print(f"wrote {out_json}")
+    if recorded is None:
+        recorded = [f for f in record_files() if f.is_file() and f.resolve() != out_json.resolve()]
+    merged, merged_levels = recorded_elsewhere(root, recorded, {r["path"] for r in records})
+    root_finished = len({r["path"] for r in records if r["status"] == FINISHED})
+    root_records, records, levels = records, records + merged, {**merged_levels, **root_levels}
     img = doc.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
     draw_curves(records, levels, img / "o2o_2s3z_curves.png")
     draw_ablations(records, levels, img / "o2o_2s3z_ablations.png")
     draw_unlearning(records, img / "o2o_2s3z_unlearning.png")
 
-    finished = len({r["path"] for r in records if r["status"] == FINISHED})
     offline_rows = "\n".join(
-        f"| {v['task']} | {k.split('/')[-1]} | {'calibrated (MACal-QL)' if v.get('calibrated') else 'plain'} | "
+        f"| {v['task']} | {k.split('/')[-1]}{' (recorded)' if v.get('recorded_in') else ''} | "
+        f"{'calibrated (MACal-QL)' if v.get('calibrated') else 'plain'} | "
         f"{_dataset_cell(v.get('dataset'))} | {v['updates']} | {_fmt(v['win_rate'])} | {_fmt(v['return'], 2)} | "
         f"{v['wall_seconds'] / 60:.0f} min |" for k, v in levels.items())
     body = [
         f"Report written {time.strftime('%Y-%m-%dT%H:%M:%S')} from `{_shown(root)}` "
-        f"(code at `{_git_commit()}`): {finished} finished runs. Unfinished runs (running, or stopped to be resumed) show in the curves "
+        f"(code at `{_git_commit()}`): {root_finished} finished runs. Unfinished runs (running, or stopped to be resumed) show in the curves "
         "(their evaluations so far) and in the `seeds done` column, not in the medians.",
         "",
+        *(_recorded_note(merged, merged_levels) if merged or merged_levels else []),
         "Offline pretrainings (MACQL, α 0.05, 10.05M dataset timesteps; the last greedy evaluation, 128 battles; "
         "`plain`: shared by OVMSE, Switch-CQL, MACQL and the ablations; `calibrated`: Cal-QL's bound, MACal-QL's own):",
         "",
@@ -751,9 +821,9 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     body += ["The paper's claims for 2s3z against these runs:", "", *claims(records, budget), "",
              "**Diagnosis** (`python scripts/o2o_2s3z.py diagnose`): what the results above would need to be explained.",
              "", "*Values at the switch* (2s3z medium, training batches, medians over runs with per-run values; "
-             "QMIX from scratch for comparison):", "", switch_table(records, root), "",
+             "QMIX from scratch for comparison):", "", switch_table(records), "",
              "*Values over the run* (2s3z medium, medians over each run's logged rows after the first 50k env "
-             "steps; QMIX's row is the run from scratch):", "", run_values_table(records, root), "",
+             "steps; QMIX's row is the run from scratch):", "", run_values_table(records), "",
              "*The first 16k env steps* (OVMSE on 2s3z medium, evaluations every 2k env steps):", "",
              switch_diagnosis_table(records), "",
              "*Exploration at the switch* (2s3z medium, from the same pretrainings; ε = 1.0 rows: the 300k runs "
@@ -762,15 +832,15 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "target the memory is compared with is the only target):", "", memory_table(records), "",
              "*One-step targets* (QMIX from scratch on 2s3z; OVM only's Q_tot overestimates its return "
              "while its memory rarely sets the target: is the one-step target alone the cause?):", "",
-             targets_table(records, root), "",
+             targets_table(records), "",
              "*The memory, the one-step targets or the offline data* (2s3z medium, exploration from ε = 1.0, from the "
              "same pretrainings; OVM only, MACQL, OVMSE and SE only are the 300k runs above read over their first "
              "100k env steps):", "",
-             no_memory_table(records, root), "",
+             no_memory_table(records), "",
              "*A good policy that no offline phase made* (each O2O method fine-tuning QMIX's own online policy, its "
              "best evaluation of the run from scratch, for 50k env steps; evaluations every 5k):", "",
              qmix_start_table(diagnosis), "",
              "![2s3z curves](img/o2o_2s3z_curves.png)", "", "![2s3z ablations](img/o2o_2s3z_ablations.png)", "",
              "![2s3z unlearning probe](img/o2o_2s3z_unlearning.png)", ""]
     replace_section(doc, BEGIN, END, "\n".join(body))
-    return records
+    return root_records

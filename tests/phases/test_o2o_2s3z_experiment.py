@@ -121,7 +121,7 @@ def swept(tmp_path):
 
 def test_report_records_tables_and_verdicts(swept, tmp_path):
     doc, out_json = tmp_path / "docs" / "results.md", tmp_path / "o2o.json"
-    records = report_script.report(swept, doc=doc, out_json=out_json)
+    records = report_script.report(swept, doc=doc, out_json=out_json, recorded=[])
     by = {(r["task"], r["algorithm"], r["seed"]): r for r in json.loads(out_json.read_text())["runs"]}
     assert len(by) == len(records) == 3 * 3 + 3 + 3 + 2  # QMIX under the tasks that have runs; 2 diagnosis runs
     ovmse = by[("2s3z_medium", "ovmse", 1)]
@@ -169,13 +169,14 @@ def test_no_memory_table_reads_every_run_over_its_first_100k(tmp_path):
         steps = [s for s in (10_000, 50_000, 100_000, 300_000) if s <= reached]
         curve = {"env_steps": steps, "win_rate": [0.5, 0.1, 0.2, 0.0][:len(steps)]}
         return {"task": "2s3z_medium", "algorithm": name, "seed": seed, "env_steps_reached": reached, "drop": 7.0,
-                "curve": curve, "path": str(path.relative_to(tmp_path))}
+                "curve": curve, "path": str(path.relative_to(tmp_path)),
+                "values": {"first_100k": report_script.run_values(path, until=report_script.EXPLORATION_STEPS)}}
 
     records = [run("ovm_only", 0, [(40_000, 1.0), (60_000, 5.0), (90_000, 7.0), (200_000, 12.0)], 300_000),
                run(report_script.NO_MEMORY, 0, [(60_000, 1.0), (100_000, 2.0)], 100_000),
                run(report_script.NO_MEMORY, 1, [(60_000, 3.0)], 60_000),  # not at 100k yet: left out
                run(report_script.SE_NO_MEMORY, 2, [(60_000, 4.0), (80_000, 6.0)], 100_000)]
-    table = report_script.no_memory_table(records, tmp_path)
+    table = report_script.no_memory_table(records)
     se_no_memory = next(line for line in table.splitlines() if line.startswith("| OVMSE without the memory"))
     assert "| decentralised SE | one-step TD + CQL α 0.05 | 1 |" in se_no_memory
     assert se_no_memory.endswith("| 5.00 (5.00) |")
@@ -199,7 +200,7 @@ def test_steps_to_08_need_the_next_evaluation_to_hold_it():
 
 
 def test_claims_turn_on_the_numbers(swept, tmp_path):
-    records = report_script.report(swept, doc=tmp_path / "r.md", out_json=tmp_path / "o.json")
+    records = report_script.report(swept, doc=tmp_path / "r.md", out_json=tmp_path / "o.json", recorded=[])
     for r in records:  # MACQL now reaches 0.8 at 100k: 40k behind OVMSE, not 100k
         if r["algorithm"] == "macql":
             r["steps_to_0.8"] = 100_000
@@ -248,13 +249,13 @@ def test_report_refuses_to_lose_finished_runs_of_the_last_report(swept, tmp_path
     root = tmp_path / "root"
     shutil.copytree(swept, root)
     out_json, doc = tmp_path / "o2o.json", tmp_path / "results.md"
-    report_script.report(root, doc=doc, out_json=out_json)
+    report_script.report(root, doc=doc, out_json=out_json, recorded=[])
     before = out_json.read_text()
     shutil.rmtree(root / "online" / "2s3z_medium" / "macql" / "seed1")
     with pytest.raises(SystemExit, match=r"1 finished runs .*online/2s3z_medium/macql/seed1.*--allow-dropping"):
-        report_script.report(root, doc=doc, out_json=out_json)
+        report_script.report(root, doc=doc, out_json=out_json, recorded=[])
     assert out_json.read_text() == before
-    records = report_script.report(root, doc=doc, out_json=out_json, allow_dropping=True)
+    records = report_script.report(root, doc=doc, out_json=out_json, allow_dropping=True, recorded=[])
     assert "online/2s3z_medium/macql/seed1" not in {r["path"] for r in records}
 
 
@@ -263,7 +264,7 @@ def test_stats_from_the_records_alone(swept, tmp_path):
     import o2o_2s3z_stats as stats_script
 
     out_json = tmp_path / "o2o.json"
-    report_script.report(swept, doc=tmp_path / "r.md", out_json=out_json)
+    report_script.report(swept, doc=tmp_path / "r.md", out_json=out_json, recorded=[])
     doc = tmp_path / "docs" / "results.md"
     result = stats_script.main([out_json], out_dir=tmp_path, doc=doc, reps=200)
     # The only set of the records (QMIX from scratch reads none).
@@ -499,6 +500,49 @@ def test_the_cells_recorded_on_this_roots_sets_are_passed_over(tmp_path, monkeyp
     assert read_cell_list(listed) == {"2s3z_medium/macql/seed1", "2s3z/qmix/seed0"}  # no medium-replay set here
 
 
+def test_report_completes_a_new_root_with_the_runs_recorded_on_its_set(swept, tmp_path):
+    """A new machine's sweep root (its set pinned) has some runs; the runs of earlier roots on that
+    set are in the result files: the tables and verdicts take both, the JSON only the root's; a
+    recorded run on another set, or one the root has itself (finished or not: the root's is the
+    newer), is not taken."""
+    pin = {"name": "2s3z/medium", "episodes": 5000, "transitions": 305838, "created": "2026-12-05T06:57:01",
+           "git_commit": "8a418d0"}
+    (swept / "datasets" / "2s3z").mkdir(parents=True)
+    (swept / "datasets" / "2s3z" / "medium.json").write_text(json.dumps(pin))
+    recorded_set = {**pin, "created": "2026-12-04T10:20:16"}  # the same set collected earlier
+    curve = {"env_steps": [50_176.0, 300_032.0], "win_rate": [0.3, 0.5], "return": [10.0, 15.0]}
+    base = {"task": "2s3z_medium", "status": "finished", "dataset": recorded_set, "curve": curve, "mean_win_rate": 0.4,
+            "steps_to_0.8": None, "drop": 5.0, "final_return": 15.0, "final_battles": 640, "wall_seconds": 600.0,
+            "resumed": False, "offline_win_rate": 0.6, "offline_return": 17.0}
+    runs = [{**base, "algorithm": "switch_cql", "seed": 2, "path": "online/2s3z_medium/switch_cql/seed2",
+             "final_win_rate": 0.5},  # the root is training it again: the root's, unfinished, is shown
+            {**base, "algorithm": "ovm_only", "seed": 1, "path": "online/2s3z_medium/ovm_only/seed1",
+             "final_win_rate": 0.05},
+            {**base, "algorithm": "ovm_only", "seed": 2, "path": "online/2s3z_medium/ovm_only/seed2",
+             "final_win_rate": 0.07, "dataset": {**recorded_set, "git_commit": "dcd8715"}},  # another set
+            {**base, "algorithm": "macql", "seed": 0, "path": "online/2s3z_medium/macql/seed0",
+             "final_win_rate": 0.1}]  # the root has it: the root's wins
+    offline = {"offline/2s3z_medium/seed1-f3": {"task": "2s3z_medium", "win_rate": 0.65, "return": 17.8,
+                                                "updates": 1263, "wall_seconds": 1500.0, "dataset": recorded_set},
+               "offline/2s3z_medium/seed2-zz": {"task": "2s3z_medium", "win_rate": 0.1, "return": 9.0,
+                                                "updates": 1355, "wall_seconds": 1500.0,
+                                                "dataset": {**recorded_set, "transitions": 284872}}}
+    earlier = tmp_path / "o2o_2s3z.part-earlier.json"
+    earlier.write_text(json.dumps({"offline": offline, "runs": runs}))
+    doc, out_json = tmp_path / "results.md", tmp_path / "o2o.json"
+    records = report_script.report(swept, doc=doc, out_json=out_json, recorded=[earlier])
+    assert all("recorded_in" not in r for r in records)
+    assert {r["path"] for r in json.loads(out_json.read_text())["runs"]} == {r["path"] for r in records}
+    text = doc.read_text()
+    assert "| Switch-CQL | 2 of 3 (+1 unfinished) | **0.900** (0.900, 0.900) |" in text
+    assert "| OVM only | 1 of 3 | **0.050** (0.050) |" in text
+    assert "| MACQL | 3 of 3 | **0.900** (0.900, 0.900, 0.900) |" in text
+    assert "| seed1-f3 (recorded) | plain | 305,838, 8a418d0, 2026-12-04T10:20:16 | 1263 |" in text
+    assert "seed2-zz" not in text
+    assert ("With 1 finished runs and 1 pretrainings (marked `recorded`) of earlier sweep roots on this root's sets"
+            in text and "`o2o_2s3z.part-earlier.json`: 2s3z_medium OVM only seed 1." in text)
+
+
 def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
     """Two sweeps of the same protocol can hold different "medium" sets: each run's record and the
     offline table name the one its pretraining read (from the pretraining's hparams.yaml)."""
@@ -507,7 +551,7 @@ def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
         "name": "2s3z/medium", "episodes": 5000, "transitions": 305838, "created": "2026-12-04T10:20:16",
         "git_commit": "8a418d0", "path": "/somewhere"}}))
     doc, out_json = tmp_path / "results.md", tmp_path / "o2o.json"
-    report_script.report(swept, doc=doc, out_json=out_json)
+    report_script.report(swept, doc=doc, out_json=out_json, recorded=[])
     by = {(r["task"], r["algorithm"], r["seed"]): r for r in json.loads(out_json.read_text())["runs"]}
     assert by[("2s3z_medium", "ovmse", 1)]["dataset"] == {"name": "2s3z/medium", "episodes": 5000,
                                                          "transitions": 305838, "created": "2026-12-04T10:20:16",
@@ -516,5 +560,5 @@ def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
     assert "| seed0-abc | plain | 305,838, 8a418d0, 2026-12-04T10:20:16 | 1355 |" in doc.read_text()
     # A pretraining that recorded no dataset says so instead of guessing.
     (offline / "hparams.yaml").write_text("lr: 0.001\n")
-    report_script.report(swept, doc=doc, out_json=out_json)
+    report_script.report(swept, doc=doc, out_json=out_json, recorded=[])
     assert "| seed0-abc | plain | not recorded | 1355 |" in doc.read_text()
