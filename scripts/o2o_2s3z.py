@@ -59,10 +59,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -113,6 +113,10 @@ IDLE_WAIT_SECONDS = 120
 # these again, to the byte, so that the runs of a new machine pool with the recorded ones.
 DATASET_COMMIT = "8a418d0"
 DATASET_TRANSITIONS = {"medium": 305_838, "medium_replay": 29_741}
+# Their episodes' SHA-256 (``python -m ovmse.datasets digest``): equal on two collections at
+# that commit on one machine (docs/datasets.md); another device or thread count may differ.
+DATASET_SHA256 = {"medium": "14f2f6575ae94875d05d86ed03f09b054434801c50479aba3872068e67e1d147",
+                  "medium_replay": "72be724b44f75d9e14803e573b17ad704ecd219c6614569e898ac7f340d40950"}
 RECORDED_CELLS = "recorded_cells.txt"
 
 
@@ -127,10 +131,13 @@ def missing_cells(root: Path, cells=CELLS) -> list[str]:
 
 def ensure_datasets(args, root: Path) -> None:
     """Make the 2s3z sets missing under ``--data-root`` with the code of :data:`DATASET_COMMIT`
-    (a git worktree under ``<root>/code/``), then check that each is the experiment's (its size):
-    a sweep on another set starts over, as none of its runs would pool with the recorded ones
-    (``--any-set`` goes on, in a sweep root of its own)."""
-    data_root = Path(args.data_root)
+    (a git worktree under ``<root>/code/``), then check that each is the experiment's (its
+    episodes' digest): a sweep on another set starts over, as none of its runs would pool with the
+    recorded ones (``--any-set`` goes on, in a sweep root of its own)."""
+    from ovmse.datasets.format import content_digest  # noqa: PLC0415
+    from ovmse.envs import get_map  # noqa: PLC0415
+
+    data_root = Path(args.data_root).resolve()  # the collect run's working directory is the worktree
     missing = [q for q in DATASET_TRANSITIONS if not (data_root / "2s3z" / q / "dataset.json").is_file()]
     if missing:
         code = root / "code" / DATASET_COMMIT
@@ -147,12 +154,14 @@ def ensure_datasets(args, root: Path) -> None:
         if subprocess.run(cmd, cwd=code).returncode != 0:
             raise SystemExit(f"collecting the 2s3z sets at {DATASET_COMMIT} failed: the error is above")
     for quality, transitions in DATASET_TRANSITIONS.items():
-        found = json.loads((data_root / "2s3z" / quality / "dataset.json").read_text())["transitions"]
-        if found != transitions and not args.any_set:
+        where = data_root / "2s3z" / quality
+        found = json.loads((where / "dataset.json").read_text())["transitions"]
+        if not args.any_set and content_digest(where, get_map("2s3z")) != DATASET_SHA256[quality]:
             raise SystemExit(
-                f"{data_root / '2s3z' / quality} holds {found:,} transitions, the experiment's set {transitions:,} (made "
-                f"at {DATASET_COMMIT}): runs on it would not pool with the recorded ones. Move it away to collect the "
-                "experiment's set, or pass --any-set to go on with it in a sweep root of its own (--root)")
+                f"{where} ({found:,} transitions) is not the experiment's set ({transitions:,} transitions, made at "
+                f"{DATASET_COMMIT}, SHA-256 {DATASET_SHA256[quality][:12]}): runs on it would not pool with the recorded "
+                "ones. Move it away to collect the experiment's set, or pass --any-set to go on with it in a sweep "
+                "root of its own (--root)")
 
 
 def write_recorded_cells(root: Path, data_root: Path) -> Path:
@@ -166,10 +175,9 @@ def write_recorded_cells(root: Path, data_root: Path) -> Path:
         meta = data_root / "2s3z" / quality / "dataset.json"
         sets[f"2s3z_{quality}"] = metadata_identity(meta.parent, json.loads(meta.read_text())) if meta.is_file() else None
     listed = sorted(cell for cell, runs in recorded_runs().items()
-                    if "_" not in (task := cell.split("/", 1)[0]) or (sets.get(task) is not None and any(
-                        on_set(label, sets[task]) for _, label in runs)))
+                    if any(on_root_set(cell.split("/")[1], label, sets.get(cell.split("/")[0])) for _, label in runs))
     path = root / RECORDED_CELLS
-    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    draft = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # workers on several hosts may share pids
     draft.write_text(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')}, scripts/o2o_2s3z.py: runs finished in earlier sweep "
                      f"roots on this root's sets (benchmarks/results/o2o_2s3z*.json); the pipeline passes over them\n"
                      + "".join(f"{cell}\n" for cell in listed))
@@ -219,6 +227,19 @@ def on_set(label: str | None, pinned: dict) -> bool | None:
         return label == set_label(pinned)
     timesteps, batch = offline_budget()
     return updates == offline_updates(0, timesteps, batch, int(pinned["episodes"]), int(pinned["transitions"]))
+
+
+def from_scratch(run_name: str) -> bool:
+    """QMIX from scratch (and its variants): a run that reads no dataset."""
+    return run_name.split("+")[0] == "qmix"
+
+
+def on_root_set(run_name: str, label: str | None, pinned: dict | None) -> bool:
+    """Whether a recorded run (its set's ``label``, :func:`o2o_2s3z_stats.set_of`) belongs with a
+    sweep root whose set for the run's task is ``pinned`` (None: none yet): QMIX from scratch
+    always, a fine-tuning run when :func:`on_set` says so. The one test of the worker's skip list
+    and the report's merge."""
+    return from_scratch(run_name) or (pinned is not None and bool(on_set(label, pinned)))
 
 
 @functools.cache

@@ -699,10 +699,10 @@ def _recorded_note(merged: list[dict], levels: dict) -> list[str]:
     parts = [f"`{name}`: " + "; ".join(f"{task} {LABELS.get(algo, algo)} seed{'s' if len(seeds) > 1 else ''} "
                                        f"{', '.join(map(str, sorted(seeds)))}" for (task, algo), seeds in runs.items())
              for name, runs in by_file.items()]
+    listed = (": " + " ".join(f"{p}." for p in parts)) if parts else "."
     return [f"With {len(merged)} finished runs and {len(levels)} pretrainings (marked `recorded`) of earlier sweep "
             "roots on this root's sets, read from the result files (their outputs are gone; the diagnosis value "
-            "tables count the runs whose records keep their training-batch values): " + " ".join(
-                f"{p}." for p in parts), ""]
+            f"tables count the runs whose records keep their training-batch values){listed}", ""]
 
 
 def _git_commit() -> str:
@@ -729,33 +729,35 @@ def dropped_runs(out_json: Path, records: list[dict]) -> list[str]:
 
 def recorded_elsewhere(root: Path, files: list[Path], have: set[str]) -> tuple[list[dict], dict[str, dict]]:
     """The finished runs and the pretrainings that ``files`` (result files of earlier sweep roots,
-    whose outputs are gone) hold on the sets ``root`` pinned, other than the runs in ``have``
-    (paths the root has itself); each marked with its file (``recorded_in``). QMIX from scratch
-    reads no set. A run in several files is taken from the first."""
-    from o2o_2s3z_stats import merged_runs, set_label  # noqa: PLC0415
+    whose outputs are gone) hold on the sets ``root`` pinned (``o2o_2s3z.on_root_set``: QMIX from
+    scratch reads none), other than the runs whose paths are in ``have`` (those the root finished
+    itself); each marked with its file (``recorded_in``). A run in several files is taken from
+    the first."""
+    from o2o_2s3z import on_root_set, on_set  # noqa: PLC0415
+    from o2o_2s3z_stats import UNRECORDED, merged_runs, set_label  # noqa: PLC0415
 
     from ovmse.sweeps.cells import dataset_pin  # noqa: PLC0415
 
-    labels = {}
+    pins = {}
     for task in TASKS:
         map_name, _, quality = task.partition("_")
-        pin = dataset_pin(root, map_name, quality)
-        if pin.is_file():
-            labels[task] = set_label(json.loads(pin.read_text()))
-    runs, seen = [], set(have)
+        if (pin := dataset_pin(root, map_name, quality)).is_file():
+            pins[task] = json.loads(pin.read_text())
+    runs, taken = [], set()
     for path in files:
         for r in merged_runs([path]):
-            scratch = r["algorithm"].split("+")[0] == "qmix"
-            if (r.get("status") != FINISHED or r.get("path") in seen
-                    or not (r["set"] is None if scratch else r["set"] == labels.get(r["task"]))):
+            key = (r["task"], r["algorithm"], r["seed"])
+            if (r.get("status") != FINISHED or not r.get("path") or r["path"] in have or key in taken
+                    or not on_root_set(r["algorithm"], r["set"], pins.get(r["task"]))):
                 continue
-            seen.add(r["path"])
+            taken.add(key)
             runs.append({**{k: v for k, v in r.items() if k != "set"}, "recorded_in": path.name})
     levels = {}
     for path in files:
         for key, level in (json.loads(path.read_text()).get("offline") or {}).items():
-            dataset = level.get("dataset")
-            if dataset and dataset.get("transitions") is not None and labels.get(level["task"]) == set_label(dataset):
+            dataset = level.get("dataset") or {}
+            label = set_label(dataset) if dataset.get("transitions") is not None else UNRECORDED.format(level["updates"])
+            if level["task"] in pins and on_set(label, pins[level["task"]]):
                 levels.setdefault(key, {**level, "recorded_in": path.name})
     return runs, levels
 
@@ -787,9 +789,13 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     print(f"wrote {out_json}")
     if recorded is None:
         recorded = [f for f in record_files() if f.is_file() and f.resolve() != out_json.resolve()]
-    merged, merged_levels = recorded_elsewhere(root, recorded, {r["path"] for r in records})
-    root_finished = len({r["path"] for r in records if r["status"] == FINISHED})
-    root_records, records, levels = records, records + merged, {**merged_levels, **root_levels}
+    root_done = {r["path"] for r in records if r["status"] == FINISHED}
+    merged, merged_levels = recorded_elsewhere(root, recorded, root_done)
+    # A recorded finished run wins over the root's unfinished one of the same cell (the worker
+    # passes over recorded cells), the root's finished one over a recorded one.
+    replaced = {r["path"] for r in merged}
+    root_records, records = records, [r for r in records if r["path"] not in replaced] + merged
+    root_finished, levels = len(root_done), {**merged_levels, **root_levels}
     img = doc.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
     draw_curves(records, levels, img / "o2o_2s3z_curves.png")

@@ -171,8 +171,8 @@ def set_label(dataset: dict) -> str:
 
 
 def set_of(record: dict, offline: dict) -> str | None:
-    """The dataset a run's pretraining read, as a label: its recorded identity (transitions,
-    creation time), or, for records from before the report kept it, the update count of the
+    """The dataset a run's pretraining read, as a label: its recorded identity (:func:`set_label`:
+    transitions and the commit that collected it), or, for records from before the report kept it, the update count of the
     file's pretrainings of the task (10.05M dataset timesteps make a count that depends on the
     set's size: 1355 updates for Table 8's 284,872-transition 2s3z medium set, 1263 for the
     305,838 one). None for QMIX from scratch (no dataset)."""

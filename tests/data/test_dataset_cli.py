@@ -142,6 +142,13 @@ def test_validate_refuses_episodes_changed_after_writing(good, copy_of, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f"{recorded}  {good}  (as recorded)"
     assert lines[1].endswith(f"{copy_of}  (dataset.json records {recorded})") and not lines[1].startswith(recorded)
+    # A set written before digests were recorded: validated, its digest printed as found.
+    meta = json.loads((good / "dataset.json").read_text())
+    shutil.rmtree(copy_of)
+    shutil.copytree(good, copy_of)
+    (copy_of / "dataset.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}))
+    assert main(["validate", str(copy_of)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"SHA-256 {recorded[:12]} (none recorded)")
 
 
 def test_validate_missing_metadata_exits_2(good, copy_of, capsys):

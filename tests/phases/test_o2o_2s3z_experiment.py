@@ -448,22 +448,37 @@ def _dataset(where: Path, transitions: int, git_commit: str = o2o_2s3z.DATASET_C
 
 def test_a_new_machine_collects_the_experiments_sets_at_their_commit(tmp_path, monkeypatch):
     """``run`` on a machine without data collects both 2s3z sets with the code of the commit that
-    made the recorded ones (a worktree), the budget's collect settings; a set of another size
-    stops it, naming the set, unless --any-set."""
+    made the recorded ones (a worktree, made once), the budget's collect settings, into the data
+    root as given (relative to where ``run`` is called); a set whose episodes' digest is not the
+    experiment's stops it, naming the set, unless --any-set."""
     import argparse
+
+    import ovmse.datasets.format as dataset_format
 
     calls = []
 
     def fake_run(cmd, cwd=None, check=False):
         calls.append((list(map(str, cmd)), cwd))
+        if cmd[:2] == ["git", "-C"]:
+            (Path(cmd[-2]) / "train.py").parent.mkdir(parents=True)
+            (Path(cmd[-2]) / "train.py").write_text("")
         if "phase=collect" in cmd:  # the collect run writes the sets
             data_root = Path(next(c for c in cmd if c.startswith("data_root=")).split("=", 1)[1])
+            assert data_root.is_absolute()  # the run's working directory is the worktree
             for quality, transitions in o2o_2s3z.DATASET_TRANSITIONS.items():
-                _dataset(data_root / "2s3z" / quality, transitions)
+                if not (data_root / "2s3z" / quality).exists():  # as phase=collect: the sets present are kept
+                    _dataset(data_root / "2s3z" / quality, transitions)
         return argparse.Namespace(returncode=0)
 
+    def fake_digest(where, spec):  # the experiment's digest where the set has the experiment's size
+        quality = Path(where).name
+        found = json.loads((Path(where) / "dataset.json").read_text())["transitions"]
+        return o2o_2s3z.DATASET_SHA256[quality] if found == o2o_2s3z.DATASET_TRANSITIONS[quality] else "0" * 64
+
     monkeypatch.setattr(o2o_2s3z.subprocess, "run", fake_run)
-    args = argparse.Namespace(data_root=str(tmp_path / "data"), threads=1, device="cpu", any_set=False)
+    monkeypatch.setattr(dataset_format, "content_digest", fake_digest)
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(data_root="data", threads=1, device="cpu", any_set=False)
     o2o_2s3z.ensure_datasets(args, tmp_path / "root")
     (git, _), (collect, cwd) = calls
     code = tmp_path / "root" / "code" / o2o_2s3z.DATASET_COMMIT
@@ -475,11 +490,37 @@ def test_a_new_machine_collects_the_experiments_sets_at_their_commit(tmp_path, m
     calls.clear()
     o2o_2s3z.ensure_datasets(args, tmp_path / "root")  # present: nothing run
     assert calls == []
+    import shutil
+
+    shutil.rmtree(tmp_path / "data" / "2s3z" / "medium_replay")
+    o2o_2s3z.ensure_datasets(args, tmp_path / "root")  # one set missing: collected, the worktree reused
+    assert [cmd[1] for cmd, _ in calls] == [str(code / "train.py")]
     meta = tmp_path / "data" / "2s3z" / "medium" / "dataset.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "transitions": 306404}))
-    with pytest.raises(SystemExit, match=r"2s3z/medium holds 306,404 transitions, the experiment's set 305,838"):
+    with pytest.raises(SystemExit, match=r"2s3z/medium \(306,404 transitions\) is not the experiment's set \(305,838 "
+                                         r"transitions, made at 8a418d0, SHA-256 14f2f6575ae9\)"):
         o2o_2s3z.ensure_datasets(args, tmp_path / "root")
     o2o_2s3z.ensure_datasets(argparse.Namespace(**{**vars(args), "any_set": True}), tmp_path / "root")
+
+
+def test_the_worker_passes_over_recorded_cells(tmp_path, monkeypatch):
+    """The worker hands the pipeline its skip list and counts the listed cells as done: with every
+    missing cell recorded it runs no grid at all."""
+    import argparse
+
+    listed = tmp_path / o2o_2s3z.RECORDED_CELLS
+    args = argparse.Namespace(root=str(tmp_path), data_root=str(tmp_path / "data"), part="main", worker=0, threads=1,
+                              device="cpu")
+    assert f"pipeline.skip_cells_file={listed}" in o2o_2s3z.grid_command(args, "o2o_2s3z", (), tmp_path)
+    everything = [f"{task}/{name}/seed{s}" for task, name in o2o_2s3z.CELLS for s in o2o_2s3z.SEEDS]
+
+    def write(root, data_root):
+        listed.write_text("".join(f"{cell}\n" for cell in everything))
+        return listed
+
+    monkeypatch.setattr(o2o_2s3z, "write_recorded_cells", write)
+    monkeypatch.setattr(o2o_2s3z.subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    o2o_2s3z.worker(args)  # returns: nothing missing
 
 
 def test_the_cells_recorded_on_this_roots_sets_are_passed_over(tmp_path, monkeypatch):
@@ -490,21 +531,25 @@ def test_the_cells_recorded_on_this_roots_sets_are_passed_over(tmp_path, monkeyp
                 "2s3z_medium/ovmse/seed0": [("a.json", "not recorded (pretrainings of 1355 updates)"),
                                             ("b.json", "305,838 transitions, made 2026-12-04T10:20:16")],
                 "2s3z/qmix/seed0": [("a.json", None)],
+                "2s3z/qmix+algo.td_lambda=0.0/seed1": [("a.json", None)],
+                "2s3z_medium/se_only/seed2": [("a.json", "not recorded (pretrainings of 1263 updates)")],
                 "2s3z_medium_replay/macql/seed0": [("b.json", "29,741 transitions, collected at 8a418d0")]}
     monkeypatch.setattr(o2o_2s3z, "recorded_runs", lambda: recorded)
     _dataset(tmp_path / "data" / "2s3z" / "medium", 305838)
     listed = o2o_2s3z.write_recorded_cells(tmp_path, tmp_path / "data")
     from ovmse.sweeps.cells import read_cell_list
 
-    # ovmse seed 0's second record names the set by its creation time alone: not this one's label.
-    assert read_cell_list(listed) == {"2s3z_medium/macql/seed1", "2s3z/qmix/seed0"}  # no medium-replay set here
+    # ovmse seed 0's second record names the set by its creation time alone: not this one's label;
+    # se_only seed 2's names none, and its pretrainings made the 1263 updates this set makes.
+    assert read_cell_list(listed) == {"2s3z_medium/macql/seed1", "2s3z/qmix/seed0", "2s3z/qmix+algo.td_lambda=0.0/seed1",
+                                      "2s3z_medium/se_only/seed2"}  # no medium-replay set here
 
 
 def test_report_completes_a_new_root_with_the_runs_recorded_on_its_set(swept, tmp_path):
     """A new machine's sweep root (its set pinned) has some runs; the runs of earlier roots on that
-    set are in the result files: the tables and verdicts take both, the JSON only the root's; a
-    recorded run on another set, or one the root has itself (finished or not: the root's is the
-    newer), is not taken."""
+    set are in the result files: the tables and verdicts take both, the JSON only the root's. A
+    recorded finished run replaces the root's unfinished one of the same cell (the worker passes
+    over recorded cells); one on another set, or one the root finished itself, is not taken."""
     pin = {"name": "2s3z/medium", "episodes": 5000, "transitions": 305838, "created": "2026-12-05T06:57:01",
            "git_commit": "8a418d0"}
     (swept / "datasets" / "2s3z").mkdir(parents=True)
@@ -515,13 +560,15 @@ def test_report_completes_a_new_root_with_the_runs_recorded_on_its_set(swept, tm
             "steps_to_0.8": None, "drop": 5.0, "final_return": 15.0, "final_battles": 640, "wall_seconds": 600.0,
             "resumed": False, "offline_win_rate": 0.6, "offline_return": 17.0}
     runs = [{**base, "algorithm": "switch_cql", "seed": 2, "path": "online/2s3z_medium/switch_cql/seed2",
-             "final_win_rate": 0.5},  # the root is training it again: the root's, unfinished, is shown
+             "final_win_rate": 0.5},  # unfinished in the root: the recorded one is shown
             {**base, "algorithm": "ovm_only", "seed": 1, "path": "online/2s3z_medium/ovm_only/seed1",
              "final_win_rate": 0.05},
             {**base, "algorithm": "ovm_only", "seed": 2, "path": "online/2s3z_medium/ovm_only/seed2",
              "final_win_rate": 0.07, "dataset": {**recorded_set, "git_commit": "dcd8715"}},  # another set
             {**base, "algorithm": "macql", "seed": 0, "path": "online/2s3z_medium/macql/seed0",
-             "final_win_rate": 0.1}]  # the root has it: the root's wins
+             "final_win_rate": 0.1},  # the root finished it: the root's wins
+            {**{k: v for k, v in base.items() if k != "dataset"}, "algorithm": "ovm_only", "seed": 3,
+             "path": "online/2s3z_medium/ovm_only/seed3", "final_win_rate": 0.07}]
     offline = {"offline/2s3z_medium/seed1-f3": {"task": "2s3z_medium", "win_rate": 0.65, "return": 17.8,
                                                 "updates": 1263, "wall_seconds": 1500.0, "dataset": recorded_set},
                "offline/2s3z_medium/seed2-zz": {"task": "2s3z_medium", "win_rate": 0.1, "return": 9.0,
@@ -529,18 +576,28 @@ def test_report_completes_a_new_root_with_the_runs_recorded_on_its_set(swept, tm
                                                 "dataset": {**recorded_set, "transitions": 284872}}}
     earlier = tmp_path / "o2o_2s3z.part-earlier.json"
     earlier.write_text(json.dumps({"offline": offline, "runs": runs}))
+    older = tmp_path / "o2o_2s3z.part-older.json"  # a record naming no set, and its file's pretrainings
+    older.write_text(json.dumps({"offline": {"offline/2s3z_medium/seed3-u": {
+        "task": "2s3z_medium", "win_rate": 0.6, "return": 17.0, "updates": 1263, "wall_seconds": 900.0}},
+        "runs": [runs[-1]]}))
+    runs = runs[:-1]
+    earlier.write_text(json.dumps({"offline": offline, "runs": runs}))
     doc, out_json = tmp_path / "results.md", tmp_path / "o2o.json"
-    records = report_script.report(swept, doc=doc, out_json=out_json, recorded=[earlier])
+    records = report_script.report(swept, doc=doc, out_json=out_json, recorded=[earlier, older])
     assert all("recorded_in" not in r for r in records)
     assert {r["path"] for r in json.loads(out_json.read_text())["runs"]} == {r["path"] for r in records}
     text = doc.read_text()
-    assert "| Switch-CQL | 2 of 3 (+1 unfinished) | **0.900** (0.900, 0.900) |" in text
-    assert "| OVM only | 1 of 3 | **0.050** (0.050) |" in text
+    assert "| Switch-CQL | 3 of 3 | **0.900** (0.900, 0.900, 0.500) |" in text
     assert "| MACQL | 3 of 3 | **0.900** (0.900, 0.900, 0.900) |" in text
     assert "| seed1-f3 (recorded) | plain | 305,838, 8a418d0, 2026-12-04T10:20:16 | 1263 |" in text
     assert "seed2-zz" not in text
-    assert ("With 1 finished runs and 1 pretrainings (marked `recorded`) of earlier sweep roots on this root's sets"
-            in text and "`o2o_2s3z.part-earlier.json`: 2s3z_medium OVM only seed 1." in text)
+    assert ("With 3 finished runs and 2 pretrainings (marked `recorded`) of earlier sweep roots on this root's sets"
+            in text and "`o2o_2s3z.part-earlier.json`: 2s3z_medium Switch-CQL seed 2; 2s3z_medium OVM only seed 1. "
+            "`o2o_2s3z.part-older.json`: 2s3z_medium OVM only seed 3." in text)
+    # A record from before the report kept its set, told by its pretrainings' update count (1263:
+    # what the pinned set makes at this budget): taken, as the worker's skip list takes it.
+    assert "| OVM only | 2 of 3 | **0.060** (0.050, 0.070) |" in text
+    assert "| seed3-u (recorded) | plain | not recorded | 1263 |" in text
 
 
 def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):

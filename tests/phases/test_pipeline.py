@@ -256,7 +256,7 @@ def test_a_sweep_root_refuses_another_set_than_the_one_it_pinned(swept, tmp_path
     shutil.copytree(tmp / "data", tmp_path / "data")
     meta_file = tmp_path / "data" / "3m" / "medium" / "dataset.json"
     meta = json.loads(meta_file.read_text())
-    meta["content_sha256"] = "0" * 64  # collected again at another commit: same protocol, other episodes
+    meta["content_sha256"] = "0" * 64  # collected again (another device, say): same protocol, other episodes
     meta_file.write_text(json.dumps(meta))
     before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
     proc = sweep(tmp_path, "algo=macql", "algo.online.mixing_ratio=0.5")  # a cell not made yet
@@ -279,12 +279,14 @@ def test_cells_finished_in_another_root_are_passed_over(tmp_path, sweep):
     cells are passed over (nothing made, not even the dataset); the others run; a missing list
     is an error naming it."""
     listed = tmp_path / "recorded_cells.txt"
-    listed.write_text("# finished elsewhere\n3m_medium/macql/seed0   # a comment\n3m/qmix/seed0\n")
-    proc = sweep(tmp_path, "algo=macql,qmix", f"pipeline.skip_cells_file={listed}")
+    listed.write_text("# finished elsewhere\n3m_medium/macql/seed0   # a comment\n3m_medium/ovmse/seed0\n")
+    proc = sweep(tmp_path, "algo=macql,ovmse,qmix", f"pipeline.skip_cells_file={listed}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [statuses(r) for r in job_records(tmp_path)] == [
-        {"online": f"finished in another sweep root (listed in {listed}): skipped"}] * 2
-    assert not (tmp_path / "sweep" / "online").exists() and not (tmp_path / "data").exists()
+        {"online": f"finished in another sweep root (listed in {listed}): skipped"}] * 2 + [{"online": "ran"}]
+    assert not (tmp_path / "data").exists()  # the listed fine-tuning cells made no dataset
+    assert [p.parent.parent.name for p in (tmp_path / "sweep" / "online").glob("*/*/seed0/online_summary.json")] == [
+        "qmix"]
     fresh_jobs(tmp_path)
     proc = sweep(tmp_path, "algo=qmix", f"pipeline.skip_cells_file={tmp_path / 'none.txt'}")
     assert proc.returncode != 0

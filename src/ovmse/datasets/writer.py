@@ -175,7 +175,7 @@ class EpisodeDatasetWriter:
                 f"{self.n_episodes}"
             )
         stats, _ = dataset_stats(self.episodes)
-        del self.episodes  # release the memmaps: the digest and the rename read the files
+        del self.episodes  # the writer's memmaps are closed before the files are read and renamed
         s = self.spec
         meta = {
             "format": FORMAT_NAME,

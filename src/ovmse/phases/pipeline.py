@@ -144,6 +144,7 @@ class Pipeline:
         self.root_dir = Path(str(cfg.paths.root_dir))
         self.data_root = Path(str(cfg.data_root)).resolve()
         self.stages: list[dict] = []
+        self.skip_list = self._skip_cells_file()  # read before any stage: a bad path stops every cell
 
     def _threads_per_job(self) -> list[str]:
         from hydra.core.hydra_config import HydraConfig
@@ -329,14 +330,15 @@ class Pipeline:
                 f"{sorted(made - wanted)}; only in the sweep: {sorted(wanted - made)}); give the sweep another "
                 "pipeline.name, or move that run away to redo it")
 
-    def skip_cells_file(self) -> Path | None:
-        """``pipeline.skip_cells_file``: the cells finished in another sweep root whose results
-        are recorded (a new machine starts without the old root's outputs); None when unset."""
+    def _skip_cells_file(self) -> Path | None:
+        """``pipeline.skip_cells_file``: the path of the list of cells finished in another sweep
+        root whose results are recorded (a new machine starts without the old root's outputs);
+        None when unset. A missing file is a bad setting (``ValueError``)."""
         listed = self.cfg.pipeline.get("skip_cells_file")
         if listed is None:
             return None
         if not Path(str(listed)).is_file():
-            raise FileNotFoundError(f"pipeline.skip_cells_file={listed!r}: no such file (a list of cells, one "
+            raise ValueError(f"pipeline.skip_cells_file={listed!r}: no such file (a list of cells, one "
                                     "'<task>/<run name>/seed<k>' per line)")
         return Path(str(listed))
 
@@ -354,8 +356,9 @@ class Pipeline:
             self.check_done_run(cell.offline_dir / "checkpoints" / "last.ckpt" if cell.fine_tuning else None)
             self._record("online", "done before", cell.online_dir)
             return _final_metrics(summary)
-        if (listed := self.skip_cells_file()) is not None and cell.online_key in read_cell_list(listed):
-            self._record("online", f"finished in another sweep root (listed in {listed}): skipped", cell.online_dir)
+        if self.skip_list is not None and cell.online_key in read_cell_list(self.skip_list):
+            self._record("online", f"finished in another sweep root (listed in {self.skip_list}): skipped",
+                         cell.online_dir)
             return {"pipeline/skipped": 1.0}
         # The cell is claimed before its shared stages, so that a second sweep process moves on
         # to another cell instead of queueing behind this one.
