@@ -779,8 +779,10 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     if dropped and not allow_dropping:
         raise SystemExit(f"{out_json} holds {len(dropped)} finished runs that {root} does not "
                          f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}): a report from this root "
-                         "would lose them. Report from the sweep root that has them, or pass --allow-dropping "
-                         "(git keeps the old report).")
+                         "would lose them. Report from the sweep root that has them, write this root's runs to a "
+                         f"file of their own (--out-json benchmarks/results/o2o_2s3z.part-{time.strftime('%Y-%m-%d')}"
+                         ".json: the tables still take the recorded runs), or pass --allow-dropping (git keeps the "
+                         "old report).")
     diagnosis = qmix_start_records(root, budget)
     out_json.write_text(json.dumps({
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),

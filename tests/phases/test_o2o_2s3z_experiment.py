@@ -252,7 +252,8 @@ def test_report_refuses_to_lose_finished_runs_of_the_last_report(swept, tmp_path
     report_script.report(root, doc=doc, out_json=out_json, recorded=[])
     before = out_json.read_text()
     shutil.rmtree(root / "online" / "2s3z_medium" / "macql" / "seed1")
-    with pytest.raises(SystemExit, match=r"1 finished runs .*online/2s3z_medium/macql/seed1.*--allow-dropping"):
+    with pytest.raises(SystemExit, match=r"1 finished runs .*online/2s3z_medium/macql/seed1.*--out-json benchmarks/"
+                                         r"results/o2o_2s3z\.part-\d{4}-\d\d-\d\d\.json.*--allow-dropping"):
         report_script.report(root, doc=doc, out_json=out_json, recorded=[])
     assert out_json.read_text() == before
     records = report_script.report(root, doc=doc, out_json=out_json, allow_dropping=True, recorded=[])
