@@ -59,19 +59,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    status = 0
-    for path in args.paths:
+def _with_digests(paths: list[Path], validate: str):
+    """``(path, dataset, recorded digest, found digest)`` of each dataset in turn; one that does
+    not load is reported on stderr and yields ``(path, None, None, None)``."""
+    for path in paths:
         try:
-            ds = load_dataset(path, validate="full", in_memory=False)
+            ds = load_dataset(path, validate=validate, in_memory=False)
         except DatasetError as err:
             _error(err)
-            status = EXIT_ERROR
+            yield path, None, None, None
             continue
-        recorded, found = ds.metadata.get("content_sha256"), content_digest(path, ds.spec)
-        if recorded is not None and recorded != found:
+        yield path, ds, ds.metadata.get("content_sha256"), content_digest(path, ds.spec)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = 0
+    for path, ds, recorded, found in _with_digests(args.paths, "full"):
+        if ds is not None and recorded is not None and recorded != found:
             _error(f"dataset {path}: the episodes' SHA-256 is {found}, dataset.json records {recorded}: the files "
                    "changed after the set was written (a damaged or edited copy)")
+        if ds is None or (recorded is not None and recorded != found):
             status = EXIT_ERROR
             continue
         digest = f"SHA-256 {found[:12]} as recorded" if recorded else f"SHA-256 {found[:12]} (none recorded)"
@@ -81,14 +88,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_digest(args: argparse.Namespace) -> int:
     status = 0
-    for path in args.paths:
-        try:
-            ds = load_dataset(path, validate="structure", in_memory=False)
-        except DatasetError as err:
-            _error(err)
+    for path, ds, recorded, found in _with_digests(args.paths, "structure"):
+        if ds is None:
             status = EXIT_ERROR
             continue
-        recorded, found = ds.metadata.get("content_sha256"), content_digest(path, ds.spec)
         note = "" if recorded is None else ("  (as recorded)" if recorded == found else f"  (dataset.json records {recorded})")
         print(f"{found}  {path}{note}", flush=True)
     return status
