@@ -167,15 +167,17 @@ def ensure_datasets(args, root: Path) -> None:
 def write_recorded_cells(root: Path, data_root: Path) -> Path:
     """``<root>/recorded_cells.txt``: the cells finished in earlier sweep roots (the result files)
     on the sets under ``data_root`` (QMIX from scratch reads none), which the pipeline passes over
-    (``pipeline.skip_cells_file``); a run on another set is not listed, so it is made here."""
+    (``pipeline.skip_cells_file``); a run on another set is not listed, so it is made here. QMIX
+    from scratch itself is not listed either: the qmix-start diagnosis starts from its
+    checkpoints, which only this root can hold."""
     from ovmse.datasets.loading import metadata_identity  # noqa: PLC0415
 
     sets = {}
     for quality in DATASET_TRANSITIONS:
         meta = data_root / "2s3z" / quality / "dataset.json"
         sets[f"2s3z_{quality}"] = metadata_identity(meta.parent, json.loads(meta.read_text())) if meta.is_file() else None
-    listed = sorted(cell for cell, runs in recorded_runs().items()
-                    if any(on_root_set(cell.split("/")[1], label, sets.get(cell.split("/")[0])) for _, label in runs))
+    listed = sorted(cell for cell, runs in recorded_runs().items() if cell.split("/")[1] != "qmix"
+                    and any(on_root_set(cell.split("/")[1], label, sets.get(cell.split("/")[0])) for _, label in runs))
     path = root / RECORDED_CELLS
     draft = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # workers on several hosts may share pids
     draft.write_text(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')}, scripts/o2o_2s3z.py: runs finished in earlier sweep "
@@ -339,11 +341,10 @@ def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> lis
 def worker(args) -> None:
     """One worker: passes over the grids until no cell is missing."""
     root = sweep_root(args)
-    diagnosis = args.part == "diagnosis"
-    stages, cells = (DIAGNOSIS_STAGES, DIAGNOSIS_CELLS) if diagnosis else (STAGES, CELLS)
-
     from ovmse.sweeps.cells import read_cell_list  # noqa: PLC0415
 
+    diagnosis = args.part == "diagnosis"
+    stages, cells = (DIAGNOSIS_STAGES, DIAGNOSIS_CELLS) if diagnosis else (STAGES, CELLS)
     recorded = read_cell_list(write_recorded_cells(root, Path(args.data_root)))
 
     def missing() -> list[str]:
