@@ -733,16 +733,10 @@ def recorded_elsewhere(root: Path, files: list[Path], have: set[str]) -> tuple[l
     scratch reads none), other than the runs whose paths are in ``have`` (those the root finished
     itself); each marked with its file (``recorded_in``). A run in several files is taken from
     the first."""
-    from o2o_2s3z import on_root_set, on_set  # noqa: PLC0415
+    from o2o_2s3z import on_root_set, on_set, pinned_set  # noqa: PLC0415
     from o2o_2s3z_stats import UNRECORDED, merged_runs, set_label  # noqa: PLC0415
 
-    from ovmse.sweeps.cells import dataset_pin  # noqa: PLC0415
-
-    pins = {}
-    for task in TASKS:
-        map_name, _, quality = task.partition("_")
-        if (pin := dataset_pin(root, map_name, quality)).is_file():
-            pins[task] = json.loads(pin.read_text())
+    pins = {task: pin for task in TASKS if (pin := pinned_set(root, task)) is not None}
     runs, taken = [], set()
     for path in files:
         for r in merged_runs([path]):
