@@ -40,7 +40,8 @@ def field_file(path: str | Path, key: NestedKey) -> Path:
 def content_digest(path: str | Path, spec) -> str:
     """SHA-256 of a dataset's episodes: every field's name and file bytes, in the layout's order
     (``dataset.json`` left out). Two datasets with one digest hold the same episodes, whenever and
-    wherever they were made; about 1 s per GB. ``spec``: the map's :class:`~ovmse.envs.MapSpec`."""
+    wherever they were made; it reads every byte of the episodes. ``spec``: the map's
+    :class:`~ovmse.envs.MapSpec`."""
     digest = hashlib.sha256()
     for key in field_specs(spec):
         digest.update(key_name(key).encode() + b"\0")

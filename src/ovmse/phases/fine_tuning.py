@@ -192,8 +192,8 @@ def load_mixing_dataset(cfg: DictConfig, source: str | None, map_name: str, devi
 
 
 # What tells two sets of one name apart: the same collect command at another commit makes
-# another "medium" set (docs/results.md, eighth session), at the same commit the same one
-# (docs/datasets.md: 2s3z medium made again on a new machine). So a set is its counts, the
+# another "medium" set (docs/results.md, eighth session), at the same commit on one machine the
+# same one (docs/datasets.md: 2s3z medium made again on a new machine). So a set is its counts, the
 # commit that collected it and, for sets written since it existed, its episodes' digest; when
 # it was made (`created`) is not compared.
 SET_FIELDS = ("episodes", "transitions", "git_commit", "content_sha256")

@@ -339,7 +339,7 @@ class Pipeline:
             return None
         if not Path(str(listed)).is_file():
             raise ValueError(f"pipeline.skip_cells_file={listed!r}: no such file (a list of cells, one "
-                                    "'<task>/<run name>/seed<k>' per line)")
+                             "'<task>/<run name>/seed<k>' per line)")
         return Path(str(listed))
 
     def describe(self) -> dict:
