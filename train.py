@@ -185,11 +185,10 @@ def _given_values(argv: list[str]) -> dict[str, str]:
     return given
 
 
-def _check_paths_before_hydra(argv: list[str]) -> None:
+def _check_paths_before_hydra(argv: list[str], given: dict[str, str]) -> None:
     """Hydra makes the run directory before ``main`` runs, so a bad ``resume=`` or
     ``hydra.run.dir=`` would end in its traceback (or create a directory): refuse them here,
-    in one line with exit 2."""
-    given = _given_values(argv)
+    in one line with exit 2. ``given``: :func:`_given_values` of ``argv``."""
     resume, run_dir = given.get("resume", ""), given.get("hydra.run.dir", "")
     # DDP ranks > 0 are started by Lightning into the run directory rank 0 made.
     relaunched = any(int(os.environ.get(k, 0) or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
@@ -203,11 +202,11 @@ def _check_paths_before_hydra(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def _env_from_checkpoint(argv: list[str]) -> list[str]:
+def _env_from_checkpoint(argv: list[str], given: dict[str, str]) -> list[str]:
     """``phase=online ckpt=...`` without ``env=`` (or an experiment preset, which names its map)
     fine-tunes on the checkpoint's map, not train.yaml's default: ``argv`` plus ``env=<map>``.
-    An ``env=`` that disagrees with the checkpoint stays an error (the online phase says so)."""
-    given = _given_values(argv)
+    An ``env=`` that disagrees with the checkpoint stays an error (the online phase says so).
+    ``given``: :func:`_given_values` of ``argv``."""
     ckpt = given.get("ckpt", "")
     if (given.get("phase") != "online" or not ckpt or "env" in given or "experiment" in given
             or "-m" in argv or "--multirun" in argv or not Path(ckpt).is_file()):
@@ -225,6 +224,7 @@ def _env_from_checkpoint(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    _check_paths_before_hydra(sys.argv[1:])
-    sys.argv[1:] = _env_from_checkpoint(sys.argv[1:])
+    given = _given_values(sys.argv[1:])  # parsed once for both checks
+    _check_paths_before_hydra(sys.argv[1:], given)
+    sys.argv[1:] = _env_from_checkpoint(sys.argv[1:], given)
     main()
