@@ -103,8 +103,6 @@ def update(args) -> dict:
     replayed on random tensors: what the update would cost if it were only its matmuls."""
     torch.set_num_threads(args.threads)
     module, data = _module_and_data(args)
-    if args.matmul_dtype != "float32":
-        module.set_matmul_dtype(args.matmul_dtype)
     opt = module.configure_optimizers()
 
     def one_update(batch=None):
@@ -251,8 +249,6 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--roofline", action="store_true")
-    p.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="update: the agent networks' unroll matmuls (train.yaml matmul_dtype)")
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--calls", type=int, default=6)

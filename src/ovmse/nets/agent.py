@@ -47,23 +47,13 @@ class RNNAgent(nn.Module):
         input_dim: D = obs_dim + n_actions + n_agents (see :func:`agent_inputs`).
         n_actions: A.
         hidden_dim: H (PyMARL2 default 64).
-        matmul_dtype: operand dtype of :meth:`unroll`'s large matmuls: the input layer, the GRU's
-            input gates and its recurrent step, forward and backward (see
-            :func:`~ovmse.nets.packed_gru.packed_gru`). ``torch.bfloat16`` is faster on CPUs with
-            AVX-512 bf16 and on GPUs; the weights, the hidden state, the output layer (the
-            Q-values) and :meth:`forward` (acting) stay float32. A compute setting, not part of
-            the network: a checkpoint loads under either.
     """
 
-    def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64,
-                 matmul_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64) -> None:
         super().__init__()
-        if matmul_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"RNNAgent: matmul_dtype must be torch.float32 or torch.bfloat16, got {matmul_dtype}")
         self.input_dim = input_dim
         self.n_actions = n_actions
         self.hidden_dim = hidden_dim
-        self.matmul_dtype = matmul_dtype
         self.fc1 = nn.Linear(input_dim, hidden_dim)
         self.rnn = nn.GRUCell(hidden_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, n_actions)
@@ -129,12 +119,7 @@ class RNNAgent(nn.Module):
         x = inputs.reshape(B * T, N, -1).index_select(0, rows)  # [R, N, D]
         h0 = (self.initial_hidden((B, N), device=device) if hidden0 is None else hidden0.index_select(0, order))
         h0 = h0.reshape(B * N, self.hidden_dim)[: episodes_per_step[0] * N]
-        x = x.reshape(-1, self.input_dim)
-        if self.matmul_dtype == torch.float32:
-            e = F.relu(self.fc1(x))
-        else:  # stays in bf16 into the GRU's input-gate matmul (no cast back and forth)
-            low = self.matmul_dtype
-            e = F.relu(F.linear(x.to(low), self.fc1.weight.to(low), self.fc1.bias.to(low)))
-        h = packed_gru(e, self.rnn, h0, [n * N for n in episodes_per_step], self.matmul_dtype)
+        e = F.relu(self.fc1(x.reshape(-1, self.input_dim)))
+        h = packed_gru(e, self.rnn, h0, [n * N for n in episodes_per_step])
         q = q.index_copy(0, rows, self.fc2(h).view(-1, N, self.n_actions))
         return q.view(B, T, N, self.n_actions)

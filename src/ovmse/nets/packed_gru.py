@@ -44,33 +44,25 @@ from torch import nn
 __all__ = ["packed_gru"]
 
 
-def packed_gru(x: torch.Tensor, cell: nn.GRUCell, h0: torch.Tensor, batch_sizes: Sequence[int],
-               matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def packed_gru(x: torch.Tensor, cell: nn.GRUCell, h0: torch.Tensor, batch_sizes: Sequence[int]) -> torch.Tensor:
     """Run ``cell`` over packed sequences.
 
     Args:
         x: ``[R, D]`` inputs, time-major packed: rows ``sum(batch_sizes[:t]) ..`` hold step t of
-            the first ``batch_sizes[t]`` sequences (float32, or ``matmul_dtype``).
+            the first ``batch_sizes[t]`` sequences.
         cell: the ``GRUCell`` whose weights are used (gradients flow into them).
         h0: ``[batch_sizes[0], H]`` initial hidden state.
         batch_sizes: non-increasing Python ints, ``R = sum(batch_sizes)``.
-        matmul_dtype: the operands' dtype of the input-gate matmul and of the per-step recurrent
-            matmul, forward and backward (``torch.bfloat16``: the matmuls' outputs are rounded to
-            bf16 and cast back; the hidden state, the gate arithmetic, the weights and the weight
-            gradient ``dW_hh`` stay float32). Default float32: ``GRUCell``'s arithmetic.
 
     Returns:
-        ``[R, H]`` float32: the hidden state after every step, packed like ``x``.
+        ``[R, H]``: the hidden state after every step, packed like ``x``.
     """
     sizes = tuple(int(n) for n in batch_sizes)
     if any(b > a for a, b in zip(sizes, sizes[1:])) or sum(sizes) != x.shape[0] or h0.shape[0] != sizes[0]:
         raise ValueError(f"packed_gru: batch_sizes {sizes[:4]}... must be non-increasing and sum to x's {x.shape[0]} "
                          f"rows, with h0 holding {sizes[0] if sizes else 0} rows (got {h0.shape[0]})")
-    if matmul_dtype == torch.float32:
-        gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.t())  # [R, 3H], one matmul for every step
-    else:
-        gi = torch.mm(x.to(matmul_dtype), cell.weight_ih.to(matmul_dtype).t()).float() + cell.bias_ih
-    return _PackedGRU.apply(gi, cell.weight_hh, cell.bias_hh, h0, sizes, matmul_dtype)
+    gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.t())  # [R, 3H], one matmul for every step
+    return _PackedGRU.apply(gi, cell.weight_hh, cell.bias_hh, h0, sizes)
 
 
 class _PackedGRU(torch.autograd.Function):
@@ -79,21 +71,16 @@ class _PackedGRU(torch.autograd.Function):
     written block by block into packed ``[R, ·]`` buffers (no concatenation after the loop)."""
 
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, h0, sizes, matmul_dtype):
+    def forward(ctx, gi, w_hh, b_hh, h0, sizes):
         H = w_hh.shape[1]
         keep = any(ctx.needs_input_grad[:4])  # nothing to keep for target networks and acting
         out = gi.new_empty(gi.shape[0], H)  # each step writes its rows here: no concatenation after
         rzs, news, gh_ns = [], [], []
-        low = matmul_dtype != torch.float32
-        w_low_t = w_hh.to(matmul_dtype).t() if low else None
         h = h0
         start = 0
         for n in sizes:
             g = gi[start : start + n]
-            if low:  # bf16 product, cast back before the float32 gate arithmetic
-                gh = torch.mm(h[:n].to(matmul_dtype), w_low_t).float().add_(b_hh)
-            else:
-                gh = torch.addmm(b_hh, h[:n], w_hh.t())  # [n, 3H]
+            gh = torch.addmm(b_hh, h[:n], w_hh.t())  # [n, 3H]
             rz = torch.sigmoid(g[:, : 2 * H] + gh[:, : 2 * H])
             # tanh(a) = 2σ(2a) − 1 (to 2e-7): on AVX2 CPUs ATen's vectorised tanh costs more than
             # twice its sigmoid (benchmarks/results/gru_step_costs.md).
@@ -108,7 +95,6 @@ class _PackedGRU(torch.autograd.Function):
         if keep:
             ctx.save_for_backward(w_hh, h0, out)
             ctx.steps = (sizes, rzs, news, gh_ns)
-            ctx.matmul_dtype = matmul_dtype
         return out
 
     @staticmethod
@@ -117,8 +103,6 @@ class _PackedGRU(torch.autograd.Function):
         w_hh, h0, out = ctx.saved_tensors
         sizes, rzs, news, gh_ns = ctx.steps
         H = w_hh.shape[1]
-        low = ctx.matmul_dtype != torch.float32
-        w_low = w_hh.to(ctx.matmul_dtype) if low else None
         starts = [0]
         for n in sizes[:-1]:
             starts.append(starts[-1] + n)
@@ -146,10 +130,7 @@ class _PackedGRU(torch.autograd.Function):
             # Whole rows of the buffers are contiguous; strided column writes cost twice a copy.
             d_rz = torch.ops.aten.sigmoid_backward(torch.cat([d_a_n * gh_n, dh * (h_prev - new)], 1), rz)
             torch.cat([d_rz, d_a_n * rz[:, :H]], 1, out=d_gh[s:e])
-            if low:
-                carry = torch.mm(d_gh[s:e].to(ctx.matmul_dtype), w_low).float().add_(dh_z)
-            else:
-                carry = torch.addmm(dh_z, d_gh[s:e], w_hh)  # dL/dh_prev, [n, H]
+            carry = torch.addmm(dh_z, d_gh[s:e], w_hh)  # dL/dh_prev, [n, H]
         d_w_hh = d_b_hh = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             # The hidden state each step read: h0 for step 0, else the previous step's output.
@@ -159,4 +140,4 @@ class _PackedGRU(torch.autograd.Function):
             d_b_hh = d_gh.sum(0)
         d_gh[:, 2 * H :] = d_an  # now dL/dgi
         d_h0 = carry if ctx.needs_input_grad[3] else None
-        return d_gh, d_w_hh, d_b_hh, d_h0, None, None
+        return d_gh, d_w_hh, d_b_hh, d_h0, None

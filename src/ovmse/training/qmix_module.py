@@ -162,18 +162,6 @@ class QMixModule(pl.LightningModule):
         for group in optimizer.param_groups:
             torch.nn.utils.clip_grad_norm_(group["params"], float(gradient_clip_val))
 
-    def set_matmul_dtype(self, dtype: torch.dtype | str) -> None:
-        """Operand dtype of every agent network's unroll matmuls (``RNNAgent.matmul_dtype``: the
-        online agent, its target, the frozen offline target, CFCQL's behaviour net; copies made
-        later inherit it). A compute setting (train.yaml ``matmul_dtype``), not saved with the
-        weights."""
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"matmul_dtype must be float32 or bfloat16, got {dtype}")
-        for m in self.modules():
-            if isinstance(m, RNNAgent):
-                m.matmul_dtype = dtype
-
     def update_targets(self) -> None:
         """Hard update: copy the online agent and mixer into the targets."""
         self.objective.td.hard_update_targets()
