@@ -102,6 +102,14 @@ def update(args) -> dict:
     and, with ``--roofline``, the time of the same matmuls (shapes recorded from one update)
     replayed on random tensors: what the update would cost if it were only its matmuls."""
     torch.set_num_threads(args.threads)
+    allocator = "unchanged"
+    if args.malloc_keep_freed == "true":
+        try:
+            from ovmse.training.allocator import keep_freed_memory
+        except ImportError:  # a tree from before it (e.g. the baseline a860934)
+            allocator = "absent in this tree"
+        else:
+            allocator = keep_freed_memory()
     module, data = _module_and_data(args)
     opt = module.configure_optimizers()
 
@@ -123,7 +131,7 @@ def update(args) -> dict:
         times.append(time.perf_counter() - start)
         rows.append(int(batch.shape[1]))
     out = {"ms_per_update": 1000 * statistics.median(times), "ms_all": [1000 * t for t in times],
-           "batch_rows": statistics.median(rows), "threads": args.threads, "cql": args.cql}
+           "batch_rows": statistics.median(rows), "threads": args.threads, "cql": args.cql, "malloc_keep_freed": allocator}
     if args.roofline:
         out.update(roofline(one_update, data.sample(), args.repeats))
     return out
@@ -249,6 +257,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--roofline", action="store_true")
+    p.add_argument("--malloc-keep-freed", choices=("true", "false"), default="true",
+                   help="update: ovmse.training.allocator.keep_freed_memory() first, as train.py does by default "
+                        "(train.yaml malloc_keep_freed); a tree from before it has none to apply")
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--calls", type=int, default=6)

@@ -41,7 +41,8 @@ def run_phase(cfg: DictConfig) -> dict:
     """Run the phase named by ``cfg.task_name`` and return its metrics.
 
     Applies the settings every phase shares first: ``num_threads``, the torch threads of the
-    process (updates; collection and evaluation switch to ``collect_threads`` while they run).
+    process (updates; collection and evaluation switch to ``collect_threads`` while they run),
+    and ``malloc_keep_freed`` (:mod:`ovmse.training.allocator`).
     """
     from ovmse.training.threads import check_threads
 
@@ -61,6 +62,13 @@ def run_phase(cfg: DictConfig) -> dict:
                          "For a minute-scale run of one phase use debug=tiny, or run phase=pipeline budget=<name>")
     threads = check_threads(cfg.get("num_threads"), "num_threads")
     check_threads(cfg.get("collect_threads", 1), "collect_threads")
+    keep_freed = cfg.get("malloc_keep_freed", True)
+    if not isinstance(keep_freed, bool):
+        raise ValueError(f"malloc_keep_freed must be true or false, got {keep_freed!r}")
+    if keep_freed:
+        from ovmse.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
     if threads is not None:
         import torch
 

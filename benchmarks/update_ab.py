@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""One QMIX update (2s3z, batch 128), A against B, side by side in one run: fresh processes of
+benchmarks/throughput_worker.py ``update`` alternate between the two settings over ``--rounds``,
+so both see the same machine load. Variants:
+
+* ``bf16``: the agent network's large matmuls in float32 (A) and in bfloat16 (B). The bf16
+  code is commit ``0b044c9`` (``RNNAgent.matmul_dtype``: the input layer, the GRU's input gates
+  and its per-step recurrent matmul, forward and backward, with bf16 operands; the weights,
+  hidden state, gate arithmetic, Q-values and the mixer in float32), reverted in the commit
+  after it because this benchmark found it no faster; both settings run from a temporary git
+  worktree of that commit (its own worker script).
+* ``allocator``: this checkout with glibc's default malloc settings (A) and with
+  ``ovmse.training.allocator.keep_freed_memory()`` (B; train.yaml ``malloc_keep_freed``).
+
+    python benchmarks/update_ab.py --variant allocator   # benchmarks/results/allocator_update.{json,md}
+    python benchmarks/update_ab.py --variant bf16        # benchmarks/results/bf16_update.{json,md}
+    python benchmarks/update_ab.py --variant bf16 --rounds 1 --repeats 2 --name /tmp/smoke
+
+benchmarks/matmul_dtypes.py times the update's matmul shapes alone in both dtypes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from matmul_dtypes import cpu_flags  # noqa: E402
+import train_throughput  # noqa: E402
+from train_throughput import worker  # noqa: E402  fresh process, ovmse from the given tree
+
+# variant: (commit to run from a worktree, or None for this checkout; (label, worker flags) of A and B)
+VARIANTS = {
+    "bf16": ("0b044c9", (("float32", ("--matmul-dtype", "float32")), ("bfloat16", ("--matmul-dtype", "bfloat16")))),
+    "allocator": (None, (("glibc default", ("--malloc-keep-freed", "false")),
+                         ("keep freed memory", ("--malloc-keep-freed", "true")))),
+}
+RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="alternating float32 / bfloat16 rounds per thread count")
+    p.add_argument("--repeats", type=int, default=5, help="timed updates per process (after 2 warm-up updates)")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--variant", choices=tuple(VARIANTS), required=True)
+    p.add_argument("--name", default=None, help="result files benchmarks/results/<name>.{json,md} "
+                   "(default: bf16_update or allocator_update)")
+    args = p.parse_args(argv)
+    import torch
+
+    name = args.name or RESULT_NAMES[args.variant]
+    commit, settings = VARIANTS[args.variant]
+    threads = [int(t) for t in args.threads.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="update-ab-"))
+    tree = ROOT if commit is None else work / "variant"
+    if commit is not None:
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+        # That commit's own worker script: it has the variant's flags, this checkout's may not.
+        train_throughput.WORKER = tree / "benchmarks" / "throughput_worker.py"
+    load_start, started = os.getloadavg()[0], time.perf_counter()
+    runs: dict[str, list[dict]] = {f"{label}_{t}": [] for t in threads for label, _ in settings}
+    try:
+        episodes = work / "episodes.pt"
+        recorded = worker(tree, "record", "--map", "2s3z", "--n", "256", "--episodes-out", str(episodes))
+        for _ in range(args.rounds):
+            for t in threads:
+                for label, flags in settings:
+                    runs[f"{label}_{t}"].append(worker(tree, "update", "--map", "2s3z", "--episodes", str(episodes),
+                                                       "--batch-size", "128", "--repeats", str(args.repeats),
+                                                       "--threads", str(t), *flags))
+    finally:
+        if commit is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    (a_label, _), (b_label, _) = settings
+    out = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant, "commit": commit,
+           "settings": {label: list(flags) for label, flags in settings}, "torch": torch.__version__,
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
+           "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
+           "minutes": (time.perf_counter() - started) / 60, "episodes": recorded, "args": vars(args), "runs": runs}
+    results = ROOT / "benchmarks" / "results"
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    command = f"python benchmarks/update_ab.py --variant {args.variant}" + (f" --name {name}" if args.name else "")
+    described = ", ".join(f"{k}: `{' '.join(v)}`" for k, v in out["settings"].items())
+    where = f"both from a worktree of commit `{commit}`" if commit else "both from this checkout"
+    lines = [f"# One QMIX update (2s3z, batch 128): {a_label} (A) vs {b_label} (B)", "",
+             f"Generated by `{command}` on {out['written']} (torch {out['torch']}; CPU capability "
+             f"{out['cpu_capability']}; avx512_bf16 {'present' if 'avx512_bf16' in out['cpu_flags'] else 'absent'}; "
+             f"load average {load_start:.2f} at start, {out['load_average_end']:.2f} at end, on 2 cores; "
+             f"{out['minutes']:.1f} min). Settings: {described}, "
+             f"{where}; {args.rounds} alternating rounds of fresh processes, each the median of {args.repeats} "
+             "updates after 2 warm-up ones.", "",
+             "| threads | A ms | B ms | A / B (of medians) | A / B per round | B faster in |",
+             "|---:|---:|---:|---:|---|---:|"]
+    for t in threads:
+        a = [r["ms_per_update"] for r in runs[f"{a_label}_{t}"]]
+        b = [r["ms_per_update"] for r in runs[f"{b_label}_{t}"]]
+        per_round = [x / y for x, y in zip(a, b)]
+        lines.append(f"| {t} | {statistics.median(a):,.1f} | {statistics.median(b):,.1f} | "
+                     f"{statistics.median(a) / statistics.median(b):.2f}x | "
+                     f"{', '.join(f'{x:.2f}x' for x in per_round)} | {sum(x > 1 for x in per_round)} of {len(per_round)} |")
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
