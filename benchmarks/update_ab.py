@@ -48,7 +48,7 @@ RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update"}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="alternating float32 / bfloat16 rounds per thread count")
+    p.add_argument("--rounds", type=int, default=3, help="alternating A / B rounds per thread count")
     p.add_argument("--repeats", type=int, default=5, help="timed updates per process (after 2 warm-up updates)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--variant", choices=tuple(VARIANTS), required=True)
