@@ -171,3 +171,34 @@ def test_loop_state_round_trip_and_resume_points_of_older_runs():
     assert loop_state_of(legacy) == {"collection": {"next_log": 4000, "credit": 2}, "evaluation": {"ran_at": 5},
                                      "probe": {"next": 10000}}
     assert loop_state_of({"NonFiniteGuard": {}}) == {}
+
+
+def test_online_loop_times_each_part_around_the_updates(monkeypatch):
+    """time/<part>_seconds: each part's own wall time (here a fake clock that advances by a
+    known amount per part), logged cumulatively; the summary's split leaves the rest to the updates."""
+    from ovmse.training import loops
+
+    now = [0.0]
+    monkeypatch.setattr(loops.time, "perf_counter", lambda: now[0])
+    cost = {"collect": 2.0, "evaluate": 5.0, "resume point": 0.5, "probe": 1.0}
+
+    class Clocked(list):  # a call log whose entries advance the clock by their part's cost
+        def append(self, call):
+            now[0] += cost.get(call, 0.0)
+            super().append(call)
+
+    calls: list[str] = Clocked()
+    rows: list[dict] = []
+    trainer, module = fakes(calls)
+    trainer.loggers[0].log_metrics = lambda row, step: rows.append(dict(row))
+    schedule = CollectionSchedule(FakeCollection(calls), env_steps=300, warmup_episodes=1, log_every=1,
+                                  ratio=UpdateRatio("episodes", 1), threads=None)
+    loop = OnlineLoop(schedule, TargetSchedule(10**6, unit="episodes"), None, resume=FakeResume(calls),
+                      probe=FakeProbe(calls))
+    loop.on_fit_start(trainer, module)  # restore, warm-up collect, probe
+    module.updates += 1
+    loop.on_train_batch_end(trainer, module, None, None, 0)  # collect, resume point, probe, log
+    assert loop.times.seconds == {"collect": 4.0, "evaluate": 0.0, "checkpoint": 0.5, "probe": 2.0}
+    assert rows[-1]["time/collect_seconds"] == 4.0 and rows[-1]["time/probe_seconds"] == 2.0
+    assert loop.times.split(10.0) == {"collect": 4.0, "evaluate": 0.0, "checkpoint": 0.5, "probe": 2.0,
+                                      "updates_and_rest": 3.5}

@@ -245,12 +245,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     r.trainer.fit(r.module, datamodule=r.data)
     module, eval_cb = r.module, r.evaluation
+    wall = time.perf_counter() - start
 
     result = {"algo": str(cfg.algo.name), "map": str(cfg.env.map_name), "seed": int(cfg.seed),
               "ckpt": cfg.get("ckpt"), "settings": r.settings,
               "env_steps": module.env_steps, "episodes": module.episodes, "updates": module.updates,
               "env_steps_per_update": module.env_steps / max(module.updates, 1),
-              "wall_seconds": time.perf_counter() - start, **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
+              "wall_seconds": wall, "wall_seconds_by_part": r.loop.times.split(wall),
+              **eval_cb.latest, "eval/best_win_rate": eval_cb.best}
     if not r.trainer.is_global_zero:  # trainer=ddp: rank 0 speaks for the run
         return result
     final = final_evaluation(cfg, module)

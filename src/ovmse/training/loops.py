@@ -20,6 +20,8 @@ their own torch thread count, updates with the process's (:mod:`ovmse.training.t
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,36 @@ from .resume_point import ResumeWriter
 from .scheduled_evaluation import ScheduledEvaluation
 from .target_schedule import TargetSchedule
 from .unlearning import UnlearningProbe
+
+
+class PartTimes:
+    """Wall-clock seconds this process spent in each part of the online loop around the updates:
+    ``collect`` (warm-up included), ``evaluate`` (greedy evaluations, with the best.ckpt and
+    resume point they write), ``checkpoint`` (resume points written between evaluations) and
+    ``probe`` (the unlearning probe). The run's wall time minus their sum is the updates (and
+    Lightning's own work around them). Logged as cumulative ``time/<part>_seconds``; the
+    summary splits the run's wall time by part (:meth:`split`). Counts from the start of this
+    process: a resumed run's counters restart, as its ``wall_seconds`` does."""
+
+    PARTS = ("collect", "evaluate", "checkpoint", "probe")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+
+    @contextmanager
+    def timing(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{part}_seconds": s for part, s in self.seconds.items()}
+
+    def split(self, wall_seconds: float) -> dict[str, float]:
+        """``{part: seconds, "updates_and_rest": the remainder}`` of ``wall_seconds``."""
+        return {**self.seconds, "updates_and_rest": wall_seconds - sum(self.seconds.values())}
 
 
 class OnlineLoop(pl.Callback):
@@ -58,6 +90,7 @@ class OnlineLoop(pl.Callback):
         self.collection, self.targets, self.evaluation = collection, targets, evaluation
         self.resume, self.probe, self.optimizer_from = resume, probe, optimizer_from
         self.evaluate_at_start = evaluate_at_start
+        self.times = PartTimes()
         if resume is not None and evaluation is not None:
             evaluation.save_last = resume.save
 
@@ -68,36 +101,46 @@ class OnlineLoop(pl.Callback):
             restore_optimizer(trainer, self.optimizer_from)
         if self.evaluate_at_start and self.evaluation is not None and module.progress() == 0:
             # The fine-tuning curve's first point: the offline policy, before any env step.
-            self.evaluation.run(trainer, module, save_last=False)
-        self.collection.warm_up(trainer, module)
+            with self.times.timing("evaluate"):
+                self.evaluation.run(trainer, module, save_last=False)
+        with self.times.timing("collect"):
+            self.collection.warm_up(trainer, module)
         if self.probe is not None and self.probe.due(module):
-            self.probe.measure(trainer, module)  # the offline policy, before any update
+            with self.times.timing("probe"):
+                self.probe.measure(trainer, module)  # the offline policy, before any update
         if self.collection.done(module):
             # A resumed run that had reached its budget (killed before its final test): no
             # further update; the phase goes straight on to the final test.
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, module, outputs, batch, batch_idx) -> None:
-        self.collection.collect_owed(trainer, module)
+        with self.times.timing("collect"):
+            self.collection.collect_owed(trainer, module)
         if self.targets.due(trainer, module):
             module.update_targets()
         if self.evaluation is not None and self.evaluation.due(module):
-            self.evaluation.run(trainer, module)  # saves best.ckpt and the resume point
+            with self.times.timing("evaluate"):
+                self.evaluation.run(trainer, module)  # saves best.ckpt and the resume point
         elif self.resume is not None and self.resume.due(module):
-            self.resume.save(trainer, module)
+            with self.times.timing("checkpoint"):
+                self.resume.save(trainer, module)
         if self.probe is not None and self.probe.due(module):
-            self.probe.measure(trainer, module)
+            with self.times.timing("probe"):
+                self.probe.measure(trainer, module)
         row = self.collection.log_row(module)
         if row is not None:
-            log_env_metrics(trainer, module, {**row, **getattr(module, "latest_train_metrics", {})})
+            log_env_metrics(trainer, module, {**row, **self.times.metrics(),
+                                              **getattr(module, "latest_train_metrics", {})})
         if self.collection.done(module):
             trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         if self.evaluation is not None and not self.evaluation.evaluated_now(module):
-            self.evaluation.run(trainer, module)  # the final policy, unless just evaluated
+            with self.times.timing("evaluate"):
+                self.evaluation.run(trainer, module)  # the final policy, unless just evaluated
         elif self.resume is not None:
-            self.resume.save(trainer, module)
+            with self.times.timing("checkpoint"):
+                self.resume.save(trainer, module)
 
     def on_fit_end(self, trainer: pl.Trainer, module) -> None:
         self.collection.close()
