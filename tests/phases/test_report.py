@@ -242,7 +242,23 @@ def test_a_dataset_free_run_counts_for_every_task_of_its_map_once_in_compute(tmp
     assert cells["3s5z_medium_replay"]["qmix"]["median"] == 0.25
     assert report["compute"]["online"]["finished"] == 3
     assert report["compute"]["online"]["seconds"] == 600.0 * 2 + 100.0
+    assert report["compute"]["online"]["split"] == 0  # summaries from before wall_seconds_by_part
     assert not any("incomplete" in str(r) for r in report["runs"])
+
+
+def test_compute_says_where_the_online_time_went(tmp_path):
+    root = tmp_path / "sweep"
+    for seed, parts in enumerate(({"collect": 10.0, "evaluate": 20.0, "updates_and_rest": 70.0},
+                                  {"collect": 30.0, "evaluate": 0.0, "updates_and_rest": 70.0})):
+        run = write_run(root, "3s5z_medium", "ovmse", seed, final=0.5, evals=curve((1, 1, 1)), wall_seconds=100.0)
+        summary = json.loads((run / "online_summary.json").read_text())
+        (run / "online_summary.json").write_text(json.dumps({**summary, "wall_seconds_by_part": parts}))
+    write_run(root, "3s5z_medium", "ovmse", 2, final=0.5, evals=curve((1, 1, 1)))  # no split: not counted
+    report = write_report(root, tmp_path / "out")
+    compute = json.loads((tmp_path / "out" / "report.json").read_text())["compute"]["online"]
+    assert compute["split"] == 2 and compute["by_part"] == {"collect": 40.0, "evaluate": 20.0, "updates_and_rest": 140.0}
+    assert "where the time of the 2 runs that split it went: updates and rest 70%, collect 20%, evaluate 10%" \
+        in report.read_text()
 
 
 def test_the_drop_is_measured_from_the_offline_policys_return(tmp_path):

@@ -91,9 +91,13 @@ def write_report(root, out=None) -> Path:
 
 def compute_totals(runs: list[OnlineRun], side_runs: list[SideRun]) -> dict:
     """Wall time summed over finished runs per phase: ``{phase: {"seconds": float,
-    "finished": runs finished, "timed": runs with a wall time}}`` for collect, offline, online."""
+    "finished": runs finished, "timed": runs with a wall time}}`` for collect, offline, online;
+    online also has ``"by_part"`` (the summaries' ``wall_seconds_by_part`` summed: collection,
+    evaluations, resume points, probe, updates and the rest) and ``"split"`` (runs that have it)."""
     timed = {"collect": [], "offline": [], "online": []}
     finished = dict.fromkeys(timed, 0)
+    by_part: dict[str, float] = {}
+    split = 0
     for run in side_runs:
         if run.status == FINISHED:
             finished[run.kind] += 1
@@ -103,8 +107,15 @@ def compute_totals(runs: list[OnlineRun], side_runs: list[SideRun]) -> dict:
             finished["online"] += 1
             if run.summary.get("wall_seconds") is not None:
                 timed["online"].append(float(run.summary["wall_seconds"]))
-    return {phase: {"seconds": sum(seconds), "finished": finished[phase], "timed": len(seconds)}
-            for phase, seconds in timed.items()}
+            parts = run.summary.get("wall_seconds_by_part")
+            if isinstance(parts, dict):
+                split += 1
+                for part, seconds in parts.items():
+                    by_part[part] = by_part.get(part, 0.0) + float(seconds)
+    totals = {phase: {"seconds": sum(seconds), "finished": finished[phase], "timed": len(seconds)}
+              for phase, seconds in timed.items()}
+    totals["online"].update(by_part=by_part, split=split)
+    return totals
 
 
 def budget_lines(runs: list[OnlineRun], side_runs: list[SideRun]) -> list[str]:
@@ -168,6 +179,11 @@ def _compute_section(compute: dict) -> str:
         total += c["seconds"]
         untimed = f", {c['finished'] - c['timed']} without a wall time" if c["timed"] < c["finished"] else ""
         lines.append(f"- {phase}: {_hours(c['seconds'])} ({c['finished']} finished runs{untimed})")
+        if c.get("split"):
+            whole = sum(c["by_part"].values())
+            shares = ", ".join(f"{part.replace('_', ' ')} {100 * sec / whole:.0f}%"
+                               for part, sec in sorted(c["by_part"].items(), key=lambda kv: -kv[1]))
+            lines.append(f"  - where the time of the {c['split']} runs that split it went: {shares}")
     lines.append(f"- total: {_hours(total)}")
     return "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
 
