@@ -14,7 +14,7 @@ and the product cast back up (torch's CPU matmul has no bf16-in, float32-out for
 stored ``[out, in]`` as ``nn.Linear`` and ``GRUCell`` store it; ``dW_hh = d_ghᵀ h``): the
 kernels differ by layout, and on the AVX-512 machine of 2026-12-05 float32 ran twice as fast
 in the update's layout as in the plain one. Whether a bf16 update pays is measured on the
-update itself: benchmarks/bf16_update.py.
+update itself: ``python benchmarks/update_ab.py --variant bf16``.
 """
 
 from __future__ import annotations

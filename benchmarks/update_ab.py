@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if commit is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
     (a_label, _), (b_label, _) = settings
     out = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant, "commit": commit,
            "settings": {label: list(flags) for label, flags in settings}, "torch": torch.__version__,

@@ -50,7 +50,7 @@ def test_variant_is_the_learning_overrides_only():
     overrides = ["experiment=2s3z_medium", "algo=ovmse", "seed=1", "device=cpu", "eval.episodes=8",
                  "+algo.online.mixing_ratio=0.3", "algo.lr=0.0005"]
     assert variant_of(overrides) == "algo.lr=0.0005,algo.online.mixing_ratio=0.3"
-    assert variant_of(["experiment=2s3z_medium", "algo=qmix", "seed=0", "num_threads=1"]) == ""
+    assert variant_of(["experiment=2s3z_medium", "algo=qmix", "seed=0", "num_threads=1", "malloc_keep_freed=false"]) == ""
 
 
 def test_pipeline_keys_are_not_forwarded_and_later_overrides_win():
@@ -316,8 +316,9 @@ def test_the_collect_stage_gets_the_map_not_the_experiment_preset():
     must not change how the behaviour policy is trained (docs/datasets.md's protocol)."""
     from ovmse.phases.pipeline import _COLLECT_FORWARD, _OFFLINE_FORWARD, _only
 
-    overrides = ["experiment=2s3z_medium", "env=2s3z", "num_threads=1", "algo=ovmse", "dataset=medium"]
-    assert _only(overrides, _COLLECT_FORWARD) == ["env=2s3z", "num_threads=1"]
+    overrides = ["experiment=2s3z_medium", "env=2s3z", "num_threads=1", "malloc_keep_freed=false", "algo=ovmse",
+                 "dataset=medium"]
+    assert _only(overrides, _COLLECT_FORWARD) == ["env=2s3z", "num_threads=1", "malloc_keep_freed=false"]
     assert _only(overrides, _OFFLINE_FORWARD) == overrides
 
 

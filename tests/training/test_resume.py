@@ -121,6 +121,9 @@ def test_resume_refuses_other_settings_and_names_them(compose_cfg):
                          "paths.output_dir=/tmp/y")
     other = compose_cfg("phase=online", "env=3m", "seed=2", "algo.lr=0.01", "paths.output_dir=/tmp/x")
     check_resume_config(stored, longer)  # a longer budget is allowed
+    del stored["malloc_keep_freed"]  # a run made before the setting existed
+    check_resume_config(stored, compose_cfg("phase=online", "env=3m", "seed=1", "malloc_keep_freed=false",
+                                            "paths.output_dir=/tmp/x"))
     with pytest.raises(ValueError, match=r"algo.lr: run 0.001, now 0.01; seed: run 1, now 2"):
         check_resume_config(stored, other)
 

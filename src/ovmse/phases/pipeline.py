@@ -51,13 +51,13 @@ from ovmse.sweeps.stages import StageError, run_stage, set_aside, train_command
 from .common import write_json
 from .fine_tuning import check_same_set, is_fine_tuning
 
-_COLLECT_FORWARD = ("env", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root",
-                    "collector")
+_COLLECT_FORWARD = ("env", "device", "num_threads", "collect_threads", "malloc_keep_freed", "trainer", "logger", "paths",
+                    "data_root", "collector")
 # Collect takes no experiment preset: a dataset is the map's (docs/datasets.md), not the first task's.
 _OFFLINE_FORWARD = ("experiment", *_COLLECT_FORWARD, "algo", "dataset")
 # Overrides that may differ between a finished run and the sweep that finds it.
-_RUN_SETTINGS = ("resume", "hydra", "device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root",
-                 "checkpoint")
+_RUN_SETTINGS = ("resume", "hydra", "device", "num_threads", "collect_threads", "malloc_keep_freed", "trainer", "logger",
+                 "paths", "data_root", "checkpoint")
 
 
 class _Busy(Exception):

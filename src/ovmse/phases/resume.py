@@ -17,8 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Top-level keys a resumed run may change; everything else must equal the stored config.
-CHANGEABLE = ("env_steps", "device", "num_threads", "collect_threads", "resume", "paths", "trainer", "logger", "checkpoint",
-              "log_every_env_steps", "eval", "final_eval", "hydra")
+CHANGEABLE = ("env_steps", "device", "num_threads", "collect_threads", "malloc_keep_freed", "resume", "paths", "trainer",
+              "logger", "checkpoint", "log_every_env_steps", "eval", "final_eval", "hydra")
 # Read by the offline phase only: a fine-tuning run's objective (CQL variant, CFCQL's behaviour
 # net) comes from its checkpoint (phases/objective.online_objective), so these neither change
 # what a resumed run trains nor may a key added to them later (algo.offline.behaviour_training,

@@ -179,8 +179,8 @@ def _compute_section(compute: dict) -> str:
         total += c["seconds"]
         untimed = f", {c['finished'] - c['timed']} without a wall time" if c["timed"] < c["finished"] else ""
         lines.append(f"- {phase}: {_hours(c['seconds'])} ({c['finished']} finished runs{untimed})")
-        if c.get("split"):
-            whole = sum(c["by_part"].values())
+        whole = sum(c.get("by_part", {}).values())
+        if c.get("split") and whole > 0:
             shares = ", ".join(f"{part.replace('_', ' ')} {100 * sec / whole:.0f}%"
                                for part, sec in sorted(c["by_part"].items(), key=lambda kv: -kv[1]))
             lines.append(f"  - where the time of the {c['split']} runs that split it went: {shares}")

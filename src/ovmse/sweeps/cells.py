@@ -28,8 +28,9 @@ from typing import Any, Iterable, Mapping
 IDENTITY_KEYS = ("experiment", "algo", "env", "dataset", "seed")
 # Overrides that change how a run is executed or measured, not what it learns: forwarded
 # to the stages, left out of the run's name.
-OPERATIONAL_KEYS = ("device", "num_threads", "collect_threads", "trainer", "logger", "paths", "data_root", "collector", "eval",
-                    "checkpoint", "log_every_env_steps", "final_eval", "unlearning_probe")
+OPERATIONAL_KEYS = ("device", "num_threads", "collect_threads", "malloc_keep_freed", "trainer", "logger", "paths",
+                    "data_root", "collector", "eval", "checkpoint", "log_every_env_steps", "final_eval",
+                    "unlearning_probe")
 # Overrides for the pipeline itself, never forwarded.
 PIPELINE_KEYS = ("phase", "grid", "budget", "pipeline", "hydra", "task_name")
 # Algo keys the offline phase does not read: algorithms that differ only in these share one

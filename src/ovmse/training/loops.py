@@ -40,8 +40,8 @@ from .unlearning import UnlearningProbe
 class PartTimes:
     """Wall-clock seconds this process spent in each part of the online loop around the updates:
     ``collect`` (warm-up included), ``evaluate`` (greedy evaluations, with the best.ckpt and
-    resume point they write), ``checkpoint`` (resume points written between evaluations) and
-    ``probe`` (the unlearning probe). The run's wall time minus their sum is the updates (and
+    resume point they write), ``checkpoint`` (resume points written between evaluations; on
+    resume, the replay and optimiser state read back) and ``probe`` (the unlearning probe). The run's wall time minus their sum is the updates (and
     Lightning's own work around them). Logged as cumulative ``time/<part>_seconds``; the
     summary splits the run's wall time by part (:meth:`split`). Counts from the start of this
     process: a resumed run's counters restart, as its ``wall_seconds`` does."""
@@ -96,9 +96,11 @@ class OnlineLoop(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, module) -> None:
         if self.resume is not None:  # first: the refilled replay may already pay for the warm-up
-            self.load_state_dict(loop_state_of(self.resume.restore(trainer, module)))
+            with self.times.timing("checkpoint"):
+                self.load_state_dict(loop_state_of(self.resume.restore(trainer, module)))
         if self.optimizer_from is not None:
-            restore_optimizer(trainer, self.optimizer_from)
+            with self.times.timing("checkpoint"):
+                restore_optimizer(trainer, self.optimizer_from)
         if self.evaluate_at_start and self.evaluation is not None and module.progress() == 0:
             # The fine-tuning curve's first point: the offline policy, before any env step.
             with self.times.timing("evaluate"):
