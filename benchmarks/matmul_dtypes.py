@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
              "float32 / bfloat16 | bfloat16 with casts from and to float32 ms | float32 / that |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        for suffix, layout in (("", "both contiguous"), ("_update_layout", f"the update's ({TRANSPOSED[r['matmul']]} transposed)")):
+        layouts = (("", "both contiguous"), ("_update_layout", f"the update's ({TRANSPOSED[r['matmul']]} transposed)"))
+        for suffix, layout in layouts:
             f, b, c = r["float32" + suffix], r["bfloat16" + suffix], r["bfloat16_with_casts" + suffix]
             lines.append(f"| {r['matmul']} | {' x '.join(map(str, r['shape']))} | {layout} | {f['ms']:.2f} | "
                          f"{f['gflops']:.1f} | {b['ms']:.2f} | {b['gflops']:.1f} | {f['ms'] / b['ms']:.2f}x | "

@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         a = [r["ms_per_update"] for r in runs[f"{a_label}_{t}"]]
         b = [r["ms_per_update"] for r in runs[f"{b_label}_{t}"]]
         per_round = [x / y for x, y in zip(a, b)]
+        rounds = ", ".join(f"{x:.2f}x" for x in per_round)
         lines.append(f"| {t} | {statistics.median(a):,.1f} | {statistics.median(b):,.1f} | "
                      f"{statistics.median(a) / statistics.median(b):.2f}x | "
-                     f"{', '.join(f'{x:.2f}x' for x in per_round)} | {sum(x > 1 for x in per_round)} of {len(per_round)} |")
+                     f"{rounds} | {sum(x > 1 for x in per_round)} of {len(per_round)} |")
     (results / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -256,7 +256,8 @@ def test_compute_says_where_the_online_time_went(tmp_path):
     write_run(root, "3s5z_medium", "ovmse", 2, final=0.5, evals=curve((1, 1, 1)))  # no split: not counted
     report = write_report(root, tmp_path / "out")
     compute = json.loads((tmp_path / "out" / "report.json").read_text())["compute"]["online"]
-    assert compute["split"] == 2 and compute["by_part"] == {"collect": 40.0, "evaluate": 20.0, "updates_and_rest": 140.0}
+    assert compute["split"] == 2
+    assert compute["by_part"] == {"collect": 40.0, "evaluate": 20.0, "updates_and_rest": 140.0}
     assert "where the time of the 2 runs that split it went: updates and rest 70%, collect 20%, evaluate 10%" \
         in report.read_text()
 

@@ -76,8 +76,9 @@ def test_a_refused_setting_names_the_config_key(monkeypatch):
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("glibc", "2.36"))
     monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: Refusing())
-    with pytest.raises(ValueError, match="malloc_keep_freed=true: glibc's mallopt refused M_MMAP_THRESHOLD at 1024 MiB, "
-                                         "32 MiB; set malloc_keep_freed=false"):
+    message = ("malloc_keep_freed=true: glibc's mallopt refused M_MMAP_THRESHOLD at 1024 MiB, 32 MiB; "
+               "set malloc_keep_freed=false")
+    with pytest.raises(ValueError, match=message):
         allocator.keep_freed_memory()
 
 

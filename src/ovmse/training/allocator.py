@@ -50,12 +50,13 @@ def keep_freed_memory() -> str:
     libc = ctypes.CDLL("libc.so.6")
     # The mmap threshold first: setting the trim threshold alone would also stop glibc's own
     # raising of the mmap threshold, and leave every block above 128 KiB mmapped.
-    threshold = next((t for t in _MMAP_THRESHOLDS if libc.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(t)) == 1),
-                     None)
+    threshold = next((t for t in _MMAP_THRESHOLDS
+                      if libc.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(t)) == 1), None)
     if threshold is None:
         raise ValueError(f"malloc_keep_freed=true: glibc's mallopt refused M_MMAP_THRESHOLD at "
                          f"{', '.join(f'{t >> 20} MiB' for t in _MMAP_THRESHOLDS)}; set malloc_keep_freed=false")
     if libc.mallopt(ctypes.c_int(_M_TRIM_THRESHOLD), ctypes.c_int(_TRIM_NEVER)) != 1:
-        raise ValueError("malloc_keep_freed=true: glibc's mallopt refused M_TRIM_THRESHOLD; set malloc_keep_freed=false")
+        raise ValueError("malloc_keep_freed=true: glibc's mallopt refused M_TRIM_THRESHOLD; "
+                         "set malloc_keep_freed=false")
     _applied = f"glibc: mmap threshold {threshold >> 20} MiB, no trimming"
     return _applied

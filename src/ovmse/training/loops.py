@@ -41,10 +41,11 @@ class PartTimes:
     """Wall-clock seconds this process spent in each part of the online loop around the updates:
     ``collect`` (warm-up included), ``evaluate`` (greedy evaluations, with the best.ckpt and
     resume point they write), ``checkpoint`` (resume points written between evaluations; on
-    resume, the replay and optimiser state read back) and ``probe`` (the unlearning probe). The run's wall time minus their sum is the updates (and
-    Lightning's own work around them). Logged as cumulative ``time/<part>_seconds``; the
-    summary splits the run's wall time by part (:meth:`split`). Counts from the start of this
-    process: a resumed run's counters restart, as its ``wall_seconds`` does."""
+    resume, the replay and optimiser state read back) and ``probe`` (the unlearning probe). The
+    run's wall time minus their sum is the updates (and Lightning's own work around them).
+    Logged as cumulative ``time/<part>_seconds``; the summary splits the run's wall time by part
+    (:meth:`split`). Counts from the start of this process: a resumed run's counters restart, as
+    its ``wall_seconds`` does."""
 
     PARTS = ("collect", "evaluate", "checkpoint", "probe")
 
