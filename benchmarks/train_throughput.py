@@ -229,6 +229,11 @@ def _paired(old: list[dict], new: list[dict], label: str) -> str:
             f"{statistics.median(ratios):.2f}x), new faster in {sum(r > 1 for r in ratios)} of {len(ratios)}")
 
 
+def _allocator(runs: list[dict]) -> str:
+    """What the worker's ``--malloc-keep-freed`` did in these runs ("not recorded" before it existed)."""
+    return ", ".join(sorted({str(r.get("malloc_keep_freed", "not recorded")) for r in runs}))
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
@@ -279,6 +284,8 @@ def report(res: dict) -> str:
                       f"on random tensors in the same process; target: update <= {TARGETS['roofline_ratio']}x it. "
                       "Transcendental: the update's sigmoid/tanh/exp/log/elu/softmax calls replayed the same way "
                       "(each a vector exp or log per element; on this CPU a sigmoid costs several multiplies).",
+                  "", "Allocator (train.yaml `malloc_keep_freed`, applied by the worker as train.py applies it): "
+                      + "; ".join(f"{path}: {_allocator(u[f'{path}_1'])}" for path in ("old", "new")) + ".",
                   ""]
     if "cql" in res:
         c = res["cql"]
