@@ -131,7 +131,8 @@ def update(args) -> dict:
         times.append(time.perf_counter() - start)
         rows.append(int(batch.shape[1]))
     out = {"ms_per_update": 1000 * statistics.median(times), "ms_all": [1000 * t for t in times],
-           "batch_rows": statistics.median(rows), "threads": args.threads, "cql": args.cql, "malloc_keep_freed": allocator}
+           "batch_rows": statistics.median(rows), "threads": args.threads, "cql": args.cql,
+           "malloc_keep_freed": allocator}
     if args.roofline:
         out.update(roofline(one_update, data.sample(), args.repeats))
     return out
