@@ -11,9 +11,14 @@ so both see the same machine load. Variants:
   worktree of that commit (its own worker script).
 * ``allocator``: this checkout with glibc's default malloc settings (A) and with
   ``ovmse.training.allocator.keep_freed_memory()`` (B; train.yaml ``malloc_keep_freed``).
+* ``sample_mixing``: an update with MACQL's sampled term (K = 100, α 0.05), the CQL mixing of
+  commit ``186577d`` (A: ``F.elu`` and matrix-vector ``bmm``; a worktree of that commit) against
+  this checkout's (B: ELU through ``exp2``, products in their fast layouts;
+  ``ovmse/nets/sample_mixing.py``). Both run this checkout's worker script.
 
-    python benchmarks/update_ab.py --variant allocator   # benchmarks/results/allocator_update.{json,md}
-    python benchmarks/update_ab.py --variant bf16        # benchmarks/results/bf16_update.{json,md}
+    python benchmarks/update_ab.py --variant allocator      # benchmarks/results/allocator_update.{json,md}
+    python benchmarks/update_ab.py --variant bf16           # benchmarks/results/bf16_update.{json,md}
+    python benchmarks/update_ab.py --variant sample_mixing  # benchmarks/results/sample_mixing_update.{json,md}
     python benchmarks/update_ab.py --variant bf16 --rounds 1 --repeats 2 --name /tmp/smoke
 
 benchmarks/matmul_dtypes.py times the update's matmul shapes alone in both dtypes.
@@ -38,13 +43,17 @@ from matmul_dtypes import cpu_flags  # noqa: E402
 import train_throughput  # noqa: E402
 from train_throughput import worker  # noqa: E402  fresh process, ovmse from the given tree
 
-# variant: (commit to run from a worktree, or None for this checkout; (label, worker flags) of A and B)
+# variant: (commit whose own worker script runs both, or None for this checkout's worker;
+#           (label, worker flags, commit the setting's code comes from, None: this checkout) of A and B)
 VARIANTS = {
-    "bf16": ("0b044c9", (("float32", ("--matmul-dtype", "float32")), ("bfloat16", ("--matmul-dtype", "bfloat16")))),
-    "allocator": (None, (("glibc default", ("--malloc-keep-freed", "false")),
-                         ("keep freed memory", ("--malloc-keep-freed", "true")))),
+    "bf16": ("0b044c9", (("float32", ("--matmul-dtype", "float32"), "0b044c9"),
+                         ("bfloat16", ("--matmul-dtype", "bfloat16"), "0b044c9"))),
+    "allocator": (None, (("glibc default", ("--malloc-keep-freed", "false"), None),
+                         ("keep freed memory", ("--malloc-keep-freed", "true"), None))),
+    "sample_mixing": (None, (("mixing of 186577d", ("--cql", "macql"), "186577d"),
+                             ("this checkout's mixing", ("--cql", "macql"), None))),
 }
-RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update"}
+RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update", "sample_mixing": "sample_mixing_update"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,38 +63,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--variant", choices=tuple(VARIANTS), required=True)
     p.add_argument("--name", default=None, help="result files benchmarks/results/<name>.{json,md} "
-                   "(default: bf16_update or allocator_update)")
+                   "(default: bf16_update, allocator_update or sample_mixing_update)")
     args = p.parse_args(argv)
     import torch
 
     name = args.name or RESULT_NAMES[args.variant]
-    commit, settings = VARIANTS[args.variant]
+    worker_commit, settings = VARIANTS[args.variant]
     threads = [int(t) for t in args.threads.split(",")]
     work = Path(tempfile.mkdtemp(prefix="update-ab-"))
-    tree = ROOT if commit is None else work / "variant"
-    if commit is not None:
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
-                       capture_output=True)
-        # That commit's own worker script: it has the variant's flags, this checkout's may not.
-        train_throughput.WORKER = tree / "benchmarks" / "throughput_worker.py"
+    commits = {c for _, _, c in settings if c is not None} | ({worker_commit} - {None})
+    trees = {None: ROOT, **{c: work / f"tree-{c}" for c in commits}}
     load_start, started = os.getloadavg()[0], time.perf_counter()
-    runs: dict[str, list[dict]] = {f"{label}_{t}": [] for t in threads for label, _ in settings}
+    runs: dict[str, list[dict]] = {f"{label}_{t}": [] for t in threads for label, _, _ in settings}
     try:
+        for c in commits:
+            subprocess.run(["git", "worktree", "add", "--detach", str(trees[c]), c], cwd=ROOT, check=True,
+                           capture_output=True)
+        if worker_commit is not None:
+            # That commit's own worker script: it has the variant's flags, this checkout's may not.
+            train_throughput.WORKER = trees[worker_commit] / "benchmarks" / "throughput_worker.py"
         episodes = work / "episodes.pt"
-        recorded = worker(tree, "record", "--map", "2s3z", "--n", "256", "--episodes-out", str(episodes))
+        recorded = worker(trees[settings[0][2]], "record", "--map", "2s3z", "--n", "256", "--episodes-out",
+                          str(episodes))
         for _ in range(args.rounds):
             for t in threads:
-                for label, flags in settings:
-                    runs[f"{label}_{t}"].append(worker(tree, "update", "--map", "2s3z", "--episodes", str(episodes),
-                                                       "--batch-size", "128", "--repeats", str(args.repeats),
-                                                       "--threads", str(t), *flags))
+                for label, flags, c in settings:
+                    runs[f"{label}_{t}"].append(worker(trees[c], "update", "--map", "2s3z", "--episodes",
+                                                       str(episodes), "--batch-size", "128", "--repeats",
+                                                       str(args.repeats), "--threads", str(t), *flags))
     finally:
-        if commit is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        for c in commits:
+            subprocess.run(["git", "worktree", "remove", "--force", str(trees[c])], cwd=ROOT, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    (a_label, _), (b_label, _) = settings
-    out = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant, "commit": commit,
-           "settings": {label: list(flags) for label, flags in settings}, "torch": torch.__version__,
+    (a_label, _, _), (b_label, _, _) = settings
+    out = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant,
+           "commits": {label: c or "this checkout" for label, _, c in settings},
+           "settings": {label: list(flags) for label, flags, _ in settings}, "torch": torch.__version__,
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
            "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
            "minutes": (time.perf_counter() - started) / 60, "episodes": recorded, "args": vars(args), "runs": runs}
@@ -93,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     (results / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     command = f"python benchmarks/update_ab.py --variant {args.variant}" + (f" --name {name}" if args.name else "")
     described = ", ".join(f"{k}: `{' '.join(v)}`" for k, v in out["settings"].items())
-    where = f"both from a worktree of commit `{commit}`" if commit else "both from this checkout"
+    where = "; ".join(f"{label} from " + (f"a worktree of commit `{c}`" if c else "this checkout")
+                      for label, _, c in settings)
     lines = [f"# One QMIX update (2s3z, batch 128): {a_label} (A) vs {b_label} (B)", "",
              f"Generated by `{command}` on {out['written']} (torch {out['torch']}; CPU capability "
              f"{out['cpu_capability']}; avx512_bf16 {'present' if 'avx512_bf16' in out['cpu_flags'] else 'absent'}; "

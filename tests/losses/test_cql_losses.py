@@ -68,6 +68,36 @@ def test_forward_samples_gradients_equal_the_autograd_mix(monkeypatch, block):
         torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("block", [1 << 19, 100 * 32 * 7])  # one block; blocks of 7 states, a short last one
+def test_mix_samples_matches_float64_elu_mixing_at_2s3z_shapes(monkeypatch, block):
+    """The exp2 form of ELU and the transposed products against ``elu(qs @ w1 + b1) @ w_final + v``
+    in float64, at a 2s3z batch's K and E, with pre-activations from -300 (exp2 underflows:
+    ELU = -1, slope 0) to +300: values and every gradient within float32 rounding."""
+    import ovmse.nets.sample_mixing as sample_mixing
+
+    monkeypatch.setattr(sample_mixing, "CPU_BLOCK_ELEMENTS", block)
+    g = torch.Generator().manual_seed(3)
+    M, K, N, E = 40, 100, 5, 32
+    scale = torch.logspace(-2, 1.5, M).view(M, 1, 1)  # small to very large pre-activations
+    inputs = [torch.randn(M, K, N, generator=g) * scale, torch.rand(M, N, E, generator=g),
+              torch.randn(M, 1, E, generator=g) * scale, torch.rand(M, E, 1, generator=g),
+              torch.randn(M, 1, 1, generator=g)]
+    weights = torch.randn(M, K, 1, generator=g)
+    ours = [x.clone().requires_grad_() for x in inputs]
+    ref = [x.double().requires_grad_() for x in inputs]
+    out = sample_mixing.mix_samples(*ours)
+    (out * weights).sum().backward()
+    q, w1, b1, wf, v = ref
+    expected = torch.baddbmm(v, torch.nn.functional.elu(torch.baddbmm(b1, q, w1)), wf)
+    (expected * weights.double()).sum().backward()
+    pre = torch.baddbmm(b1, q, w1)
+    assert pre.min() < -100 and pre.max() > 100  # both ends of ELU are exercised
+    for got, want in zip([out] + [x.grad for x in ours], [expected] + [x.grad for x in ref]):
+        assert got.shape == want.shape
+        tol = 2e-6 * want.abs().max().item() + 1e-6
+        assert (got.double() - want).abs().max().item() <= tol
+
+
 # ----------------------------------------------------------------------------- return_to_go
 
 

@@ -7,15 +7,35 @@ several more: the update is bound by memory traffic, not arithmetic. Here the fo
 only the ``[M, K, 1]`` output, and the backward recomputes the hidden layer chunk by chunk, so
 each ``[chunk, K, E]`` block is made and used while it is in cache. Same math, same values (to
 float rounding); gradients flow to ``qs`` and to every hypernetwork output.
+
+Two choices make each block cheap on a CPU (``python benchmarks/sample_mixing_costs.py`` times
+them; one MACQL update on 2s3z got 1.20x faster on one thread: ``python benchmarks/update_ab.py
+--variant sample_mixing``; docs/scaling.md):
+
+* **ELU through ``exp2``.** The block holds ``M·K·E`` pre-activations (18 M on a 2s3z
+  batch), and on the AVX-512 machine measured torch's vector ``exp`` (hence ``F.elu``) costs about
+  three times its ``exp2``. The block keeps ``h1 = elu(x) + 1 = exp(min(x, 0)) + max(x, 0)``, with
+  ``exp(y) = exp2(y·log2 e)`` and ``log2 e`` folded into ``w1`` and ``b1``; the ``+ 1`` is
+  taken back through the output bias (``v − Σ_e w_final``), and ELU's derivative is
+  ``min(h1, 1)``.
+* **Each product in the layout its kernel is fast in.** The output and ``w_final``'s gradient
+  are vector products over K or E; as ``[K, E] @ [E, 1]`` and ``[E, K] @ [K, 1]`` they ran 3-10x
+  slower than the same products as ``[1, E] @ [E, K]`` and ``[1, K] @ [K, E]``, so they are
+  written that way (a ``[M, K, 1]`` or ``[M, E, 1]`` tensor is laid out as ``[M, 1, K]`` or
+  ``[M, 1, E]``: the views are free); ``qs``' gradient is made as ``[M, N, K]`` and returned as
+  its transposed view.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch.nn import functional as F
 
 # Elements of one [chunk, K, E] block on a CPU (2 MB of float32: within a core's L2 + L3 share).
 CPU_BLOCK_ELEMENTS = 1 << 19
+LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
 
 
 def _chunk(qs: torch.Tensor, embed_dim: int) -> int:
@@ -25,39 +45,57 @@ def _chunk(qs: torch.Tensor, embed_dim: int) -> int:
     return max(1, CPU_BLOCK_ELEMENTS // max(k * embed_dim, 1))
 
 
+def _elu_plus_one(q: torch.Tensor, w1_log2e: torch.Tensor, b1_log2e: torch.Tensor,
+                  scratch: torch.Tensor) -> torch.Tensor:
+    """``elu(q @ w1 + b1) + 1`` of one block, ``[c, K, E]``, from ``w1·log2 e`` and ``b1·log2 e``."""
+    pre = torch.baddbmm(b1_log2e, q, w1_log2e)  # (q @ w1 + b1) · log2 e
+    neg = torch.clamp(pre, max=0.0, out=scratch[: pre.shape[0]]).exp2_()  # exp(min(x, 0))
+    return torch.add(neg, pre.clamp_(min=0.0), alpha=LN2, out=pre)  # + max(x, 0)
+
+
 class _MixSamples(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qs, w1, b1, w_final, v):
         m, k, _ = qs.shape
-        chunk = _chunk(qs, w1.shape[-1])
-        out = qs.new_empty(m, k, 1)
+        e_dim = w1.shape[-1]
+        chunk = _chunk(qs, e_dim)
+        w1_log2e, b1_log2e = w1 * LOG2E, b1 * LOG2E
+        w_final_row = w_final.transpose(1, 2)  # [M, 1, E]
+        bias = v - w_final.sum(1, keepdim=True)  # the "+ 1" of h1, taken back   [M, 1, 1]
+        out = qs.new_empty(m, 1, k)  # the memory of [M, K, 1]
+        scratch = qs.new_empty(min(chunk, m), k, e_dim)
         for s in range(0, m, chunk):
             e = s + chunk
-            hidden = F.elu(torch.baddbmm(b1[s:e], qs[s:e], w1[s:e]), inplace=True)
-            torch.baddbmm(v[s:e], hidden, w_final[s:e], out=out[s:e])
-        ctx.save_for_backward(qs, w1, b1, w_final)
+            h1 = _elu_plus_one(qs[s:e], w1_log2e[s:e], b1_log2e[s:e], scratch)
+            torch.baddbmm(bias[s:e], w_final_row[s:e], h1.transpose(1, 2), out=out[s:e])
+        ctx.save_for_backward(qs, w1, w1_log2e, b1_log2e, w_final)
         ctx.chunk = chunk
-        return out
+        return out.view(m, k, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        qs, w1, b1, w_final = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        g_qs, g_w1 = torch.empty_like(qs), torch.empty_like(w1)
-        g_b1, g_wf = torch.empty_like(b1), torch.empty_like(w_final)
-        g_v = grad_out.sum(1, keepdim=True)
-        for s in range(0, qs.shape[0], ctx.chunk):
+        qs, w1, w1_log2e, b1_log2e, w_final = ctx.saved_tensors
+        m, k, n = qs.shape
+        e_dim = w1.shape[-1]
+        g_row = grad_out.reshape(m, 1, k).contiguous()  # [M, 1, K]
+        g_col = g_row.view(m, k, 1)
+        w_final_row = w_final.transpose(1, 2)  # [M, 1, E]
+        g_qs_t, g_w1 = qs.new_empty(m, n, k), torch.empty_like(w1)
+        g_b1, g_wf = qs.new_empty(m, 1, e_dim), qs.new_empty(m, 1, e_dim)
+        g_v = g_row.sum(-1, keepdim=True)  # [M, 1, 1]
+        neg_g_v = g_v.neg()
+        scratch = qs.new_empty(min(ctx.chunk, m), k, e_dim)
+        for s in range(0, m, ctx.chunk):
             e = s + ctx.chunk
-            q, w, g = qs[s:e], w1[s:e], grad_out[s:e]
-            hidden = F.elu(torch.baddbmm(b1[s:e], q, w), inplace=True)  # [c, K, E], recomputed
-            torch.bmm(hidden.transpose(1, 2), g, out=g_wf[s:e])
-            g_hidden = g * w_final[s:e].transpose(1, 2)  # [c, K, 1] x [c, 1, E]
-            g_pre = torch.ops.aten.elu_backward(g_hidden, 1.0, 1, 1.0, True, hidden)  # from ELU's output
+            q = qs[s:e]
+            h1 = _elu_plus_one(q, w1_log2e[s:e], b1_log2e[s:e], scratch)  # [c, K, E], recomputed
+            torch.baddbmm(neg_g_v[s:e], g_row[s:e], h1, out=g_wf[s:e])  # g^T (h1 − 1)
+            g_pre = h1.clamp_(max=1.0).mul_(g_col[s:e]).mul_(w_final_row[s:e])  # elu' · g · w_final
             torch.sum(g_pre, 1, keepdim=True, out=g_b1[s:e])
             torch.bmm(q.transpose(1, 2), g_pre, out=g_w1[s:e])
-            torch.bmm(g_pre, w.transpose(1, 2), out=g_qs[s:e])
-        return g_qs, g_w1, g_b1, g_wf, g_v
+            torch.bmm(w1[s:e], g_pre.transpose(1, 2), out=g_qs_t[s:e])
+        return g_qs_t.transpose(1, 2), g_w1, g_b1, g_wf.view(m, e_dim, 1), g_v
 
 
 def mix_samples(qs: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w_final: torch.Tensor,
