@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     (a_label, _, _), (b_label, _, _) = settings
     out = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant,
            "commits": {label: c or "this checkout" for label, _, c in settings},
+           "worker_script_from": worker_commit or "this checkout",
            "settings": {label: list(flags) for label, flags, _ in settings}, "torch": torch.__version__,
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
            "load_average_start": load_start, "load_average_end": os.getloadavg()[0],

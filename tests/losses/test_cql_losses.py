@@ -96,6 +96,8 @@ def test_mix_samples_matches_float64_elu_mixing_at_2s3z_shapes(monkeypatch, bloc
         assert got.shape == want.shape
         tol = 2e-6 * want.abs().max().item() + 1e-6
         assert (got.double() - want).abs().max().item() <= tol
+    # The output is the Function's own tensor, not a view of one: callers may change it in place.
+    sample_mixing.mix_samples(*ours).mul_(2.0).sum().backward()
 
 
 # ----------------------------------------------------------------------------- return_to_go

@@ -5,8 +5,9 @@ with autograd ops, every step of ``elu(qs @ w1 + b1) @ w_final + v`` materialise
 ``[M, K, E]`` tensor (about 100 MB at batch 128 on 2s3z) and its backward reads and writes
 several more: the update is bound by memory traffic, not arithmetic. Here the forward keeps
 only the ``[M, K, 1]`` output, and the backward recomputes the hidden layer chunk by chunk, so
-each ``[chunk, K, E]`` block is made and used while it is in cache. Same math, same values (to
-float rounding); gradients flow to ``qs`` and to every hypernetwork output.
+each ``[chunk, K, E]`` block is made and used while it is in cache. Same math, same values to
+float rounding (relative to 1 rather than to ``elu(x)`` where ``|elu(x)| << 1``: the ``+ 1``
+below); gradients flow to ``qs`` and to every hypernetwork output.
 
 Two choices make each block cheap on a CPU (``python benchmarks/sample_mixing_costs.py`` times
 them; one MACQL update on 2s3z got 1.20x faster on one thread: ``python benchmarks/update_ab.py
@@ -62,15 +63,16 @@ class _MixSamples(torch.autograd.Function):
         w1_log2e, b1_log2e = w1 * LOG2E, b1 * LOG2E
         w_final_row = w_final.transpose(1, 2)  # [M, 1, E]
         bias = v - w_final.sum(1, keepdim=True)  # the "+ 1" of h1, taken back   [M, 1, 1]
-        out = qs.new_empty(m, 1, k)  # the memory of [M, K, 1]
+        out = qs.new_empty(m, k, 1)  # returned as is: a view would refuse callers' in-place ops
+        out_row = out.view(m, 1, k)  # written in the [1, E] @ [E, K] layout
         scratch = qs.new_empty(min(chunk, m), k, e_dim)
         for s in range(0, m, chunk):
             e = s + chunk
             h1 = _elu_plus_one(qs[s:e], w1_log2e[s:e], b1_log2e[s:e], scratch)
-            torch.baddbmm(bias[s:e], w_final_row[s:e], h1.transpose(1, 2), out=out[s:e])
+            torch.baddbmm(bias[s:e], w_final_row[s:e], h1.transpose(1, 2), out=out_row[s:e])
         ctx.save_for_backward(qs, w1, w1_log2e, b1_log2e, w_final)
         ctx.chunk = chunk
-        return out.view(m, k, 1)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
