@@ -49,6 +49,9 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    online (its best evaluation, win rate >= 0.9), made an O2O start by
    ``ovmse.training.o2o_start`` with the medium dataset (do the methods unlearn a good
    policy that no offline pretraining made?): ``<root>/diagnosis/qmix_start/<algo>/seed<k>``.
+   OVM only (the memory, ε-greedy) and SE only (sequential exploration, no memory) run the
+   same way: OVMSE differs from the baselines in both, and these two tell which one keeps
+   the policy.
 
 Stages 2-6 run seed 0 of each grid first, then the other seeds, so that a session cut
 short has one seed of every cause.
@@ -100,7 +103,8 @@ DIAGNOSIS_CELLS = (
     + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,env_steps=100000")]
     + [("2s3z_medium", "se_only+algo.online.td_lambda=0.0,env_steps=100000")]
 )
-QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql")
+# The four O2O methods, then the two ablations that split OVMSE's memory from its exploration.
+QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql", "ovm_only", "se_only")
 QMIX_START_MIN_WIN_RATE = 0.9
 QMIX_START_OVERRIDES = ("experiment=2s3z_medium", "env_steps=50000", "eval.interval_env_steps=5000", "eval.episodes=128",
                         "eval.num_envs=128", "final_eval.episodes=640", "final_eval.num_envs=128",

@@ -151,7 +151,8 @@ def test_report_records_tables_and_verdicts(swept, tmp_path):
     # Diagnosis tables: the ε = 1.0 row is OVMSE's 300k runs read at 100k (no evaluation at 100k: the one before).
     assert "| decentralised SE (OVMSE) | 1.0 | 3 | 4.00 (4.00, 4.00, 4.00) | 0.850 (0.850, 0.850, 0.850) |" in text
     assert "| decentralised SE (OVMSE) | 0.2 | 2 | 3.00 (1.00, 5.00) | 0.900 (0.900, 0.900) |" in text
-    assert "| MACQL | 1 | 0.950 (0.950) | 0.200 (0.200) | 0.550 (0.550) |" in text
+    assert ("| MACQL | ε-greedy | TD(λ) + CQL, offline share 0.3 | 1 | 0.950 (0.950) | 0.200 (0.200) | "
+            "0.550 (0.550) |") in text
     for name in ("o2o_2s3z_curves.png", "o2o_2s3z_ablations.png", "o2o_2s3z_unlearning.png"):
         assert (doc.parent / "img" / name).stat().st_size > 1000
 
@@ -225,7 +226,8 @@ def test_qmix_start_runs_wait_for_qmix_and_leave_out_a_seed_that_never_passed_09
     args = type("Args", (), {"data_root": str(tmp_path / "data")})()
     missing = o2o_2s3z.missing_qmix_start(tmp_path)
     # Seed 0 waits for its QMIX run, seed 1 has no policy past the dip, seed 2 is ready.
-    assert {m.rsplit("/", 1)[1] for m in missing} == {"seed0", "seed2"} and len(missing) == 8
+    assert {m.rsplit("/", 1)[1] for m in missing} == {"seed0", "seed2"} and len(missing) == 2 * 6
+    assert {m.split("/")[2] for m in missing} == {"ovmse", "switch_cql", "macql", "macalql", "ovm_only", "se_only"}
     assert o2o_2s3z.qmix_start_checkpoint(args, tmp_path, 0) is None
     assert o2o_2s3z.qmix_start_checkpoint(args, tmp_path, 1) is None
 
