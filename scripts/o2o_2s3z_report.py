@@ -553,12 +553,14 @@ def run_values_table(records: list[dict]) -> str:
              SE_NO_MEMORY)
     lines = ["| run | runs | Q_tot minus Monte-Carlo return (per run) | OVM memory sets the target (per run) | "
              "exploratory agent actions (per run) |", "|---|---:|---|---|---|"]
-    for name in names:
-        values = [v for r in records if r["task"] == "2s3z_medium" and r["algorithm"] == name
+    # Medium's runs, then the main comparison on medium-replay (its offline policy wins nothing).
+    rows = [("2s3z_medium", name, "") for name in names] + [(TASKS[1], name, ", medium-replay") for name in O2O]
+    for task, name, suffix in rows:
+        values = [v for r in records if r["task"] == task and r["algorithm"] == name
                   for v in [_values(r, "over_run")] if v]
         if not values:
             continue
-        label = LABELS.get(name, DIAGNOSIS_LABELS.get(name, name))
+        label = LABELS.get(name, DIAGNOSIS_LABELS.get(name, name)) + suffix
         lines.append(f"| {label} | {len(values)} | " + " | ".join(
             _per_seed([v[k] for v in values if v[k] is not None], 3 if k != "q_minus_mc" else 2)
             for k in RUN_COLUMNS) + " |")
@@ -576,6 +578,8 @@ def qmix_start_records(root: Path, budget: int) -> list[dict]:
         run = load_online_run(path)
         record = run_record(run, root, {}, budget)
         record.update(task="2s3z_medium", algorithm=path.parent.name, diagnosis="qmix_start")
+        # These runs last 50k env steps: their values are read after the first 10k instead.
+        record.setdefault("values", {})["after_10k"] = run_values(path, after=QMIX_START_VALUES_AFTER)
         curve = record.get("curve")
         if curve:
             record["start_win_rate"] = curve["win_rate"][0]  # the first evaluation comes after one update
@@ -594,18 +598,25 @@ QMIX_START_METHODS = {"ovmse": ("decentralised SE", "OVM, λ_memory 1 + CQL"),
                       "macalql": ("ε-greedy", "TD(λ) + calibrated CQL, offline share 0.5")}
 
 
+QMIX_START_VALUES_AFTER = 10_000
+
+
 def qmix_start_table(records: list[dict]) -> str:
     lines = ["| method | exploration (ε from 1.0) | online loss | seeds done | first evaluation, after one update "
-             "(per seed) | lowest evaluation win rate (per seed) | final win rate, 640 battles (per seed) |",
-             "|---|---|---|---:|---|---|---|"]
+             "(per seed) | lowest evaluation win rate (per seed) | final win rate, 640 battles (per seed) | "
+             "Q_tot minus Monte-Carlo return after 10k (per seed) | OVM memory sets the target after 10k (per seed) |",
+             "|---|---|---|---:|---|---|---|---|---|"]
     for algo, (exploration, loss) in QMIX_START_METHODS.items():
         done = sorted((r for r in records if r["algorithm"] == algo and r["status"] == FINISHED),
                       key=lambda r: r["seed"])
         if done:
+            values = [_values(r, "after_10k") or {} for r in done]
             lines.append(f"| {LABELS[algo]} | {exploration} | {loss} | {len(done)} | "
                          f"{_per_seed([r.get('start_win_rate') for r in done])} | "
                          f"{_per_seed([r.get('lowest_win_rate') for r in done])} | "
-                         f"{_per_seed([r['final_win_rate'] for r in done])} |")
+                         f"{_per_seed([r['final_win_rate'] for r in done])} | "
+                         f"{_per_seed([v.get('q_minus_mc') for v in values if v.get('q_minus_mc') is not None], 2)} | "
+                         f"{_per_seed([v.get('ovm_active') for v in values if v.get('ovm_active') is not None])} |")
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
@@ -836,8 +847,9 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "**Diagnosis** (`python scripts/o2o_2s3z.py diagnose`): what the results above would need to be explained.",
              "", "*Values at the switch* (2s3z medium, training batches, medians over runs with per-run values; "
              "QMIX from scratch for comparison):", "", switch_table(records), "",
-             "*Values over the run* (2s3z medium, medians over each run's logged rows after the first 50k env "
-             "steps; QMIX's row is the run from scratch):", "", run_values_table(records), "",
+             "*Values over the run* (2s3z medium, then the main comparison on medium-replay; medians over each "
+             "run's logged rows after the first 50k env steps; QMIX's row is the run from scratch):", "",
+             run_values_table(records), "",
              "*The first 16k env steps* (OVMSE on 2s3z medium, evaluations every 2k env steps):", "",
              switch_diagnosis_table(records), "",
              "*Exploration at the switch* (2s3z medium, from the same pretrainings; ε = 1.0 rows: the 300k runs "

@@ -623,3 +623,28 @@ def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
     (offline / "hparams.yaml").write_text("lr: 0.001\n")
     report_script.report(swept, doc=doc, out_json=out_json, recorded=[])
     assert "| seed0-abc | plain | not recorded | 1355 |" in doc.read_text()
+
+
+def test_qmix_start_table_reads_training_values_after_the_first_10k(tmp_path):
+    """A 50k qmix-start run has no rows after the main runs' 50k window: its Q_tot minus
+    Monte-Carlo return and the memory's share are read after 10k env steps instead, and the
+    table says each method's exploration and loss."""
+    root = tmp_path / "sweep"
+    qmix_start = root / "diagnosis" / "qmix_start"
+    _write_run(qmix_start, "x", "ovm_only", 0, [(8_000, 0.95, 20.0), (30_000, 0.0, 5.0), (50_000, 0.0, 6.0)],
+               final=0.0, ckpt="start.ckpt")
+    run = qmix_start / "ovm_only" / "seed0"
+    (qmix_start / "online" / "x" / "ovm_only").rename(run.parent)
+    with open(run / "metrics.csv", "a", newline="") as file:
+        writer = csv.writer(file)
+        # env_steps, eval columns (empty), then the training values appended as extra fields
+        for steps, gap, active in ((5_000, 100.0, 0.9), (20_000, 4.0, 0.02), (40_000, 5.0, 0.04)):
+            writer.writerow([steps, "", "", "", "", "", gap, active])
+    text = (run / "metrics.csv").read_text().splitlines()
+    text[0] += ",train/q_minus_mc_return,train/ovm_active_fraction"
+    (run / "metrics.csv").write_text("\n".join(text) + "\n")
+    records = report_script.qmix_start_records(root, 300_000)
+    assert [r["algorithm"] for r in records] == ["ovm_only"]
+    table = report_script.qmix_start_table(records)
+    assert ("| OVM only | ε-greedy | OVM, λ_memory 1 + CQL | 1 | 0.950 (0.950) | 0.000 (0.000) | 0.000 (0.000) | "
+            "4.50 (4.50) | 0.030 (0.030) |") in table
