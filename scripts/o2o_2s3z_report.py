@@ -567,6 +567,18 @@ def run_values_table(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
+# What sets each qmix-start method apart (configs/algo/*.yaml, Tables 4-7): OVMSE differs from
+# the baselines in both its memory and its exploration; OVM only and SE only split the two.
+QMIX_START_METHODS = {"ovmse": ("decentralised SE", "OVM, λ_memory 1 + CQL"),
+                      "ovm_only": ("ε-greedy", "OVM, λ_memory 1 + CQL"),
+                      "se_only": ("decentralised SE", "TD(λ) + CQL"),
+                      "switch_cql": ("ε-greedy", "TD(λ), offline share 0.5"),
+                      "macql": ("ε-greedy", "TD(λ) + CQL, offline share 0.3"),
+                      "macalql": ("ε-greedy", "TD(λ) + calibrated CQL, offline share 0.5")}
+# The qmix-start runs last 50k env steps: their training values are read after the first 10k.
+QMIX_START_VALUES_AFTER = 10_000
+
+
 def qmix_start_records(root: Path, budget: int) -> list[dict]:
     """The fine-tuning runs of QMIX's own online policy (``<root>/diagnosis/qmix_start``)."""
     from ovmse.report.runs import load_online_run
@@ -578,7 +590,6 @@ def qmix_start_records(root: Path, budget: int) -> list[dict]:
         run = load_online_run(path)
         record = run_record(run, root, {}, budget)
         record.update(task="2s3z_medium", algorithm=path.parent.name, diagnosis="qmix_start")
-        # These runs last 50k env steps: their values are read after the first 10k instead.
         record.setdefault("values", {})["after_10k"] = run_values(path, after=QMIX_START_VALUES_AFTER)
         curve = record.get("curve")
         if curve:
@@ -586,19 +597,6 @@ def qmix_start_records(root: Path, budget: int) -> list[dict]:
             record["lowest_win_rate"] = min(curve["win_rate"])
         records.append(record)
     return records
-
-
-# What sets each qmix-start method apart (configs/algo/*.yaml, Tables 4-7): OVMSE differs from
-# the baselines in both its memory and its exploration; OVM only and SE only split the two.
-QMIX_START_METHODS = {"ovmse": ("decentralised SE", "OVM, λ_memory 1 + CQL"),
-                      "ovm_only": ("ε-greedy", "OVM, λ_memory 1 + CQL"),
-                      "se_only": ("decentralised SE", "TD(λ) + CQL"),
-                      "switch_cql": ("ε-greedy", "TD(λ), offline share 0.5"),
-                      "macql": ("ε-greedy", "TD(λ) + CQL, offline share 0.3"),
-                      "macalql": ("ε-greedy", "TD(λ) + calibrated CQL, offline share 0.5")}
-
-
-QMIX_START_VALUES_AFTER = 10_000
 
 
 def qmix_start_table(records: list[dict]) -> str:

@@ -648,3 +648,9 @@ def test_qmix_start_table_reads_training_values_after_the_first_10k(tmp_path):
     table = report_script.qmix_start_table(records)
     assert ("| OVM only | ε-greedy | OVM, λ_memory 1 + CQL | 1 | 0.950 (0.950) | 0.000 (0.000) | 0.000 (0.000) | "
             "4.50 (4.50) | 0.030 (0.030) |") in table
+
+
+def test_every_qmix_start_method_the_runner_runs_has_a_row_in_the_table():
+    """The runner's list and the report's descriptions are kept in two scripts: a method run but not
+    described would be left out of the table without a word."""
+    assert set(o2o_2s3z.QMIX_START_ALGOS) == set(report_script.QMIX_START_METHODS)
