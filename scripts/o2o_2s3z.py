@@ -52,6 +52,12 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    OVM only (the memory, ε-greedy) and SE only (sequential exploration, no memory) run the
    same way: OVMSE differs from the baselines in both, and these two tell which one keeps
    the policy.
+8. when Switch-CQL's medium-replay seed-1 run ends below a 0.5 win rate (the fourteenth
+   session's stall: every O2O method from that pretraining stays near 0), Switch-CQL from the
+   same start for 150k env steps with one setting at a time moved to QMIX from scratch's (no
+   offline data, gradient clip 10, a fresh Adam state), with all of them plus QMIX's update
+   ratio and target period, and with another online seed (``STALL_ARMS``):
+   ``<root>/diagnosis/stalled_start/<arm>/seed<k>``.
 
 Stages 2-6 run seed 0 of each grid first, then the other seeds, so that a session cut
 short has one seed of every cause.
@@ -111,6 +117,30 @@ QMIX_START_OVERRIDES = ("experiment=2s3z_medium", "env_steps=50000", "eval.inter
                         "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=5000",
                         "checkpoint.every_env_steps=25000", "checkpoint.keep_replay=false",
                         "trainer.progress_refresh_rate=0")
+# Medium-replay's stalled start (docs/results.md, fourteenth session): from seed 1's plain
+# pretraining OVMSE, Switch-CQL and MACQL all end near a 0 win rate at 300k while QMIX from
+# scratch reaches 0.99. Switch-CQL learns online with TD(λ) as QMIX does; from the same start it
+# runs again with one setting at a time moved to QMIX from scratch's, then with all of them (only
+# the start's weights differ from QMIX then), and once with another online seed (the start or
+# chance?). 150k env steps: the seed-0 runs and QMIX leave a 0 win rate within 100k.
+STALL_SEED = 1
+STALL_MAX_FINAL_WIN_RATE = 0.5
+STALL_ENV_STEPS = 150_000
+STALL_ARMS = {
+    "other_online_seed": ("seed=11",),
+    "no_offline_data": ("algo.online.mixing_ratio=0.0",),
+    "grad_clip_10": ("algo.online.grad_norm_clip=10.0",),
+    "fresh_adam": ("algo.online.restore_optimizer=false",),
+    # QMIX from scratch's settings (configs/algo/qmix.yaml) on top of the pretrained weights.
+    "qmix_settings": ("algo.online.mixing_ratio=0.0", "algo.online.grad_norm_clip=10.0",
+                      "algo.online.restore_optimizer=false", "algo.episodes_per_update=8",
+                      "algo.target_update_interval=200"),
+}
+STALL_OVERRIDES = ("experiment=2s3z_medium_replay", "algo=switch_cql", f"env_steps={STALL_ENV_STEPS}",
+                   "eval.interval_env_steps=10000", "eval.episodes=128", "eval.num_envs=128", "final_eval.episodes=640",
+                   "final_eval.num_envs=128", "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=10000",
+                   "checkpoint.every_env_steps=50000", "checkpoint.keep_replay=false",
+                   "trainer.progress_refresh_rate=0")
 IDLE_WAIT_SECONDS = 120
 # The experiment's sets: the budget's collect command (pipeline.collect: seed 1, 2M env steps)
 # run at this commit. Another commit can make other sets (docs/datasets.md); this one makes
@@ -307,32 +337,88 @@ def qmix_start_checkpoint(args, root: Path, seed: int) -> Path | None:
     return start
 
 
-def run_qmix_start(args, root: Path) -> None:
-    """The qmix-start fine-tuning runs this worker can take now (others are skipped)."""
+def run_fine_tuning(args, name: str, run: Path, start: Path, overrides: list[str]) -> None:
+    """One diagnosis fine-tuning run from the O2O checkpoint ``start`` into ``run``, unless it is
+    finished or another worker holds it; a killed one resumes from its last checkpoint."""
     from ovmse.sweeps import StageLock, run_stage
     from ovmse.sweeps.cells import path_override
     from ovmse.sweeps.stages import set_aside, train_command
 
+    lock = StageLock(run.parent / f".{run.name}.lock")
+    if (run / "online_summary.json").is_file() or not lock.try_acquire():
+        return
+    try:
+        resume = (run / "checkpoints" / "last.ckpt").is_file()
+        if run.exists() and not resume:
+            set_aside(run)
+        overrides = ["phase=online", path_override("ckpt", start), f"num_threads={args.threads}",
+                     f"device={args.device}", path_override("data_root", args.data_root), *overrides,
+                     path_override("hydra.run.dir", run)] + ([path_override("resume", run)] if resume else [])
+        run_stage(name, train_command(ROOT, overrides), run)
+    finally:
+        lock.release()
+
+
+def run_qmix_start(args, root: Path) -> None:
+    """The qmix-start fine-tuning runs this worker can take now (others are skipped)."""
     for seed in SEEDS:
         start = qmix_start_checkpoint(args, root, seed)
         if start is None:
             continue
         for algo in QMIX_START_ALGOS:
-            run = qmix_start_dir(root, algo, seed)
-            lock = StageLock(run.parent / f".{run.name}.lock")
-            if (run / "online_summary.json").is_file() or not lock.try_acquire():
-                continue
-            try:
-                resume = (run / "checkpoints" / "last.ckpt").is_file()
-                if run.exists() and not resume:
-                    set_aside(run)
-                overrides = ["phase=online", f"algo={algo}", f"seed={seed}", path_override("ckpt", start),
-                             f"num_threads={args.threads}", f"device={args.device}",
-                             path_override("data_root", args.data_root), *QMIX_START_OVERRIDES,
-                             path_override("hydra.run.dir", run)] + ([path_override("resume", run)] if resume else [])
-                run_stage(f"qmix_start {algo} seed {seed}", train_command(ROOT, overrides), run)
-            finally:
-                lock.release()
+            run_fine_tuning(args, f"qmix_start {algo} seed {seed}", qmix_start_dir(root, algo, seed), start,
+                            [f"algo={algo}", f"seed={seed}", *QMIX_START_OVERRIDES])
+
+
+def stall_online_seed(arm: str) -> int:
+    seeds = [int(o.split("=", 1)[1]) for o in STALL_ARMS[arm] if o.startswith("seed=")]
+    return seeds[0] if seeds else STALL_SEED
+
+
+def stalled_start_dir(root: Path, arm: str) -> Path:
+    return root / "diagnosis" / "stalled_start" / arm / f"seed{stall_online_seed(arm)}"
+
+
+def stalled_run(root: Path) -> Path:
+    return root / "online" / "2s3z_medium_replay" / "switch_cql" / f"seed{STALL_SEED}"
+
+
+def stalled_start_checkpoint(root: Path) -> Path | None:
+    """The pretraining Switch-CQL's medium-replay seed-1 run fine-tuned, when that run is
+    finished and ended below a 0.5 win rate; None otherwise (nothing stalled, or not yet known)."""
+    summary = stalled_run(root) / "online_summary.json"
+    if not summary.is_file():
+        return None
+    done = json.loads(summary.read_text())
+    if float(done["eval/final_win_rate"]) >= STALL_MAX_FINAL_WIN_RATE:
+        return None
+    ckpt = Path(done["ckpt"])
+    if not ckpt.is_file() and "offline" in ckpt.parts:  # the root moved since the run
+        ckpt = root.joinpath(*ckpt.parts[ckpt.parts.index("offline"):])
+    if not ckpt.is_file():
+        raise SystemExit(f"{summary} names the checkpoint {done['ckpt']}, which is gone (also under {root})")
+    return ckpt
+
+
+def missing_stalled_start(root: Path) -> list[str]:
+    """The stalled-start runs still to do: none while Switch-CQL's seed-1 run is unfinished or
+    when it did not stall."""
+    summary = stalled_run(root) / "online_summary.json"
+    if summary.is_file() and float(json.loads(summary.read_text())["eval/final_win_rate"]) >= STALL_MAX_FINAL_WIN_RATE:
+        return []
+    return [str(stalled_start_dir(root, arm).relative_to(root)) for arm in STALL_ARMS
+            if not (stalled_start_dir(root, arm) / "online_summary.json").is_file()]
+
+
+def run_stalled_start(args, root: Path) -> None:
+    """The stalled-start runs this worker can take now."""
+    start = stalled_start_checkpoint(root)
+    if start is None:
+        print(f"[stalled_start] {stalled_run(root)} unfinished or not stalled: nothing to run", flush=True)
+        return
+    for arm, overrides in STALL_ARMS.items():
+        run_fine_tuning(args, f"stalled_start {arm}", stalled_start_dir(root, arm), start,
+                        [*STALL_OVERRIDES, f"seed={STALL_SEED}", *overrides])
 
 
 def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> list[str]:
@@ -353,12 +439,13 @@ def worker(args) -> None:
 
     def missing() -> list[str]:
         todo = [c for c in missing_cells(root, cells) if c not in recorded]
-        return todo + (missing_qmix_start(root) if diagnosis else [])
+        return todo + (missing_qmix_start(root) + missing_stalled_start(root) if diagnosis else [])
 
     while todo := missing():
         print(f"[worker {args.worker}] {time.strftime('%H:%M:%S')} pass: {len(todo)} runs missing", flush=True)
         if diagnosis:
             run_qmix_start(args, root)
+            run_stalled_start(args, root)
         for grid, overrides in stages:
             cmd = grid_command(args, grid, overrides, root)
             print("[worker] run:", " ".join(cmd[1:]), flush=True)
@@ -420,10 +507,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "status":
         root = sweep_root(args)
         recorded = recorded_runs()
-        for title, cells, missing in (("main sweep", CELLS, missing_cells(root)),
-                                      ("diagnosis", DIAGNOSIS_CELLS + [None] * len(QMIX_START_ALGOS),
-                                       missing_cells(root, DIAGNOSIS_CELLS) + missing_qmix_start(root))):
-            total = len(cells) * len(SEEDS)
+        for title, total, missing in (
+                ("main sweep", len(CELLS) * len(SEEDS), missing_cells(root)),
+                ("diagnosis", (len(DIAGNOSIS_CELLS) + len(QMIX_START_ALGOS)) * len(SEEDS) + len(STALL_ARMS),
+                 missing_cells(root, DIAGNOSIS_CELLS) + missing_qmix_start(root) + missing_stalled_start(root))):
             gone = [m for m in missing if m in recorded]
             print(f"{title}: {total - len(missing)} of {total} runs finished under {root}; missing"
                   + (f" ({len(gone)} of them finished in an earlier sweep root: recorded, outputs gone)" if gone else "")
