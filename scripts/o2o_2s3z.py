@@ -412,13 +412,15 @@ def missing_stalled_start(root: Path) -> list[str]:
 
 def run_stalled_start(args, root: Path) -> None:
     """The stalled-start runs this worker can take now."""
+    from ovmse.sweeps.cells import merge_overrides
+
     start = stalled_start_checkpoint(root)
     if start is None:
         print(f"[stalled_start] {stalled_run(root)} unfinished or not stalled: nothing to run", flush=True)
         return
     for arm, overrides in STALL_ARMS.items():
         run_fine_tuning(args, f"stalled_start {arm}", stalled_start_dir(root, arm), start,
-                        [*STALL_OVERRIDES, f"seed={STALL_SEED}", *overrides])
+                        merge_overrides(STALL_OVERRIDES, [f"seed={STALL_SEED}"], overrides))
 
 
 def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> list[str]:

@@ -618,6 +618,73 @@ def qmix_start_table(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
 
 
+# The stalled start's arms (scripts/o2o_2s3z.py STALL_ARMS): Switch-CQL from medium-replay seed 1's
+# pretraining, where every O2O method stayed near a 0 win rate; what each arm changes.
+STALL_ARM_CHANGES = {"other_online_seed": "nothing but the online seed (11)",
+                     "no_offline_data": "offline share 0.5 -> 0",
+                     "grad_clip_10": "gradient clip 1 -> 10",
+                     "fresh_adam": "the offline Adam state -> a fresh one",
+                     "qmix_settings": "all three, one update per 8 episodes (not 2), target every 200 episodes "
+                                      "(not 50): QMIX from scratch's settings on the pretrained weights"}
+STALL_WINDOW = 150_000
+STALL_SEED = 1
+
+
+def stalled_start_records(root: Path, budget: int) -> list[dict]:
+    """The runs from medium-replay's stalled start (``<root>/diagnosis/stalled_start``)."""
+    from ovmse.report.runs import load_online_run
+
+    records = []
+    for path in sorted((root / "diagnosis" / "stalled_start").glob("*/seed*")):
+        if ".incomplete-" in path.name:
+            continue
+        record = run_record(load_online_run(path), root, {}, budget)
+        record.update(task=TASKS[1], algorithm=path.parent.name, diagnosis="stalled_start")
+        record.setdefault("values", {})["stall_window"] = run_values(path, until=STALL_WINDOW)
+        records.append(record)
+    return records
+
+
+def _window_cells(record: dict, values: dict | None) -> str:
+    """First probe (Q_tot, Monte-Carlo return; after the first update), best evaluation win rate up to 150k, the win
+    rate and return of the last evaluation there, and Q_tot minus Monte-Carlo return 50k-150k."""
+    probe = record.get("probe") or {}
+    first = (f"{probe['q_tot'][0]:.2f} / {probe['mc_return'][0]:.2f}"
+             if probe.get("q_tot") and probe.get("mc_return") else "—")
+    curve = record.get("curve") or {}
+    steps, wins = np.asarray(curve.get("env_steps", [])), np.asarray(curve.get("win_rate", []))
+    window = steps <= STALL_WINDOW + EVAL_SLACK
+    best = float(wins[window].max()) if window.any() else None
+    reached = window.any() and steps[-1] >= STALL_WINDOW  # a running run has no value at 150k yet
+    at = value_at(steps, np.asarray(curve["return"]), STALL_WINDOW + EVAL_SLACK) if reached else None
+    win_at = _win_at(record, STALL_WINDOW) if reached else None
+    gap = (values or {}).get("q_minus_mc")
+    return (f"{first} | {_fmt(best)} | {_fmt(win_at)} | {_fmt(at[1] if at else None, 2)} | "
+            f"{_fmt(record.get('final_win_rate')) if record.get('env_steps_reached', 0) <= STALL_WINDOW + EVAL_SLACK else '—'}"
+            f" | {_fmt(gap, 2)} |")
+
+
+def stalled_start_table(records: list[dict], arms: list[dict], root: Path) -> str:
+    """The stalled Switch-CQL run and QMIX from scratch (same seed, the main sweep's 300k runs read
+    over their first 150k), then each arm from the stalled run's start."""
+    lines = ["| run | what differs from the stalled Switch-CQL run | online seed | first probe (after one update): Q_tot / "
+             "Monte-Carlo return | best evaluation win rate up to 150k | evaluation win rate at 150k | return at 150k | final "
+             "test, 640 battles (runs of 150k) | Q_tot minus Monte-Carlo return, 50k-150k |",
+             "|---|---|---:|---|---|---|---|---|---|"]
+    for algo, label, differs in (("switch_cql", "Switch-CQL, the stalled run (main sweep)", "—"),
+                                 ("qmix", "QMIX from scratch (main sweep)", "no pretraining, QMIX's settings")):
+        for r in records:
+            if r["task"] == TASKS[1] and r["algorithm"] == algo and r["seed"] == STALL_SEED and r.get("curve"):
+                run_dir = root / r["path"]
+                values = run_values(run_dir, until=STALL_WINDOW) if run_dir.is_dir() else None
+                lines.append(f"| {label} | {differs} | {r['seed']} | " + _window_cells(r, values))
+    for arm, differs in STALL_ARM_CHANGES.items():
+        for r in (r for r in arms if r["algorithm"] == arm):
+            lines.append(f"| {arm}{'' if r['status'] == FINISHED else ' (running)'} | {differs} | {r['seed']} | "
+                         + _window_cells(r, _values(r, "stall_window")))
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
+
+
 # ------------------------------------------------------------------------------------ figures
 
 def _new_figure(nrows: int, ncols: int, width: float, height: float):
@@ -799,10 +866,11 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
                          ".json: the tables still take the recorded runs), or pass --allow-dropping (git keeps the "
                          "old report).")
     diagnosis = qmix_start_records(root, budget)
+    stalled = stalled_start_records(root, budget)
     out_json.write_text(json.dumps({
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),
         "budget_env_steps": budget, "offline": root_levels, "runs": records,
-        "diagnosis_qmix_start": diagnosis}, indent=1) + "\n")
+        "diagnosis_qmix_start": diagnosis, "diagnosis_stalled_start": stalled}, indent=1) + "\n")
     print(f"wrote {out_json}")
     if recorded is None:
         recorded = [f for f in record_files() if f.is_file() and f.resolve() != out_json.resolve()]
@@ -865,6 +933,12 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "QMIX's own online policy, its best evaluation of the run from scratch, for 50k env steps; "
              "evaluations every 5k; ε anneals from 1.0 over 100k env steps, so it is still near 0.5 at the end):", "",
              qmix_start_table(diagnosis), "",
+             "*Medium-replay's stalled start* (every O2O method fine-tuning seed 1's plain pretraining stays near a 0 "
+             "win rate for 300k env steps while QMIX from scratch reaches 0.99: Switch-CQL, whose online loss is "
+             "QMIX's TD(λ), from that start for 150k env steps with one setting at a time moved to QMIX from "
+             "scratch's, then all of them, and with another online seed; one run each; evaluations every 10k; the "
+             "probe is the offline policy's own greedy battles, Q_tot at their start against their return):", "",
+             stalled_start_table(records, stalled, root), "",
              "![2s3z curves](img/o2o_2s3z_curves.png)", "", "![2s3z ablations](img/o2o_2s3z_ablations.png)", "",
              "![2s3z unlearning probe](img/o2o_2s3z_unlearning.png)", ""]
     replace_section(doc, BEGIN, END, "\n".join(body))

@@ -654,3 +654,63 @@ def test_every_qmix_start_method_the_runner_runs_has_a_row_in_the_table():
     """The runner's list and the report's descriptions are kept in two scripts: a method run but not
     described would be left out of the table without a word."""
     assert set(o2o_2s3z.QMIX_START_ALGOS) == set(report_script.QMIX_START_METHODS)
+
+
+def _stalled_switch_cql(root, final, ckpt):
+    _write_run(root, "2s3z_medium_replay", "switch_cql", 1, [(10_000, 0.0, 5.0), (300_000, final, 6.0)], final=final,
+               ckpt=str(ckpt))
+
+
+def test_stalled_start_runs_only_when_switch_cqls_seed_1_stalled(tmp_path):
+    root = tmp_path / "sweep"
+    # Not known yet: every arm is still to do, and nothing can start.
+    assert len(o2o_2s3z.missing_stalled_start(root)) == len(o2o_2s3z.STALL_ARMS)
+    assert o2o_2s3z.stalled_start_checkpoint(root) is None
+    # The run learnt: nothing to diagnose.
+    start = root / "offline" / "2s3z_medium_replay" / "seed1-abc" / "checkpoints" / "last.ckpt"
+    _stalled_switch_cql(root, 0.9, "/machine/before/offline/2s3z_medium_replay/seed1-abc/checkpoints/last.ckpt")
+    assert o2o_2s3z.missing_stalled_start(root) == []
+    assert o2o_2s3z.stalled_start_checkpoint(root) is None
+
+
+def test_stalled_start_finds_its_checkpoint_in_a_moved_root_and_names_a_lost_one(tmp_path):
+    root = tmp_path / "sweep"
+    _stalled_switch_cql(root, 0.0, "/machine/before/offline/2s3z_medium_replay/seed1-abc/checkpoints/last.ckpt")
+    with pytest.raises(SystemExit, match="seed1-abc"):
+        o2o_2s3z.stalled_start_checkpoint(root)
+    start = root / "offline" / "2s3z_medium_replay" / "seed1-abc" / "checkpoints" / "last.ckpt"
+    start.parent.mkdir(parents=True)
+    start.write_bytes(b"x")
+    assert o2o_2s3z.stalled_start_checkpoint(root) == start
+    missing = o2o_2s3z.missing_stalled_start(root)
+    assert "diagnosis/stalled_start/other_online_seed/seed11" in missing
+    assert "diagnosis/stalled_start/qmix_settings/seed1" in missing and len(missing) == len(o2o_2s3z.STALL_ARMS)
+
+
+def test_stalled_start_table_reads_the_references_over_150k_and_each_arm(tmp_path):
+    root = tmp_path / "sweep"
+    _stalled_switch_cql(root, 0.0, "start.ckpt")
+    _write_run(root, "2s3z", "qmix", 1, [(10_000, 0.0, 3.0), (150_144, 0.9, 19.0), (300_032, 1.0, 20.0)], final=0.99)
+    stalled = root / "diagnosis" / "stalled_start"
+    _write_run(stalled, "x", "no_offline_data", 1, [(10_000, 0.0, 5.0), (100_000, 0.6, 15.0), (150_016, 0.5, 14.0)],
+               final=0.45, ckpt="start.ckpt")
+    _write_run(stalled, "x", "fresh_adam", 1, [(10_000, 0.0, 5.0), (40_000, 0.1, 6.0)])  # still running
+    for path in (stalled / "online" / "x").iterdir():
+        path.rename(stalled / path.name)
+    arms = report_script.stalled_start_records(root, 300_000)
+    assert sorted(r["algorithm"] for r in arms) == ["fresh_adam", "no_offline_data"]
+    records = [report_script.run_record(r, root, {}, 300_000)
+               for r in report_script.by_task(report_script.load_online_runs(root)) if r.task in report_script.TASKS]
+    table = report_script.stalled_start_table(records, arms, root)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
+    # The 300k runs are read at 150k, their 640-battle finals (at 300k) left out.
+    # Its last evaluation up to 150k is at 10k.
+    assert "| 1 | — | 0.000 | 0.000 | 5.00 | — | — |" in rows["Switch-CQL, the stalled run (main sweep)"]
+    assert "| 1 | — | 0.900 | 0.900 | 19.00 | — | — |" in rows["QMIX from scratch (main sweep)"]
+    assert "| offline share 0.5 -> 0 | 1 | — | 0.600 | 0.500 | 14.00 | 0.450 | — |" in rows["no_offline_data"]
+    assert "| 1 | — | 0.100 | — | — | — | — |" in rows["fresh_adam (running)"]
+
+
+def test_the_stalled_start_arms_the_runner_runs_are_the_tables_rows():
+    assert set(o2o_2s3z.STALL_ARMS) == set(report_script.STALL_ARM_CHANGES)
+    assert o2o_2s3z.STALL_SEED == report_script.STALL_SEED
