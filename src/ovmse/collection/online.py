@@ -106,9 +106,11 @@ class OnlineCollection:
             self.env = primed_env(map_name, num_envs, agent.hidden_dim, seed=seed, device=device,
                                   env_options=env_options)
             self.policy = make_policy(self.env, agent, self.exploration)
+            # The device named: left unset, TorchRL stores with no device and rebuilds every step's
+            # TensorDict on the env's device (`carrier.to(env_device)`, about 0.1 ms per step call).
             self.collector = Collector(
                 self.env, self.policy, frames_per_batch=num_envs * steps_per_env, total_frames=-1,
-                auto_register_policy_transforms=False,
+                device=device, auto_register_policy_transforms=False,
             )
         else:
             self.spec = get_map(map_name)
