@@ -59,7 +59,10 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    ratio and target period, and with another online seed (``STALL_ARMS``):
    ``<root>/diagnosis/stalled_start/<arm>/seed<k>``. Then ``grid=o2o_2s3z_stronger_cql``:
    medium-replay pretrained with CQL α 1.0 (20x the paper's), fine-tuned by Switch-CQL and
-   OVMSE for 150k env steps (does a start that overestimates less unstall them?).
+   OVMSE for 150k env steps (does a start that overestimates less unstall them?); and
+   ``grid=o2o_2s3z_replay_lambda``: OVMSE on medium-replay with λ_memory annealed 1.0 -> 0.05
+   over 100k env steps (does the memory of an overestimating offline value keep it from winning?).
+   Seed 1 of both first.
 
 Stages 2-6 run seed 0 of each grid first, then the other seeds, so that a session cut
 short has one seed of every cause.
@@ -98,9 +101,12 @@ CELLS = (
 # than three seeds of the first (docs/results.md).
 DIAGNOSIS_GRIDS = ("o2o_2s3z_lambda", "o2o_2s3z_one_step", "o2o_2s3z_no_memory", "o2o_2s3z_no_offline_data",
                    "o2o_2s3z_se_no_memory", "o2o_2s3z_memory_target", "o2o_2s3z_exploration")
-# Medium-replay's start pretrained with CQL α 1.0 (after the stalled-start runs, seed 1 first).
+# Medium-replay's (after the stalled-start runs): its start pretrained with CQL α 1.0, and OVMSE
+# with λ_memory annealed; seed 1, where every O2O method stalled, first.
+REPLAY_GRIDS = ("o2o_2s3z_stronger_cql", "o2o_2s3z_replay_lambda")
 DIAGNOSIS_STAGES = (("o2o_2s3z_switch", ()), *((g, ("hydra.sweeper.params.seed=0",)) for g in DIAGNOSIS_GRIDS),
-                    ("o2o_2s3z_stronger_cql", ()), *((g, ()) for g in DIAGNOSIS_GRIDS))
+                    *((g, ("hydra.sweeper.params.seed=1",)) for g in REPLAY_GRIDS),
+                    *((g, ()) for g in REPLAY_GRIDS + DIAGNOSIS_GRIDS))
 DIAGNOSIS_CELLS = (
     [("2s3z_medium", f"ovmse+algo.epsilon_start={e},algo.online.restore_optimizer={r},env_steps=16000")
      for r in ("True", "False") for e in ("1.0", "0.05")]  # as Hydra's sweeper spells booleans
@@ -112,6 +118,7 @@ DIAGNOSIS_CELLS = (
     + [("2s3z_medium", "macql+algo.online.mixing_ratio=0.0,env_steps=100000")]
     + [("2s3z_medium", "se_only+algo.online.td_lambda=0.0,env_steps=100000")]
     + [("2s3z_medium_replay", f"{a}+algo.offline.alpha=1.0,env_steps=150000") for a in ("switch_cql", "ovmse")]
+    + [("2s3z_medium_replay", "ovmse+algo.online.lambda_memory_anneal_steps=100000,algo.online.lambda_memory_end=0.05")]
 )
 # The four O2O methods, then the two ablations that split OVMSE's memory from its exploration.
 QMIX_START_ALGOS = ("ovmse", "switch_cql", "macql", "macalql", "ovm_only", "se_only")
