@@ -664,6 +664,50 @@ def _window_cells(record: dict, values: dict | None) -> str:
             f" | {_fmt(gap, 2)} |")
 
 
+# Medium-replay's diagnosis grids (configs/grid/o2o_2s3z_stronger_cql.yaml, o2o_2s3z_replay_lambda.yaml).
+STRONGER_CQL = {a: f"{a}+algo.offline.alpha=1.0,env_steps=150000" for a in ("switch_cql", "ovmse")}
+REPLAY_ROWS = (("switch_cql", "Switch-CQL (main sweep)", "CQL α 0.05"),
+               (STRONGER_CQL["switch_cql"], "Switch-CQL, 150k", "CQL α 1.0"),
+               ("ovmse", "OVMSE (main sweep)", "CQL α 0.05"),
+               (STRONGER_CQL["ovmse"], "OVMSE, 150k", "CQL α 1.0"),
+               (LAMBDA_ANNEALED, "OVMSE, λ_memory annealed 1.0 -> 0.05 over 100k", "CQL α 0.05"))
+
+
+def _first_probe(record: dict) -> tuple[float, float] | None:
+    probe = record.get("probe") or {}
+    return (probe["q_tot"][0], probe["mc_return"][0]) if probe.get("q_tot") and probe.get("mc_return") else None
+
+
+def _best_up_to(record: dict, limit: float) -> float | None:
+    curve = record.get("curve") or {}
+    wins = [w for s, w in zip(curve.get("env_steps", []), curve.get("win_rate", [])) if s <= limit + EVAL_SLACK]
+    return max(wins) if wins else None
+
+
+def replay_table(records: list[dict]) -> str:
+    """Medium-replay's starts and OVMSE's memory: the main runs and the diagnosis runs from the same
+    seeds, per seed (0, 1, 2 in order; runs still going show their evaluations so far)."""
+    lines = ["| run | pretraining | seeds (finished) | offline policy: win rate / return (per seed) | first probe (after one "
+             "update): Q_tot minus Monte-Carlo return (per seed) | best evaluation win rate up to 150k (per seed) | "
+             "final win rate, 640 battles, at the run's end (per seed) | Q_tot minus Monte-Carlo return after 50k "
+             "(per seed) |", "|---|---|---:|---|---|---|---|---|"]
+    for name, label, pretraining in REPLAY_ROWS:
+        runs = sorted((r for r in records if r["task"] == TASKS[1] and r["algorithm"] == name and r.get("curve")),
+                      key=lambda r: r["seed"])
+        if not runs:
+            continue
+        done = [r for r in runs if r["status"] == FINISHED]  # the per-seed cells follow the seeds column
+        probes = [_first_probe(r) for r in runs]
+        offline = ", ".join(f"{_fmt(r.get('offline_win_rate'), 2)} / {_fmt(r.get('offline_return'), 1)}" for r in runs)
+        seeds = f"{', '.join(str(r['seed']) for r in runs)} ({len(done)} done)"
+        lines.append(f"| {label} | {pretraining} | {seeds} | {offline} | "
+                     f"{_per_seed([p[0] - p[1] if p else None for p in probes], 2)} | "
+                     f"{_per_seed([_best_up_to(r, STALL_WINDOW) for r in runs])} | "
+                     f"{_per_seed([r['final_win_rate'] if r['status'] == FINISHED else None for r in runs])} | "
+                     f"{_per_seed([(_values(r, 'over_run') or {}).get('q_minus_mc') for r in runs], 2)} |")
+    return "\n".join(lines) if len(lines) > 2 else "Not run yet."
+
+
 def stalled_start_table(records: list[dict], arms: list[dict], root: Path) -> str:
     """The stalled Switch-CQL run and QMIX from scratch (same seed, the main sweep's 300k runs read
     over their first 150k), then each arm from the stalled run's start."""
@@ -939,6 +983,10 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "scratch's, then all of them, and with another online seed; one run each; evaluations every 10k; the "
              "probe is the offline policy's own greedy battles, Q_tot at their start against their return):", "",
              stalled_start_table(records, stalled, root), "",
+             "*Medium-replay's starts and OVMSE's memory* (the main runs on medium-replay; their starts pretrained "
+             "with CQL α 1.0 instead of the paper's 0.05 and fine-tuned for 150k env steps; OVMSE with λ_memory "
+             "annealed, 300k; the probe is the offline policy's own greedy battles):", "",
+             replay_table(records), "",
              "![2s3z curves](img/o2o_2s3z_curves.png)", "", "![2s3z ablations](img/o2o_2s3z_ablations.png)", "",
              "![2s3z unlearning probe](img/o2o_2s3z_unlearning.png)", ""]
     replace_section(doc, BEGIN, END, "\n".join(body))

@@ -714,3 +714,22 @@ def test_stalled_start_table_reads_the_references_over_150k_and_each_arm(tmp_pat
 def test_the_stalled_start_arms_the_runner_runs_are_the_tables_rows():
     assert set(o2o_2s3z.STALL_ARMS) == set(report_script.STALL_ARM_CHANGES)
     assert o2o_2s3z.STALL_SEED == report_script.STALL_SEED
+
+
+def test_replay_table_puts_each_seeds_values_in_its_place(tmp_path):
+    """Medium-replay's diagnosis rows: per-seed cells follow the seeds column, so an unfinished
+    seed shows a dash in its place instead of shifting the others."""
+    root = tmp_path / "sweep"
+    stronger = report_script.STRONGER_CQL["ovmse"]
+    _write_run(root, "2s3z_medium_replay", stronger, 0, [(10_000, 0.0, 5.0), (150_016, 0.7, 16.0)], final=0.75,
+               probes=[(10_000, 6.5)])
+    _write_run(root, "2s3z_medium_replay", stronger, 1, [(10_000, 0.1, 5.0), (60_000, 0.2, 8.0)],  # running
+               probes=[(10_000, 9.0)])
+    records = [report_script.run_record(r, root, {}, 300_000)
+               for r in report_script.by_task(report_script.load_online_runs(root)) if r.task in report_script.TASKS]
+    table = report_script.replay_table(records)
+    row = next(line for line in table.splitlines() if line.startswith("| OVMSE, 150k |"))
+    # probe Q_tot minus its Monte-Carlo return (5.0): 1.5 and 4.0; best up to 150k: 0.7 and 0.2
+    assert ("| CQL α 1.0 | 0, 1 (1 done) | — / —, — / — | 2.75 (1.50, 4.00) | 0.450 (0.700, 0.200) | "
+            "0.750 (0.750, —) |") in row
+    assert "OVMSE (main sweep)" not in table  # no such runs: no row
