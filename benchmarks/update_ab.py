@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""One QMIX update (2s3z, batch 128), A against B, side by side in one run: fresh processes of
-benchmarks/throughput_worker.py ``update`` alternate between the two settings over ``--rounds``,
-so both see the same machine load. Variants:
+"""One QMIX update (2s3z, batch 128), or one collection step call, A against B, side by side in
+one run: fresh processes of benchmarks/throughput_worker.py ``update`` (or ``collect``) alternate
+between the two settings over ``--rounds``, so both see the same machine load. Variants:
 
 * ``bf16``: the agent network's large matmuls in float32 (A) and in bfloat16 (B). The bf16
   code is commit ``0b044c9`` (``RNNAgent.matmul_dtype``: the input layer, the GRU's input gates
@@ -15,10 +15,15 @@ so both see the same machine load. Variants:
   commit ``186577d`` (A: ``F.elu`` and matrix-vector ``bmm``; a worktree of that commit) against
   this checkout's (B: ELU through ``exp2``, products in their fast layouts;
   ``ovmse/nets/sample_mixing.py``). Both run this checkout's worker script.
+* ``collector_device`` (collection, not an update): one step call of 8 battles, acting policy
+  included, on one thread, compiled, eager and with the simulator frozen, with TorchRL's
+  collector given no device (A: commit ``7458bd4``, a worktree) and given the env's
+  (B: this checkout; ``ovmse/collection/online.py``).
 
     python benchmarks/update_ab.py --variant allocator      # benchmarks/results/allocator_update.{json,md}
     python benchmarks/update_ab.py --variant bf16           # benchmarks/results/bf16_update.{json,md}
     python benchmarks/update_ab.py --variant sample_mixing  # benchmarks/results/sample_mixing_update.{json,md}
+    python benchmarks/update_ab.py --variant collector_device  # benchmarks/results/collector_device_collect.{json,md}
     python benchmarks/update_ab.py --variant bf16 --rounds 1 --repeats 2 --name /tmp/smoke
 
 benchmarks/matmul_dtypes.py times the update's matmul shapes alone in both dtypes.
@@ -52,15 +57,23 @@ VARIANTS = {
                          ("keep freed memory", ("--malloc-keep-freed", "true"), None))),
     "sample_mixing": (None, (("mixing of 186577d", ("--cql", "macql"), "186577d"),
                              ("this checkout's mixing", ("--cql", "macql"), None))),
+    "collector_device": (None, (("collector without a device (7458bd4)", (), "7458bd4"),
+                                ("collector on the env's device", (), None))),
 }
-RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update", "sample_mixing": "sample_mixing_update"}
+RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update", "sample_mixing": "sample_mixing_update",
+                "collector_device": "collector_device_collect"}
+# The variants that time collection (one step call of 8 battles x 32 steps per process), each
+# row a setting of the collection: (label, worker flags).
+COLLECT_VARIANTS = {"collector_device"}
+COLLECT_ROWS = (("8 x 32, env.compile_step", ("--compile",)), ("8 x 32, eager", ()),
+                ("8 x 32, simulator frozen", ("--frozen-sim",)))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="alternating A / B rounds per thread count")
     p.add_argument("--repeats", type=int, default=5, help="timed updates per process (after 2 warm-up updates)")
-    p.add_argument("--threads", default="1,2")
+    p.add_argument("--threads", default="1,2", help="thread counts of an update variant")
     p.add_argument("--variant", choices=tuple(VARIANTS), required=True)
     p.add_argument("--name", default=None, help="result files benchmarks/results/<name>.{json,md} "
                    "(default: bf16_update, allocator_update or sample_mixing_update)")
@@ -69,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.name or RESULT_NAMES[args.variant]
     worker_commit, settings = VARIANTS[args.variant]
-    threads = [int(t) for t in args.threads.split(",")]
+    collect = args.variant in COLLECT_VARIANTS
+    # The table's rows: thread counts of an update, or the collection settings.
+    rows = ([(label, flags) for label, flags in COLLECT_ROWS] if collect
+            else [(str(t), ("--threads", str(t))) for t in (int(t) for t in args.threads.split(","))])
     work = Path(tempfile.mkdtemp(prefix="update-ab-"))
     commits = {c for _, _, c in settings if c is not None} | ({worker_commit} - {None})
     trees = {None: ROOT, **{c: work / f"tree-{c}" for c in commits}}
     load_start, started = os.getloadavg()[0], time.perf_counter()
-    runs: dict[str, list[dict]] = {f"{label}_{t}": [] for t in threads for label, _, _ in settings}
+    runs: dict[str, list[dict]] = {f"{label}_{row}": [] for row, _ in rows for label, _, _ in settings}
     try:
         for c in commits:
             subprocess.run(["git", "worktree", "add", "--detach", str(trees[c]), c], cwd=ROOT, check=True,
@@ -82,15 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         if worker_commit is not None:
             # That commit's own worker script: it has the variant's flags, this checkout's may not.
             train_throughput.WORKER = trees[worker_commit] / "benchmarks" / "throughput_worker.py"
-        episodes = work / "episodes.pt"
-        recorded = worker(trees[settings[0][2]], "record", "--map", "2s3z", "--n", "256", "--episodes-out",
-                          str(episodes))
+        episodes, recorded = work / "episodes.pt", None
+        if not collect:
+            recorded = worker(trees[settings[0][2]], "record", "--map", "2s3z", "--n", "256", "--episodes-out",
+                              str(episodes))
         for _ in range(args.rounds):
-            for t in threads:
+            for row, row_flags in rows:
                 for label, flags, c in settings:
-                    runs[f"{label}_{t}"].append(worker(trees[c], "update", "--map", "2s3z", "--episodes",
-                                                       str(episodes), "--batch-size", "128", "--repeats",
-                                                       str(args.repeats), "--threads", str(t), *flags))
+                    what = (["collect", "--map", "2s3z", "--num-envs", "8", "--steps", "32", "--calls", "6",
+                             "--threads", "1"] if collect else
+                            ["update", "--map", "2s3z", "--episodes", str(episodes), "--batch-size", "128",
+                             "--repeats", str(args.repeats)])
+                    runs[f"{label}_{row}"].append(worker(trees[c], *what, *row_flags, *flags))
     finally:
         for c in commits:
             subprocess.run(["git", "worktree", "remove", "--force", str(trees[c])], cwd=ROOT, capture_output=True)
@@ -106,24 +125,29 @@ def main(argv: list[str] | None = None) -> int:
     results = ROOT / "benchmarks" / "results"
     (results / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     command = f"python benchmarks/update_ab.py --variant {args.variant}" + (f" --name {name}" if args.name else "")
-    described = ", ".join(f"{k}: `{' '.join(v)}`" for k, v in out["settings"].items())
+    described = "".join(f"{k}: `{' '.join(v)}`, " for k, v in out["settings"].items() if v)
     where = "; ".join(f"{label} from " + (f"a worktree of commit `{c}`" if c else "this checkout")
                       for label, _, c in settings)
-    lines = [f"# One QMIX update (2s3z, batch 128): {a_label} (A) vs {b_label} (B)", "",
+    title = "One collection step call (2s3z, 8 battles, acting policy included, 1 thread)" if collect else \
+        "One QMIX update (2s3z, batch 128)"
+    metric = "ms_per_step_call" if collect else "ms_per_update"
+    each = ("each the median of 6 calls of 32 steps after a warm-up call" if collect
+            else f"each the median of {args.repeats} updates after 2 warm-up ones")
+    lines = [f"# {title}: {a_label} (A) vs {b_label} (B)", "",
              f"Generated by `{command}` on {out['written']} (torch {out['torch']}; CPU capability "
              f"{out['cpu_capability']}; avx512_bf16 {'present' if 'avx512_bf16' in out['cpu_flags'] else 'absent'}; "
              f"load average {load_start:.2f} at start, {out['load_average_end']:.2f} at end, on 2 cores; "
-             f"{out['minutes']:.1f} min). Settings: {described}, "
-             f"{where}; {args.rounds} alternating rounds of fresh processes, each the median of {args.repeats} "
-             "updates after 2 warm-up ones.", "",
-             "| threads | A ms | B ms | A / B (of medians) | A / B per round | B faster in |",
-             "|---:|---:|---:|---:|---|---:|"]
-    for t in threads:
-        a = [r["ms_per_update"] for r in runs[f"{a_label}_{t}"]]
-        b = [r["ms_per_update"] for r in runs[f"{b_label}_{t}"]]
+             f"{out['minutes']:.1f} min). Settings: {described}"
+             f"{where}; {args.rounds} alternating rounds of fresh processes, {each}.", "",
+             f"| {'collection' if collect else 'threads'} | A ms | B ms | A / B (of medians) | A / B per round | "
+             "B faster in |", "|---:|---:|---:|---:|---|---:|"]
+    digits = 3 if collect else 1
+    for row, _ in rows:
+        a = [r[metric] for r in runs[f"{a_label}_{row}"]]
+        b = [r[metric] for r in runs[f"{b_label}_{row}"]]
         per_round = [x / y for x, y in zip(a, b)]
         rounds = ", ".join(f"{x:.2f}x" for x in per_round)
-        lines.append(f"| {t} | {statistics.median(a):,.1f} | {statistics.median(b):,.1f} | "
+        lines.append(f"| {row} | {statistics.median(a):,.{digits}f} | {statistics.median(b):,.{digits}f} | "
                      f"{statistics.median(a) / statistics.median(b):.2f}x | "
                      f"{rounds} | {sum(x > 1 for x in per_round)} of {len(per_round)} |")
     (results / f"{name}.md").write_text("\n".join(lines) + "\n")
