@@ -57,7 +57,9 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    same start for 150k env steps with one setting at a time moved to QMIX from scratch's (no
    offline data, gradient clip 10, a fresh Adam state), with all of them plus QMIX's update
    ratio and target period, and with another online seed (``STALL_ARMS``):
-   ``<root>/diagnosis/stalled_start/<arm>/seed<k>``. Then ``grid=o2o_2s3z_stronger_cql``:
+   ``<root>/diagnosis/stalled_start/<arm>/seed<k>``; and Switch-CQL and OVMSE from the best
+   evaluation of the seed-1 pretrainings (``BEST_START_ARMS``: the early-stopped start).
+   Then ``grid=o2o_2s3z_stronger_cql``:
    medium-replay pretrained with CQL α 1.0 (20x the paper's), fine-tuned by Switch-CQL and
    OVMSE for 150k env steps (does a start that overestimates less unstall them?); and
    ``grid=o2o_2s3z_replay_lambda``: OVMSE on medium-replay with λ_memory annealed 1.0 -> 0.05
@@ -147,6 +149,14 @@ STALL_ARMS = {
                       "algo.online.restore_optimizer=false", "algo.episodes_per_update=8",
                       "algo.target_update_interval=200"),
 }
+# Early-stopped starts: the medium-replay pretrainings' greedy win rate peaks near update 500 and
+# falls by their end (update 1556) while their values run away; the best evaluation's checkpoint
+# (best.ckpt) made an O2O start (ovmse.training.o2o_start), fine-tuned for 150k env steps.
+# arm: (the online run whose pretraining's best.ckpt is the start, the start's file name, algorithm)
+STRONGER_CQL_RUN = "switch_cql+algo.offline.alpha=1.0,env_steps=150000"
+BEST_START_ARMS = {"best_start": ("switch_cql", "best_alpha_0.05_seed1", "switch_cql"),
+                   "best_start_alpha_1": (STRONGER_CQL_RUN, "best_alpha_1_seed1", "switch_cql"),
+                   "best_start_alpha_1_ovmse": (STRONGER_CQL_RUN, "best_alpha_1_seed1", "ovmse")}
 STALL_OVERRIDES = ("experiment=2s3z_medium_replay", "algo=switch_cql", f"env_steps={STALL_ENV_STEPS}",
                    "eval.interval_env_steps=10000", "eval.episodes=128", "eval.num_envs=128", "final_eval.episodes=640",
                    "final_eval.num_envs=128", "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=10000",
@@ -382,7 +392,7 @@ def run_qmix_start(args, root: Path) -> None:
 
 
 def stall_online_seed(arm: str) -> int:
-    seeds = [int(o.split("=", 1)[1]) for o in STALL_ARMS[arm] if o.startswith("seed=")]
+    seeds = [int(o.split("=", 1)[1]) for o in STALL_ARMS.get(arm, ()) if o.startswith("seed=")]
     return seeds[0] if seeds else STALL_SEED
 
 
@@ -394,30 +404,59 @@ def stalled_run(root: Path) -> Path:
     return root / "online" / "2s3z_medium_replay" / "switch_cql" / f"seed{STALL_SEED}"
 
 
-def stalled_start_checkpoint(root: Path) -> Path | None:
-    """The pretraining Switch-CQL's medium-replay seed-1 run fine-tuned, when that run is
-    finished and ended below a 0.5 win rate; None otherwise (nothing stalled, or not yet known)."""
+def _in_root(root: Path, ckpt: str, named_in: Path) -> Path:
+    """The checkpoint ``ckpt`` a run names, under ``root`` if the root moved since the run."""
+    path = Path(ckpt)
+    if not path.is_file() and "offline" in path.parts:
+        path = root.joinpath(*path.parts[path.parts.index("offline"):])
+    if not path.is_file():
+        raise SystemExit(f"{named_in} names the checkpoint {ckpt}, which is gone (also under {root})")
+    return path
+
+
+def stalled(root: Path) -> bool | None:
+    """Whether Switch-CQL's medium-replay seed-1 run ended below a 0.5 win rate; None while unfinished."""
     summary = stalled_run(root) / "online_summary.json"
     if not summary.is_file():
         return None
-    done = json.loads(summary.read_text())
-    if float(done["eval/final_win_rate"]) >= STALL_MAX_FINAL_WIN_RATE:
+    return float(json.loads(summary.read_text())["eval/final_win_rate"]) < STALL_MAX_FINAL_WIN_RATE
+
+
+def stalled_start_checkpoint(root: Path) -> Path | None:
+    """The pretraining Switch-CQL's medium-replay seed-1 run fine-tuned, when that run is
+    finished and ended below a 0.5 win rate; None otherwise (nothing stalled, or not yet known)."""
+    if not stalled(root):
         return None
-    ckpt = Path(done["ckpt"])
-    if not ckpt.is_file() and "offline" in ckpt.parts:  # the root moved since the run
-        ckpt = root.joinpath(*ckpt.parts[ckpt.parts.index("offline"):])
-    if not ckpt.is_file():
-        raise SystemExit(f"{summary} names the checkpoint {done['ckpt']}, which is gone (also under {root})")
-    return ckpt
+    summary = stalled_run(root) / "online_summary.json"
+    return _in_root(root, json.loads(summary.read_text())["ckpt"], summary)
+
+
+def best_start_checkpoint(args, root: Path, arm: str) -> Path | None:
+    """The O2O start made from the best evaluation of the pretraining that the arm's source run
+    (medium-replay, seed 1) fine-tuned; None until that run has started."""
+    from ovmse.training.o2o_start import o2o_start_checkpoint
+
+    source, name, _ = BEST_START_ARMS[arm]
+    config = root / "online" / "2s3z_medium_replay" / source / f"seed{STALL_SEED}" / "config_resolved.yaml"
+    if not config.is_file():
+        print(f"[stalled_start] {arm}: waiting for {config.parent} to start", flush=True)
+        return None
+    best = _in_root(root, yaml.safe_load(config.read_text())["ckpt"], config).with_name("best.ckpt")
+    start = root / "diagnosis" / "stalled_start" / "start" / f"{name}.ckpt"
+    if not start.is_file():
+        import torch
+
+        alpha = torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["objective"]["cql"]["alpha"]
+        o2o_start_checkpoint(best, start, Path(args.data_root) / "2s3z" / "medium_replay", cql_alpha=alpha)
+    return start
 
 
 def missing_stalled_start(root: Path) -> list[str]:
     """The stalled-start runs still to do: none while Switch-CQL's seed-1 run is unfinished or
     when it did not stall."""
-    summary = stalled_run(root) / "online_summary.json"
-    if summary.is_file() and float(json.loads(summary.read_text())["eval/final_win_rate"]) >= STALL_MAX_FINAL_WIN_RATE:
+    if stalled(root) is False:
         return []
-    return [str(stalled_start_dir(root, arm).relative_to(root)) for arm in STALL_ARMS
+    return [str(stalled_start_dir(root, arm).relative_to(root)) for arm in (*STALL_ARMS, *BEST_START_ARMS)
             if not (stalled_start_dir(root, arm) / "online_summary.json").is_file()]
 
 
@@ -432,6 +471,12 @@ def run_stalled_start(args, root: Path) -> None:
     for arm, overrides in STALL_ARMS.items():
         run_fine_tuning(args, f"stalled_start {arm}", stalled_start_dir(root, arm), start,
                         merge_overrides(STALL_OVERRIDES, [f"seed={STALL_SEED}"], overrides))
+    for arm, (_, _, algo) in BEST_START_ARMS.items():
+        run = stalled_start_dir(root, arm)
+        if (run / "online_summary.json").is_file() or (best := best_start_checkpoint(args, root, arm)) is None:
+            continue
+        run_fine_tuning(args, f"stalled_start {arm}", run, best,
+                        merge_overrides(STALL_OVERRIDES, [f"seed={STALL_SEED}", f"algo={algo}"]))
 
 
 def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> list[str]:
@@ -522,7 +567,8 @@ def main(argv: list[str] | None = None) -> None:
         recorded = recorded_runs()
         for title, total, missing in (
                 ("main sweep", len(CELLS) * len(SEEDS), missing_cells(root)),
-                ("diagnosis", (len(DIAGNOSIS_CELLS) + len(QMIX_START_ALGOS)) * len(SEEDS) + len(STALL_ARMS),
+                ("diagnosis", (len(DIAGNOSIS_CELLS) + len(QMIX_START_ALGOS)) * len(SEEDS) + len(STALL_ARMS)
+                 + len(BEST_START_ARMS),
                  missing_cells(root, DIAGNOSIS_CELLS) + missing_qmix_start(root) + missing_stalled_start(root))):
             gone = [m for m in missing if m in recorded]
             print(f"{title}: {total - len(missing)} of {total} runs finished under {root}; missing"

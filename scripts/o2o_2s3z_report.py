@@ -625,7 +625,10 @@ STALL_ARM_CHANGES = {"other_online_seed": "nothing but the online seed (11)",
                      "grad_clip_10": "gradient clip 1 -> 10",
                      "fresh_adam": "the offline Adam state -> a fresh one",
                      "qmix_settings": "all three, one update per 8 episodes (not 2), target every 200 episodes "
-                                      "(not 50): QMIX from scratch's settings on the pretrained weights"}
+                                      "(not 50): QMIX from scratch's settings on the pretrained weights",
+                     "best_start": "the start: the pretraining's best evaluation (best.ckpt), not its end",
+                     "best_start_alpha_1": "the start: the best evaluation of a pretraining with CQL α 1.0",
+                     "best_start_alpha_1_ovmse": "the same start as best_start_alpha_1, fine-tuned by OVMSE"}
 STALL_WINDOW = 150_000
 STALL_SEED = 1
 

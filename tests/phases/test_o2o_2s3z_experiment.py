@@ -664,7 +664,8 @@ def _stalled_switch_cql(root, final, ckpt):
 def test_stalled_start_runs_only_when_switch_cqls_seed_1_stalled(tmp_path):
     root = tmp_path / "sweep"
     # Not known yet: every arm is still to do, and nothing can start.
-    assert len(o2o_2s3z.missing_stalled_start(root)) == len(o2o_2s3z.STALL_ARMS)
+    arms = len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.BEST_START_ARMS)
+    assert len(o2o_2s3z.missing_stalled_start(root)) == arms
     assert o2o_2s3z.stalled_start_checkpoint(root) is None
     # The run learnt: nothing to diagnose.
     start = root / "offline" / "2s3z_medium_replay" / "seed1-abc" / "checkpoints" / "last.ckpt"
@@ -684,7 +685,11 @@ def test_stalled_start_finds_its_checkpoint_in_a_moved_root_and_names_a_lost_one
     assert o2o_2s3z.stalled_start_checkpoint(root) == start
     missing = o2o_2s3z.missing_stalled_start(root)
     assert "diagnosis/stalled_start/other_online_seed/seed11" in missing
-    assert "diagnosis/stalled_start/qmix_settings/seed1" in missing and len(missing) == len(o2o_2s3z.STALL_ARMS)
+    assert "diagnosis/stalled_start/qmix_settings/seed1" in missing and "diagnosis/stalled_start/best_start/seed1" in missing
+    assert len(missing) == len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.BEST_START_ARMS)
+    # An early-stopped start waits for its source run to start (its config names the pretraining).
+    args = type("Args", (), {"data_root": str(tmp_path / "data")})()
+    assert o2o_2s3z.best_start_checkpoint(args, root, "best_start_alpha_1") is None
 
 
 def test_stalled_start_table_reads_the_references_over_150k_and_each_arm(tmp_path):
@@ -712,7 +717,7 @@ def test_stalled_start_table_reads_the_references_over_150k_and_each_arm(tmp_pat
 
 
 def test_the_stalled_start_arms_the_runner_runs_are_the_tables_rows():
-    assert set(o2o_2s3z.STALL_ARMS) == set(report_script.STALL_ARM_CHANGES)
+    assert set(o2o_2s3z.STALL_ARMS) | set(o2o_2s3z.BEST_START_ARMS) == set(report_script.STALL_ARM_CHANGES)
     assert o2o_2s3z.STALL_SEED == report_script.STALL_SEED
 
 

@@ -17,6 +17,9 @@ as it takes the offline phase's ``last.ckpt``:
   ``offline_progress`` and restarts them at 0).
 
     python -m ovmse.training.o2o_start <qmix run>/checkpoints/best.ckpt <out>.ckpt --dataset data/2s3z/medium
+
+An offline run's ``best.ckpt`` (its best greedy evaluation, saved without a frozen target) is
+made a start the same way: the early-stopped start of issue 17's stalled-start diagnosis.
 """
 
 from __future__ import annotations
