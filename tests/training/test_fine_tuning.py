@@ -449,3 +449,28 @@ def test_fine_tuning_evaluates_the_offline_policy_at_env_step_0_without_changing
         return [(r["env_steps"], r["train/loss"]) for r in table if r.get("train/loss")]
 
     assert losses(rows) and losses(rows) == losses(without)
+
+
+def test_an_offline_runs_best_evaluation_becomes_an_o2o_start_only_if_the_run_finished(tmp_path, offline_ckpt, build):
+    """The stalled-start diagnosis fine-tunes a pretraining's best evaluation (best.ckpt, no frozen
+    target): o2o_start takes it when the last.ckpt beside it says the run finished, and the
+    online phase then accepts the start; a snapshot of a run that did not finish is refused."""
+    from ovmse.training.o2o_start import o2o_start_checkpoint
+
+    best = offline_ckpt.parent / "best.ckpt"
+    raw = torch.load(best, weights_only=True)
+    assert not raw["offline_run"]["finished"]  # written at an evaluation, before the run's end
+    dataset = Path(load_qmix_checkpoint(str(offline_ckpt)).hparams.dataset["path"])
+    start = o2o_start_checkpoint(best, tmp_path / "start.ckpt", dataset, cql_alpha=0.5)
+    written = torch.load(start, weights_only=True)["offline_run"]
+    assert written["finished"] and written["snapshot_of_finished_run"]
+    assert written["updates"] == raw["offline_run"]["updates"]
+    assert load_qmix_checkpoint(str(start)).settings.cql.alpha == pytest.approx(0.5)
+    run = build(tmp_path / "run", "algo=switch_cql", f"ckpt={start}")  # accepted: its run finished
+    assert run.module.settings.keeps_offline_target
+
+    alone = tmp_path / "elsewhere" / "best.ckpt"  # no last.ckpt beside it: not known to have finished
+    alone.parent.mkdir()
+    torch.save(raw, alone)
+    with pytest.raises(ValueError, match="did not finish"):
+        o2o_start_checkpoint(alone, tmp_path / "refused.ckpt", dataset)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from ovmse.datasets import OfflineDataset, load_dataset, resolve_dataset
 from ovmse.training import QMixModule
+from ovmse.training.checkpointing import finished_run_beside
 from ovmse.training.qmix_module import load_qmix_checkpoint
 from ovmse.training.update_ratio import UpdateRatio
 
@@ -123,13 +124,8 @@ def check_offline_run_finished(module: QMixModule, path: str) -> None:
     did finish (the ``last.ckpt`` beside it says so; e.g. its ``best.ckpt``) is accepted.
     Checkpoints from before this record: an offline run's checkpoint without the frozen
     offline target, which only the end of the run adds, is unfinished."""
-    if offline_run_finished(module):
+    if offline_run_finished(module) or finished_run_beside(path):
         return
-    final = Path(path).with_name("last.ckpt")
-    if final.is_file() and final.resolve() != Path(path).resolve():
-        raw = torch.load(final, map_location="cpu", weights_only=True)
-        if (raw.get("offline_run") or {}).get("finished"):
-            return
     record = module.offline_run or {}
     updates, planned = record.get("updates", module.updates), record.get("planned_updates")
     got = f"{updates} of {planned} updates" if planned is not None else f"{updates} updates, no frozen offline target"

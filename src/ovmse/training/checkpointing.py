@@ -63,6 +63,16 @@ def count_nonfinite(tensors) -> tuple[int, int]:
     return values, tensors_with
 
 
+def finished_run_beside(path: str | Path) -> bool:
+    """Whether the offline run that wrote the snapshot ``path`` (e.g. its ``best.ckpt``) finished:
+    the ``last.ckpt`` beside it, written at the run's end, says so."""
+    final = Path(path).with_name("last.ckpt")
+    if not final.is_file() or final.resolve() == Path(path).resolve():
+        return False
+    raw = torch.load(final, map_location="cpu", weights_only=True)
+    return bool((raw.get("offline_run") or {}).get("finished"))
+
+
 def atomic_save_checkpoint(trainer: pl.Trainer, path: str | Path) -> Path:
     """``trainer.save_checkpoint`` (with the optimiser) into ``path`` via a temporary file and an
     atomic rename, so ``path`` is always either the old or the new complete checkpoint.

@@ -19,7 +19,9 @@ as it takes the offline phase's ``last.ckpt``:
     python -m ovmse.training.o2o_start <qmix run>/checkpoints/best.ckpt <out>.ckpt --dataset data/2s3z/medium
 
 An offline run's ``best.ckpt`` (its best greedy evaluation, saved without a frozen target) is
-made a start the same way: the early-stopped start of issue 17's stalled-start diagnosis.
+made a start the same way, if that run finished (the ``last.ckpt`` beside it says so): the
+early-stopped start of issue 17's stalled-start diagnosis. Its ``offline_run`` record then reads
+finished, with ``snapshot_of_finished_run`` and the update it was taken at.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from ovmse.datasets import load_dataset
 from ovmse.losses.objective import CQLSettings, ObjectiveSettings
 from ovmse.training.checkpoint_compat import upgrade_checkpoint
+from ovmse.training.checkpointing import finished_run_beside
 
 # (prefix in the new state dict, prefix it is copied from)
 _COPIES = (("objective.td.target_agent.", "agent."), ("objective.td.target_mixer.", "mixer."),
@@ -57,6 +60,15 @@ def o2o_start_checkpoint(src: str | Path, dst: str | Path, dataset: str | Path, 
     if cql != "macql":
         # CFCQL needs a behaviour-cloning network trained on the dataset, which an online run does not have.
         raise ValueError(f"cql={cql!r}: only macql can be added to an online-trained checkpoint")
+    record = raw.get("offline_run")
+    if record is not None and not record.get("finished"):
+        # An offline run's snapshot (its best.ckpt): a start only if that run finished; the
+        # start says where in it the snapshot was taken.
+        if not finished_run_beside(src):
+            raise ValueError(f"{src}: a snapshot of an offline run that did not finish ({record.get('updates')} of "
+                             f"{record.get('planned_updates')} updates; no finished last.ckpt beside it): finish the "
+                             "run first")
+        raw["offline_run"] = {**record, "finished": True, "snapshot_of_finished_run": True}
     data = load_dataset(dataset, map_name=hparams.get("map_name"), validate="structure")
     state = dict(raw["state_dict"])
     for new, old in _COPIES:
