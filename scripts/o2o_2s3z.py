@@ -55,8 +55,8 @@ the same way (``<root>/diagnosis-worker<k>.log``):
 8. when Switch-CQL's medium-replay seed-1 run ends below a 0.5 win rate (the fourteenth
    session's stall: every O2O method from that pretraining stays near 0), Switch-CQL from the
    same start for 150k env steps with one setting at a time moved to QMIX from scratch's (no
-   offline data, gradient clip 10, a fresh Adam state), with all of them plus QMIX's update
-   ratio and target period, and with another online seed (``STALL_ARMS``):
+   offline data, gradient clip 10, a fresh Adam state), with all three (then only the start
+   differs from QMIX from scratch), and with another online seed (``STALL_ARMS``):
    ``<root>/diagnosis/stalled_start/<arm>/seed<k>``; and Switch-CQL and OVMSE from the best
    evaluation of the seed-1 pretrainings (``BEST_START_ARMS``: the early-stopped start).
    Then ``grid=o2o_2s3z_stronger_cql``:
@@ -144,10 +144,11 @@ STALL_ARMS = {
     "no_offline_data": ("algo.online.mixing_ratio=0.0",),
     "grad_clip_10": ("algo.online.grad_norm_clip=10.0",),
     "fresh_adam": ("algo.online.restore_optimizer=false",),
-    # QMIX from scratch's settings (configs/algo/qmix.yaml) on top of the pretrained weights.
+    # All three: the settings QMIX from scratch ran with in this experiment (configs/algo/qmix.yaml
+    # with the experiment's update ratio and target period, which every algorithm shares), on
+    # top of the pretrained weights.
     "qmix_settings": ("algo.online.mixing_ratio=0.0", "algo.online.grad_norm_clip=10.0",
-                      "algo.online.restore_optimizer=false", "algo.episodes_per_update=8",
-                      "algo.target_update_interval=200"),
+                      "algo.online.restore_optimizer=false"),
 }
 # Early-stopped starts: the medium-replay pretrainings' greedy win rate peaks near update 500 and
 # falls by their end (update 1556) while their values run away; the best evaluation's checkpoint
@@ -219,19 +220,27 @@ def ensure_datasets(args, root: Path) -> None:
                 "root of its own (--root)")
 
 
+def made_here() -> set[str]:
+    """Cells that this root makes even when an earlier root finished them: the diagnosis starts
+    from their checkpoints (QMIX from scratch: the qmix-start runs; medium-replay seed 1's
+    Switch-CQL runs: the stalled-start runs), which only this root can hold."""
+    return ({f"2s3z/qmix/seed{s}" for s in SEEDS}
+            | {f"2s3z_medium_replay/{run}/seed{STALL_SEED}" for run, _, _ in BEST_START_ARMS.values()})
+
+
 def write_recorded_cells(root: Path, data_root: Path) -> Path:
     """``<root>/recorded_cells.txt``: the cells finished in earlier sweep roots (the result files)
     on the sets under ``data_root`` (QMIX from scratch reads none), which the pipeline passes over
     (``pipeline.skip_cells_file``); a run on another set is not listed, so it is made here. QMIX
-    from scratch itself is not listed either: the qmix-start diagnosis starts from its
-    checkpoints, which only this root can hold."""
+    from scratch itself is not listed either, nor the other runs the diagnosis starts from
+    (:func:`made_here`)."""
     from ovmse.datasets.loading import metadata_identity  # noqa: PLC0415
 
     sets = {}
     for quality in DATASET_TRANSITIONS:
         meta = data_root / "2s3z" / quality / "dataset.json"
         sets[f"2s3z_{quality}"] = metadata_identity(meta.parent, json.loads(meta.read_text())) if meta.is_file() else None
-    listed = sorted(cell for cell, runs in recorded_runs().items() if cell.split("/")[1] != "qmix"
+    listed = sorted(cell for cell, runs in recorded_runs().items() if cell not in made_here()
                     and any(on_root_set(cell.split("/")[1], label, sets.get(cell.split("/")[0])) for _, label in runs))
     path = root / RECORDED_CELLS
     draft = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # workers on several hosts may share pids
@@ -408,7 +417,8 @@ def _in_root(root: Path, ckpt: str, named_in: Path) -> Path:
     """The checkpoint ``ckpt`` a run names, under ``root`` if the root moved since the run."""
     path = Path(ckpt)
     if not path.is_file() and "offline" in path.parts:
-        path = root.joinpath(*path.parts[path.parts.index("offline"):])
+        last = len(path.parts) - 1 - path.parts[::-1].index("offline")  # the old root's own path may hold one
+        path = root.joinpath(*path.parts[last:])
     if not path.is_file():
         raise SystemExit(f"{named_in} names the checkpoint {ckpt}, which is gone (also under {root})")
     return path
@@ -442,6 +452,8 @@ def best_start_checkpoint(args, root: Path, arm: str) -> Path | None:
         print(f"[stalled_start] {arm}: waiting for {config.parent} to start", flush=True)
         return None
     best = _in_root(root, yaml.safe_load(config.read_text())["ckpt"], config).with_name("best.ckpt")
+    if not best.is_file():
+        raise SystemExit(f"{best}: no best.ckpt beside the pretraining {config} names (its evaluations save it)")
     start = root / "diagnosis" / "stalled_start" / "start" / f"{name}.ckpt"
     if not start.is_file():
         import torch

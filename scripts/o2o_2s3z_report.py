@@ -624,8 +624,7 @@ STALL_ARM_CHANGES = {"other_online_seed": "nothing but the online seed (11)",
                      "no_offline_data": "offline share 0.5 -> 0",
                      "grad_clip_10": "gradient clip 1 -> 10",
                      "fresh_adam": "the offline Adam state -> a fresh one",
-                     "qmix_settings": "all three, one update per 8 episodes (not 2), target every 200 episodes "
-                                      "(not 50): QMIX from scratch's settings on the pretrained weights",
+                     "qmix_settings": "all three: QMIX from scratch's settings on the pretrained weights",
                      "best_start": "the start: the pretraining's best evaluation (best.ckpt), not its end",
                      "best_start_alpha_1": "the start: the best evaluation of a pretraining with CQL α 1.0",
                      "best_start_alpha_1_ovmse": "the same start as best_start_alpha_1, fine-tuned by OVMSE"}
@@ -692,8 +691,8 @@ def replay_table(records: list[dict]) -> str:
     seeds, per seed (0, 1, 2 in order; runs still going show their evaluations so far)."""
     lines = ["| run | pretraining | seeds (finished) | offline policy: win rate / return (per seed) | first probe (after one "
              "update): Q_tot minus Monte-Carlo return (per seed) | best evaluation win rate up to 150k (per seed) | "
-             "final win rate, 640 battles, at the run's end (per seed) | Q_tot minus Monte-Carlo return after 50k "
-             "(per seed) |", "|---|---|---:|---|---|---|---|---|"]
+             "final win rate, 640 battles, at the run's end (per seed) | Q_tot minus Monte-Carlo return, 50k to the "
+             "run's end (per seed) |", "|---|---|---:|---|---|---|---|---|"]
     for name, label, pretraining in REPLAY_ROWS:
         runs = sorted((r for r in records if r["task"] == TASKS[1] and r["algorithm"] == name and r.get("curve")),
                       key=lambda r: r["seed"])

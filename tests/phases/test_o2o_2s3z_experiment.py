@@ -738,3 +738,19 @@ def test_replay_table_puts_each_seeds_values_in_its_place(tmp_path):
     assert ("| CQL α 1.0 | 0, 1 (1 done) | — / —, — / — | 2.75 (1.50, 4.00) | 0.450 (0.700, 0.200) | "
             "0.750 (0.750, —) |") in row
     assert "OVMSE (main sweep)" not in table  # no such runs: no row
+
+
+def test_the_runs_the_stalled_start_starts_from_are_made_here(tmp_path, monkeypatch):
+    """Switch-CQL's medium-replay seed 1 (and its CQL α 1.0 variant) are what the stalled-start
+    runs start from: like QMIX from scratch they are made in this root even when an earlier root
+    finished them, else the diagnosis worker would wait for them forever."""
+    label = "29,741 transitions, collected at 8a418d0"
+    recorded = {f"2s3z_medium_replay/{name}/seed{s}": [("b.json", label)]
+                for name in ("switch_cql", o2o_2s3z.STRONGER_CQL_RUN, "macql") for s in (0, 1)}
+    monkeypatch.setattr(o2o_2s3z, "recorded_runs", lambda: recorded)
+    _dataset(tmp_path / "data" / "2s3z" / "medium_replay", 29741)
+    from ovmse.sweeps.cells import read_cell_list
+
+    listed = read_cell_list(o2o_2s3z.write_recorded_cells(tmp_path, tmp_path / "data"))
+    assert listed == set(recorded) - {"2s3z_medium_replay/switch_cql/seed1",
+                                      f"2s3z_medium_replay/{o2o_2s3z.STRONGER_CQL_RUN}/seed1"}

@@ -243,3 +243,32 @@ def test_single_worker_is_the_in_process_collector():
     assert len(got) == len(want) == 2
     for g, w in zip(got, want):
         assert (g == w).all()
+
+
+def test_the_in_process_collector_acts_with_our_policy_and_its_epsilon(monkeypatch):
+    """Given its device, TorchRL's collector would act with a copy of a policy that has a tensor
+    elsewhere (on CUDA: ε's buffer, before it was moved); ε set on ours would then never reach
+    it. It acts with ours, ε included, and a collector that copied the policy is refused rather
+    than left acting with stale weights and ε."""
+    spec = get_map(MAP)
+    c = OnlineCollection(_agent(spec), MAP, 2, EpisodeReplayBuffer(capacity=10), epsilon=LinearSchedule(0.5, 0.5, 1),
+                         steps_per_env=8, seed=3, num_workers=1)
+    try:
+        assert c.collector.policy is c.policy and c.collector.get_weights_fn is None
+        c.exploration.set_epsilon(0.25)
+        assert c.collector.policy.exploration.epsilon == 0.25
+    finally:
+        c.close()
+    import copy
+
+    import ovmse.collection.online as online
+
+    def copying_collector(*args, **kwargs):  # what TorchRL does with a policy off its device
+        collector = Collector(*args, **kwargs)
+        collector.policy = copy.deepcopy(collector.policy)
+        return collector
+
+    monkeypatch.setattr(online, "Collector", copying_collector)
+    with pytest.raises(RuntimeError, match="copy of the policy"):
+        OnlineCollection(_agent(spec), MAP, 2, EpisodeReplayBuffer(capacity=10), epsilon=LinearSchedule(0.5, 0.5, 1),
+                         steps_per_env=8, seed=3, num_workers=1)

@@ -105,6 +105,9 @@ class OnlineCollection:
             self.spec = get_map(map_name)
             self.env = primed_env(map_name, num_envs, agent.hidden_dim, seed=seed, device=device,
                                   env_options=env_options)
+            # ε's buffer on the device too: TorchRL acts with a copy of a policy that has a tensor
+            # off the collector's device, and set_epsilon would no longer reach that copy.
+            self.exploration.to(device)
             self.policy = make_policy(self.env, agent, self.exploration)
             # The device named: left unset, TorchRL stores with no device and rebuilds every step's
             # TensorDict on the env's device (`carrier.to(env_device)`, about 0.1 ms per step call).
@@ -112,6 +115,11 @@ class OnlineCollection:
                 self.env, self.policy, frames_per_batch=num_envs * steps_per_env, total_frames=-1,
                 device=device, auto_register_policy_transforms=False,
             )
+            if self.collector.policy is not self.policy:
+                raise RuntimeError(
+                    f"TorchRL's collector acts with a copy of the policy (a parameter or buffer is not on "
+                    f"{device}; the agent's are on {next(agent.parameters()).device}): the learner's updates and ε "
+                    "would not reach it. Put the agent on the collection device.")
         else:
             self.spec = get_map(map_name)
             self.env = None  # each worker builds its own
