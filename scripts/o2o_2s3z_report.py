@@ -86,8 +86,26 @@ def offline_levels(root: Path) -> dict[str, dict]:
             "wall_seconds": float(data["wall_seconds"]),
             # MACal-QL's own pretraining is calibrated (Cal-QL); a summary from before the key is plain CQL.
             "calibrated": bool((data.get("settings") or {}).get("cql_calibrated", False)),
+            "cql_alpha": data.get("cql_alpha"), "best": _best_evaluation(summary.parent),
             "dataset": _dataset_identity(summary.parent)}
     return levels
+
+
+def _best_evaluation(offline_dir: Path) -> dict | None:
+    """The pretraining's best greedy evaluation (``metrics.csv``): its win rate, return and update
+    (the first of equal ones), the evaluation ``best.ckpt`` holds. None when unreadable."""
+    import csv
+
+    try:
+        with open(offline_dir / "metrics.csv", newline="") as file:
+            rows = [r for r in csv.DictReader(file) if r.get("eval/win_rate")]
+    except OSError:
+        return None
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: float(r["eval/win_rate"]))  # max keeps the first of equal ones
+    return {"win_rate": float(best["eval/win_rate"]), "return": float(best["eval/return"]),
+            "update": int(float(best["updates"]))}
 
 
 def _dataset_identity(offline_dir: Path) -> dict | None:
@@ -166,6 +184,19 @@ def run_record(run: OnlineRun, root: Path, levels: dict, budget: int) -> dict:
                        "final_battles": int(run.summary.get("eval/final_episodes", 0) or 0),
                        "wall_seconds": float(run.summary["wall_seconds"]), "resumed": _resumed(run)})
     return record
+
+
+def _offline_row(name: str, level: dict) -> str:
+    """A pretraining's row: its CQL (plain or calibrated, α where not the paper's 0.05), set,
+    length, last and best greedy evaluation (records from before the best was kept: a dash)."""
+    cql = "calibrated (MACal-QL)" if level.get("calibrated") else "plain"
+    if level.get("cql_alpha") not in (None, 0.05):
+        cql += f", α {level['cql_alpha']:g}"
+    best = level.get("best")
+    best_cell = f"{best['win_rate']:.3f}, {best['return']:.2f} ({best['update']})" if best else "—"
+    return (f"| {level['task']} | {name.split('/')[-1]}{' (recorded)' if level.get('recorded_in') else ''} | {cql} | "
+            f"{_dataset_cell(level.get('dataset'))} | {level['updates']} | {_fmt(level['win_rate'])} | "
+            f"{_fmt(level['return'], 2)} | {best_cell} | {level['wall_seconds'] / 60:.0f} min |")
 
 
 def _dataset_cell(dataset: dict | None) -> str:
@@ -933,11 +964,7 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     draw_ablations(records, levels, img / "o2o_2s3z_ablations.png")
     draw_unlearning(records, img / "o2o_2s3z_unlearning.png")
 
-    offline_rows = "\n".join(
-        f"| {v['task']} | {k.split('/')[-1]}{' (recorded)' if v.get('recorded_in') else ''} | "
-        f"{'calibrated (MACal-QL)' if v.get('calibrated') else 'plain'} | "
-        f"{_dataset_cell(v.get('dataset'))} | {v['updates']} | {_fmt(v['win_rate'])} | {_fmt(v['return'], 2)} | "
-        f"{v['wall_seconds'] / 60:.0f} min |" for k, v in levels.items())
+    offline_rows = "\n".join(_offline_row(k, v) for k, v in levels.items())
     body = [
         f"Report written {time.strftime('%Y-%m-%dT%H:%M:%S')} from `{_shown(root)}` "
         f"(code at `{_git_commit()}`): {root_finished} finished runs. Unfinished runs (running, or stopped to be resumed) show in the curves "
@@ -947,8 +974,9 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
         "Offline pretrainings (MACQL, α 0.05, 10.05M dataset timesteps; the last greedy evaluation, 128 battles; "
         "`plain`: shared by OVMSE, Switch-CQL, MACQL and the ablations; `calibrated`: Cal-QL's bound, MACal-QL's own):",
         "",
-        "| task | run | CQL | dataset (transitions, collected at, made) | updates | win rate | return | wall-clock |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| task | run | CQL | dataset (transitions, collected at, made) | updates | win rate | return | best evaluation: "
+        "win rate, return (update) | wall-clock |",
+        "|---|---|---|---|---:|---:|---:|---|---:|",
         offline_rows or "| — | — | — | — | — | — | — | — |",
         "",
     ]

@@ -754,3 +754,25 @@ def test_the_runs_the_stalled_start_starts_from_are_made_here(tmp_path, monkeypa
     listed = read_cell_list(o2o_2s3z.write_recorded_cells(tmp_path, tmp_path / "data"))
     assert listed == set(recorded) - {"2s3z_medium_replay/switch_cql/seed1",
                                       f"2s3z_medium_replay/{o2o_2s3z.STRONGER_CQL_RUN}/seed1"}
+
+
+def test_offline_table_shows_where_a_pretraining_peaked(tmp_path):
+    """A medium-replay pretraining can peak long before its end: its row gives the best
+    evaluation (the first of equal ones, the one best.ckpt holds) next to the last, and the CQL
+    weight when it is not the paper's."""
+    root = tmp_path / "sweep"
+    run = root / "offline" / "2s3z_medium_replay" / "seed1-abc"
+    run.mkdir(parents=True)
+    (run / "offline_summary.json").write_text(json.dumps(
+        {"eval/win_rate": 0.02, "eval/return": 10.0, "updates": 1556, "wall_seconds": 1200.0, "cql_alpha": 1.0}))
+    with open(run / "metrics.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, ["updates", "eval/win_rate", "eval/return", "train/loss"])
+        writer.writeheader()
+        writer.writerows([{"updates": 250, "eval/win_rate": 0.1, "eval/return": 12.0},
+                          {"updates": 300, "train/loss": 1.0},
+                          {"updates": 500, "eval/win_rate": 0.9, "eval/return": 19.0},
+                          {"updates": 750, "eval/win_rate": 0.9, "eval/return": 18.0},
+                          {"updates": 1556, "eval/win_rate": 0.02, "eval/return": 10.0}])
+    levels = report_script.offline_levels(root)
+    row = report_script._offline_row("offline/2s3z_medium_replay/seed1-abc", levels["offline/2s3z_medium_replay/seed1-abc"])
+    assert "| seed1-abc | plain, α 1 |" in row and "| 1556 | 0.020 | 10.00 | 0.900, 19.00 (500) | 20 min |" in row
