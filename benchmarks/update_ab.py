@@ -71,12 +71,13 @@ COLLECT_ROWS = (("8 x 32, env.compile_step", ("--compile",)), ("8 x 32, eager", 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="alternating A / B rounds per thread count")
-    p.add_argument("--repeats", type=int, default=5, help="timed updates per process (after 2 warm-up updates)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating A / B rounds per row (thread count or collection setting)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="update variants: timed updates per process (after 2 warm-up updates)")
     p.add_argument("--threads", default="1,2", help="thread counts of an update variant")
     p.add_argument("--variant", choices=tuple(VARIANTS), required=True)
     p.add_argument("--name", default=None, help="result files benchmarks/results/<name>.{json,md} "
-                   "(default: bf16_update, allocator_update or sample_mixing_update)")
+                   "(default: bf16_update, allocator_update, sample_mixing_update or collector_device_collect)")
     args = p.parse_args(argv)
     import torch
 
