@@ -71,7 +71,8 @@ COLLECT_ROWS = (("8 x 32, env.compile_step", ("--compile",)), ("8 x 32, eager", 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="alternating A / B rounds per row (thread count or collection setting)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating A / B rounds per row (thread count or collection setting)")
     p.add_argument("--repeats", type=int, default=5,
                    help="update variants: timed updates per process (after 2 warm-up updates)")
     p.add_argument("--threads", default="1,2", help="thread counts of an update variant")

@@ -691,9 +691,10 @@ def _window_cells(record: dict, values: dict | None) -> str:
     reached = window.any() and steps[-1] >= STALL_WINDOW  # a running run has no value at 150k yet
     at = value_at(steps, np.asarray(curve["return"]), STALL_WINDOW + EVAL_SLACK) if reached else None
     win_at = _win_at(record, STALL_WINDOW) if reached else None
+    short = record.get("env_steps_reached", 0) <= STALL_WINDOW + EVAL_SLACK  # a 150k run: its final test
     gap = (values or {}).get("q_minus_mc")
     return (f"{first} | {_fmt(best)} | {_fmt(win_at)} | {_fmt(at[1] if at else None, 2)} | "
-            f"{_fmt(record.get('final_win_rate')) if record.get('env_steps_reached', 0) <= STALL_WINDOW + EVAL_SLACK else '—'}"
+            f"{_fmt(record.get('final_win_rate')) if short else '—'}"
             f" | {_fmt(gap, 2)} |")
 
 

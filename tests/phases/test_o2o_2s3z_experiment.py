@@ -685,7 +685,7 @@ def test_stalled_start_finds_its_checkpoint_in_a_moved_root_and_names_a_lost_one
     assert o2o_2s3z.stalled_start_checkpoint(root) == start
     missing = o2o_2s3z.missing_stalled_start(root)
     assert "diagnosis/stalled_start/other_online_seed/seed11" in missing
-    assert "diagnosis/stalled_start/qmix_settings/seed1" in missing and "diagnosis/stalled_start/best_start/seed1" in missing
+    assert {"diagnosis/stalled_start/qmix_settings/seed1", "diagnosis/stalled_start/best_start/seed1"} <= set(missing)
     assert len(missing) == len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.BEST_START_ARMS)
     # An early-stopped start waits for its source run to start (its config names the pretraining).
     args = type("Args", (), {"data_root": str(tmp_path / "data")})()
@@ -774,5 +774,6 @@ def test_offline_table_shows_where_a_pretraining_peaked(tmp_path):
                           {"updates": 750, "eval/win_rate": 0.9, "eval/return": 18.0},
                           {"updates": 1556, "eval/win_rate": 0.02, "eval/return": 10.0}])
     levels = report_script.offline_levels(root)
-    row = report_script._offline_row("offline/2s3z_medium_replay/seed1-abc", levels["offline/2s3z_medium_replay/seed1-abc"])
+    name = "offline/2s3z_medium_replay/seed1-abc"
+    row = report_script._offline_row(name, levels[name])
     assert "| seed1-abc | plain, α 1 |" in row and "| 1556 | 0.020 | 10.00 | 0.900, 19.00 (500) | 20 min |" in row
