@@ -610,17 +610,25 @@ QMIX_START_METHODS = {"ovmse": ("decentralised SE", "OVM, λ_memory 1 + CQL"),
 QMIX_START_VALUES_AFTER = 10_000
 
 
-def qmix_start_records(root: Path, budget: int) -> list[dict]:
-    """The fine-tuning runs of QMIX's own online policy (``<root>/diagnosis/qmix_start``)."""
+def _fine_tuning_records(root: Path, diagnosis: str, task: str, budget: int) -> list[tuple[Path, dict]]:
+    """``(run dir, record)`` of the diagnosis runs under ``<root>/diagnosis/<diagnosis>/<name>/seed<k>``
+    (their starts under ``start/`` and runs set aside left out), named by ``<name>``."""
     from ovmse.report.runs import load_online_run
 
-    records = []
-    for path in sorted((root / "diagnosis" / "qmix_start").glob("*/seed*")):
+    out = []
+    for path in sorted((root / "diagnosis" / diagnosis).glob("*/seed*")):
         if path.parent.name == "start" or ".incomplete-" in path.name:
             continue
-        run = load_online_run(path)
-        record = run_record(run, root, {}, budget)
-        record.update(task="2s3z_medium", algorithm=path.parent.name, diagnosis="qmix_start")
+        record = run_record(load_online_run(path), root, {}, budget)
+        record.update(task=task, algorithm=path.parent.name, diagnosis=diagnosis)
+        out.append((path, record))
+    return out
+
+
+def qmix_start_records(root: Path, budget: int) -> list[dict]:
+    """The fine-tuning runs of QMIX's own online policy (``<root>/diagnosis/qmix_start``)."""
+    records = []
+    for path, record in _fine_tuning_records(root, "qmix_start", "2s3z_medium", budget):
         record.setdefault("values", {})["after_10k"] = run_values(path, after=QMIX_START_VALUES_AFTER)
         curve = record.get("curve")
         if curve:
@@ -665,30 +673,33 @@ STALL_SEED = 1
 
 def stalled_start_records(root: Path, budget: int) -> list[dict]:
     """The runs from medium-replay's stalled start (``<root>/diagnosis/stalled_start``)."""
-    from ovmse.report.runs import load_online_run
-
     records = []
-    for path in sorted((root / "diagnosis" / "stalled_start").glob("*/seed*")):
-        if ".incomplete-" in path.name:
-            continue
-        record = run_record(load_online_run(path), root, {}, budget)
-        record.update(task=TASKS[1], algorithm=path.parent.name, diagnosis="stalled_start")
+    for path, record in _fine_tuning_records(root, "stalled_start", TASKS[1], budget):
         record.setdefault("values", {})["stall_window"] = run_values(path, until=STALL_WINDOW)
         records.append(record)
     return records
 
 
+def _first_probe(record: dict) -> tuple[float, float] | None:
+    probe = record.get("probe") or {}
+    return (probe["q_tot"][0], probe["mc_return"][0]) if probe.get("q_tot") and probe.get("mc_return") else None
+
+
+def _best_up_to(record: dict, limit: float) -> float | None:
+    curve = record.get("curve") or {}
+    wins = [w for s, w in zip(curve.get("env_steps", []), curve.get("win_rate", [])) if s <= limit + EVAL_SLACK]
+    return max(wins) if wins else None
+
+
 def _window_cells(record: dict, values: dict | None) -> str:
     """First probe (Q_tot, Monte-Carlo return; after the first update), best evaluation win rate up to 150k, the win
     rate and return of the last evaluation there, and Q_tot minus Monte-Carlo return 50k-150k."""
-    probe = record.get("probe") or {}
-    first = (f"{probe['q_tot'][0]:.2f} / {probe['mc_return'][0]:.2f}"
-             if probe.get("q_tot") and probe.get("mc_return") else "—")
+    probe = _first_probe(record)
+    first = f"{probe[0]:.2f} / {probe[1]:.2f}" if probe else "—"
+    best = _best_up_to(record, STALL_WINDOW)
     curve = record.get("curve") or {}
-    steps, wins = np.asarray(curve.get("env_steps", [])), np.asarray(curve.get("win_rate", []))
-    window = steps <= STALL_WINDOW + EVAL_SLACK
-    best = float(wins[window].max()) if window.any() else None
-    reached = window.any() and steps[-1] >= STALL_WINDOW  # a running run has no value at 150k yet
+    steps = np.asarray(curve.get("env_steps", []))
+    reached = best is not None and steps[-1] >= STALL_WINDOW  # a running run has no value at 150k yet
     at = value_at(steps, np.asarray(curve["return"]), STALL_WINDOW + EVAL_SLACK) if reached else None
     win_at = _win_at(record, STALL_WINDOW) if reached else None
     short = record.get("env_steps_reached", 0) <= STALL_WINDOW + EVAL_SLACK  # a 150k run: its final test
@@ -705,17 +716,6 @@ REPLAY_ROWS = (("switch_cql", "Switch-CQL (main sweep)", "CQL α 0.05"),
                ("ovmse", "OVMSE (main sweep)", "CQL α 0.05"),
                (STRONGER_CQL["ovmse"], "OVMSE, 150k", "CQL α 1.0"),
                (LAMBDA_ANNEALED, "OVMSE, λ_memory annealed 1.0 -> 0.05 over 100k", "CQL α 0.05"))
-
-
-def _first_probe(record: dict) -> tuple[float, float] | None:
-    probe = record.get("probe") or {}
-    return (probe["q_tot"][0], probe["mc_return"][0]) if probe.get("q_tot") and probe.get("mc_return") else None
-
-
-def _best_up_to(record: dict, limit: float) -> float | None:
-    curve = record.get("curve") or {}
-    wins = [w for s, w in zip(curve.get("env_steps", []), curve.get("win_rate", [])) if s <= limit + EVAL_SLACK]
-    return max(wins) if wins else None
 
 
 def replay_table(records: list[dict]) -> str:

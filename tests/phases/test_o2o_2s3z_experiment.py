@@ -719,6 +719,7 @@ def test_stalled_start_table_reads_the_references_over_150k_and_each_arm(tmp_pat
 def test_the_stalled_start_arms_the_runner_runs_are_the_tables_rows():
     assert set(o2o_2s3z.STALL_ARMS) | set(o2o_2s3z.BEST_START_ARMS) == set(report_script.STALL_ARM_CHANGES)
     assert o2o_2s3z.STALL_SEED == report_script.STALL_SEED
+    assert o2o_2s3z.STRONGER_CQL_RUN == report_script.STRONGER_CQL["switch_cql"]
 
 
 def test_replay_table_puts_each_seeds_values_in_its_place(tmp_path):

@@ -24,7 +24,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from ovmse.datasets import OfflineDataset, load_dataset, resolve_dataset
