@@ -242,6 +242,8 @@ def _freeze_simulator(env) -> None:
 
     battle.advance = count_the_step
     env._features = lambda battle, tables: features
+    if hasattr(env, "_step_math"):  # trees whose step math is one (compiled) function
+        env._step_math = lambda action: (count_the_step(), env.rewards.outcome(), *features)[1:]
 
 
 def main(argv=None) -> int:

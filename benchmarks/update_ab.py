@@ -19,11 +19,18 @@ between the two settings over ``--rounds``, so both see the same machine load. V
   included, on one thread, compiled, eager and with the simulator frozen, with TorchRL's
   collector given no device (A: commit ``7458bd4``, a worktree) and given the env's
   (B: this checkout; ``ovmse/collection/online.py``).
+* ``collection_step`` (collection): the same rows, commit ``e10eada`` (A, a worktree) against this
+  checkout (B): with ``compile_step`` the simulator's orders, physics, reward rule and features
+  are one compiled graph (``SimSMACEnv._step_math``; A compiled the physics and the features
+  apart and ran the rest eager) and the acting policy's step is compiled too
+  (``RecurrentQPolicy(compile=True)``); in every row the episodes are assembled on plain
+  tensors and TorchRL's collector keeps no trajectory ids.
 
     python benchmarks/update_ab.py --variant allocator      # benchmarks/results/allocator_update.{json,md}
     python benchmarks/update_ab.py --variant bf16           # benchmarks/results/bf16_update.{json,md}
     python benchmarks/update_ab.py --variant sample_mixing  # benchmarks/results/sample_mixing_update.{json,md}
     python benchmarks/update_ab.py --variant collector_device  # benchmarks/results/collector_device_collect.{json,md}
+    python benchmarks/update_ab.py --variant collection_step   # benchmarks/results/collection_step_collect.{json,md}
     python benchmarks/update_ab.py --variant bf16 --rounds 1 --repeats 2 --name /tmp/smoke
 
 benchmarks/matmul_dtypes.py times the update's matmul shapes alone in both dtypes.
@@ -59,12 +66,14 @@ VARIANTS = {
                              ("this checkout's mixing", ("--cql", "macql"), None))),
     "collector_device": (None, (("collector without a device (7458bd4)", (), "7458bd4"),
                                 ("collector on the env's device", (), None))),
+    "collection_step": (None, (("before (e10eada)", (), "e10eada"),
+                               ("one step graph, compiled policy, tensor assembly, no trajectory ids", (), None))),
 }
 RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update", "sample_mixing": "sample_mixing_update",
-                "collector_device": "collector_device_collect"}
+                "collector_device": "collector_device_collect", "collection_step": "collection_step_collect"}
 # The variants that time collection (one step call of 8 battles x 32 steps per process), each
 # row a setting of the collection: (label, worker flags).
-COLLECT_VARIANTS = {"collector_device"}
+COLLECT_VARIANTS = {"collector_device", "collection_step"}
 COLLECT_ROWS = (("8 x 32, env.compile_step", ("--compile",)), ("8 x 32, eager", ()),
                 ("8 x 32, simulator frozen", ("--frozen-sim",)))
 
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2", help="thread counts of an update variant")
     p.add_argument("--variant", choices=tuple(VARIANTS), required=True)
     p.add_argument("--name", default=None, help="result files benchmarks/results/<name>.{json,md} "
-                   "(default: bf16_update, allocator_update, sample_mixing_update or collector_device_collect)")
+                   "(default: bf16_update, allocator_update, sample_mixing_update, collector_device_collect or "
+                   "collection_step_collect)")
     args = p.parse_args(argv)
     import torch
 

@@ -169,6 +169,35 @@ def test_policy_without_primer_keys_and_is_init():
     assert not torch.allclose(out["agents", "action_value"][1], ref["agents", "action_value"][1])
 
 
+@pytest.mark.parametrize("exploration", ["epsilon_greedy", "decentralised_sequential", None])
+def test_compiled_policy_acts_as_the_eager_one(exploration):
+    """make_policy compiles the policy's step for a compile_step env; with the same weights,
+    generator seed and observations it chooses the same actions, explorers and hidden states."""
+    torch._dynamo.reset()
+    envs = [env_with_primers(make_env("3m", 3, seed=4, substeps=2, compile_step=c), HIDDEN) for c in (False, True)]
+    s = envs[0].base_env.spec
+    agent = RNNAgent(s.obs_dim + s.n_actions + s.n_agents, s.n_actions, HIDDEN)
+    policies = []
+    for env in envs:
+        explorer = None if exploration is None else make_exploration(
+            exploration, epsilon=0.6, generator=torch.Generator().manual_seed(7))
+        policies.append(make_policy(env, agent, explorer))
+    assert policies[0]._compiled_step is None and policies[1]._compiled_step is not None
+    td = envs[0].reset()
+    with torch.no_grad():
+        for _ in range(8):
+            eager, compiled = policies[0](td.clone()), policies[1](td.clone())
+            keys = [("agents", "action"), ("next", "agents", "hidden"), ("next", "agents", "last_action")]
+            keys += [] if exploration is None else [("agents", "explored")]
+            for key in keys:
+                torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-5, msg=str(key))
+            torch.testing.assert_close(compiled["agents", "action_value"], eager["agents", "action_value"],
+                                       rtol=1e-5, atol=1e-5)
+            td = envs[0].step_mdp(envs[0].step(eager))
+    if exploration is not None:
+        assert policies[1].exploration.generator.get_state().equal(policies[0].exploration.generator.get_state())
+
+
 # ----------------------------------------------------------------- synthetic assembler checks
 def _fake_stream(lengths_per_env, truncate_limit, obs_dim=2):
     """Contiguous [B, T] stream; observation value = 1000*env + global step + 1."""

@@ -8,6 +8,7 @@ from ovmse.envs import make_env
 
 def test_compiled_physics_plays_the_same_battles_as_eager():
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # graphs compiled by earlier tests of the session
     envs = [make_env("3m", 3, seed=5, substeps=2, compile_step=c) for c in (False, True)]
     tds = [env.reset() for env in envs]
     g = torch.Generator().manual_seed(0)
@@ -26,5 +27,6 @@ def test_compiled_physics_plays_the_same_battles_as_eager():
                                        outs[0]["next", *((key,) if isinstance(key, str) else key)],
                                        rtol=1e-5, atol=1e-5, msg=f"step {step}: {key}")
         tds = [env.step_mdp(out) for env, out in zip(envs, outs)]
-    # One graph each for the physics and the features at the one batch size: no recompilation per step.
+    # One graph for the step (orders, physics, rewards, features), one for the features after a
+    # reset, at the one batch size: no recompilation per step.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

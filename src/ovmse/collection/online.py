@@ -111,9 +111,11 @@ class OnlineCollection:
             self.policy = make_policy(self.env, agent, self.exploration)
             # The device named: left unset, TorchRL stores with no device and rebuilds every step's
             # TensorDict on the env's device (`carrier.to(env_device)`, about 0.1 ms per step call).
+            # No trajectory ids: the EpisodeAssembler cuts episodes at the done flags, and
+            # TorchRL updates the ids at every step (a few TensorDict operations per step call).
             self.collector = Collector(
                 self.env, self.policy, frames_per_batch=num_envs * steps_per_env, total_frames=-1,
-                device=device, auto_register_policy_transforms=False,
+                device=device, auto_register_policy_transforms=False, track_traj_ids=False,
             )
             if self.collector.policy is not self.policy:
                 raise RuntimeError(

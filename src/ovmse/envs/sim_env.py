@@ -40,11 +40,13 @@ class SimSMACEnv(EnvBase):
         spawn_jitter: size of the random spawn displacement (0 = identical battles).
         scripted_allies: allies follow the built-in opponent's rule and ignore actions.
         check_actions: raise on actions the mask forbids (costs one sync per step).
-        compile_step: run each env step's math, the physics (``substeps`` sub-steps of a few
-            hundred tiny tensor ops) and the observation features, as ``torch.compile``
-            graphs: on a CPU a step call of 8 battles, policy included, is about 2.3x faster
-            (benchmarks/results/train_throughput.md), after a one-off compilation per batch
-            size (cached on disk by inductor for later runs).
+        compile_step: run each env step's math (the agents' orders, ``substeps`` physics
+            sub-steps of a few hundred tiny tensor ops, the reward rule and the observation
+            features) as one ``torch.compile`` graph, and the features after a reset as
+            another: on a CPU a step call of 8 battles, policy included, is several times
+            faster (benchmarks/results/train_throughput.md), after a one-off compilation per
+            batch size (cached on disk by inductor for later runs). A policy built for this
+            env by :func:`ovmse.collection.make_policy` compiles its own step too.
     """
 
     def __init__(
@@ -73,10 +75,13 @@ class SimSMACEnv(EnvBase):
             scripted_allies=scripted_allies, generator=self._generator,
         )
         # (Not named `compile`: TorchRL's EnvBase takes that keyword for itself.)
-        # dynamic=False: one graph per batch size, the fastest code for it.
+        self.compile_step = bool(compile_step)
+        # dynamic=False: one graph per batch size, the fastest code for it. The step's math is
+        # one graph, not one per part: each compiled call pays guard checks and a wrapper, and
+        # the orders and the reward rule are a few dozen tiny ops that run faster fused than eager.
         self._features = torch.compile(compute_features, dynamic=False) if compile_step else compute_features
         if compile_step:
-            self.battle.advance = torch.compile(self.battle.advance, dynamic=False)
+            self._step_math = torch.compile(self._step_math, dynamic=False)
         self.tables = FeatureTables(spec, self.battle.units)
         self.rewards = RewardTracker(self.battle)
         self._mask = compute_features(self.battle, self.tables)[0]
@@ -109,9 +114,12 @@ class SimSMACEnv(EnvBase):
         if seed is not None:
             self._generator.manual_seed(seed)
 
-    def _observe(self, won: torch.Tensor, done: dict[str, torch.Tensor]) -> TensorDict:
+    def _observe(self, won: torch.Tensor, done: dict[str, torch.Tensor],
+                 features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> TensorDict:
+        """The step's output TensorDict; ``features`` (mask, observations, state) when the
+        caller computed them already, else computed here."""
         B, N = self.num_envs, self.spec.n_agents
-        self._mask, obs, state = self._features(self.battle, self.tables)
+        self._mask, obs, state = self._features(self.battle, self.tables) if features is None else features
         agents = TensorDict({"observation": obs, "action_mask": self._mask}, batch_size=(B, N), device=self.device)
         out = {"agents": agents, "state": state,
                "info": TensorDict({"battle_won": won[:, None], "episode_lost": torch.zeros_like(won[:, None])},
@@ -134,15 +142,21 @@ class SimSMACEnv(EnvBase):
         action = tensordict.get(("agents", "action"))
         if self.check_actions:
             self._validate(action)
-        self.battle.apply_actions(action)
-        self.battle.advance()
-        res = self.rewards.outcome()
+        res, *features = self._step_math(action)
         out = self._observe(
             res.battle_won,
             {"done": res.terminated | res.truncated, "terminated": res.terminated, "truncated": res.truncated},
+            features,
         )
         out.set("reward", res.reward[:, None])
         return out
+
+    def _step_math(self, action: torch.Tensor):
+        """Orders, physics, reward rule and features of one step: ``(StepOutcome, mask, obs,
+        state)``. Compiled as one graph with ``compile_step``."""
+        self.battle.apply_actions(action)
+        self.battle.advance()
+        return (self.rewards.outcome(), *compute_features(self.battle, self.tables))
 
     def _validate(self, action: torch.Tensor) -> None:
         A = self.spec.n_actions

@@ -87,19 +87,27 @@ class _QExploration(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         q = tensordict.get(self.action_value_key)  # [..., N, A]
         mask = tensordict.get(self.action_mask_key).bool()  # [..., N, A]
-        action = masked_greedy(q, mask)  # [..., N]
-        alive = alive_agents(mask)  # [..., N]
-        epsilon = self.epsilon  # read the buffer once per call
-        if self.explore and epsilon > 0.0:
-            explored = self._explore_mask(alive, epsilon) & alive
-            random_action = random_valid_actions(mask, self.generator)
-            action = torch.where(explored, random_action, action)
-        else:
-            # Skip the RNG entirely: greedy evaluation must not perturb the generator stream.
-            explored = torch.zeros_like(alive)
+        action, explored = self.perturb(masked_greedy(q, mask), alive_agents(mask), mask)
         tensordict.set(self.action_key, action)
         tensordict.set(self.explored_key, explored)
         return tensordict
+
+    @torch.no_grad()
+    def perturb(self, greedy: torch.Tensor, alive: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exploratory part of :meth:`forward`, on tensors: the greedy actions ``[..., N]``
+        with the explorers' replaced by random available ones; returns ``(action, explored)``.
+
+        Args:
+            greedy: int64 ``[..., N]``, the masked argmax of the Q-values.
+            alive: bool ``[..., N]`` (:func:`~ovmse.action_masks.alive_agents` of ``mask``).
+            mask: bool ``[..., N, A]``, the available actions.
+        """
+        epsilon = self.epsilon  # read the buffer once per call
+        if self.explore and epsilon > 0.0:
+            explored = self._explore_mask(alive, epsilon) & alive
+            return torch.where(explored, random_valid_actions(mask, self.generator), greedy), explored
+        # Skip the RNG entirely: greedy evaluation must not perturb the generator stream.
+        return greedy, torch.zeros_like(alive)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}, explore={self.explore}"
