@@ -181,8 +181,9 @@ class RecurrentQPolicy(TensorDictModuleBase):
                 tensordict = self.exploration(tensordict)
             else:
                 tensordict.set(self.action_key, masked_greedy(q.detach(), tensordict.get(self.action_mask_key).bool()))
+            action = tensordict.get(self.action_key)
         tensordict.set(_next(self.hidden_key), new_hidden)
-        tensordict.set(_next(self.last_action_key), tensordict.get(self.action_key).clone())
+        tensordict.set(_next(self.last_action_key), action.clone())
         return tensordict
 
 
