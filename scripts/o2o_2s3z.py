@@ -567,6 +567,9 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"run: go on with 2s3z sets other than the experiment's (made at {DATASET_COMMIT})")
     parser.add_argument("--allow-dropping", action="store_true",
                         help="report: write even if the last report holds finished runs this root lacks")
+    parser.add_argument("--with-recorded", action="store_true",
+                        help="report: the JSON holds every run the section reads, those recorded in other result "
+                        "files included (marked recorded_in): one file for the whole experiment")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args)
@@ -596,7 +599,7 @@ def main(argv: list[str] | None = None) -> None:
 
         where = {"out_json": Path(args.out_json)} if args.out_json else {}
         where.update({"doc": Path(args.doc)} if args.doc else {})
-        report(sweep_root(args), allow_dropping=args.allow_dropping, **where)
+        report(sweep_root(args), allow_dropping=args.allow_dropping, with_recorded=args.with_recorded, **where)
 
 
 if __name__ == "__main__":

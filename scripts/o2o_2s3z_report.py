@@ -885,12 +885,14 @@ def _shown(path: Path) -> Path:
 
 def dropped_runs(out_json: Path, records: list[dict]) -> list[str]:
     """Finished runs that ``out_json`` (the last report) holds and ``records`` do not: the report
-    would lose them (a sweep root that lost its outputs, or another root)."""
+    would lose them (a sweep root that lost its outputs, or another root). Runs the last report
+    took from other result files (``recorded_in``) are not lost: those files keep them."""
     if not out_json.is_file():
         return []
     have = {r["path"] for r in records if r["status"] == FINISHED}
     old = json.loads(out_json.read_text()).get("runs", [])
-    return sorted({r["path"] for r in old if r.get("status") == FINISHED and r.get("path") not in have})
+    return sorted({r["path"] for r in old
+                   if r.get("status") == FINISHED and r.get("path") not in have and not r.get("recorded_in")})
 
 
 def recorded_elsewhere(root: Path, files: list[Path], have: set[str]) -> tuple[list[dict], dict[str, dict]]:
@@ -924,12 +926,14 @@ def recorded_elsewhere(root: Path, files: list[Path], have: set[str]) -> tuple[l
 
 def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "results.md",
            out_json: Path = ROOT / "benchmarks" / "results" / "o2o_2s3z.json", allow_dropping: bool = False,
-           recorded: list[Path] | None = None) -> list[dict]:
+           recorded: list[Path] | None = None, with_recorded: bool = False) -> list[dict]:
     """Write the JSON (``root``'s runs), the figures (beside ``doc``, under ``img/``) and
     ``doc``'s section (``root``'s runs and the finished runs that the result files ``recorded``
     hold on the root's sets, :func:`recorded_elsewhere`; default: every result file but
-    ``out_json``); returns the root's run records. Refuses (``SystemExit``, nothing written) when
-    the last report holds finished runs that ``root`` does not, unless ``allow_dropping``."""
+    ``out_json``); returns the root's run records. With ``with_recorded`` the JSON holds every
+    run and pretraining the section reads, the recorded ones marked ``recorded_in`` (one file for
+    the whole experiment). Refuses (``SystemExit``, nothing written) when the last report holds
+    finished runs that ``root`` does not, unless ``allow_dropping``."""
     from o2o_2s3z_stats import record_files  # noqa: PLC0415
 
     root_levels = offline_levels(root)
@@ -945,11 +949,6 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
                          "old report).")
     diagnosis = qmix_start_records(root, budget)
     stalled = stalled_start_records(root, budget)
-    out_json.write_text(json.dumps({
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),
-        "budget_env_steps": budget, "offline": root_levels, "runs": records,
-        "diagnosis_qmix_start": diagnosis, "diagnosis_stalled_start": stalled}, indent=1) + "\n")
-    print(f"wrote {out_json}")
     if recorded is None:
         recorded = [f for f in record_files() if f.is_file() and f.resolve() != out_json.resolve()]
     root_done = {r["path"] for r in records if r["status"] == FINISHED}
@@ -959,6 +958,12 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
     replaced = {r["path"] for r in merged}
     root_records, records = records, [r for r in records if r["path"] not in replaced] + merged
     root_finished, levels = len(root_done), {**merged_levels, **root_levels}
+    out_json.write_text(json.dumps({
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": _git_commit(), "sweep_root": str(_shown(root)),
+        "budget_env_steps": budget, "offline": levels if with_recorded else root_levels,
+        "runs": records if with_recorded else root_records,
+        "diagnosis_qmix_start": diagnosis, "diagnosis_stalled_start": stalled}, indent=1) + "\n")
+    print(f"wrote {out_json}" + (f" ({len(merged)} runs recorded in other result files included)" if with_recorded else ""))
     img = doc.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
     draw_curves(records, levels, img / "o2o_2s3z_curves.png")

@@ -602,6 +602,18 @@ def test_report_completes_a_new_root_with_the_runs_recorded_on_its_set(swept, tm
     # what the pinned set makes at this budget): taken, as the worker's skip list takes it.
     assert "| OVM only | 2 of 3 | **0.060** (0.050, 0.070) |" in text
     assert "| seed3-u (recorded) | plain | not recorded | 1263 |" in text
+    # One file for the whole experiment: the JSON holds the recorded runs and pretrainings too, and
+    # a later report from the root alone does not count them as lost (their files keep them).
+    report_script.report(swept, doc=doc, out_json=out_json, recorded=[earlier, older], with_recorded=True)
+    written = json.loads(out_json.read_text())
+    by_path = {r["path"]: r for r in written["runs"]}
+    assert by_path["online/2s3z_medium/switch_cql/seed2"]["recorded_in"] == "o2o_2s3z.part-earlier.json"
+    assert by_path["online/2s3z_medium/ovm_only/seed3"]["recorded_in"] == "o2o_2s3z.part-older.json"
+    assert "online/2s3z_medium/ovm_only/seed2" not in by_path  # another set
+    assert {r["path"] for r in records} <= set(by_path)
+    assert {"offline/2s3z_medium/seed1-f3", "offline/2s3z_medium/seed3-u"} <= set(written["offline"])
+    assert report_script.dropped_runs(out_json, records) == []
+    report_script.report(swept, doc=doc, out_json=out_json, recorded=[])
 
 
 def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):
