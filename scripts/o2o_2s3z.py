@@ -58,7 +58,8 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    offline data, gradient clip 10, a fresh Adam state), with all three (then only the start
    differs from QMIX from scratch), and with another online seed (``STALL_ARMS``):
    ``<root>/diagnosis/stalled_start/<arm>/seed<k>``; and Switch-CQL and OVMSE from the best
-   evaluation of the seed-1 pretrainings (``BEST_START_ARMS``: the early-stopped start).
+   evaluation of the pretrainings (``BEST_START_ARMS``: the early-stopped start; seed 1's plain
+   one, and the CQL α 1.0 ones of seeds 1, 0 and 2).
    Then ``grid=o2o_2s3z_stronger_cql``:
    medium-replay pretrained with CQL α 1.0 (20x the paper's), fine-tuned by Switch-CQL and
    OVMSE for 150k env steps (does a start that overestimates less unstall them?); and
@@ -153,11 +154,18 @@ STALL_ARMS = {
 # Early-stopped starts: the medium-replay pretrainings' greedy win rate peaks near update 500 and
 # falls by their end (update 1556) while their values run away; the best evaluation's checkpoint
 # (best.ckpt) made an O2O start (ovmse.training.o2o_start), fine-tuned for 150k env steps.
-# arm: (the online run whose pretraining's best.ckpt is the start, the start's file name, algorithm)
+# arm: (the online run whose pretraining's best.ckpt is the start, the start's file name ({seed}:
+# the seed), algorithm, seeds). The α 1.0 starts on every seed: Switch-CQL against OVMSE from a
+# start whose values are near its returns, the comparison the paper makes, on medium-replay.
 STRONGER_CQL_RUN = "switch_cql+algo.offline.alpha=1.0,env_steps=150000"
-BEST_START_ARMS = {"best_start": ("switch_cql", "best_alpha_0.05_seed1", "switch_cql"),
-                   "best_start_alpha_1": (STRONGER_CQL_RUN, "best_alpha_1_seed1", "switch_cql"),
-                   "best_start_alpha_1_ovmse": (STRONGER_CQL_RUN, "best_alpha_1_seed1", "ovmse")}
+BEST_START_ARMS = {"best_start": ("switch_cql", "best_alpha_0.05_seed{seed}", "switch_cql", (STALL_SEED,)),
+                   "best_start_alpha_1": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "switch_cql", (1, 0, 2)),
+                   "best_start_alpha_1_ovmse": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "ovmse", (1, 0, 2))}
+
+
+def best_start_runs() -> list[tuple[str, int]]:
+    """(arm, seed) of every early-stopped-start run, in the order the workers take them."""
+    return [(arm, seed) for arm, (_, _, _, seeds) in BEST_START_ARMS.items() for seed in seeds]
 STALL_OVERRIDES = ("experiment=2s3z_medium_replay", "algo=switch_cql", f"env_steps={STALL_ENV_STEPS}",
                    "eval.interval_env_steps=10000", "eval.episodes=128", "eval.num_envs=128", "final_eval.episodes=640",
                    "final_eval.num_envs=128", "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=10000",
@@ -225,7 +233,8 @@ def made_here() -> set[str]:
     from their checkpoints (QMIX from scratch: the qmix-start runs; medium-replay seed 1's
     Switch-CQL runs: the stalled-start runs), which only this root can hold."""
     return ({f"2s3z/qmix/seed{s}" for s in SEEDS}
-            | {f"2s3z_medium_replay/{run}/seed{STALL_SEED}" for run, _, _ in BEST_START_ARMS.values()})
+            | {f"2s3z_medium_replay/{run}/seed{seed}" for run, _, _, seeds in BEST_START_ARMS.values()
+               for seed in seeds})
 
 
 def write_recorded_cells(root: Path, data_root: Path) -> Path:
@@ -405,8 +414,10 @@ def stall_online_seed(arm: str) -> int:
     return seeds[0] if seeds else STALL_SEED
 
 
-def stalled_start_dir(root: Path, arm: str) -> Path:
-    return root / "diagnosis" / "stalled_start" / arm / f"seed{stall_online_seed(arm)}"
+def stalled_start_dir(root: Path, arm: str, seed: int | None = None) -> Path:
+    """A stalled-start arm's run: ``seed`` for an early-stopped start (its pretraining's seed and
+    the online one), else the arm's online seed."""
+    return root / "diagnosis" / "stalled_start" / arm / f"seed{stall_online_seed(arm) if seed is None else seed}"
 
 
 def stalled_run(root: Path) -> Path:
@@ -441,13 +452,14 @@ def stalled_start_checkpoint(root: Path) -> Path | None:
     return _in_root(root, json.loads(summary.read_text())["ckpt"], summary)
 
 
-def best_start_checkpoint(args, root: Path, arm: str) -> Path | None:
+def best_start_checkpoint(args, root: Path, arm: str, seed: int = STALL_SEED) -> Path | None:
     """The O2O start made from the best evaluation of the pretraining that the arm's source run
-    (medium-replay, seed 1) fine-tuned; None until that run has started."""
+    (medium-replay, ``seed``) fine-tuned; None until that run has started."""
     from ovmse.training.o2o_start import o2o_start_checkpoint
 
-    source, name, _ = BEST_START_ARMS[arm]
-    config = root / "online" / "2s3z_medium_replay" / source / f"seed{STALL_SEED}" / "config_resolved.yaml"
+    source, name, _, _ = BEST_START_ARMS[arm]
+    name = name.format(seed=seed)
+    config = root / "online" / "2s3z_medium_replay" / source / f"seed{seed}" / "config_resolved.yaml"
     if not config.is_file():
         print(f"[stalled_start] {arm}: waiting for {config.parent} to start", flush=True)
         return None
@@ -468,8 +480,9 @@ def missing_stalled_start(root: Path) -> list[str]:
     when it did not stall."""
     if stalled(root) is False:
         return []
-    return [str(stalled_start_dir(root, arm).relative_to(root)) for arm in (*STALL_ARMS, *BEST_START_ARMS)
-            if not (stalled_start_dir(root, arm) / "online_summary.json").is_file()]
+    runs = [stalled_start_dir(root, arm) for arm in STALL_ARMS]
+    runs += [stalled_start_dir(root, arm, seed) for arm, seed in best_start_runs()]
+    return [str(run.relative_to(root)) for run in runs if not (run / "online_summary.json").is_file()]
 
 
 def run_stalled_start(args, root: Path) -> None:
@@ -483,12 +496,12 @@ def run_stalled_start(args, root: Path) -> None:
     for arm, overrides in STALL_ARMS.items():
         run_fine_tuning(args, f"stalled_start {arm}", stalled_start_dir(root, arm), start,
                         merge_overrides(STALL_OVERRIDES, [f"seed={STALL_SEED}"], overrides))
-    for arm, (_, _, algo) in BEST_START_ARMS.items():
-        run = stalled_start_dir(root, arm)
-        if (run / "online_summary.json").is_file() or (best := best_start_checkpoint(args, root, arm)) is None:
+    for arm, seed in best_start_runs():
+        run = stalled_start_dir(root, arm, seed)
+        if (run / "online_summary.json").is_file() or (best := best_start_checkpoint(args, root, arm, seed)) is None:
             continue
-        run_fine_tuning(args, f"stalled_start {arm}", run, best,
-                        merge_overrides(STALL_OVERRIDES, [f"seed={STALL_SEED}", f"algo={algo}"]))
+        run_fine_tuning(args, f"stalled_start {arm} seed {seed}", run, best,
+                        merge_overrides(STALL_OVERRIDES, [f"seed={seed}", f"algo={BEST_START_ARMS[arm][2]}"]))
 
 
 def grid_command(args, grid: str, overrides: tuple[str, ...], root: Path) -> list[str]:
@@ -583,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
         for title, total, missing in (
                 ("main sweep", len(CELLS) * len(SEEDS), missing_cells(root)),
                 ("diagnosis", (len(DIAGNOSIS_CELLS) + len(QMIX_START_ALGOS)) * len(SEEDS) + len(STALL_ARMS)
-                 + len(BEST_START_ARMS),
+                 + len(best_start_runs()),
                  missing_cells(root, DIAGNOSIS_CELLS) + missing_qmix_start(root) + missing_stalled_start(root))):
             gone = [m for m in missing if m in recorded]
             print(f"{title}: {total - len(missing)} of {total} runs finished under {root}; missing"

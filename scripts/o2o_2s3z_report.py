@@ -715,12 +715,21 @@ REPLAY_ROWS = (("switch_cql", "Switch-CQL (main sweep)", "CQL α 0.05"),
                (STRONGER_CQL["switch_cql"], "Switch-CQL, 150k", "CQL α 1.0"),
                ("ovmse", "OVMSE (main sweep)", "CQL α 0.05"),
                (STRONGER_CQL["ovmse"], "OVMSE, 150k", "CQL α 1.0"),
-               (LAMBDA_ANNEALED, "OVMSE, λ_memory annealed 1.0 -> 0.05 over 100k", "CQL α 0.05"))
+               (LAMBDA_ANNEALED, "OVMSE, λ_memory annealed 1.0 -> 0.05 over 100k", "CQL α 0.05"),
+               # The early-stopped starts of every seed (stalled-start arms, diagnosis/stalled_start/<arm>/seed<k>).
+               ("best_start_alpha_1", "Switch-CQL from the pretraining's best evaluation, 150k",
+                "CQL α 1.0, early-stopped"),
+               ("best_start_alpha_1_ovmse", "OVMSE from the pretraining's best evaluation, 150k",
+                "CQL α 1.0, early-stopped"))
+# The stalled-start arms that start from a pretraining's best evaluation; the stalled-start table
+# shows their seed-1 run (the stalled run's seed), the replay table every seed's.
+BEST_START_ARM_NAMES = ("best_start", "best_start_alpha_1", "best_start_alpha_1_ovmse")
 
 
 def replay_table(records: list[dict]) -> str:
     """Medium-replay's starts and OVMSE's memory: the main runs and the diagnosis runs from the same
-    seeds, per seed (0, 1, 2 in order; runs still going show their evaluations so far)."""
+    seeds (the stalled-start records included), per seed (0, 1, 2 in order; runs still going show
+    their evaluations so far)."""
     lines = ["| run | pretraining | seeds (finished) | offline policy: win rate / return (per seed) | first probe (after one "
              "update): Q_tot minus Monte-Carlo return (per seed) | best evaluation win rate up to 150k (per seed) | "
              "final win rate, 640 battles, at the run's end (per seed) | Q_tot minus Monte-Carlo return, 50k to the "
@@ -757,7 +766,8 @@ def stalled_start_table(records: list[dict], arms: list[dict], root: Path) -> st
                 values = run_values(run_dir, until=STALL_WINDOW) if run_dir.is_dir() else None
                 lines.append(f"| {label} | {differs} | {r['seed']} | " + _window_cells(r, values))
     for arm, differs in STALL_ARM_CHANGES.items():
-        for r in (r for r in arms if r["algorithm"] == arm):
+        for r in (r for r in arms if r["algorithm"] == arm
+                  and (arm not in BEST_START_ARM_NAMES or r["seed"] == STALL_SEED)):
             lines.append(f"| {arm}{'' if r['status'] == FINISHED else ' (running)'} | {differs} | {r['seed']} | "
                          + _window_cells(r, _values(r, "stall_window")))
     return "\n".join(lines) if len(lines) > 2 else "Not run yet."
@@ -1020,9 +1030,10 @@ def report(root: Path, budget: int = 300_000, doc: Path = ROOT / "docs" / "resul
              "probe is the offline policy's own greedy battles, Q_tot at their start against their return):", "",
              stalled_start_table(records, stalled, root), "",
              "*Medium-replay's starts and OVMSE's memory* (the main runs on medium-replay; their starts pretrained "
-             "with CQL α 1.0 instead of the paper's 0.05 and fine-tuned for 150k env steps; OVMSE with λ_memory "
-             "annealed, 300k; the probe is the offline policy's own greedy battles):", "",
-             replay_table(records), "",
+             "with CQL α 1.0 instead of the paper's 0.05 and fine-tuned for 150k env steps, from the pretraining's end "
+             "and from its best evaluation (best.ckpt, picked by the pretraining's greedy evaluations); OVMSE with "
+             "λ_memory annealed, 300k; the probe is the offline policy's own greedy battles):", "",
+             replay_table(records + stalled), "",
              "![2s3z curves](img/o2o_2s3z_curves.png)", "", "![2s3z ablations](img/o2o_2s3z_ablations.png)", "",
              "![2s3z unlearning probe](img/o2o_2s3z_unlearning.png)", ""]
     replace_section(doc, BEGIN, END, "\n".join(body))

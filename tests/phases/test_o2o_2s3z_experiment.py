@@ -676,7 +676,7 @@ def _stalled_switch_cql(root, final, ckpt):
 def test_stalled_start_runs_only_when_switch_cqls_seed_1_stalled(tmp_path):
     root = tmp_path / "sweep"
     # Not known yet: every arm is still to do, and nothing can start.
-    arms = len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.BEST_START_ARMS)
+    arms = len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.best_start_runs())
     assert len(o2o_2s3z.missing_stalled_start(root)) == arms
     assert o2o_2s3z.stalled_start_checkpoint(root) is None
     # The run learnt: nothing to diagnose.
@@ -698,10 +698,12 @@ def test_stalled_start_finds_its_checkpoint_in_a_moved_root_and_names_a_lost_one
     missing = o2o_2s3z.missing_stalled_start(root)
     assert "diagnosis/stalled_start/other_online_seed/seed11" in missing
     assert {"diagnosis/stalled_start/qmix_settings/seed1", "diagnosis/stalled_start/best_start/seed1"} <= set(missing)
-    assert len(missing) == len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.BEST_START_ARMS)
+    assert len(missing) == len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.best_start_runs())
+    assert {"diagnosis/stalled_start/best_start_alpha_1_ovmse/seed0", "diagnosis/stalled_start/best_start_alpha_1/seed2"} <= set(missing)
     # An early-stopped start waits for its source run to start (its config names the pretraining).
     args = type("Args", (), {"data_root": str(tmp_path / "data")})()
     assert o2o_2s3z.best_start_checkpoint(args, root, "best_start_alpha_1") is None
+    assert o2o_2s3z.best_start_checkpoint(args, root, "best_start_alpha_1", seed=2) is None
 
 
 def test_stalled_start_table_reads_the_references_over_150k_and_each_arm(tmp_path):
@@ -730,6 +732,9 @@ def test_stalled_start_table_reads_the_references_over_150k_and_each_arm(tmp_pat
 
 def test_the_stalled_start_arms_the_runner_runs_are_the_tables_rows():
     assert set(o2o_2s3z.STALL_ARMS) | set(o2o_2s3z.BEST_START_ARMS) == set(report_script.STALL_ARM_CHANGES)
+    assert set(o2o_2s3z.BEST_START_ARMS) == set(report_script.BEST_START_ARM_NAMES)
+    multi_seed = {arm for arm, (_, _, _, seeds) in o2o_2s3z.BEST_START_ARMS.items() if len(seeds) > 1}
+    assert multi_seed <= {name for name, _, _ in report_script.REPLAY_ROWS}
     assert o2o_2s3z.STALL_SEED == report_script.STALL_SEED
     assert o2o_2s3z.STRONGER_CQL_RUN == report_script.STRONGER_CQL["switch_cql"]
 
@@ -765,8 +770,10 @@ def test_the_runs_the_stalled_start_starts_from_are_made_here(tmp_path, monkeypa
     from ovmse.sweeps.cells import read_cell_list
 
     listed = read_cell_list(o2o_2s3z.write_recorded_cells(tmp_path, tmp_path / "data"))
+    # The CQL α 1.0 runs of every seed start early-stopped arms (seed 0 here); the plain one seed 1's only.
     assert listed == set(recorded) - {"2s3z_medium_replay/switch_cql/seed1",
-                                      f"2s3z_medium_replay/{o2o_2s3z.STRONGER_CQL_RUN}/seed1"}
+                                      f"2s3z_medium_replay/{o2o_2s3z.STRONGER_CQL_RUN}/seed1",
+                                      f"2s3z_medium_replay/{o2o_2s3z.STRONGER_CQL_RUN}/seed0"}
 
 
 def test_offline_table_shows_where_a_pretraining_peaked(tmp_path):
