@@ -18,7 +18,8 @@ between the two settings over ``--rounds``, so both see the same machine load. V
 * ``collector_device`` (collection, not an update): one step call of 8 battles, acting policy
   included, on one thread, compiled, eager and with the simulator frozen, with TorchRL's
   collector given no device (A: commit ``7458bd4``, a worktree) and given the env's
-  (B: this checkout; ``ovmse/collection/online.py``).
+  (B: commit ``e10eada``, the change and its review fixes, before the collection_step changes;
+  ``ovmse/collection/online.py``; its results were measured with B = that change's checkout).
 * ``collection_step`` (collection): the same rows, commit ``e10eada`` (A, a worktree) against this
   checkout (B): with ``compile_step`` the simulator's orders, physics, reward rule and features
   are one compiled graph (``SimSMACEnv._step_math``; A compiled the physics and the features
@@ -65,7 +66,7 @@ VARIANTS = {
     "sample_mixing": (None, (("mixing of 186577d", ("--cql", "macql"), "186577d"),
                              ("this checkout's mixing", ("--cql", "macql"), None))),
     "collector_device": (None, (("collector without a device (7458bd4)", (), "7458bd4"),
-                                ("collector on the env's device", (), None))),
+                                ("collector on the env's device (e10eada)", (), "e10eada"))),
     "collection_step": (None, (("before (e10eada)", (), "e10eada"),
                                ("one step graph, compiled policy, tensor assembly, no trajectory ids", (), None))),
 }

@@ -895,14 +895,27 @@ def _shown(path: Path) -> Path:
 
 def dropped_runs(out_json: Path, records: list[dict]) -> list[str]:
     """Finished runs that ``out_json`` (the last report) holds and ``records`` do not: the report
-    would lose them (a sweep root that lost its outputs, or another root). Runs the last report
-    took from other result files (``recorded_in``) are not lost: those files keep them."""
+    would lose them (a sweep root that lost its outputs, or another root). A run the last report
+    took from another result file (``recorded_in``) is not lost while that file still holds it,
+    finished and as its own (not a copy recorded from elsewhere)."""
     if not out_json.is_file():
         return []
     have = {r["path"] for r in records if r["status"] == FINISHED}
     old = json.loads(out_json.read_text()).get("runs", [])
+    kept_by: dict[str, set[str]] = {}  # a result file -> the finished runs it holds as its own
+
+    def kept_elsewhere(run: dict) -> bool:
+        name = run.get("recorded_in")
+        if not name or (out_json.parent / name).resolve() == out_json.resolve():
+            return False
+        if name not in kept_by:
+            path = out_json.parent / name
+            runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+            kept_by[name] = {r.get("path") for r in runs if r.get("status") == FINISHED and not r.get("recorded_in")}
+        return run.get("path") in kept_by[name]
+
     return sorted({r["path"] for r in old
-                   if r.get("status") == FINISHED and r.get("path") not in have and not r.get("recorded_in")})
+                   if r.get("status") == FINISHED and r.get("path") not in have and not kept_elsewhere(r)})
 
 
 def recorded_elsewhere(root: Path, files: list[Path], have: set[str]) -> tuple[list[dict], dict[str, dict]]:
@@ -923,14 +936,15 @@ def recorded_elsewhere(root: Path, files: list[Path], have: set[str]) -> tuple[l
                     or not on_root_set(r["algorithm"], r["set"], pins.get(r["task"]))):
                 continue
             taken.add(key)
-            runs.append({**{k: v for k, v in r.items() if k != "set"}, "recorded_in": path.name})
+            # A record copied into this file keeps the file it was first recorded in.
+            runs.append({**{k: v for k, v in r.items() if k != "set"}, "recorded_in": r.get("recorded_in") or path.name})
     levels = {}
     for path in files:
         for key, level in (json.loads(path.read_text()).get("offline") or {}).items():
             dataset = level.get("dataset") or {}
             label = set_label(dataset) if dataset.get("transitions") is not None else UNRECORDED.format(level["updates"])
             if level["task"] in pins and on_set(label, pins[level["task"]]):
-                levels.setdefault(key, {**level, "recorded_in": path.name})
+                levels.setdefault(key, {**level, "recorded_in": level.get("recorded_in") or path.name})
     return runs, levels
 
 

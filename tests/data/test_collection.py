@@ -198,6 +198,15 @@ def test_compiled_policy_acts_as_the_eager_one(exploration):
         assert policies[1].exploration.generator.get_state().equal(policies[0].exploration.generator.get_state())
 
 
+def test_compiled_policy_refuses_an_exploration_with_other_keys():
+    s = make_env("3m", 2, seed=0).spec
+    agent = RNNAgent(s.obs_dim + s.n_actions + s.n_agents, s.n_actions, HIDDEN)
+    explorer = make_exploration("epsilon_greedy", epsilon=0.1, action_key=("agents", "chosen"))
+    with pytest.raises(ValueError, match="exploration module's keys"):
+        RecurrentQPolicy(agent, explorer, compile=True)
+    RecurrentQPolicy(agent, explorer)  # eager: the exploration module writes its own key
+
+
 # ----------------------------------------------------------------- synthetic assembler checks
 def _fake_stream(lengths_per_env, truncate_limit, obs_dim=2):
     """Contiguous [B, T] stream; observation value = 1000*env + global step + 1."""

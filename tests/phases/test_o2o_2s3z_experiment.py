@@ -614,6 +614,10 @@ def test_report_completes_a_new_root_with_the_runs_recorded_on_its_set(swept, tm
     assert {"offline/2s3z_medium/seed1-f3", "offline/2s3z_medium/seed3-u"} <= set(written["offline"])
     assert report_script.dropped_runs(out_json, records) == []
     report_script.report(swept, doc=doc, out_json=out_json, recorded=[])
+    # Not once the file that recorded them is gone: then the report would lose them.
+    report_script.report(swept, doc=doc, out_json=out_json, recorded=[earlier, older], with_recorded=True)
+    older.unlink()
+    assert report_script.dropped_runs(out_json, records) == ["online/2s3z_medium/ovm_only/seed3"]
 
 
 def test_report_records_the_dataset_each_pretraining_read(swept, tmp_path):

@@ -140,6 +140,13 @@ class RecurrentQPolicy(TensorDictModuleBase):
         if exploration is not None:
             out += [k for k in exploration.out_keys if k not in out]
         self.out_keys = out + [_next(hidden_key), _next(last_action_key)]
+        if compile and exploration is not None:
+            # The compiled step reads and writes the policy's keys and calls the exploration's
+            # perturb, not its forward: both must agree on the keys.
+            theirs = (exploration.action_value_key, exploration.action_mask_key, exploration.action_key)
+            if theirs != (action_value_key, action_mask_key, action_key):
+                raise ValueError(f"compile=True needs the exploration module's keys {theirs} to be the policy's "
+                                 f"{(action_value_key, action_mask_key, action_key)}")
         # dynamic=False: one graph per batch size (collection, evaluation), the fastest code for it.
         self._compiled_step = torch.compile(self._greedy_step, dynamic=False) if compile else None
 

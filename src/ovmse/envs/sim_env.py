@@ -46,7 +46,8 @@ class SimSMACEnv(EnvBase):
             another: on a CPU a step call of 8 battles, policy included, is several times
             faster (benchmarks/results/train_throughput.md), after a one-off compilation per
             batch size (cached on disk by inductor for later runs). A policy built for this
-            env by :func:`ovmse.collection.make_policy` compiles its own step too.
+            env by :func:`ovmse.collection.make_policy` (the in-process collector's, greedy
+            evaluation's) compiles its own step too; multi-process collector workers act eager.
     """
 
     def __init__(
