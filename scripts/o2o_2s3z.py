@@ -59,7 +59,7 @@ the same way (``<root>/diagnosis-worker<k>.log``):
    differs from QMIX from scratch), and with another online seed (``STALL_ARMS``):
    ``<root>/diagnosis/stalled_start/<arm>/seed<k>``; and Switch-CQL and OVMSE from the best
    evaluation of the pretrainings (``BEST_START_ARMS``: the early-stopped start; seed 1's plain
-   one, and the CQL α 1.0 ones of seeds 1, 0 and 2).
+   one, and the CQL α 1.0 ones of seeds 1, 0 and 2, with MACQL too).
    Then ``grid=o2o_2s3z_stronger_cql``:
    medium-replay pretrained with CQL α 1.0 (20x the paper's), fine-tuned by Switch-CQL and
    OVMSE for 150k env steps (does a start that overestimates less unstall them?); and
@@ -155,12 +155,13 @@ STALL_ARMS = {
 # falls by their end (update 1556) while their values run away; the best evaluation's checkpoint
 # (best.ckpt) made an O2O start (ovmse.training.o2o_start), fine-tuned for 150k env steps.
 # arm: (the online run whose pretraining's best.ckpt is the start, the start's file name ({seed}:
-# the seed), algorithm, seeds). The α 1.0 starts on every seed: Switch-CQL against OVMSE from a
-# start whose values are near its returns, the comparison the paper makes, on medium-replay.
+# the seed), algorithm, seeds). The α 1.0 starts on every seed: OVMSE against Switch-CQL and MACQL
+# from a start whose values are near its returns, the comparison the paper makes, on medium-replay.
 STRONGER_CQL_RUN = "switch_cql+algo.offline.alpha=1.0,env_steps=150000"
 BEST_START_ARMS = {"best_start": ("switch_cql", "best_alpha_0.05_seed{seed}", "switch_cql", (STALL_SEED,)),
                    "best_start_alpha_1": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "switch_cql", (1, 0, 2)),
-                   "best_start_alpha_1_ovmse": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "ovmse", (1, 0, 2))}
+                   "best_start_alpha_1_ovmse": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "ovmse", (1, 0, 2)),
+                   "best_start_alpha_1_macql": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "macql", (1, 0, 2))}
 
 
 def best_start_runs() -> list[tuple[str, int]]:

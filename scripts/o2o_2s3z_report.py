@@ -666,7 +666,8 @@ STALL_ARM_CHANGES = {"other_online_seed": "nothing but the online seed (11)",
                      "qmix_settings": "all three: QMIX from scratch's settings on the pretrained weights",
                      "best_start": "the start: the pretraining's best evaluation (best.ckpt), not its end",
                      "best_start_alpha_1": "the start: the best evaluation of a pretraining with CQL α 1.0",
-                     "best_start_alpha_1_ovmse": "the same start as best_start_alpha_1, fine-tuned by OVMSE"}
+                     "best_start_alpha_1_ovmse": "the same start as best_start_alpha_1, fine-tuned by OVMSE",
+                     "best_start_alpha_1_macql": "the same start as best_start_alpha_1, fine-tuned by MACQL"}
 STALL_WINDOW = 150_000
 STALL_SEED = 1
 
@@ -720,10 +721,12 @@ REPLAY_ROWS = (("switch_cql", "Switch-CQL (main sweep)", "CQL α 0.05"),
                ("best_start_alpha_1", "Switch-CQL from the pretraining's best evaluation, 150k",
                 "CQL α 1.0, early-stopped"),
                ("best_start_alpha_1_ovmse", "OVMSE from the pretraining's best evaluation, 150k",
+                "CQL α 1.0, early-stopped"),
+               ("best_start_alpha_1_macql", "MACQL from the pretraining's best evaluation, 150k",
                 "CQL α 1.0, early-stopped"))
 # The stalled-start arms that start from a pretraining's best evaluation; the stalled-start table
 # shows their seed-1 run (the stalled run's seed), the replay table every seed's.
-BEST_START_ARM_NAMES = ("best_start", "best_start_alpha_1", "best_start_alpha_1_ovmse")
+BEST_START_ARM_NAMES = ("best_start", "best_start_alpha_1", "best_start_alpha_1_ovmse", "best_start_alpha_1_macql")
 
 
 def replay_table(records: list[dict]) -> str:
