@@ -204,18 +204,19 @@ def unrecorded_updates(label: str | None) -> int | None:
 def merged_runs(paths: list[Path]) -> list[dict]:
     """The runs of every file, each tagged with its ``set`` (:func:`set_of`), and each (task,
     algorithm, seed, set) once: the first file's wins."""
-    runs, seen = [], set()
+    runs, seen = [], {}  # key -> the file the kept record says it was first recorded in
     for path in paths:
         data = json.loads(path.read_text())
         for r in data["runs"]:
             r = {**r, "set": set_of(r, data.get("offline") or {})}
             key = (r["task"], r["algorithm"], r["seed"], r["set"])
             if r.get("status") == "finished" and key in seen:
-                print(f"{path.name}: {key[:3]} on {key[3] or 'no dataset'} is in an earlier file too; the earlier one "
-                      "is kept")
+                if seen[key] != path.name:  # not just the copy a report made of this file's record
+                    print(f"{path.name}: {key[:3]} on {key[3] or 'no dataset'} is in an earlier file too; the earlier "
+                          "one is kept")
                 continue
             if r.get("status") == "finished":
-                seen.add(key)
+                seen[key] = r.get("recorded_in")
             runs.append(r)
     return runs
 
