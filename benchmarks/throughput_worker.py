@@ -243,7 +243,12 @@ def _freeze_simulator(env) -> None:
     battle.advance = count_the_step
     env._features = lambda battle, tables: features
     if hasattr(env, "_step_math"):  # trees whose step math is one (compiled) function
-        env._step_math = lambda action: (count_the_step(), env.rewards.outcome(), *features)[1:]
+
+        def frozen_step_math(action):
+            count_the_step()
+            return (env.rewards.outcome(), *features)
+
+        env._step_math = frozen_step_math
 
 
 def main(argv=None) -> int:

@@ -162,11 +162,6 @@ BEST_START_ARMS = {"best_start": ("switch_cql", "best_alpha_0.05_seed{seed}", "s
                    "best_start_alpha_1": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "switch_cql", (1, 0, 2)),
                    "best_start_alpha_1_ovmse": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "ovmse", (1, 0, 2)),
                    "best_start_alpha_1_macql": (STRONGER_CQL_RUN, "best_alpha_1_seed{seed}", "macql", (1, 0, 2))}
-
-
-def best_start_runs() -> list[tuple[str, int]]:
-    """(arm, seed) of every early-stopped-start run, in the order the workers take them."""
-    return [(arm, seed) for arm, (_, _, _, seeds) in BEST_START_ARMS.items() for seed in seeds]
 STALL_OVERRIDES = ("experiment=2s3z_medium_replay", "algo=switch_cql", f"env_steps={STALL_ENV_STEPS}",
                    "eval.interval_env_steps=10000", "eval.episodes=128", "eval.num_envs=128", "final_eval.episodes=640",
                    "final_eval.num_envs=128", "unlearning_probe.episodes=32", "unlearning_probe.every_env_steps=10000",
@@ -183,6 +178,11 @@ DATASET_TRANSITIONS = {"medium": 305_838, "medium_replay": 29_741}
 DATASET_SHA256 = {"medium": "14f2f6575ae94875d05d86ed03f09b054434801c50479aba3872068e67e1d147",
                   "medium_replay": "72be724b44f75d9e14803e573b17ad704ecd219c6614569e898ac7f340d40950"}
 RECORDED_CELLS = "recorded_cells.txt"
+
+
+def best_start_runs() -> list[tuple[str, int]]:
+    """(arm, seed) of every early-stopped-start run, in the order the workers take them."""
+    return [(arm, seed) for arm, (_, _, _, seeds) in BEST_START_ARMS.items() for seed in seeds]
 
 
 def sweep_root(args) -> Path:

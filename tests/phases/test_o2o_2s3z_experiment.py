@@ -703,7 +703,8 @@ def test_stalled_start_finds_its_checkpoint_in_a_moved_root_and_names_a_lost_one
     assert "diagnosis/stalled_start/other_online_seed/seed11" in missing
     assert {"diagnosis/stalled_start/qmix_settings/seed1", "diagnosis/stalled_start/best_start/seed1"} <= set(missing)
     assert len(missing) == len(o2o_2s3z.STALL_ARMS) + len(o2o_2s3z.best_start_runs())
-    assert {"diagnosis/stalled_start/best_start_alpha_1_ovmse/seed0", "diagnosis/stalled_start/best_start_alpha_1/seed2"} <= set(missing)
+    assert {"diagnosis/stalled_start/best_start_alpha_1_ovmse/seed0",
+            "diagnosis/stalled_start/best_start_alpha_1/seed2"} <= set(missing)
     # An early-stopped start waits for its source run to start (its config names the pretraining).
     args = type("Args", (), {"data_root": str(tmp_path / "data")})()
     assert o2o_2s3z.best_start_checkpoint(args, root, "best_start_alpha_1") is None

@@ -93,7 +93,8 @@ class _QExploration(TensorDictModuleBase):
         return tensordict
 
     @torch.no_grad()
-    def perturb(self, greedy: torch.Tensor, alive: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def perturb(self, greedy: torch.Tensor, alive: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The exploratory part of :meth:`forward`, on tensors: the greedy actions ``[..., N]``
         with the explorers' replaced by random available ones; returns ``(action, explored)``.
 
