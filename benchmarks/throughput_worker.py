@@ -147,8 +147,10 @@ def roofline(one_update, batch, repeats: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
+    # In-place and out= forms count too (the packed GRU adds each step's matmul in place).
     kinds = {aten.mm.default: "mm", aten.addmm.default: "addmm", aten.bmm.default: "bmm",
-             aten.baddbmm.default: "baddbmm"}
+             aten.baddbmm.default: "baddbmm", aten.addmm_.default: "addmm_", aten.baddbmm_.default: "baddbmm_",
+             aten.mm.out: "mm", aten.addmm.out: "addmm", aten.bmm.out: "bmm", aten.baddbmm.out: "baddbmm"}
     transcendental = {aten.sigmoid.default: torch.sigmoid, aten.tanh.default: torch.tanh, aten.exp.default: torch.exp,
                       aten.log.default: torch.log, aten.elu.default: torch.nn.functional.elu,
                       aten._softmax.default: lambda x: torch.softmax(x, -1),
@@ -172,7 +174,7 @@ def roofline(one_update, batch, repeats: int) -> dict:
     ops = []
     for kind, shapes in recorded:
         tensors = [torch.randn(s) for s in shapes]
-        ops.append((getattr(torch, kind), tensors))
+        ops.append((getattr(torch.Tensor if kind.endswith("_") else torch, kind), tensors))
     pointwise_ops = [(fn, (torch.randn(shape),)) for fn, shape in pointwise]
     matmul_flops = 0
     for kind, shapes in recorded:

@@ -31,7 +31,6 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
 from ovmse.collection.replay import EpisodeReplayBuffer
-from ovmse.collection.layout import trim_to_filled
 from ovmse.datasets import OfflineDataset
 
 FROM_OFFLINE_KEY = "from_offline"
@@ -134,15 +133,18 @@ class ReplayDataModule(pl.LightningDataModule):
                 f"ReplayDataModule not ready (batch_size={self.batch_size}, "
                 f"offline_fraction={self.offline_fraction}): " + "; ".join(missing)
             )
-        parts = []
+        draws = []  # (buffer, indices, from_offline)
         if self.n_offline > 0:
-            parts.append(self._tagged(self.offline.sample(self.n_offline, replace=self.replace), True))
+            draws.append((self.offline, self.offline.sample_indices(self.n_offline, replace=self.replace), True))
         if self.n_online > 0:
-            parts.append(self._tagged(self.online.sample(self.n_online, replace=self.replace), False))
-        if len(parts) == 2 and parts[0].shape[1:] != parts[1].shape[1:]:
-            raise RuntimeError(f"offline episodes have length {parts[0].shape[1]} but online episodes "
-                               f"{parts[1].shape[1]} (T_max + 1 differs)")
-        return trim_to_filled(parts[0] if len(parts) == 1 else torch.cat(parts, 0))
+            draws.append((self.online, self.online.sample_indices(self.n_online, replace=self.replace), False))
+        if len(draws) == 2 and self.offline.max_rows != self.online.max_rows:
+            raise RuntimeError(f"offline episodes have length {self.offline.max_rows} but online episodes "
+                               f"{self.online.max_rows} (T_max + 1 differs)")
+        # The cut of trim_to_filled, known before the gather: only those rows are read.
+        rows = min(max(max(buf.rows_filled(idx) for buf, idx, _ in draws), 2), draws[0][0].max_rows)
+        parts = [self._tagged(buf.get(idx, rows), offline) for buf, idx, offline in draws]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
     @staticmethod
     def _tagged(td: TensorDictBase, offline: bool) -> TensorDictBase:

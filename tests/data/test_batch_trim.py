@@ -4,7 +4,6 @@ give the same losses, gradients and value statistics as the padded batches they 
 import pytest
 import torch
 
-import data_modules.replay as replay_module
 import ovmse.training.value_diagnostics as value_diagnostics
 from data_modules import ReplayDataModule
 from ovmse.collection import EpisodeReplayBuffer
@@ -112,9 +111,11 @@ def test_mixed_offline_online_batches_are_cut_and_learn_the_same(episodes, monke
         return ReplayDataModule(online, offline, batch_size=10, offline_fraction=0.3)
 
     cut = data().sample()
-    monkeypatch.setattr(replay_module, "trim_to_filled", lambda td: td)
+    # The same draws gathered whole: the buffers report every row as filled.
+    monkeypatch.setattr(EpisodeReplayBuffer, "rows_filled", lambda self, indices: self.max_rows)
     full = data().sample()
     assert full.shape[1] == episodes.shape[1] and cut.shape[1] < full.shape[1]
+    assert cut.shape[1] == trim_to_filled(full).shape[1], "the gather stops at the longest drawn episode"
     assert (cut == full[:, : cut.shape[1]]).all()
     assert cut["from_offline"][:, 0].sum() == 3
     results = []

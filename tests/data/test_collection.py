@@ -330,3 +330,27 @@ def test_replay_buffer_stores_assembled_episodes(collected):
     s = rb.sample(4)
     assert s.batch_size == (4, episodes.shape[1])
     assert set(s.keys(True, True)) == set(episodes.keys(True, True))
+
+
+def test_replay_buffer_gathers_only_the_rows_asked_and_draws_as_torchrl_does():
+    eps = _episodes([0, 1, 2, 3])
+    eps["filled"][0, 2:] = False  # episode 0 fills 2 rows; 2 fills 4 with a gap after row 1
+    eps["filled"][2, 1] = False
+    eps["filled"][2, 4:] = False
+    rb = EpisodeReplayBuffer(8, generator=torch.Generator().manual_seed(5))
+    rb.extend(eps)
+    assert rb.max_rows == 6
+    assert rb.rows_filled(torch.tensor([0])) == 2 and rb.rows_filled(torch.tensor([0, 2])) == 4
+    assert rb.rows_filled(torch.tensor([0, 1])) == 6 and rb.rows_filled(torch.tensor([], dtype=torch.long)) == 0
+    part = rb.get(torch.tensor([2, 0]), rows=3)
+    assert part.batch_size == (2, 3)
+    assert (part == rb.get(torch.tensor([2, 0]))[:, :3]).all()
+    rb.extend(_episodes([9]))  # a later write records its own rows
+    assert rb.rows_filled(torch.tensor([4])) == 6
+    # With replacement the draw is the one TorchRL's own ReplayBuffer.sample makes.
+    twin = EpisodeReplayBuffer(8, generator=torch.Generator().manual_seed(6))
+    ours = EpisodeReplayBuffer(8, generator=torch.Generator().manual_seed(6))
+    for rb_ in (twin, ours):
+        rb_.extend(_episodes(list(range(8))))
+    for _ in range(3):
+        assert torch.equal(twin.buffer.sample(5)["state"], ours.sample(5)["state"])

@@ -79,6 +79,14 @@ def transition_rows(filled: torch.Tensor) -> torch.Tensor:
     return transition
 
 
+def rows_filled(episodes: TensorDictBase, key: NestedKey = FILLED) -> torch.Tensor:
+    """Per episode of ``episodes [E, T_max+1]``: the rows up to its last filled one, int64 ``[E]``
+    (what :func:`trim_to_filled` keeps of a batch of that episode alone, before its 2-row floor)."""
+    filled = episodes.get(key)
+    filled = filled.reshape(filled.shape[0], filled.shape[1], -1).any(-1)  # [E, T_max+1]
+    return (filled * torch.arange(1, filled.shape[1] + 1, device=filled.device)).amax(1)
+
+
 def trim_to_filled(episodes: TensorDictBase, key: NestedKey = FILLED) -> TensorDictBase:
     """``episodes [B, T_max+1]`` cut to ``[B, L+1]``, L+1 the number of rows the longest episode
     fills (PyMARL2's ``batch[:, :max_t_filled]`` in ``run.py``); a view, nothing is copied.

@@ -18,6 +18,8 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, ReplayBuffer
 
+from .layout import rows_filled
+
 
 class EpisodeReplayBuffer:
     """Uniform replay over complete episodes with FIFO overwrite.
@@ -52,6 +54,10 @@ class EpisodeReplayBuffer:
         if generator is not None:
             self.set_generator(generator)
         self.episodes_added = 0
+        # Per storage slot: rows up to the episode's last filled one, so a batch can be gathered
+        # cut to its longest episode instead of cut after a gather of every row.
+        self._rows_filled = torch.zeros(self.capacity, dtype=torch.long)
+        self._max_rows = 0
 
     @property
     def buffer(self) -> ReplayBuffer:
@@ -60,6 +66,11 @@ class EpisodeReplayBuffer:
 
     def __len__(self) -> int:
         return len(self._rb)
+
+    @property
+    def max_rows(self) -> int:
+        """T_max + 1, the rows of a stored episode (0 while empty)."""
+        return self._max_rows if len(self) else 0
 
     def set_generator(self, generator: torch.Generator) -> None:
         """Sampling RNG, for reproducible batches (``ReplayBuffer.set_rng``)."""
@@ -76,10 +87,12 @@ class EpisodeReplayBuffer:
             return None
         if episodes.batch_dims != 2:
             raise ValueError(f"episodes must have batch dims [E, T], got {tuple(episodes.batch_size)}")
-        if len(self) and episodes.shape[1] != self._rb.storage[0].shape[0]:
+        if len(self) and episodes.shape[1] != self.max_rows:
             raise ValueError("episode length (T_max + 1) differs from the stored episodes")
         idx = self._rb.extend(episodes)
+        self._max_rows = episodes.shape[1]
         self.episodes_added += episodes.shape[0]
+        self._rows_filled[idx.cpu()] = rows_filled(episodes).cpu()
         return idx
 
     def oldest_first_indices(self) -> torch.Tensor:
@@ -91,19 +104,31 @@ class EpisodeReplayBuffer:
             idx = torch.roll(idx, -(self.episodes_added % self.capacity))
         return idx
 
-    def get(self, indices: torch.Tensor) -> TensorDictBase:
-        """The stored episodes at ``indices``: ``[len(indices), T_max + 1]``."""
-        return self._rb.storage[indices]
+    def get(self, indices: torch.Tensor, rows: int | None = None) -> TensorDictBase:
+        """The stored episodes at ``indices``: ``[len(indices), T_max + 1]``, or their first
+        ``rows`` rows (gathered alone: the other rows are never read)."""
+        if rows is None:
+            return self._rb.storage[indices]
+        return self._rb.storage[(indices, slice(0, rows))]
+
+    def rows_filled(self, indices: torch.Tensor) -> int:
+        """Rows up to the last filled one of the longest episode at ``indices`` (0 if none)."""
+        return int(self._rows_filled[indices.cpu()].max()) if indices.numel() else 0
+
+    def sample_indices(self, batch_size: int, replace: bool = True) -> torch.Tensor:
+        """Storage indices of ``batch_size`` episodes drawn uniformly ``[batch_size]``; with
+        ``replace=False`` no episode twice (needs ``batch_size <= len(self)``). With replacement
+        the draw is TorchRL's ``RandomSampler``'s, the one :meth:`sample` makes."""
+        if len(self) == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        if not replace:
+            return sample_indices(len(self), batch_size, self._generator)
+        return self._rb.sampler.sample(self._rb.storage, batch_size)[0]
 
     def sample(self, batch_size: int, replace: bool = True) -> TensorDictBase:
         """``batch_size`` episodes drawn uniformly: ``[batch_size, T_max + 1]``; with
         ``replace=False`` no episode twice in the batch (needs ``batch_size <= len(self)``)."""
-        if len(self) == 0:
-            raise RuntimeError("cannot sample from an empty replay buffer")
-        if not replace:
-            return self.get(sample_indices(len(self), batch_size, self._generator))
-        out = self._rb.sample(batch_size)
-        return out.exclude("index") if "index" in out.keys() else out
+        return self.get(self.sample_indices(batch_size, replace))
 
 
 def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from ovmse.collection.layout import rows_filled
 from ovmse.collection.replay import sample_indices
 from ovmse.envs import MapSpec
 
@@ -43,7 +44,8 @@ class OfflineDataset:
     """A fixed set of episodes ``[E, T_max + 1]`` with uniform episode sampling.
 
     Has the sampling interface of :class:`~ovmse.collection.EpisodeReplayBuffer`
-    (``len``, ``can_sample``, ``sample``, ``set_generator``), so the DataModule mixes the two.
+    (``len``, ``can_sample``, ``sample``, ``sample_indices``, ``rows_filled``, ``get``,
+    ``max_rows``, ``set_generator``), so the DataModule mixes the two.
 
     Attributes:
         path: the dataset directory.
@@ -60,6 +62,7 @@ class OfflineDataset:
         self.episodes = episodes
         self.device = torch.device(device)
         self.generator: torch.Generator | None = None
+        self._rows_filled: torch.Tensor | None = None
 
     @property
     def name(self) -> str:
@@ -84,14 +87,34 @@ class OfflineDataset:
         """Sampling RNG (a CPU ``torch.Generator``), for reproducible batches."""
         self.generator = generator
 
+    @property
+    def max_rows(self) -> int:
+        """T_max + 1, the rows of a stored episode."""
+        return int(self.episodes.shape[1])
+
+    def sample_indices(self, batch_size: int, replace: bool = True) -> torch.Tensor:
+        """Indices of ``batch_size`` episodes drawn uniformly ``[batch_size]``; with
+        ``replace=False`` no episode twice (CFCQL's offline loop and PyMARL2)."""
+        if replace:
+            return torch.randint(len(self), (batch_size,), generator=self.generator)
+        return sample_indices(len(self), batch_size, self.generator)
+
+    def rows_filled(self, indices: torch.Tensor) -> int:
+        """Rows up to the last filled one of the longest episode at ``indices`` (0 if none)."""
+        if self._rows_filled is None:  # once: a memory-mapped dataset reads its "filled" flags here
+            self._rows_filled = rows_filled(self.episodes)
+        return int(self._rows_filled[indices].max()) if indices.numel() else 0
+
+    def get(self, indices: torch.Tensor, rows: int | None = None) -> TensorDictBase:
+        """The episodes at ``indices`` ``[len(indices), T_max + 1]``, or their first ``rows`` rows
+        (only those are read)."""
+        episodes = self.episodes[indices] if rows is None else self.episodes[indices, :rows]
+        return episodes.to(self.device)
+
     def sample(self, batch_size: int, replace: bool = True) -> TensorDictBase:
         """``batch_size`` episodes drawn uniformly: ``[batch_size, T_max + 1]``; with
         ``replace=False`` no episode twice in the batch (CFCQL's offline loop and PyMARL2)."""
-        if replace:
-            idx = torch.randint(len(self), (batch_size,), generator=self.generator)
-        else:
-            idx = sample_indices(len(self), batch_size, self.generator)
-        return self.episodes[idx].to(self.device)
+        return self.get(self.sample_indices(batch_size, replace))
 
     def stats(self) -> tuple[dict[str, float], torch.Tensor]:
         """Table 8 summary (episodes, transitions, return min/mean/max, win rate) and per-episode

@@ -277,11 +277,12 @@ class QMixObjective(nn.Module):
         """CFCQL with ``behaviour_training="before"`` whose behaviour net is not trained yet."""
         return hasattr(self, "behaviour_pretrained") and not bool(self.behaviour_pretrained)
 
-    def behaviour_cloning(self, batch: TensorDictBase, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def behaviour_cloning(self, batch: TensorDictBase, mask: torch.Tensor, packed=None) -> tuple[torch.Tensor, ...]:
         """The behaviour net's logits ``[B, T, N, A]`` on the batch's ``T`` transitions (``mask``
-        ``[B, T, 1]``, their validity) and its cloning loss and accuracy on the dataset actions."""
+        ``[B, T, 1]``, their validity) and its cloning loss and accuracy on the dataset actions.
+        ``packed``: the batch's :func:`~ovmse.losses.qmix_values.pack_agent_inputs`, if built."""
         keys, T = self.td.keys, mask.shape[1]
-        logits = unroll_agent_q(self.behaviour, batch, keys)[:, :T]
+        logits = unroll_agent_q(self.behaviour, batch, keys, packed)[:, :T]
         loss, accuracy = behaviour_cloning_loss(logits, batch[keys.action_mask][:, :T].bool(),
                                                 taken_actions(batch, T, keys), mask)
         return logits, loss, accuracy
@@ -314,7 +315,8 @@ class QMixObjective(nn.Module):
             out["loss_td"] = td["loss"]
         else:
             with torch.no_grad():
-                q_offline = q_tot_taken(self.frozen_agent, self.frozen_mixer, batch, keys=keys)
+                q_offline = q_tot_taken(self.frozen_agent, self.frozen_mixer, batch, keys=keys,
+                                        agent_q=unroll_agent_q(self.frozen_agent, batch, keys, parts["packed"]))
             y_memory = parts["y_one_step"] if s.ovm.target == "one_step" else parts["y"]
             ovm = ovm_loss(parts["q_taken"], parts["y"], q_offline, mask, self.lambda_memory(env_steps),
                            loss_scale=self.td.loss_scale, y_memory=y_memory)
@@ -338,7 +340,7 @@ class QMixObjective(nn.Module):
                         self._check_behaviour_pretrained()
                     # Trained before and frozen: a forward pass only.
                     with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
-                        logits, bc_loss, bc_accuracy = self.behaviour_cloning(batch, mask)
+                        logits, bc_loss, bc_accuracy = self.behaviour_cloning(batch, mask, parts["packed"])
                     if joint:
                         out["loss_bc"] = bc_loss  # its own parameters: this trains the behaviour net only
                     diagnostics.update(bc_loss=bc_loss.detach(), bc_accuracy=bc_accuracy.detach())

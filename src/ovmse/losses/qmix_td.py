@@ -73,8 +73,8 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from ovmse.losses.qmix_values import (DEFAULT_KEYS, QMixKeys, make_target, q_tot_taken, target_values,
-                                      transition_mask, unroll_agent_q)
+from ovmse.losses.qmix_values import (DEFAULT_KEYS, QMixKeys, make_target, pack_agent_inputs, q_tot_taken,
+                                      target_values, transition_mask, unroll_agent_q)
 from ovmse.losses.td_lambda import td_lambda_targets
 from ovmse.nets.agent import RNNAgent
 from ovmse.nets.mixer import QMixer
@@ -152,14 +152,16 @@ class QMixTDLoss(nn.Module):
     def _targets(self, batch, agent_q: torch.Tensor, mask: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
         return self._targets_and_one_step(batch, agent_q, mask, term)[0]
 
-    def _targets_and_one_step(self, batch, agent_q: torch.Tensor, mask: torch.Tensor,
-                              term: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _targets_and_one_step(self, batch, agent_q: torch.Tensor, mask: torch.Tensor, term: torch.Tensor,
+                              packed=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y^λ, y^1)``, both ``[B, T, 1]``, detached, 0 where mask is 0; ``y^1 = r_t + γ (1 −
         terminated_t) Q̄_tot(τ_{t+1}, a*)`` is the one-step target (a time-limit end bootstraps
-        from the final row, as TD(λ) does)."""
+        from the final row, as TD(λ) does). ``packed``: the batch's
+        :func:`~ovmse.losses.qmix_values.pack_agent_inputs`, if already built."""
         k = self.keys
         T = mask.shape[1]
-        q_next = target_values(agent_q, self.target_agent, self.target_mixer, batch, self.double_q, k)
+        q_next = target_values(agent_q, self.target_agent, self.target_mixer, batch, self.double_q, k,
+                               packed=packed)
         rewards = batch[k.reward][:, :T].to(q_next.dtype)
         rewards = torch.where(mask > 0, rewards, torch.zeros_like(rewards))
         one_step = torch.where(mask > 0, rewards + self.gamma * (1.0 - term) * q_next[:, 1:],
@@ -178,11 +180,13 @@ class QMixTDLoss(nn.Module):
         """The loss output of :meth:`forward` plus the intermediates other losses reuse:
         ``agent_q [B, T+1, N, A]`` (online, grad), ``q_taken [B, T, 1]`` (grad), ``y [B, T, 1]``
         (TD(λ)), ``y_one_step [B, T, 1]`` (r + γ Q̄_tot(τ', a*), the paper's Eq. 4 target), ``mask``
-        and ``terminated`` ``[B, T, 1]`` (detached, from :func:`transition_mask`)."""
-        agent_q = unroll_agent_q(self.agent, batch, self.keys)  # [B, T+1, N, A]
+        and ``terminated`` ``[B, T, 1]`` (detached, from :func:`transition_mask`), and ``packed``
+        (the agent inputs of the computed rows, :func:`pack_agent_inputs`, for further unrolls)."""
+        packed = pack_agent_inputs(batch, self.agent.n_actions, self.keys)
+        agent_q = unroll_agent_q(self.agent, batch, self.keys, packed)  # [B, T+1, N, A]
         q_taken = q_tot_taken(self.agent, self.mixer, batch, agent_q=agent_q, keys=self.keys)  # [B, T, 1]
         mask, term = transition_mask(batch, self.keys)
-        y, y_one_step = self._targets_and_one_step(batch, agent_q, mask, term)
+        y, y_one_step = self._targets_and_one_step(batch, agent_q, mask, term, packed)
         valid = mask > 0
         td = torch.where(valid, q_taken - y, torch.zeros_like(q_taken))
         n_valid = mask.sum().clamp(min=1.0)
@@ -200,7 +204,7 @@ class QMixTDLoss(nn.Module):
                 batch_size=[],
             )
         return out, {"agent_q": agent_q, "q_taken": q_taken, "y": y, "y_one_step": y_one_step, "mask": mask,
-                     "terminated": term}
+                     "terminated": term, "packed": packed}
 
     def forward(self, batch) -> TensorDict:
         return self.compute(batch)[0]

@@ -38,13 +38,14 @@ from torch import nn
 
 from ovmse.action_masks import masked_greedy
 from ovmse.collection import layout
-from ovmse.nets.agent import RNNAgent, agent_inputs
+from ovmse.nets.agent import PackedRows, RNNAgent, agent_inputs, pack_rows
 from ovmse.nets.mixer import QMixer
 
 __all__ = [
     "DEFAULT_KEYS",
     "QMixKeys",
     "make_target",
+    "pack_agent_inputs",
     "unroll_agent_q",
     "q_tot_taken",
     "taken_actions",
@@ -84,23 +85,41 @@ def _filled(batch, keys: QMixKeys) -> torch.Tensor:
     return batch[keys.filled].reshape(batch[keys.filled].shape[:2]).bool()
 
 
-def unroll_agent_q(agent: RNNAgent, batch, keys: QMixKeys = DEFAULT_KEYS) -> torch.Tensor:
-    """Per-agent Q for every row: ``[B, T+1, N, A]``; rows after an episode's last filled row are
-    not computed and hold 0 (the RNN is causal, so they could never affect filled rows).
+def pack_agent_inputs(batch, n_actions: int, keys: QMixKeys = DEFAULT_KEYS) -> tuple[torch.Tensor, PackedRows]:
+    """The agent inputs of the rows an unroll computes, gathered and packed: ``(x [R, N, D],
+    packing)`` for :meth:`RNNAgent.unroll_packed`. Built once per batch and shared by every
+    network unrolled over it (online, target, frozen, behaviour): the rows and the inputs are the
+    same for all of them.
 
     Input at t: ``obs_t ‖ one_hot(a_{t-1}) ‖ one_hot(agent id)``; ``a_{-1} = -1`` (zeros).
     Actions of unfilled rows are replaced by 0 so padding values can never break ``one_hot``.
+    The rows: up to each episode's last filled row (not the count of filled rows, so a gap could
+    never shift rows); the RNN is causal, so the rows after could never affect them.
     """
     obs = batch[keys.observation]
+    B, T, N = obs.shape[:3]
     actions = batch[keys.action]
     filled = _filled(batch, keys)
     actions = torch.where(filled.unsqueeze(-1), actions, torch.zeros_like(actions))
-    last = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
-    inputs = agent_inputs(obs, last, agent.n_actions)
-    # Up to the last filled row (not the count of filled rows), so a gap could never shift rows.
-    rows = torch.arange(1, filled.shape[1] + 1, device=filled.device)
-    lengths = (filled * rows).amax(dim=1)
-    return agent.unroll(inputs, lengths=lengths)
+    lengths = (filled * torch.arange(1, T + 1, device=filled.device)).amax(dim=1)
+    packing = pack_rows(lengths, T)
+    rows = packing.rows
+    # Row (b, t) reads the action of (b, t-1); a first row reads "none" (-1).
+    last = actions.reshape(B * T, N).index_select(0, (rows - 1).clamp(min=0))
+    last = torch.where((rows % T == 0).unsqueeze(-1), torch.full_like(last, -1), last)
+    x = agent_inputs(obs.reshape(B * T, N, -1).index_select(0, rows), last, n_actions)
+    return x, packing
+
+
+def unroll_agent_q(agent: RNNAgent, batch, keys: QMixKeys = DEFAULT_KEYS,
+                   packed: tuple[torch.Tensor, PackedRows] | None = None) -> torch.Tensor:
+    """Per-agent Q for every row: ``[B, T+1, N, A]``; rows after an episode's last filled row are
+    not computed and hold 0 (the RNN is causal, so they could never affect filled rows).
+
+    ``packed``: :func:`pack_agent_inputs` of this batch, when another unroll already built it.
+    """
+    x, packing = pack_agent_inputs(batch, agent.n_actions, keys) if packed is None else packed
+    return agent.unroll_packed(x, packing)
 
 
 def transition_mask(batch, keys: QMixKeys = DEFAULT_KEYS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +183,7 @@ def target_values(
     double_q: bool = True,
     keys: QMixKeys = DEFAULT_KEYS,
     return_actions: bool = False,
+    packed: tuple[torch.Tensor, PackedRows] | None = None,
 ):
     """Target ``Q̄_tot(s_t, a*_t)`` for every row t = 0..T: ``[B, T+1, 1]`` (no grad).
 
@@ -174,12 +194,13 @@ def target_values(
         double_q: ``a* = argmax`` over available actions of the online Q (PyMARL2 default);
             ``False``: argmax of the target Q itself (plain max).
         return_actions: also return ``a*`` int64 ``[B, T+1, N]``.
+        packed: :func:`pack_agent_inputs` of this batch, if the online unroll built it.
 
     Rows with ``filled`` False get value 0 (and a* = 0 where the action mask is all False).
     """
     avail = batch[keys.action_mask].bool()
     filled = _filled(batch, keys)
-    target_q = unroll_agent_q(target_agent, batch, keys)  # [B, T+1, N, A]
+    target_q = unroll_agent_q(target_agent, batch, keys, packed)  # [B, T+1, N, A]
     select_from = online_agent_q.detach() if double_q else target_q
     a_star = masked_greedy(select_from, avail, strict=False)  # [B, T+1, N]
     q_star = target_q.gather(-1, a_star.unsqueeze(-1)).squeeze(-1)

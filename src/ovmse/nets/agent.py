@@ -7,11 +7,48 @@ behaviour, which SMAC observations do not contain.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .packed_gru import packed_gru
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Which rows of a batch of episodes ``[B, T]`` an unroll computes, in the GRU's packed order
+    (time-major, longest episode first): made by :func:`pack_rows`, read by
+    :meth:`RNNAgent.unroll_packed`. The same for every network unrolled over the batch, so the
+    online, target and frozen unrolls of one update share one (and one gather of inputs).
+
+    Attributes:
+        rows: int64 ``[R]``, the packed rows' places in ``[B·T]``.
+        order: int64 ``[B]``, the episodes longest first (stable).
+        episodes_per_step: episodes still running at each step, non-increasing, all > 0.
+        batch: B.
+        steps: T.
+    """
+
+    rows: torch.Tensor
+    order: torch.Tensor
+    episodes_per_step: tuple[int, ...]
+    batch: int
+    steps: int
+
+
+def pack_rows(lengths: torch.Tensor, steps: int) -> PackedRows:
+    """The first ``lengths[b]`` of ``steps`` rows of each episode b, packed (``lengths`` int64 ``[B]``;
+    one host sync for the step counts)."""
+    B = lengths.shape[0]
+    device = lengths.device
+    order = torch.argsort(lengths, descending=True, stable=True)
+    running = lengths.clamp(max=steps).index_select(0, order).unsqueeze(0) > torch.arange(
+        steps, device=device).unsqueeze(1)  # [T, B], episodes sorted
+    episodes_per_step = tuple(n for n in running.sum(1).tolist() if n > 0)  # non-increasing
+    step, rank = running.nonzero(as_tuple=True)  # time-major, longest episode first
+    return PackedRows(order.index_select(0, rank) * steps + step, order, episodes_per_step, B, steps)
 
 
 def agent_inputs(obs: torch.Tensor, last_action: torch.Tensor, n_actions: int) -> torch.Tensor:
@@ -86,11 +123,9 @@ class RNNAgent(nn.Module):
     ) -> torch.Tensor:
         """Run whole sequences, carrying the hidden state over time.
 
-        Only the first ``lengths[b]`` rows of episode b are computed: the episodes are packed
-        longest first and run through :func:`~ovmse.nets.packed_gru.packed_gru` (one matmul per
-        step forward and one backward; the input and output layers are one matmul over all
-        rows), so padding after an episode's end costs nothing. The values of the computed rows
-        equal :meth:`forward` applied step by step, to float rounding.
+        Only the first ``lengths[b]`` rows of episode b are computed (see :meth:`unroll_packed`);
+        the values of the computed rows equal :meth:`forward` applied step by step, to float
+        rounding.
 
         Args:
             inputs: ``[B, T, N, D]``.
@@ -101,25 +136,40 @@ class RNNAgent(nn.Module):
             q: ``[B, T, N, A]``; 0 on the rows that were not computed.
         """
         B, T, N, _ = inputs.shape
-        device = inputs.device
         if lengths is None:
-            lengths = torch.full((B,), T, dtype=torch.long, device=device)
+            lengths = torch.full((B,), T, dtype=torch.long, device=inputs.device)
         elif lengths.shape != (B,):
             raise ValueError(f"lengths must be [B] = [{B}], got {tuple(lengths.shape)}")
-        order = torch.argsort(lengths, descending=True, stable=True)
-        running = lengths.clamp(max=T).index_select(0, order).unsqueeze(0) > torch.arange(T, device=device).unsqueeze(1)
-        episodes_per_step = [n for n in running.sum(1).tolist() if n > 0]  # [T, B] sorted -> non-increasing
-        q = inputs.new_zeros(B * T, N, self.n_actions)
-        if not episodes_per_step:
+        packing = pack_rows(lengths, T)
+        return self.unroll_packed(inputs.reshape(B * T, N, -1).index_select(0, packing.rows), packing, hidden0)
+
+    def unroll_packed(self, x: torch.Tensor, packing: PackedRows, hidden0: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`unroll` on inputs already gathered to ``packing``'s rows.
+
+        The episodes run through :func:`~ovmse.nets.packed_gru.packed_gru` (one matmul per step
+        forward and one backward; the input and output layers are one matmul over all rows), so
+        padding after an episode's end costs nothing.
+
+        Args:
+            x: ``[R, N, D]``, the inputs of ``packing.rows`` in that order.
+            packing: from :func:`pack_rows`.
+            hidden0: ``[B, N, H]`` or ``None`` for zeros.
+
+        Returns:
+            q: ``[B, T, N, A]``; 0 on the rows that were not computed.
+        """
+        B, T, N = packing.batch, packing.steps, x.shape[1]
+        if x.shape[0] != packing.rows.shape[0]:
+            raise ValueError(f"x holds {x.shape[0]} rows, the packing {packing.rows.shape[0]}")
+        q = x.new_zeros(B * T, N, self.n_actions)
+        if not packing.episodes_per_step:
             return q.view(B, T, N, self.n_actions)
-        # The packed rows' places in [B·T]: one gather in, one scatter out (no reordered copies
-        # of the whole batch).
-        step, rank = running.nonzero(as_tuple=True)  # time-major, longest episode first
-        rows = order.index_select(0, rank) * T + step
-        x = inputs.reshape(B * T, N, -1).index_select(0, rows)  # [R, N, D]
-        h0 = (self.initial_hidden((B, N), device=device) if hidden0 is None else hidden0.index_select(0, order))
-        h0 = h0.reshape(B * N, self.hidden_dim)[: episodes_per_step[0] * N]
-        e = F.relu(self.fc1(x.reshape(-1, self.input_dim)))
-        h = packed_gru(e, self.rnn, h0, [n * N for n in episodes_per_step])
-        q = q.index_copy(0, rows, self.fc2(h).view(-1, N, self.n_actions))
+        n0 = packing.episodes_per_step[0]
+        if hidden0 is None:
+            h0 = self.initial_hidden((n0 * N,), device=x.device)
+        else:
+            h0 = hidden0.index_select(0, packing.order).reshape(B * N, self.hidden_dim)[: n0 * N]
+        e = F.relu(self.fc1(x.reshape(-1, self.input_dim)), inplace=True)  # fc1's fresh output: nothing else reads it
+        h = packed_gru(e, self.rnn, h0, [n * N for n in packing.episodes_per_step])
+        q = q.index_copy(0, packing.rows, self.fc2(h).view(-1, N, self.n_actions))
         return q.view(B, T, N, self.n_actions)
