@@ -153,6 +153,8 @@ def roofline(one_update, batch, repeats: int) -> dict:
              aten.mm.out: "mm", aten.addmm.out: "addmm", aten.bmm.out: "bmm", aten.baddbmm.out: "baddbmm"}
     transcendental = {aten.sigmoid.default: torch.sigmoid, aten.tanh.default: torch.tanh, aten.exp.default: torch.exp,
                       aten.log.default: torch.log, aten.elu.default: torch.nn.functional.elu,
+                      aten.sigmoid_.default: torch.sigmoid, aten.tanh_.default: torch.tanh, aten.exp_.default: torch.exp,
+                      aten.log_.default: torch.log,
                       aten._softmax.default: lambda x: torch.softmax(x, -1),
                       aten._log_softmax.default: lambda x: torch.log_softmax(x, -1),
                       aten.logsumexp.default: lambda x: torch.logsumexp(x, -1)}
@@ -176,11 +178,13 @@ def roofline(one_update, batch, repeats: int) -> dict:
         tensors = [torch.randn(s) for s in shapes]
         ops.append((getattr(torch.Tensor if kind.endswith("_") else torch, kind), tensors))
     pointwise_ops = [(fn, (torch.randn(shape),)) for fn, shape in pointwise]
-    matmul_flops = 0
+    matmul_flops = in_place_flops = 0
     for kind, shapes in recorded:
         a, b = shapes[-2], shapes[-1]
         batch_n = a[0] if len(a) == 3 else 1
         matmul_flops += 2 * batch_n * a[-2] * a[-1] * b[-1]
+        if kind.endswith("_"):  # torch's FlopCounterMode has no formula for the in-place forms
+            in_place_flops += 2 * batch_n * a[-2] * a[-1] * b[-1]
 
     def timed(calls) -> float:
         def replay():
@@ -189,7 +193,8 @@ def roofline(one_update, batch, repeats: int) -> dict:
 
         return 1000 * median_seconds(replay, max(repeats, 3))
 
-    return {"flops": int(counter.get_total_flops()), "matmul_flops": int(matmul_flops), "matmul_ops": len(ops),
+    return {"flops": int(counter.get_total_flops()) + in_place_flops, "matmul_flops": int(matmul_flops),
+            "matmul_ops": len(ops),
             "roofline_ms": timed(ops), "transcendental_ops": len(pointwise_ops),
             "transcendental_elements": sum(t[0].numel() for _, t in pointwise_ops),
             "transcendental_ms": timed(pointwise_ops)}

@@ -280,9 +280,13 @@ def report(res: dict) -> str:
                       "minutes, so the per-round ratio is steadier than the ratio of medians): "
                   + "; ".join(_paired(u[f"old_{t}"], u[f"new_{t}"], f"{t} thread{'s' if t > 1 else ''}")
                               for t in (1, 2)) + "."]
-        lines += ["", f"Roofline: every mm/addmm/bmm/baddbmm of one new update (same shapes, same order) replayed "
-                      f"on random tensors in the same process; target: update <= {TARGETS['roofline_ratio']}x it. "
-                      "Transcendental: the update's sigmoid/tanh/exp/log/elu/softmax calls replayed the same way "
+        calls = sorted({r.get("matmul_ops") for r in u["new_1"] if r.get("matmul_ops") is not None})
+        lines += ["", f"Roofline: every mm/addmm/bmm/baddbmm (in-place and out= forms included) of one new update "
+                      f"(same shapes, same order{'; ' + ', '.join(map(str, calls)) + ' calls' if calls else ''}) "
+                      f"replayed on random tensors in the same process; target: update <= "
+                      f"{TARGETS['roofline_ratio']}x it. Each call is timed with its own overhead, so an update "
+                      "of fewer, larger matmuls has a faster roofline. Transcendental: the update's "
+                      "sigmoid/tanh/exp/log/elu/softmax calls (in-place forms included) replayed the same way "
                       "(each a vector exp or log per element; on this CPU a sigmoid costs several multiplies).",
                   "", "Allocator (train.yaml `malloc_keep_freed`, applied by the worker as train.py applies it): "
                       + "; ".join(f"{path}: {_allocator(u[f'{path}_1'])}" for path in ("old", "new")) + ".",

@@ -14,7 +14,7 @@ episodes that have already ended. Here:
   place onto the input side, so the gates need no separate addition) and one backward
   (``dgh W_hh``, added in place into the previous step's gradient); ``dW_hh`` is one matmul
   over all steps after the backward loop;
-* a step's gate arithmetic is five elementwise calls forward and nine backward: at these sizes
+* a step's gate arithmetic is five elementwise calls forward and ten backward: at these sizes
   (``[B·N, H]``, a few hundred rows) a call costs about as much as its arithmetic, so fewer
   calls is what makes a step cheaper (benchmarks/results/train_throughput.md).
 
@@ -142,7 +142,10 @@ class _PackedGRU(torch.autograd.Function):
             rz_g = rz_grad[:n]
             torch.mul(d_a, gh_nt, out=rz_g[:, :H])
             torch.mul(dh, h_prev[s:e] - n_t, out=rz_g[:, H:])
-            torch.ops.aten.sigmoid_backward.grad_input(rz_g, rz[s:e], grad_input=g[:, : 2 * H])
+            # In place in the small scratch, then one copy: written straight into d_gh's strided
+            # columns, sigmoid_backward took several times as long per step (profiled in an update).
+            torch.ops.aten.sigmoid_backward.grad_input(rz_g, rz[s:e], grad_input=rz_g)
+            g[:, : 2 * H].copy_(rz_g)
             torch.mul(d_a, r, out=g[:, 2 * H :])
             if t > 0:
                 dh_all[starts[t - 1] : starts[t - 1] + n].add_(dh_z).addmm_(g, w_hh)
