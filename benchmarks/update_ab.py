@@ -27,11 +27,19 @@ between the two settings over ``--rounds``, so both see the same machine load. V
   (``RecurrentQPolicy(compile=True)``); in every row the episodes are assembled on plain
   tensors and TorchRL's collector keeps no trajectory ids.
 
+* ``gru_steps``: one update, commit ``926219b`` (A, a worktree) against this checkout (B): the
+  packed GRU's steps with fewer calls (the r, z recurrent matmul added in place onto the input
+  side, the candidate's tanh as one in-place sigmoid, ``lerp``; backward without per-step
+  concatenations, the carry added in place), the agent inputs built once per batch for the
+  online and target unrolls (``pack_agent_inputs``), and batches gathered only up to their
+  longest episode. Both run this checkout's worker script (its roofline counts in-place matmuls).
+
     python benchmarks/update_ab.py --variant allocator      # benchmarks/results/allocator_update.{json,md}
     python benchmarks/update_ab.py --variant bf16           # benchmarks/results/bf16_update.{json,md}
     python benchmarks/update_ab.py --variant sample_mixing  # benchmarks/results/sample_mixing_update.{json,md}
     python benchmarks/update_ab.py --variant collector_device  # benchmarks/results/collector_device_collect.{json,md}
     python benchmarks/update_ab.py --variant collection_step   # benchmarks/results/collection_step_collect.{json,md}
+    python benchmarks/update_ab.py --variant gru_steps      # benchmarks/results/gru_steps_update.{json,md}
     python benchmarks/update_ab.py --variant bf16 --rounds 1 --repeats 2 --name /tmp/smoke
 
 benchmarks/matmul_dtypes.py times the update's matmul shapes alone in both dtypes.
@@ -69,9 +77,12 @@ VARIANTS = {
                                 ("collector on the env's device (e10eada)", (), "e10eada"))),
     "collection_step": (None, (("before (e10eada)", (), "e10eada"),
                                ("one step graph, compiled policy, tensor assembly, no trajectory ids", (), None))),
+    "gru_steps": (None, (("before (926219b)", (), "926219b"),
+                         ("fewer GRU step calls, shared agent inputs, row-limited gather", (), None))),
 }
 RESULT_NAMES = {"bf16": "bf16_update", "allocator": "allocator_update", "sample_mixing": "sample_mixing_update",
-                "collector_device": "collector_device_collect", "collection_step": "collection_step_collect"}
+                "collector_device": "collector_device_collect", "collection_step": "collection_step_collect",
+                "gru_steps": "gru_steps_update"}
 # The variants that time collection (one step call of 8 battles x 32 steps per process), each
 # row a setting of the collection: (label, worker flags).
 COLLECT_VARIANTS = {"collector_device", "collection_step"}
