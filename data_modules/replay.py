@@ -11,9 +11,10 @@ Row order of a batch: rows ``[0, n_offline)`` are offline episodes, rows
 ``[B, T_max + 1]`` batch dims) marks the offline rows, so losses / metrics can tell them
 apart without relying on the order.
 
-Every batch is cut to its longest filled episode (:func:`~ovmse.collection.layout.trim_to_filled`,
-PyMARL2's ``max_t_filled``): ``T_max + 1`` below is the episode limit + 1 of the buffers, a
-batch has ``L + 1 <= T_max + 1`` rows, L the longest episode in it.
+Every batch is cut to its longest filled episode (what :func:`~ovmse.collection.layout.trim_to_filled`
+keeps, PyMARL2's ``max_t_filled``): ``T_max + 1`` below is the episode limit + 1 of the buffers,
+a batch has ``L + 1 <= T_max + 1`` rows, L the longest episode in it. The buffers know each
+stored episode's filled rows, so only those ``L + 1`` rows are gathered.
 
 Sampling is lazy: :meth:`ReplayDataModule.train_dataloader` draws a new batch from the
 buffers each time the iterator is advanced, so episodes added to the buffers (e.g. by a
