@@ -176,6 +176,7 @@ def roofline(one_update, batch, repeats: int) -> dict:
     ops = []
     for kind, shapes in recorded:
         tensors = [torch.randn(s) for s in shapes]
+        # An out= call replays as its plain form: it allocates its result, a little slower.
         ops.append((getattr(torch.Tensor if kind.endswith("_") else torch, kind), tensors))
     pointwise_ops = [(fn, (torch.randn(shape),)) for fn, shape in pointwise]
     matmul_flops = in_place_flops = 0

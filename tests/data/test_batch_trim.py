@@ -112,7 +112,7 @@ def test_mixed_offline_online_batches_are_cut_and_learn_the_same(episodes, monke
 
     cut = data().sample()
     # The same draws gathered whole: the buffers report every row as filled.
-    monkeypatch.setattr(EpisodeReplayBuffer, "rows_filled", lambda self, indices: self.max_rows)
+    monkeypatch.setattr(EpisodeReplayBuffer, "max_rows_filled", lambda self, indices: self.max_rows)
     full = data().sample()
     assert full.shape[1] == episodes.shape[1] and cut.shape[1] < full.shape[1]
     assert cut.shape[1] == trim_to_filled(full).shape[1], "the gather stops at the longest drawn episode"

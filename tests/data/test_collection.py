@@ -14,6 +14,7 @@ from ovmse.collection import (
     env_with_primers,
     make_policy,
 )
+from ovmse.collection.layout import rows_filled
 from ovmse.envs import make_env
 from ovmse.exploration import make_exploration
 from ovmse.nets import RNNAgent
@@ -340,13 +341,13 @@ def test_replay_buffer_gathers_only_the_rows_asked_and_draws_as_torchrl_does():
     rb = EpisodeReplayBuffer(8, generator=torch.Generator().manual_seed(5))
     rb.extend(eps)
     assert rb.max_rows == 6
-    assert rb.rows_filled(torch.tensor([0])) == 2 and rb.rows_filled(torch.tensor([0, 2])) == 4
-    assert rb.rows_filled(torch.tensor([0, 1])) == 6 and rb.rows_filled(torch.tensor([], dtype=torch.long)) == 0
+    assert rb.max_rows_filled(torch.tensor([0])) == 2 and rb.max_rows_filled(torch.tensor([0, 2])) == 4
+    assert rb.max_rows_filled(torch.tensor([0, 1])) == 6 and rb.max_rows_filled(torch.tensor([], dtype=torch.long)) == 0
     part = rb.get(torch.tensor([2, 0]), rows=3)
     assert part.batch_size == (2, 3)
     assert (part == rb.get(torch.tensor([2, 0]))[:, :3]).all()
     rb.extend(_episodes([9]))  # a later write records its own rows
-    assert rb.rows_filled(torch.tensor([4])) == 6
+    assert rb.max_rows_filled(torch.tensor([4])) == 6
     # With replacement the draw is the one TorchRL's own ReplayBuffer.sample makes.
     twin = EpisodeReplayBuffer(8, generator=torch.Generator().manual_seed(6))
     ours = EpisodeReplayBuffer(8, generator=torch.Generator().manual_seed(6))
@@ -354,3 +355,23 @@ def test_replay_buffer_gathers_only_the_rows_asked_and_draws_as_torchrl_does():
         rb_.extend(_episodes(list(range(8))))
     for _ in range(3):
         assert torch.equal(twin.buffer.sample(5)["state"], ours.sample(5)["state"])
+
+
+def test_replay_buffer_rows_follow_overwrites_and_oversized_extends():
+    def eps(ids, rows):
+        out = _episodes(ids)
+        out["filled"][:, rows:] = False
+        return out
+
+    rb = EpisodeReplayBuffer(3, generator=torch.Generator().manual_seed(0))
+    rb.extend(eps([0, 1, 2], 6))
+    rb.extend(eps([3], 2))  # a short episode overwrites the oldest long one
+    stored = rb.get(torch.arange(3))
+    expect = [int(r) for r in rows_filled(stored)]
+    assert [rb.max_rows_filled(torch.tensor([i])) for i in range(3)] == expect
+    assert sorted(expect) == [2, 6, 6]
+    # More episodes than slots in one extend: each slot's rows are those of the episode it kept.
+    rb.extend(torch.cat([eps([4, 5], 3), eps([6, 7, 8], 4)]))
+    stored = rb.get(torch.arange(3))
+    assert [rb.max_rows_filled(torch.tensor([i])) for i in range(3)] == [int(r) for r in rows_filled(stored)]
+    assert len(rb) == 3 and rb.episodes_added == 9

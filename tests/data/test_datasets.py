@@ -241,6 +241,18 @@ def test_in_memory_and_memmap_sample_identically(dataset_path):
         assert_td_equal(a.sample(16), b.sample(16))
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_dataset_gathers_only_the_rows_asked(dataset_path, in_memory):
+    ds = load_dataset(dataset_path, in_memory=in_memory)
+    idx = torch.tensor([3, 0, 3, len(ds) - 1])
+    whole = ds.get(idx)
+    assert ds.max_rows == whole.shape[1]
+    assert_td_equal(ds.get(idx, rows=5), whole[:, :5])
+    filled = whole["filled"].reshape(len(idx), whole.shape[1], -1).any(-1)
+    last = max(int(torch.nonzero(f).max()) + 1 if f.any() else 0 for f in filled)
+    assert ds.max_rows_filled(idx) == last
+
+
 def test_wrong_map_name_raises(dataset_path):
     with pytest.raises(DatasetError, match=r"map: expected '8m', found '3m'") as e:
         load_dataset(dataset_path, map_name="8m")

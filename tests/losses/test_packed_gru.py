@@ -77,6 +77,8 @@ def test_packed_gru_rejects_sizes_that_do_not_describe_x():
     cell = nn.GRUCell(3, 4)
     with pytest.raises(ValueError, match="non-increasing"):
         packed_gru(torch.randn(3, 3), cell, torch.zeros(1, 4), [1, 2])
+    with pytest.raises(ValueError, match="non-increasing"):  # no step at all
+        packed_gru(torch.randn(0, 3), cell, torch.zeros(0, 4), [])
     with pytest.raises(ValueError, match="sum to"):
         packed_gru(torch.randn(4, 3), cell, torch.zeros(2, 4), [2, 1])
 

@@ -61,7 +61,8 @@ class EpisodeReplayBuffer:
 
     @property
     def buffer(self) -> ReplayBuffer:
-        """The underlying TorchRL ``ReplayBuffer``."""
+        """The underlying TorchRL ``ReplayBuffer`` (read it; write through :meth:`extend`, which also
+        records each episode's filled rows for :meth:`max_rows_filled`)."""
         return self._rb
 
     def __len__(self) -> int:
@@ -81,8 +82,9 @@ class EpisodeReplayBuffer:
         return len(self) >= batch_size
 
     def extend(self, episodes: TensorDictBase | None) -> torch.Tensor | None:
-        """Add episodes ``[E, T_max + 1]``; returns the storage indices written (``None`` if
-        ``episodes`` is ``None`` or empty, as :meth:`EpisodeAssembler.add` may return)."""
+        """Add episodes ``[E, T_max + 1]`` (with the layout's ``filled`` flags); returns the storage
+        indices written (``None`` if ``episodes`` is ``None`` or empty, as
+        :meth:`EpisodeAssembler.add` may return)."""
         if episodes is None or episodes.shape[0] == 0:
             return None
         if episodes.batch_dims != 2:
@@ -92,7 +94,9 @@ class EpisodeReplayBuffer:
         idx = self._rb.extend(episodes)
         self._max_rows = episodes.shape[1]
         self.episodes_added += episodes.shape[0]
-        self._rows_filled[idx.cpu()] = rows_filled(episodes).cpu()
+        # More episodes than slots repeat slots in the write: read back which episode each kept.
+        written = self._rb.storage[idx] if episodes.shape[0] > self.capacity else episodes
+        self._rows_filled[idx.cpu()] = rows_filled(written).cpu()
         return idx
 
     def oldest_first_indices(self) -> torch.Tensor:
@@ -111,7 +115,7 @@ class EpisodeReplayBuffer:
             return self._rb.storage[indices]
         return self._rb.storage[(indices, slice(0, rows))]
 
-    def rows_filled(self, indices: torch.Tensor) -> int:
+    def max_rows_filled(self, indices: torch.Tensor) -> int:
         """Rows up to the last filled one of the longest episode at ``indices`` (0 if none)."""
         return int(self._rows_filled[indices.cpu()].max()) if indices.numel() else 0
 

@@ -44,7 +44,7 @@ class OfflineDataset:
     """A fixed set of episodes ``[E, T_max + 1]`` with uniform episode sampling.
 
     Has the sampling interface of :class:`~ovmse.collection.EpisodeReplayBuffer`
-    (``len``, ``can_sample``, ``sample``, ``sample_indices``, ``rows_filled``, ``get``,
+    (``len``, ``can_sample``, ``sample``, ``sample_indices``, ``max_rows_filled``, ``get``,
     ``max_rows``, ``set_generator``), so the DataModule mixes the two.
 
     Attributes:
@@ -99,7 +99,7 @@ class OfflineDataset:
             return torch.randint(len(self), (batch_size,), generator=self.generator)
         return sample_indices(len(self), batch_size, self.generator)
 
-    def rows_filled(self, indices: torch.Tensor) -> int:
+    def max_rows_filled(self, indices: torch.Tensor) -> int:
         """Rows up to the last filled one of the longest episode at ``indices`` (0 if none)."""
         if self._rows_filled is None:  # once: a memory-mapped dataset reads its "filled" flags here
             self._rows_filled = rows_filled(self.episodes)

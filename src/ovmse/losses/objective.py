@@ -79,6 +79,7 @@ from torch import nn
 
 from ovmse.exploration.schedules import LinearSchedule
 from ovmse.nets import QMixer, RNNAgent
+from ovmse.nets.agent import PackedRows
 
 from .behaviour_cloning import behaviour_cloning_loss, behaviour_probs
 from .cfcql import CFCQLLoss
@@ -277,7 +278,8 @@ class QMixObjective(nn.Module):
         """CFCQL with ``behaviour_training="before"`` whose behaviour net is not trained yet."""
         return hasattr(self, "behaviour_pretrained") and not bool(self.behaviour_pretrained)
 
-    def behaviour_cloning(self, batch: TensorDictBase, mask: torch.Tensor, packed=None) -> tuple[torch.Tensor, ...]:
+    def behaviour_cloning(self, batch: TensorDictBase, mask: torch.Tensor,
+                          packed: tuple[torch.Tensor, PackedRows] | None = None) -> tuple[torch.Tensor, ...]:
         """The behaviour net's logits ``[B, T, N, A]`` on the batch's ``T`` transitions (``mask``
         ``[B, T, 1]``, their validity) and its cloning loss and accuracy on the dataset actions.
         ``packed``: the batch's :func:`~ovmse.losses.qmix_values.pack_agent_inputs`, if built."""

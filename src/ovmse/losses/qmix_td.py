@@ -76,7 +76,7 @@ from torch import nn
 from ovmse.losses.qmix_values import (DEFAULT_KEYS, QMixKeys, make_target, pack_agent_inputs, q_tot_taken,
                                       target_values, transition_mask, unroll_agent_q)
 from ovmse.losses.td_lambda import td_lambda_targets
-from ovmse.nets.agent import RNNAgent
+from ovmse.nets.agent import PackedRows, RNNAgent
 from ovmse.nets.mixer import QMixer
 
 __all__ = ["QMixTDLoss"]
@@ -153,7 +153,8 @@ class QMixTDLoss(nn.Module):
         return self._targets_and_one_step(batch, agent_q, mask, term)[0]
 
     def _targets_and_one_step(self, batch, agent_q: torch.Tensor, mask: torch.Tensor, term: torch.Tensor,
-                              packed=None) -> tuple[torch.Tensor, torch.Tensor]:
+                              packed: tuple[torch.Tensor, PackedRows] | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y^λ, y^1)``, both ``[B, T, 1]``, detached, 0 where mask is 0; ``y^1 = r_t + γ (1 −
         terminated_t) Q̄_tot(τ_{t+1}, a*)`` is the one-step target (a time-limit end bootstraps
         from the final row, as TD(λ) does). ``packed``: the batch's

@@ -40,7 +40,7 @@ class PackedRows:
 
 def pack_rows(lengths: torch.Tensor, steps: int) -> PackedRows:
     """The first ``lengths[b]`` of ``steps`` rows of each episode b, packed (``lengths`` int64 ``[B]``;
-    one host sync for the step counts)."""
+    on a GPU two host syncs: the step counts and the rows' ``nonzero``)."""
     B = lengths.shape[0]
     device = lengths.device
     order = torch.argsort(lengths, descending=True, stable=True)
