@@ -31,6 +31,7 @@ import torch
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
+from ovmse.collection.layout import rows_kept
 from ovmse.collection.replay import EpisodeReplayBuffer
 from ovmse.datasets import OfflineDataset
 
@@ -143,7 +144,7 @@ class ReplayDataModule(pl.LightningDataModule):
             raise RuntimeError(f"offline episodes have length {self.offline.max_rows} but online episodes "
                                f"{self.online.max_rows} (T_max + 1 differs)")
         # The cut of trim_to_filled, known before the gather: only those rows are read.
-        rows = min(max(max(buf.max_rows_filled(idx) for buf, idx, _ in draws), 2), draws[0][0].max_rows)
+        rows = rows_kept(max(buf.max_rows_filled(idx) for buf, idx, _ in draws), draws[0][0].max_rows)
         parts = [self._tagged(buf.get(idx, rows), offline) for buf, idx, offline in draws]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 

@@ -79,12 +79,23 @@ def transition_rows(filled: torch.Tensor) -> torch.Tensor:
     return transition
 
 
-def rows_filled(episodes: TensorDictBase, key: NestedKey = FILLED) -> torch.Tensor:
-    """Per episode of ``episodes [E, T_max+1]``: the rows up to its last filled one, int64 ``[E]``
-    (what :func:`trim_to_filled` keeps of a batch of that episode alone, before its 2-row floor)."""
-    filled = episodes.get(key)
+def filled_lengths(filled: torch.Tensor) -> torch.Tensor:
+    """Per episode of ``filled`` (bool ``[E, T_max+1, ...]``): the rows up to its last filled one,
+    int64 ``[E]`` (0 if none; not the count of filled rows, so a gap can never shorten it)."""
     filled = filled.reshape(filled.shape[0], filled.shape[1], -1).any(-1)  # [E, T_max+1]
     return (filled * torch.arange(1, filled.shape[1] + 1, device=filled.device)).amax(1)
+
+
+def rows_filled(episodes: TensorDictBase, key: NestedKey = FILLED) -> torch.Tensor:
+    """:func:`filled_lengths` of ``episodes [E, T_max+1]``' ``filled`` flags, int64 ``[E]`` (what
+    :func:`trim_to_filled` keeps of a batch of that episode alone, before its 2-row floor)."""
+    return filled_lengths(episodes.get(key))
+
+
+def rows_kept(longest: int, max_rows: int) -> int:
+    """The rows :func:`trim_to_filled` keeps of a batch whose longest episode fills ``longest``
+    rows: at least two (one transition column), at most ``max_rows``."""
+    return min(max(longest, 2), max_rows)
 
 
 def trim_to_filled(episodes: TensorDictBase, key: NestedKey = FILLED) -> TensorDictBase:
@@ -104,5 +115,5 @@ def trim_to_filled(episodes: TensorDictBase, key: NestedKey = FILLED) -> TensorD
     rows_used = filled.reshape(filled.shape[0], filled.shape[1], -1).any(-1).any(0)  # [T_max+1]
     index = torch.arange(rows_used.shape[0], device=rows_used.device)
     last = int(torch.where(rows_used, index, 0).max())
-    rows = min(max(last + 1, 2), episodes.shape[1])
+    rows = rows_kept(last + 1, episodes.shape[1])
     return episodes if rows == episodes.shape[1] else episodes[:, :rows]

@@ -101,8 +101,7 @@ def pack_agent_inputs(batch, n_actions: int, keys: QMixKeys = DEFAULT_KEYS) -> t
     actions = batch[keys.action]
     filled = _filled(batch, keys)
     actions = torch.where(filled.unsqueeze(-1), actions, torch.zeros_like(actions))
-    lengths = (filled * torch.arange(1, T + 1, device=filled.device)).amax(dim=1)
-    packing = pack_rows(lengths, T)
+    packing = pack_rows(layout.filled_lengths(filled), T)
     rows = packing.rows
     # Row (b, t) reads the action of (b, t-1); a first row reads "none" (-1).
     last = actions.reshape(B * T, N).index_select(0, (rows - 1).clamp(min=0))

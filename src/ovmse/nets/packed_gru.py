@@ -65,8 +65,9 @@ def packed_gru(x: torch.Tensor, cell: nn.GRUCell, h0: torch.Tensor, batch_sizes:
     sizes = tuple(int(n) for n in batch_sizes)
     if (not sizes or any(b > a for a, b in zip(sizes, sizes[1:])) or sum(sizes) != x.shape[0]
             or h0.shape[0] != sizes[0]):
-        raise ValueError(f"packed_gru: batch_sizes {sizes[:4]}... must be non-empty, non-increasing and sum to x's {x.shape[0]} "
-                         f"rows, with h0 holding {sizes[0] if sizes else 0} rows (got {h0.shape[0]})")
+        raise ValueError(f"packed_gru: batch_sizes {sizes[:4]}... must be non-empty, non-increasing and sum to "
+                         f"x's {x.shape[0]} rows, with h0 holding {sizes[0] if sizes else 0} rows "
+                         f"(got {h0.shape[0]})")
     return _PackedGRU.apply(x, cell.weight_ih, cell.bias_ih, cell.weight_hh, cell.bias_hh, h0, sizes)
 
 
